@@ -1,0 +1,139 @@
+"""The search's objective: one Optuna trial per measured training run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from autotune import _records
+from autotune._units import format_duration, format_size
+from autotune.explain import explain_study, explain_trial
+from autotune.runner import Status, TrialJob, TrialOutcome, WindowResult, run_trial
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autotune.study import SearchListener, SearchOptions, SearchPlan
+
+FIGURE_EVERY = 5  # trials between refreshes of the figures stored for optuna-dashboard
+
+
+class TrialError(Exception):
+    """A trial that crashed, raised, or died: Optuna records it as FAIL and the study goes on."""
+
+
+class Objective:
+    """One Optuna trial of the search: sample (or take the baseline), skip what is proven out of
+    memory, run in a fresh process, then record the figures, constraints and verdict."""
+
+    def __init__(self, options: SearchOptions, plan: SearchPlan, listener: SearchListener, deadline: float | None):
+        self.options = options
+        self.plan = plan
+        self.listener = listener
+        self.deadline = deadline
+        self.trials_run = 0
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import optuna
+
+        is_baseline = bool(trial.user_attrs.get("baseline"))
+        if is_baseline:
+            for name in self.plan.space.fixed_params(self.plan.baseline):
+                self.plan.space.knobs[name].suggest(trial)  # the enqueued value: records the params
+            config = self.plan.baseline
+        else:
+            config = self.plan.space.suggest(trial, self.plan.baseline)
+        budgets = self.plan.budgets
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("memory_budget_bytes", budgets.memory_budget_bytes)
+        self.listener.on_trial_start(trial.number, config, is_baseline)
+
+        finished = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                                   optuna.trial.TrialState.PRUNED))
+        proof = _records.proven_out_of_memory(finished, config.to_dict(), budgets.memory_budget_bytes)
+        if proof is not None:
+            outcome = TrialOutcome(
+                status=Status.OOM,
+                reason=(
+                    f"not run: batch_size {config.batch_size} >= {proof.user_attrs['config']['batch_size']}, "
+                    f"which ran out of memory in trial {proof.number} with the same memory-relevant knobs"
+                ),
+                peak_memory_bytes=proof.user_attrs.get("peak_memory_bytes"),
+            )
+            trial.set_user_attr("skipped", True)
+        else:
+            # The speed reference: the fastest trial that ran fine, whatever its deadline verdict.
+            best = max((_records.throughput(t) for t in finished if _records.status(t) == "ok"), default=None)
+            outcome = run_trial(
+                TrialJob(
+                    workload=self.options.workload,
+                    config=config.to_dict(),
+                    device=self.plan.device.torch_device,
+                    measure=self.options.measure,
+                    memory_budget_bytes=budgets.memory_budget_bytes,
+                    timeout_seconds=self.plan.trial_timeout_seconds,
+                ),
+                on_window=None if is_baseline else self._report_window(trial),
+                slow_below=None if is_baseline or best is None else self.options.slow_fraction * best,
+                deadline=self.deadline,
+            )
+        return self._record(trial, outcome)
+
+    def _report_window(self, trial: optuna.Trial) -> Callable[[WindowResult], Any]:
+        def report(window: WindowResult) -> tuple[Status, str] | None:
+            trial.report(window.samples_per_second, window.index)  # per-window throughput: Optuna's pruners see it
+            if trial.should_prune():
+                return Status.SLOW, (
+                    f"pruned by the study's pruner after window {window.index + 1} "
+                    f"at {window.samples_per_second:.1f} samples/s"
+                )
+            return None
+
+        return report
+
+    def _record(self, trial: optuna.Trial, outcome: TrialOutcome) -> float:
+        import optuna
+
+        budgets = self.plan.budgets
+        limit = budgets.memory_limit_bytes
+        peak = outcome.peak_memory_bytes
+        if outcome.status is Status.OK and peak is not None and limit is not None and peak > limit:
+            outcome.status = Status.OOM
+            outcome.reason = f"peak memory {format_size(peak)} is above {budgets.describe_memory_limit()}"
+        for key, value in outcome.user_attrs().items():
+            trial.set_user_attr(key, value)
+        if outcome.status is not Status.OK:
+            explain_trial(trial, outcome.status.value, outcome.reason)
+        if outcome.status is Status.OOM:
+            # Positive: infeasible; the sampler learns where the memory limit lies.
+            excess = (peak / limit - 1.0) if (peak and limit) else 0.0
+            trial.set_constraint("memory", max(excess, 0.01))
+        elif peak is not None and limit is not None:
+            trial.set_constraint("memory", peak / limit - 1.0)
+        if outcome.status is Status.OK:
+            self._record_projection(trial, outcome)
+            assert outcome.samples_per_second is not None
+            return outcome.samples_per_second
+        if outcome.status is Status.ERROR:
+            raise TrialError(outcome.reason)
+        raise optuna.TrialPruned(f"{outcome.status.value}: {outcome.reason}")
+
+    def _record_projection(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        """The full run's projected time; past the deadline it is a constraint, not a failure."""
+        budgets = self.plan.budgets
+        projected = budgets.project(outcome.user_attrs())
+        trial.set_user_attr("projected_full_run_seconds", projected)
+        if budgets.time_limit_seconds is None or projected is None:
+            return
+        trial.set_constraint("deadline", projected / budgets.time_limit_seconds - 1.0)
+        if projected > budgets.time_limit_seconds:
+            trial.set_user_attr(
+                "reason",
+                f"projected full run {format_duration(projected)} misses {budgets.describe_time_limit()}",
+            )
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.trials_run += 1
+        explain_study(study, figures=self.trials_run % FIGURE_EVERY == 0)
+        feasible = _records.feasible_trials(study.get_trials(deepcopy=False))
+        self.listener.on_trial_end(trial, max(feasible, key=_records.throughput) if feasible else None)

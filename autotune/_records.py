@@ -1,0 +1,86 @@
+"""Reading autotune's figures back out of Optuna trials (their user attributes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+# Knobs that do not change a trial's peak memory; every other knob does.
+MEMORY_NEUTRAL_KNOBS = ("batch_size", "accumulation_steps", "max_lr")
+
+
+def status(trial: FrozenTrial) -> str:
+    return trial.user_attrs.get("status", "running" if trial.state.name == "RUNNING" else trial.state.name.lower())
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Finished, status ok, and within every constraint (Optuna's rule: all values <= 0)."""
+    return (
+        trial.state.name == "COMPLETE"
+        and trial.user_attrs.get("status") == "ok"
+        and all(value <= 0 for value in trial.constraints.values())
+    )
+
+
+def throughput(trial: FrozenTrial) -> float:
+    return float(trial.user_attrs.get("samples_per_second") or 0.0)
+
+
+def feasible_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    return [trial for trial in trials if is_feasible(trial)]
+
+
+def baseline_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """The baseline's measurement: the first baseline trial that finished ok (a re-run after a
+    crash counts), else the first one that finished at all."""
+    baselines = sorted((t for t in trials if t.user_attrs.get("baseline") and t.state.is_finished()),
+                       key=lambda t: t.number)
+    return next((t for t in baselines if t.user_attrs.get("status") == "ok"), baselines[0] if baselines else None)
+
+
+def proven_out_of_memory(
+    trials: Iterable[FrozenTrial], config: dict[str, Any], budget_bytes: int | None
+) -> FrozenTrial | None:
+    """An earlier trial that ran out of memory with the same memory-relevant knobs and a batch
+    size no larger than ``config``'s, under a budget no larger than this one: ``config`` cannot fit."""
+    for trial in trials:
+        earlier = trial.user_attrs.get("config")
+        if trial.user_attrs.get("status") != "oom" or not earlier or trial.user_attrs.get("skipped"):
+            continue
+        same_knobs = all(
+            earlier.get(name) == value for name, value in config.items() if name not in MEMORY_NEUTRAL_KNOBS
+        )
+        earlier_budget = trial.user_attrs.get("memory_budget_bytes")
+        budget_ok = earlier_budget is None or (budget_bytes is not None and budget_bytes <= earlier_budget)
+        if same_knobs and budget_ok and config["batch_size"] >= earlier["batch_size"]:
+            return trial
+    return None
+
+
+def status_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """How many trials ended each way (ok, oom, slow, ...), in order of first appearance."""
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[status(trial)] = counts.get(status(trial), 0) + 1
+    return counts
+
+
+# What a study was set up with, one study user attribute per part (optuna-dashboard shows each,
+# and truncates long values, so one big attribute would not be readable there).
+SETUP_KEYS = (
+    "workload", "space", "baseline", "device", "torch_device", "budgets", "requested", "measure",
+    "trial_timeout_seconds",
+)
+
+
+def read_setup(study: Any) -> dict[str, Any]:
+    attrs = study.user_attrs
+    return {key: attrs[key] for key in SETUP_KEYS if key in attrs}
+
+
+def write_setup(study: Any, setup: dict[str, Any]) -> None:
+    for key, value in setup.items():
+        study.set_user_attr(key, value)

@@ -1,0 +1,82 @@
+"""Budgets a config must meet: memory with headroom, and the full run's time window."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from autotune._units import format_duration, format_size
+from autotune.exceptions import UsageError
+
+DEFAULT_TRIAL_TIMEOUT_SECONDS = 600.0
+MIN_TRIAL_TIMEOUT_SECONDS = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Budgets:
+    """What makes a measured config feasible, beyond running at all."""
+
+    memory_budget_bytes: int | None = None  # a trial above it is stopped (and on CUDA cannot allocate past it)
+    memory_headroom: float = 0.10  # feasible only below (1 - headroom) x budget
+    epochs: float = 1.0  # the full run, in passes over the dataset
+    deadline_seconds: float | None = None  # the full run's window
+    safety_margin_seconds: float = 0.0  # kept free inside the window
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.memory_headroom < 1:
+            raise UsageError(f"--memory-headroom must be in [0, 1), got {self.memory_headroom}")
+        if not self.epochs > 0:
+            raise UsageError(f"--epochs must be > 0, got {self.epochs}")
+        if self.deadline_seconds is not None and self.safety_margin_seconds >= self.deadline_seconds:
+            raise UsageError(
+                f"--safety-margin ({format_duration(self.safety_margin_seconds)}) must be shorter than "
+                f"--deadline ({format_duration(self.deadline_seconds)})"
+            )
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        """The most a feasible config may use: the budget less the headroom."""
+        if self.memory_budget_bytes is None:
+            return None
+        return int(self.memory_budget_bytes * (1 - self.memory_headroom))
+
+    @property
+    def time_limit_seconds(self) -> float | None:
+        """The longest feasible full run: the deadline less the safety margin."""
+        if self.deadline_seconds is None:
+            return None
+        return self.deadline_seconds - self.safety_margin_seconds
+
+    def describe_memory_limit(self) -> str:
+        return (
+            f"{format_size(self.memory_limit_bytes)} (the budget {format_size(self.memory_budget_bytes)} "
+            f"less {self.memory_headroom:.0%} headroom)"
+        )
+
+    def describe_time_limit(self) -> str:
+        margin = f" less the {format_duration(self.safety_margin_seconds)} margin" if self.safety_margin_seconds else ""
+        return f"{format_duration(self.time_limit_seconds)} (the deadline {format_duration(self.deadline_seconds)}{margin})"
+
+    def project(self, trial_attrs: dict[str, Any], samples_per_second: float | None = None) -> float | None:
+        """Seconds the full run would take at a trial's throughput: its samples over the measured
+        rate, plus the trial's own warm-up and compile time, paid once."""
+        rate = samples_per_second or trial_attrs.get("samples_per_second")
+        dataset_size = trial_attrs.get("dataset_size")
+        if not rate or not dataset_size:
+            return None
+        return dataset_size * self.epochs / rate + (trial_attrs.get("warmup_seconds") or 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Budgets:
+        return cls(**(data or {}))
+
+
+def derive_trial_timeout(timeout_seconds: float | None, n_trials: int | None) -> float:
+    """Without --trial-timeout: a few times a trial's fair share of the search budget."""
+    if timeout_seconds is None:
+        return DEFAULT_TRIAL_TIMEOUT_SECONDS
+    share = timeout_seconds / (n_trials or 4)
+    return min(timeout_seconds, max(MIN_TRIAL_TIMEOUT_SECONDS, 3 * share))

@@ -1,0 +1,268 @@
+"""The ``autotune`` command: parse options, call one library function, print the result."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from autotune.exceptions import AutotuneError
+
+storage_option = click.option(
+    "--storage",
+    metavar="URL",
+    default=None,
+    help="Study storage (SQLAlchemy URL). Default: sqlite:///studies/autotune.db. "
+    "Share one PostgreSQL URL to run several autotune processes on one study.",
+)
+study_option = click.option(
+    "--study", "study_name", metavar="NAME", default=None, help="Study name. Default: derived from the workload."
+)
+
+
+def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """AutotuneError -> 'Error: ...' and exit 1. Anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except AutotuneError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            hint = "; finished trials are kept in the study: run the same command to resume" if command.__name__ == "search" else ""
+            click.echo(f"Interrupted{hint}.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="autotune")
+def main() -> None:
+    """Find the fastest way to train a PyTorch model on this machine, by measurement.
+
+    autotune runs short, measured trials of your own training step in fresh processes,
+    searches batch size, DataLoader workers, precision, channels_last, torch.compile and
+    more with Optuna, and exports the fastest config that fits your memory budget.
+    """
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  autotune search                                   # tune the built-in demo on this machine
+  autotune search --workload train.py:workload --trials 30 --timeout 20m
+  autotune search --workload mypkg.train:workload --max-memory 24GiB --space my_space.yaml
+  autotune search --storage postgresql://user@db/autotune --study resnet50   # one of many workers
+  autotune search --workload train.py:workload --effective-batch 256 --deadline 12h --safety-margin 30m
+"""
+)
+@click.option("--workload", "workload_spec", metavar="FILE.py:NAME|MODULE:NAME", default=None,
+              help="Your training job (a Workload or a function returning one). Default: the built-in demo.")
+@study_option
+@storage_option
+@click.option("--space", metavar="FILE.yaml", default=None, help="Search space. Default: the shipped default.yaml.")
+@click.option("--trials", "n_trials", type=int, default=20, show_default=True, help="Trials to run in this invocation.")
+@click.option("--timeout", metavar="DURATION", default=None, help="Budget for the whole search, e.g. 90s, 10m, 2h.")
+@click.option("--trial-timeout", metavar="DURATION", default=None,
+              help="A trial with no result by then is stopped (status timeout). "
+              "Default: 3x a trial's share of --timeout (at least 30s), else 10m.")
+@click.option("--max-memory", metavar="SIZE", default=None,
+              help="Memory budget of one trial, e.g. 640MiB, 24GiB (device memory on CUDA, resident memory on CPU). "
+              "Default: the CUDA device's memory, or the machine's available memory.")
+@click.option("--memory-headroom", type=float, default=0.10, show_default=True,
+              help="Feasible only below (1 - headroom) x --max-memory.")
+@click.option("--effective-batch", type=int, default=None,
+              help="Fix batch_size x accumulation_steps; accumulation_steps is derived.")
+@click.option("--epochs", type=float, default=None, help="Epochs of the full run. Default: the workload's.")
+@click.option("--deadline", metavar="DURATION", default=None,
+              help="The full run must finish within this (e.g. 12h); configs projected past it are infeasible.")
+@click.option("--safety-margin", metavar="DURATION", default=None,
+              help="Kept free inside --deadline (e.g. 30m). Default: none.")
+@click.option("--slow-fraction", type=float, default=0.5, show_default=True,
+              help="Prune a trial whose first window is below this fraction of the best trial's throughput.")
+@click.option("--lr-find/--no-lr-find", default=True, show_default=True,
+              help="After the speed search, run the LR range test on the best config.")
+@click.option("--lr-scaling", type=click.Choice(["linear", "sqrt", "none"]), default="linear", show_default=True,
+              help="How the range test's starting point follows the effective batch (from base_lr).")
+@click.option("--divergence-factor", type=float, default=4.0, show_default=True,
+              help="A trial whose loss rises above this times its first value ends as diverged.")
+@click.option("--seed", type=int, default=None, help="Seed of the TPE sampler and of each trial.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--warmup-steps", type=int, default=2, show_default=True, help="Untimed steps before the windows.")
+@click.option("--windows", type=int, default=3, show_default=True, help="Timed windows per trial (median is reported).")
+@click.option("--window-seconds", type=float, default=1.0, show_default=True, help="Length of one timed window.")
+@_reports_errors
+def search(workload_spec: str | None, study_name: str | None, storage: str | None, space: str | None,
+           n_trials: int, timeout: str | None, trial_timeout: str | None, max_memory: str | None,
+           memory_headroom: float, effective_batch: int | None, epochs: float | None, deadline: str | None,
+           safety_margin: str | None, slow_fraction: float, lr_find: bool, lr_scaling: str, divergence_factor: float,
+           seed: int | None, device: str, warmup_steps: int, windows: int, window_seconds: float) -> None:
+    """Tune a workload: measure its baseline, then search the speed knobs."""
+    from autotune._console import SearchPrinter, print_search_result
+    from autotune._units import parse_duration, parse_size
+    from autotune.runner import MeasureSettings
+    from autotune.study import SearchOptions
+    from autotune.study import search as run_search
+    from autotune.workload import DEMO_SPEC
+
+    options = SearchOptions(
+        workload=workload_spec or DEMO_SPEC,
+        study_name=study_name,
+        storage=storage,
+        space=space,
+        n_trials=n_trials,
+        timeout_seconds=parse_duration(timeout, what="--timeout") if timeout else None,
+        trial_timeout_seconds=parse_duration(trial_timeout, what="--trial-timeout") if trial_timeout else None,
+        max_memory_bytes=parse_size(max_memory, what="--max-memory") if max_memory else None,
+        memory_headroom=memory_headroom,
+        effective_batch=effective_batch,
+        epochs=epochs,
+        deadline_seconds=parse_duration(deadline, what="--deadline") if deadline else None,
+        safety_margin_seconds=parse_duration(safety_margin, what="--safety-margin", allow_zero=True) if safety_margin else 0.0,
+        slow_fraction=slow_fraction,
+        lr_find=lr_find,
+        lr_scaling=lr_scaling,
+        seed=seed,
+        device=device,
+        measure=MeasureSettings(
+            warmup_steps=warmup_steps, windows=windows, window_seconds=window_seconds, seed=seed or 0,
+            divergence_factor=divergence_factor,
+        ),
+    )
+    printer = SearchPrinter(options.n_trials, options.timeout_seconds)
+    try:
+        result = run_search(options, printer)
+    finally:
+        printer.close()
+    print_search_result(result)
+
+
+@main.command(
+    "export-best",
+    epilog="""\b
+Examples:
+  autotune export-best                              # the only study in the default storage
+  autotune export-best --study demo --out best.yaml
+  autotune export-best --study resnet50 --storage postgresql://user@db/autotune --format json --out best.json
+  autotune export-best --verify 3 --rounds 3        # re-measure the top 3 and the baseline first
+  autotune export-best --prefer memory              # the leanest config within 5% of the fastest
+""",
+)
+@study_option
+@storage_option
+@click.option("--out", metavar="FILE", default="best.yaml", show_default=True, help="Where to write the config.")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default=None,
+              help="File format. Default: from --out's suffix (.json -> json, else yaml).")
+@click.option("--prefer", type=click.Choice(["fastest", "balanced", "memory"]), default="fastest", show_default=True,
+              help="fastest: highest throughput; memory: least memory within 5% of the fastest; "
+              "balanced: the fastest that leaves twice the memory headroom.")
+@click.option("--verify", "verify_top", type=int, default=0, show_default=True, metavar="K",
+              help="Re-measure the top K candidates and the baseline in fresh processes, then choose.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved rounds of --verify.")
+@_reports_errors
+def export_best(study_name: str | None, storage: str | None, out: str, fmt: str | None, prefer: str,
+                verify_top: int, rounds: int) -> None:
+    """Write the best feasible config, its measured figures, its payoff and provenance.
+
+    The baseline is exported unless a config beats it by more than the measured noise.
+    """
+    from autotune._console import print_export, print_verify_run
+    from autotune.export import export_best as run_export
+
+    export = run_export(study_name, storage, out, fmt, prefer=prefer, verify_top=verify_top,  # type: ignore[arg-type]
+                        rounds=rounds, on_verify_run=print_verify_run)
+    print_export(export)
+
+
+@main.command(
+    "lr-find",
+    epilog="""\b
+Examples:
+  autotune lr-find                                  # the best trial of the storage's only study
+  autotune lr-find --study demo --trial 7 --plot lr_find.png
+  autotune lr-find --study resnet50 --lr-scaling sqrt --steps 200
+""",
+)
+@study_option
+@storage_option
+@click.option("--trial", "trial_number", type=int, default=None,
+              help="The trial whose config is tested. Default: the fastest feasible trial.")
+@click.option("--lr-scaling", type=click.Choice(["linear", "sqrt", "none"]), default="linear", show_default=True,
+              help="Centre the sweep on base_lr scaled by the effective batch against the baseline's.")
+@click.option("--steps", type=int, default=100, show_default=True, help="Optimizer steps in the sweep.")
+@click.option("--plot", metavar="FILE.png", default="lr_find.png", show_default=True,
+              help="Where to draw the curve (loss against LR, log scale, the suggestion marked).")
+@_reports_errors
+def lr_find(study_name: str | None, storage: str | None, trial_number: int | None, lr_scaling: str, steps: int,
+            plot: str) -> None:
+    """Run the LR range test on a trial's config and suggest OneCycle's max_lr.
+
+    The curve and the suggestion are stored with the study, and export-best uses them.
+    """
+    from autotune._console import print_lr_find
+    from autotune.lr_find import lr_find_for_trial
+    from autotune.lr_find import plot as draw
+    from autotune.storage import load_study
+
+    if steps < 5:
+        raise click.BadParameter(f"must be >= 5, got {steps}", param_hint="--steps")
+    result = lr_find_for_trial(load_study(study_name, storage), trial_number, scaling=lr_scaling,  # type: ignore[arg-type]
+                               steps=steps)
+    print_lr_find(result, draw(result, plot))
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  autotune dashboard                                # the default storage, http://127.0.0.1:8080/
+  autotune dashboard --storage postgresql://user@db/autotune --host 0.0.0.0 --port 8081
+""",
+)
+@storage_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on (0: any free port).")
+@_reports_errors
+def dashboard(storage: str | None, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the study storage; Ctrl-C stops it."""
+    from autotune.dashboard import serve
+
+    serve(storage, host, port, on_ready=lambda url: click.echo(f"optuna-dashboard at {url} (Ctrl-C to stop)"))
+    click.echo("dashboard stopped")
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  autotune report                                   # the storage's only study
+  autotune report --study demo --top 5 --plots plots/
+  autotune report --study demo --json > report.json
+""",
+)
+@study_option
+@storage_option
+@click.option("--top", type=int, default=10, show_default=True, help="How many of the fastest trials to list.")
+@click.option("--plots", metavar="DIR", default=None, help="Write the figures there as PNG and HTML files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, for scripts.")
+@_reports_errors
+def report(study_name: str | None, storage: str | None, top: int, plots: str | None, as_json: bool) -> None:
+    """Show a study: the top trials and the baseline, status counts, speedups, which knobs mattered."""
+    from autotune.report import build_report
+
+    result = build_report(study_name, storage, top=top, plots=plots)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        from autotune._console import print_report
+
+        print_report(result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

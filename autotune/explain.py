@@ -1,0 +1,87 @@
+"""Studies that explain themselves in optuna-dashboard: a study note, trial notes, stored figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from autotune import _records
+from autotune._units import format_duration, format_size
+from autotune.budget import Budgets
+from autotune.figures import study_figures, to_plotly
+from autotune.selection import Candidate, select
+
+
+def explain_study(study: Any, *, figures: bool = True) -> str:
+    """Write the study note (and, with ``figures``, the plotly figures) the dashboard shows; returns the note."""
+    import optuna_dashboard
+
+    trials = study.get_trials(deepcopy=False)
+    budgets = Budgets.from_json(_records.read_setup(study).get("budgets"))
+    note = study_note(study.study_name, trials, budgets, study.user_attrs.get("lr_find", {}))
+    optuna_dashboard.save_note(study, note)
+    if figures:
+        for figure in study_figures(trials, budgets):
+            optuna_dashboard.save_plotly_graph_object(study, to_plotly(figure), graph_object_id=figure.id)
+    return note
+
+
+def explain_trial(trial: Any, status: str, reason: str) -> None:
+    """A trial that did not finish well says why in its own note."""
+    import optuna_dashboard
+
+    optuna_dashboard.save_note(trial, f"**{status}**: {reason}")
+
+
+def study_note(name: str, trials: Sequence[Any], budgets: Budgets, lr_results: dict[str, Any]) -> str:
+    lines = [f"## autotune: {name}", ""]
+    feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(trials)]
+    baseline_trial = _records.baseline_trial(trials)
+    baseline = next((c for c in feasible if c.is_baseline), None)
+    if feasible:
+        selection = select(feasible, baseline, budgets)
+        chosen = selection.chosen
+        speedup = (
+            f", **{chosen.samples_per_second / baseline.samples_per_second:.2f}x** the baseline "
+            f"(trial #{baseline.number}, {baseline.samples_per_second:.1f} samples/s)"
+            if baseline is not None
+            else ", the baseline has no feasible measurement"
+        )
+        lines.append(f"**Winner:** trial #{chosen.number}, {chosen.samples_per_second:.1f} samples/s{speedup}")
+        lines.append("")
+        lines += [f"- {line}" for line in selection.explanation]
+        projected = chosen.attrs.get("projected_full_run_seconds")
+        if projected is not None:
+            lines.append(f"- full run ({budgets.epochs:g} epochs) projected at {format_duration(projected)}")
+    else:
+        state = "no trial yet" if not trials else "no feasible trial yet"
+        lines.append(f"**Winner:** {state}" + (f" (baseline is trial #{baseline_trial.number})" if baseline_trial else ""))
+    lines += ["", "| status | trials |", "|---|---|"]
+    lines += [f"| {status} | {count} |" for status, count in _records.status_counts(trials).items()]
+    lines += ["", f"**Memory:** feasible below {budgets.describe_memory_limit()}. {memory_limit_found(trials)}"]
+    for data in lr_results.values():
+        lines.append(
+            f"\n**LR range test** (trial #{data['trial']}): suggested max_lr {data['suggestion']:.3g}, "
+            f"minimum loss at {data['lr_at_min_loss']:.3g}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def memory_limit_found(trials: Sequence[Any]) -> str:
+    """Where the memory limit lies: the largest batch that fitted, the smallest that did not."""
+    ran = [t for t in trials if "config" in t.user_attrs and t.user_attrs.get("peak_memory_bytes") is not None]
+    fitted = [t for t in ran if t.user_attrs.get("status") in ("ok", "slow", "diverged")]
+    out = [t for t in ran if t.user_attrs.get("status") == "oom" and not t.user_attrs.get("skipped")]
+    parts = []
+    if fitted:
+        largest = max(fitted, key=lambda t: t.user_attrs["config"]["batch_size"])
+        parts.append(
+            f"Largest batch that fitted: {largest.user_attrs['config']['batch_size']} "
+            f"(trial #{largest.number}, peak {format_size(largest.user_attrs['peak_memory_bytes'])})."
+        )
+    if out:
+        smallest = min(out, key=lambda t: t.user_attrs["config"]["batch_size"])
+        parts.append(
+            f"Smallest that ran out: {smallest.user_attrs['config']['batch_size']} (trial #{smallest.number})."
+        )
+    return " ".join(parts) if parts else "No trial has run out of memory."

@@ -1,0 +1,292 @@
+"""export-best: the chosen config as a file, with its measured figures, the full-run projection,
+the payoff against the baseline, and provenance."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from autotune import _records
+from autotune._units import format_duration
+from autotune.budget import Budgets
+from autotune.config import TrainConfig
+from autotune.exceptions import NoFeasibleTrialError, UsageError
+from autotune.lr_find import stored_result
+from autotune.selection import Candidate, Preference, Selection, select
+from autotune.storage import DEFAULT_STORAGE, load_study, redact
+from autotune.verify import verify
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+ExportFormat = Literal["yaml", "json"]
+
+MEASURED_FIELDS = (
+    "samples_per_second",
+    "unit_per_second",
+    "unit",
+    "throughput_cv",
+    "peak_memory_bytes",
+    "data_wait_fraction",
+    "warmup_seconds",
+    "compile_seconds",
+    "loss_start",
+    "loss_end",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """The exported document, and where it was written."""
+
+    document: dict[str, Any]
+    path: Path | None
+
+    @property
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.document["config"])
+
+    @property
+    def explanation(self) -> list[str]:
+        return self.document["selection"]["explanation"]
+
+
+def export_best(
+    study_name: str | None = None,
+    storage: str | None = None,
+    out: str | Path | None = None,
+    fmt: ExportFormat | None = None,
+    prefer: Preference = "fastest",
+    verify_top: int = 0,
+    rounds: int = 3,
+    on_verify_run: Callable[[int, int, Candidate, float | None], None] | None = None,
+) -> Export:
+    """Choose among the study's feasible trials (optionally re-measuring the top ``verify_top``)
+    and write the choice as YAML or JSON."""
+    import importlib.metadata
+
+    import optuna
+
+    if verify_top < 0 or rounds < 1:
+        raise UsageError(f"--verify must be >= 0 and --rounds >= 1, got {verify_top} and {rounds}")
+    study = load_study(study_name, storage)
+    setup = _records.read_setup(study)
+    budgets = Budgets.from_json(setup.get("budgets"))
+    trials = study.get_trials(deepcopy=False)
+    feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(trials)]
+    baseline_trial = _records.baseline_trial(trials)
+    misses = _deadline_misses(trials)
+    if not feasible and not misses:
+        counts = _records.status_counts(trials)
+        raise NoFeasibleTrialError(
+            f"study {study.study_name!r} has no feasible trial to export "
+            f"({', '.join(f'{n} {s}' for s, n in counts.items()) or 'no trials'})"
+        )
+    verification = None
+    if verify_top and feasible:
+        top = sorted(feasible, key=lambda c: c.samples_per_second, reverse=True)[:verify_top]
+        top += [c for c in feasible if c.is_baseline and c not in top]
+        verification = verify(top, setup, rounds=rounds, on_run=on_verify_run)
+        feasible = verification.candidates
+        study.set_user_attr("verification", {"rounds": verification.rounds, "seconds": verification.seconds})
+    baseline = next((c for c in feasible if c.is_baseline), None)
+    selection = select(
+        feasible,
+        baseline,
+        budgets,
+        prefer=prefer,
+        deadline_misses=[Candidate.from_trial(t) for t in misses],
+        study_name=study.study_name,
+    )
+    chosen = selection.chosen
+    config, lr_section, lr_line = _learning_rate(study, chosen)
+    selection.explanation.append(lr_line)
+    search_seconds = sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_complete is not None and t.datetime_start is not None
+    ) + (verification.seconds if verification else 0.0)
+    document = {
+        "config": config.to_dict(),
+        "measured": _measured(chosen),
+        "one_cycle": _one_cycle(config, chosen, budgets),
+        "lr_find": lr_section,
+        "full_run": _full_run(selection, budgets),
+        "payoff": _payoff(selection, budgets, baseline_trial, search_seconds),
+        "selection": {
+            "prefer": prefer,
+            "explanation": selection.explanation,
+            "verified": None if verification is None else verification.rounds,
+        },
+        "provenance": {
+            "study": study.study_name,
+            "storage": redact(storage or DEFAULT_STORAGE),
+            "trial": chosen.number,
+            "workload": setup.get("workload"),
+            "device": chosen.attrs.get("device"),
+            "torch_version": chosen.attrs.get("torch_version"),
+            "optuna_version": optuna.__version__,
+            "autotune_version": importlib.metadata.version("autotune"),
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "baseline_trial": baseline_trial.number if baseline_trial is not None else None,
+            "baseline_samples_per_second": _baseline_rate(selection, baseline_trial),
+            "speedup_over_baseline": _speedup(selection, baseline_trial),
+        },
+    }
+    path = None
+    if out is not None:
+        path = Path(out)
+        fmt = fmt or ("json" if path.suffix == ".json" else "yaml")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(document, fmt))
+    return Export(document=document, path=path)
+
+
+def render(document: dict[str, Any], fmt: ExportFormat) -> str:
+    if fmt == "json":
+        return json.dumps(document, indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(document, sort_keys=False)
+    raise UsageError(f"--format must be yaml or json, got {fmt!r}")
+
+
+def _deadline_misses(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Finished, fitting in memory, and infeasible only because of the deadline."""
+    return [
+        t
+        for t in trials
+        if t.state.name == "COMPLETE"
+        and t.user_attrs.get("status") == "ok"
+        and t.constraints.get("deadline", 0) > 0
+        and all(value <= 0 for key, value in t.constraints.items() if key != "deadline")
+    ]
+
+
+def _learning_rate(study: Any, chosen: Candidate) -> tuple[TrainConfig, dict | None, str]:
+    """The chosen config with max_lr from a range test of the same effective batch and precision."""
+    config = TrainConfig.from_dict(chosen.attrs["config"])
+    result = stored_result(study, chosen.attrs["config"])
+    if result is None:
+        return config, None, (
+            f"max_lr {config.max_lr:g} as the trial ran it: no LR range test covers this effective batch and "
+            f"precision (run 'autotune lr-find --study {study.study_name} --trial {chosen.number}')"
+        )
+    searched = "max_lr" in _searched_knobs(study)
+    section = {
+        "trial": result.trial,
+        "suggestion": result.suggestion,
+        "lr_at_min_loss": result.lr_at_min_loss,
+        "lr_steepest": result.lr_steepest,
+        "rule": "min(lr_at_min_loss / 4, lr_steepest), at least lr_at_min_loss / 10",
+    }
+    if searched and config.max_lr <= result.lr_at_min_loss / 2:
+        return config, section, (
+            f"max_lr {config.max_lr:g} as searched: the LR range test finds it clear of the edge "
+            f"(minimum loss at {result.lr_at_min_loss:.3g})"
+        )
+    line = f"max_lr {result.suggestion:.3g} from the LR range test (minimum loss at {result.lr_at_min_loss:.3g})"
+    if searched:
+        line += f"; the trial's searched {config.max_lr:g} is too close to the edge"
+    return dataclasses.replace(config, max_lr=result.suggestion), section, line
+
+
+def _searched_knobs(study: Any) -> list[str]:
+    space = _records.read_setup(study).get("space", {})
+    return [name for name, domain in space.items() if isinstance(domain, (list, dict))]
+
+
+def _one_cycle(config: TrainConfig, chosen: Candidate, budgets: Budgets) -> dict[str, Any]:
+    """Arguments for torch.optim.lr_scheduler.OneCycleLR over the full run."""
+    dataset_size = chosen.attrs.get("dataset_size")
+    total_steps = None
+    if dataset_size:
+        steps_per_epoch = (dataset_size // config.batch_size) // config.accumulation_steps  # drop_last batches
+        total_steps = max(1, int(steps_per_epoch * budgets.epochs))
+    return {
+        "max_lr": config.max_lr,
+        "total_steps": total_steps,
+        "pct_start": 0.3,
+        "div_factor": 25.0,
+        "final_div_factor": 1e4,
+        "anneal_strategy": "cos",
+    }
+
+
+def _measured(chosen: Candidate) -> dict[str, Any]:
+    measured: dict[str, Any] = {key: chosen.attrs.get(key) for key in MEASURED_FIELDS}
+    measured["samples_per_second"] = chosen.samples_per_second  # the re-measured figure after --verify
+    measured["effective_batch_size"] = TrainConfig.from_dict(chosen.attrs["config"]).effective_batch_size
+    measured["window_samples_per_second"] = chosen.attrs.get("window_samples_per_second")
+    return measured
+
+
+def _full_run(selection: Selection, budgets: Budgets) -> dict[str, Any]:
+    chosen = selection.chosen
+    return {
+        "epochs": budgets.epochs,
+        "dataset_size": chosen.attrs.get("dataset_size"),
+        "projected_seconds": budgets.project(chosen.attrs, chosen.samples_per_second),
+        "deadline_seconds": budgets.deadline_seconds,
+        "safety_margin_seconds": budgets.safety_margin_seconds,
+        "fits_deadline": selection.fits_deadline if budgets.deadline_seconds is not None else None,
+        "memory_budget_bytes": budgets.memory_budget_bytes,
+        "memory_limit_bytes": budgets.memory_limit_bytes,
+    }
+
+
+def _baseline_rate(selection: Selection, baseline_trial: FrozenTrial | None) -> float | None:
+    if selection.baseline is not None:
+        return selection.baseline.samples_per_second
+    if baseline_trial is not None and baseline_trial.user_attrs.get("status") == "ok":
+        return _records.throughput(baseline_trial)
+    return None
+
+
+def _speedup(selection: Selection, baseline_trial: FrozenTrial | None) -> float | None:
+    rate = _baseline_rate(selection, baseline_trial)
+    return round(selection.chosen.samples_per_second / rate, 4) if rate else None
+
+
+def _payoff(
+    selection: Selection, budgets: Budgets, baseline_trial: FrozenTrial | None, search_seconds: float
+) -> dict[str, Any]:
+    """Speedup, both full runs' projections, and whether the search paid for itself."""
+    chosen_seconds = budgets.project(selection.chosen.attrs, selection.chosen.samples_per_second)
+    baseline_rate = _baseline_rate(selection, baseline_trial)
+    baseline_seconds = (
+        budgets.project(baseline_trial.user_attrs, baseline_rate) if baseline_trial is not None and baseline_rate else None
+    )
+    saved = baseline_seconds - chosen_seconds if baseline_seconds is not None and chosen_seconds is not None else None
+    payoff = {
+        "speedup_over_baseline": _speedup(selection, baseline_trial),
+        "projected_seconds": chosen_seconds,
+        "baseline_projected_seconds": baseline_seconds,
+        "saved_seconds": saved,
+        "search_seconds": search_seconds,
+        "pays_back": None if saved is None else saved > search_seconds,
+    }
+    payoff["line"] = payoff_line(payoff)
+    return payoff
+
+
+def payoff_line(payoff: dict[str, Any]) -> str:
+    speedup, saved, search = payoff["speedup_over_baseline"], payoff["saved_seconds"], payoff["search_seconds"]
+    if speedup is None or saved is None:
+        return f"no baseline measurement to compare with; the search took {format_duration(search)}"
+    line = (
+        f"{speedup:.2f}x the baseline: the full run projects {format_duration(payoff['projected_seconds'])} "
+        f"instead of {format_duration(payoff['baseline_projected_seconds'])}"
+    )
+    if saved <= 0:
+        return line + f"; the search took {format_duration(search)} and saves nothing"
+    if saved <= search:
+        verdict = "does not pay for itself on one run"
+    else:
+        verdict = f"pays for itself {saved / search:.1f}x over" if search > 0 else "pays for itself"
+    return line + f", saving {format_duration(saved)} for a {format_duration(search)} search ({verdict})"

@@ -1,0 +1,140 @@
+"""The study's figures: throughput and peak memory against batch size.
+
+Each figure is built once from the trials as plain series, then drawn with plotly (stored
+with the study for optuna-dashboard, and written as HTML) or matplotlib (PNG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autotune import _records
+from autotune.budget import Budgets
+
+MIB = 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    name: str
+    x: list[float]
+    y: list[float]
+    labels: list[str]  # hover text: the trial number and status
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    id: str  # a valid HTML id: the dashboard overwrites a stored figure with the same id
+    title: str
+    x_title: str
+    y_title: str
+    series: list[Series]
+    lines: list[tuple[str, float]]  # horizontal reference lines: (label, y)
+    log_x: bool = True
+
+
+def study_figures(trials: Sequence[Any], budgets: Budgets) -> list[Figure]:
+    return [throughput_figure(trials), memory_figure(trials, budgets)]
+
+
+def throughput_figure(trials: Sequence[Any]) -> Figure:
+    """samples/s against batch size, one series per precision; finished trials only."""
+    groups: dict[str, Series] = {}
+    for trial in trials:
+        attrs = trial.user_attrs
+        if attrs.get("status") != "ok" or "config" not in attrs:
+            continue
+        precision = attrs["config"]["precision"]
+        series = groups.setdefault(precision, Series(precision, [], [], []))
+        series.x.append(attrs["config"]["batch_size"])
+        series.y.append(attrs["samples_per_second"])
+        series.labels.append(f"trial #{trial.number}")
+    return Figure(
+        id="throughput-vs-batch-size",
+        title="Throughput against batch size, per precision",
+        x_title="batch size",
+        y_title="samples/s",
+        series=[groups[name] for name in sorted(groups)],
+        lines=[],
+    )
+
+
+def memory_figure(trials: Sequence[Any], budgets: Budgets) -> Figure:
+    """Peak memory against batch size: trials that fit, and those that ran out, with the limits."""
+    fits = Series("fits", [], [], [])
+    out = Series("out of memory", [], [], [])
+    for trial in trials:
+        attrs = trial.user_attrs
+        peak = attrs.get("peak_memory_bytes")
+        if peak is None or "config" not in attrs or attrs.get("skipped"):
+            continue
+        series = out if attrs.get("status") == "oom" else fits
+        series.x.append(attrs["config"]["batch_size"])
+        series.y.append(peak / MIB)
+        series.labels.append(f"trial #{trial.number} ({_records.status(trial)})")
+    lines = []
+    if budgets.memory_budget_bytes is not None:
+        lines.append(("budget", budgets.memory_budget_bytes / MIB))
+        lines.append((f"limit ({budgets.memory_headroom:.0%} headroom)", (budgets.memory_limit_bytes or 0) / MIB))
+    return Figure(
+        id="peak-memory-vs-batch-size",
+        title="Peak memory against batch size",
+        x_title="batch size",
+        y_title="peak memory (MiB)",
+        series=[s for s in (fits, out) if s.x],
+        lines=lines,
+    )
+
+
+def to_plotly(figure: Figure) -> Any:
+    import plotly.graph_objects as go
+
+    plot = go.Figure()
+    for series in figure.series:
+        plot.add_trace(go.Scatter(x=series.x, y=series.y, mode="markers", name=series.name, text=series.labels))
+    for label, y in figure.lines:
+        plot.add_hline(y=y, line_dash="dash", annotation_text=label)
+    plot.update_layout(title=figure.title, xaxis_title=figure.x_title, yaxis_title=figure.y_title)
+    if figure.log_x:
+        plot.update_xaxes(type="log")
+    return plot
+
+
+def write_png(figure: Figure, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    canvas, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for series in figure.series:
+        axes.scatter(series.x, series.y, label=series.name)
+    for index, (label, y) in enumerate(figure.lines):
+        axes.axhline(y, linestyle="--", color=f"C{3 + index}", label=label)
+    if figure.log_x:
+        axes.set_xscale("log", base=2)
+    axes.set_title(figure.title)
+    axes.set_xlabel(figure.x_title)
+    axes.set_ylabel(figure.y_title)
+    if figure.series or figure.lines:
+        axes.legend()
+    axes.grid(True, alpha=0.3)
+    canvas.tight_layout()
+    canvas.savefig(path)
+    plt.close(canvas)
+    return path
+
+
+def write_files(figures: Sequence[Figure], folder: str | Path) -> list[Path]:
+    """Each figure as ``<id>.html`` (interactive, plotly) and ``<id>.png``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for figure in figures:
+        html = folder / f"{figure.id}.html"
+        to_plotly(figure).write_html(html, include_plotlyjs="directory")  # one plotly.min.js beside them, offline
+        written += [html, write_png(figure, folder / f"{figure.id}.png")]
+    return written

@@ -1,0 +1,90 @@
+"""``autotune report``: a study's top trials, the baseline, status counts and which knobs mattered."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any
+
+from autotune import _records
+from autotune.budget import Budgets
+from autotune.explain import memory_limit_found
+from autotune.figures import study_figures, write_files
+from autotune.storage import load_study
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    study: str
+    status_counts: dict[str, int]
+    rows: list[dict[str, Any]]  # the top trials by throughput, then the baseline if it is not among them
+    importances: dict[str, float]  # knob -> share of the throughput's variance it explains (fANOVA)
+    importance_note: str | None  # why importances are missing, when they are
+    memory: str
+    lr_find: list[dict[str, Any]]
+    plots: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_report(study_name: str | None = None, storage: str | None = None, top: int = 10,
+                 plots: str | Path | None = None) -> Report:
+    study = load_study(study_name, storage)
+    trials = study.get_trials(deepcopy=False)
+    budgets = Budgets.from_json(_records.read_setup(study).get("budgets"))
+    baseline = _records.baseline_trial(trials)
+    baseline_rate = _records.throughput(baseline) if baseline is not None and _records.status(baseline) == "ok" else None
+    measured = sorted((t for t in trials if _records.status(t) == "ok"), key=_records.throughput, reverse=True)
+    chosen = measured[:top]
+    if baseline is not None and baseline not in chosen:
+        chosen.append(baseline)
+    importances, note = _importances(study)
+    written = [str(path) for path in write_files(study_figures(trials, budgets), plots)] if plots else []
+    return Report(
+        study=study.study_name,
+        status_counts=_records.status_counts(trials),
+        rows=[_row(trial, baseline_rate) for trial in chosen],
+        importances=importances,
+        importance_note=note,
+        memory=f"feasible below {budgets.describe_memory_limit()}. {memory_limit_found(trials)}",
+        lr_find=list(study.user_attrs.get("lr_find", {}).values()),
+        plots=written,
+    )
+
+
+def _row(trial: Any, baseline_rate: float | None) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    rate = attrs.get("samples_per_second")
+    return {
+        "trial": trial.number,
+        "baseline": bool(attrs.get("baseline")),
+        "status": _records.status(trial),
+        "feasible": _records.is_feasible(trial),
+        "samples_per_second": rate,
+        "speedup": rate / baseline_rate if rate and baseline_rate else None,
+        "throughput_cv": attrs.get("throughput_cv"),
+        "peak_memory_bytes": attrs.get("peak_memory_bytes"),
+        "projected_full_run_seconds": attrs.get("projected_full_run_seconds"),
+        "reason": attrs.get("reason") or "",
+        "config": attrs.get("config"),
+    }
+
+
+def _importances(study: Any) -> tuple[dict[str, float], str | None]:
+    """Optuna's default evaluator (fANOVA) over the finished trials' params."""
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return {}, f"parameter importances need at least 3 finished trials, the study has {len(complete)}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError) as exc:
+        return {}, f"parameter importances could not be computed: {exc}"
+    if not importances:
+        return {}, "no knob varied across the finished trials"
+    return {name: float(value) for name, value in importances.items()}, None

@@ -1,0 +1,70 @@
+"""Resident memory of a trial process and its descendants (DataLoader workers), sampled."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+
+
+class ProcessTree:
+    """The trial process and every process it started; sampled, and killed as a whole.
+
+    The figure is the trial process's resident set plus each descendant's private
+    resident memory (RSS less shared file-backed pages), so the torch libraries that
+    forked workers map again are counted once.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.root = psutil.Process(pid)
+        self.seen: dict[int, psutil.Process] = {pid: self.root}
+        self.peak_bytes = 0
+
+    def sample(self) -> int:
+        try:
+            processes = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:  # the trial process is gone
+            processes = [p for p in self.seen.values() if p.pid != self.pid]
+        total = 0
+        for process in processes:
+            self.seen.setdefault(process.pid, process)
+            try:
+                info = process.memory_info()
+            except psutil.Error:
+                continue
+            shared = getattr(info, "shared", 0)
+            total += info.rss if process.pid == self.pid else max(0, info.rss - shared)
+        self.peak_bytes = max(self.peak_bytes, total)
+        return total
+
+    def kill(self) -> None:
+        """SIGKILL the process group and every descendant seen, including any that left the group."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for process in self._alive():
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+
+    def leftovers(self) -> list[int]:
+        """PIDs of processes of this tree still running (after kill and wait: none)."""
+        return [process.pid for process in self._alive()]
+
+    def _alive(self) -> list[psutil.Process]:
+        try:
+            self.seen.update({p.pid: p for p in self.root.children(recursive=True)})
+        except psutil.Error:
+            pass
+        alive = []
+        for process in self.seen.values():
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+            except psutil.Error:
+                continue
+        return alive

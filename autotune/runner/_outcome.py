@@ -1,0 +1,129 @@
+"""What goes into a trial process (TrialJob) and what comes out of it (TrialOutcome)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """How a trial ended. Everything but ``ok`` is a loss with a recorded reason."""
+
+    OK = "ok"
+    OOM = "oom"
+    SLOW = "slow"
+    DIVERGED = "diverged"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureSettings:
+    """How long a trial runs: warm-up steps, then timed windows (data loading included)."""
+
+    warmup_steps: int = 2  # torch.compile trials get one more
+    windows: int = 3
+    window_seconds: float = 1.0
+    max_window_steps: int = 50
+    min_window_steps: int = 1
+    seed: int = 0
+    divergence_factor: float | None = 4.0  # diverged when the loss rises above this x its first value
+
+    def __post_init__(self) -> None:
+        from autotune.exceptions import UsageError
+
+        for name, low in (("warmup_steps", 0), ("windows", 1), ("max_window_steps", 1), ("min_window_steps", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        if not self.window_seconds > 0:
+            raise UsageError(f"--window-seconds must be > 0, got {self.window_seconds!r}")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise UsageError(f"--divergence-factor must be > 1, got {self.divergence_factor!r}")
+
+    @property
+    def max_steps(self) -> int:
+        """Optimizer steps a trial can run at most; the trial's OneCycle schedule spans them."""
+        return max(1, self.warmup_steps) + 1 + self.windows * self.max_window_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialJob:
+    """Everything a fresh trial process needs; it travels as JSON."""
+
+    workload: str
+    config: dict[str, Any]
+    device: str = "cpu"
+    measure: MeasureSettings = MeasureSettings()
+    memory_budget_bytes: int | None = None
+    timeout_seconds: float = 600.0
+    lr_sweep: dict[str, Any] | None = None  # set for an LR range test: min_lr, max_lr, steps[, beta, stop_factor]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialJob:
+        return cls(**{**data, "measure": MeasureSettings(**data["measure"])})
+
+
+@dataclasses.dataclass
+class WindowResult:
+    """One timed window: optimizer steps whose samples, units and seconds were counted."""
+
+    index: int
+    steps: int
+    samples: int
+    units: float
+    seconds: float  # wall time between two device synchronisations
+    data_wait_seconds: float  # of which spent waiting for the DataLoader
+    loss: float
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds
+
+    @property
+    def units_per_second(self) -> float:
+        return self.units / self.seconds
+
+
+@dataclasses.dataclass
+class TrialOutcome:
+    """A trial's figures and how it ended; stored as the Optuna trial's user attributes."""
+
+    status: Status
+    reason: str = ""
+    samples_per_second: float | None = None  # median over windows
+    unit_per_second: float | None = None  # median over windows, in the workload's unit
+    unit: str | None = None  # the workload's unit ("samples", "tokens", "images", ...)
+    throughput_cv: float | None = None  # coefficient of variation of samples/s over windows
+    peak_memory_bytes: int | None = None
+    data_wait_fraction: float | None = None  # share of timed wall time spent waiting for data
+    warmup_seconds: float | None = None
+    compile_seconds: float | None = None
+    loss_start: float | None = None
+    loss_end: float | None = None
+    scaler_skipped_steps: int | None = None  # fp16: optimizer steps the GradScaler skipped while timed
+    dataset_size: int | None = None  # samples in one epoch of the workload's dataset
+    device: str | None = None
+    torch_version: str | None = None
+    windows: list[WindowResult] = dataclasses.field(default_factory=list)
+    lr_curve: dict[str, Any] | None = None  # an LR range test's lrs, losses, smoothed losses
+    wall_seconds: float | None = None  # the whole trial, process start to end
+    log_tail: str = ""
+
+    def user_attrs(self) -> dict[str, Any]:
+        attrs = {
+            key: value
+            for key, value in dataclasses.asdict(self).items()
+            if key not in ("windows", "log_tail", "status", "lr_curve")
+        }
+        attrs["status"] = self.status.value
+        if self.loss_start is not None and self.loss_end is not None:
+            attrs["loss_decrease"] = self.loss_start - self.loss_end  # with the trial's max_lr, over its steps
+        attrs["window_samples_per_second"] = [round(w.samples_per_second, 3) for w in self.windows]
+        if self.log_tail and self.status is not Status.OK:
+            attrs["log_tail"] = self.log_tail[-2000:]
+        return attrs

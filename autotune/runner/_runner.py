@@ -1,0 +1,273 @@
+"""The parent side of a trial: start a fresh process, follow its events, end it, classify the end.
+
+Nothing a trial does (crash, abort, hang, runaway memory, stray DataLoader workers)
+can stop the caller: every path ends with the whole process tree killed and reaped,
+and a TrialOutcome with a status and a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from autotune._units import format_size
+from autotune.runner._memory import ProcessTree
+from autotune.runner._outcome import Status, TrialJob, TrialOutcome, WindowResult
+
+# Called after each timed window; returns (status, reason) to stop the trial there.
+WindowDecision = Callable[[WindowResult], "tuple[Status, str] | None"]
+
+_POLL_SECONDS = 0.05  # how often the parent samples memory and checks the clock
+_MIN_JUDGED_STEP_SECONDS = 0.1  # shortest warm-up step whose time bounds the trial's throughput
+
+
+def run_trial(
+    job: TrialJob,
+    *,
+    on_window: WindowDecision | None = None,
+    slow_below: float | None = None,
+    deadline: float | None = None,
+) -> TrialOutcome:
+    """Run one trial in a fresh process.
+
+    ``slow_below`` (samples/s) stops it as ``slow`` once it provably cannot reach that rate;
+    ``deadline`` (time.monotonic) cuts it short, as a timeout.
+    """
+    started = time.monotonic()
+    stop_at = started + job.timeout_seconds
+    if deadline is not None:
+        stop_at = min(stop_at, deadline)
+    read_fd, write_fd = os.pipe()
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory(prefix="autotune-trial-") as scratch:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "autotune.runner._child", str(write_fd)],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,),
+            start_new_session=True,  # its own process group: killed as one, workers included
+            env=_child_environment(scratch),
+        )
+        os.close(write_fd)
+        tree = ProcessTree(process.pid)
+        follower = _Follower(job, tree, on_window, slow_below)
+        try:
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(job.to_json()).encode())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at start; its exit status tells why
+        if deadline is not None and deadline < started + job.timeout_seconds:
+            timeout_reason = "stopped when the search's time budget ran out"
+        else:
+            timeout_reason = f"no result within the trial timeout ({job.timeout_seconds:.0f}s)"
+        try:
+            _follow(process, read_fd, tree, follower, stop_at, timeout_reason)
+        finally:
+            tree.kill()
+            process.wait()
+            os.close(read_fd)
+        outcome = follower.outcome(process.returncode)
+        outcome.wall_seconds = time.monotonic() - started
+        log.seek(0, os.SEEK_END)
+        log.seek(max(0, log.tell() - 4000))
+        outcome.log_tail = log.read().decode(errors="replace")
+    return outcome
+
+
+def _child_environment(scratch: str) -> dict[str, str]:
+    """The trial's temporary files (multiprocessing's, DataLoader workers') go to a scratch folder
+    removed after the trial, since a killed trial never cleans up after itself. The torch.compile
+    cache stays where it normally is, so later trials reuse it."""
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TMPDIR": scratch,
+        "TORCHINDUCTOR_CACHE_DIR": os.environ.get(
+            "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{_user()}")
+        ),
+    }
+
+
+def _user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _follow(process, read_fd, tree, follower, stop_at, timeout_reason) -> None:
+    reader = _EventReader(read_fd, follower)
+    while follower.stop is None:
+        pending = reader.read(_POLL_SECONDS)
+        follower.check_memory(tree.sample())
+        if follower.finished or follower.stop is not None:
+            return
+        if process.poll() is not None and not pending:
+            # Exited. Its last events may have landed after the read above: drain without waiting
+            # (DataLoader workers that inherited the pipe can keep it open, so no EOF is owed).
+            while reader.read(0) and not follower.finished:
+                pass
+            return
+        if time.monotonic() > stop_at:
+            follower.stop = (Status.TIMEOUT, timeout_reason)
+
+
+class _EventReader:
+    """JSON-line events from the trial's pipe, handed to the follower as they arrive."""
+
+    def __init__(self, read_fd: int, follower: _Follower) -> None:
+        self.read_fd = read_fd
+        self.follower = follower
+        self.buffer = b""
+        self.closed = False  # every writer (the trial, and any worker that inherited the pipe) has exited
+
+    def read(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for data and handle the complete lines; True if anything came."""
+        if self.closed:
+            time.sleep(timeout)
+            return False
+        if not select.select([self.read_fd], [], [], timeout)[0]:
+            return False
+        chunk = os.read(self.read_fd, 65536)
+        self.closed = not chunk
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.follower.handle(json.loads(line))
+        return bool(chunk)
+
+
+class _Follower:
+    """Accumulates a trial's events and decides when the parent must stop it."""
+
+    def __init__(
+        self, job: TrialJob, tree: ProcessTree, on_window: WindowDecision | None, slow_below: float | None
+    ) -> None:
+        self.job = job
+        self.tree = tree
+        self.on_window = on_window
+        self.slow_below = slow_below
+        self.windows: list[WindowResult] = []
+        self.lr_curve: dict | None = None
+        self.info: dict = {}
+        self.failure: tuple[Status, str] | None = None
+        self.stop: tuple[Status, str] | None = None  # set when the parent ends the trial
+        self.finished = False
+
+    def handle(self, event: dict) -> None:
+        kind = event.pop("event")
+        if kind == "warmup_step":
+            self.stop = self.stop or self._slow_warmup(event)
+        elif kind == "window":
+            window = WindowResult(**event)
+            self.windows.append(window)
+            rate = window.samples_per_second
+            if window.index == 0 and self.slow_below is not None and rate < self.slow_below:
+                self.stop = self.stop or (
+                    Status.SLOW, f"{rate:.1f} samples/s in the first window, below the slow threshold {self.slow_below:.1f}"
+                )
+            if self.on_window is not None and self.stop is None:
+                self.stop = self.on_window(window)
+        elif kind == "lr_curve":
+            self.lr_curve = event
+        elif kind == "failed":
+            self.failure = (Status(event["status"]), event["reason"])
+            self.finished = True
+        else:
+            self.info.update(event)
+            self.finished = kind == "done"
+
+    def _slow_warmup(self, step: dict) -> tuple[Status, str] | None:
+        """A steady warm-up step whose compute alone (data waits excluded) is under the threshold:
+        data loading only adds time, so no timed window can reach it."""
+        first_steady = 2 if step["compiled"] else 1  # step 0 starts workers and compiles; compiled modes settle later
+        compute_seconds = step["seconds"] - step["data_wait_seconds"]
+        # Steps of a few milliseconds are dominated by first-call overheads: only long steps are judged.
+        if self.slow_below is None or step["index"] < first_steady or compute_seconds < _MIN_JUDGED_STEP_SECONDS:
+            return None
+        bound = step["samples"] / compute_seconds
+        if bound >= self.slow_below:
+            return None
+        return Status.SLOW, (
+            f"warm-up step {step['index'] + 1} computed at {bound:.1f} samples/s without data loading, "
+            f"below the slow threshold {self.slow_below:.1f}"
+        )
+
+    def check_memory(self, current_bytes: int) -> None:
+        budget = self.job.memory_budget_bytes
+        if budget is not None and self.job.device == "cpu" and current_bytes > budget and self.stop is None:
+            self.stop = (
+                Status.OOM,
+                f"resident memory {format_size(current_bytes)} exceeded the memory budget {format_size(budget)}",
+            )
+
+    def outcome(self, returncode: int | None) -> TrialOutcome:
+        outcome = TrialOutcome(status=Status.OK, windows=self.windows, lr_curve=self.lr_curve, **self._figures())
+        if self.stop is not None:
+            outcome.status, outcome.reason = self.stop
+        elif self.failure is not None:
+            outcome.status, outcome.reason = self.failure
+        elif not self.finished:
+            outcome.status, outcome.reason = _died(returncode)
+        elif outcome.peak_memory_bytes is not None and self.job.memory_budget_bytes is not None and (
+            outcome.peak_memory_bytes > self.job.memory_budget_bytes
+        ):
+            outcome.status = Status.OOM
+            outcome.reason = (
+                f"peak memory {format_size(outcome.peak_memory_bytes)} exceeded the memory budget "
+                f"{format_size(self.job.memory_budget_bytes)}"
+            )
+        return outcome
+
+    def _figures(self) -> dict:
+        info = self.info
+        figures: dict = {
+            "device": info.get("device"),
+            "torch_version": info.get("torch_version"),
+            "unit": info.get("unit"),
+            "dataset_size": info.get("dataset_size"),
+            "warmup_seconds": info.get("warmup_seconds"),
+            "compile_seconds": info.get("compile_seconds"),
+            "loss_start": info.get("loss_start"),
+            "loss_end": self.windows[-1].loss if self.windows else None,
+            "scaler_skipped_steps": info.get("scaler_skipped_steps"),
+        }
+        if self.job.device == "cpu":
+            # CPU: the sampled tree peak, never below the kernel's record of the trial process's own peak.
+            figures["peak_memory_bytes"] = max(self.tree.peak_bytes, info.get("process_peak_rss_bytes") or 0) or None
+        else:
+            figures["peak_memory_bytes"] = info.get("device_peak_memory_bytes")
+        if self.windows:
+            rates = [window.samples_per_second for window in self.windows]
+            mean = statistics.fmean(rates)
+            figures["samples_per_second"] = statistics.median(rates)
+            figures["unit_per_second"] = statistics.median(window.units_per_second for window in self.windows)
+            figures["throughput_cv"] = statistics.pstdev(rates) / mean if mean > 0 else None
+            figures["data_wait_fraction"] = sum(w.data_wait_seconds for w in self.windows) / sum(
+                w.seconds for w in self.windows
+            )
+        return figures
+
+
+def _died(returncode: int | None) -> tuple[Status, str]:
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:  # real-time signals have no name
+            name = f"signal {-returncode}"
+        if -returncode == signal.SIGKILL:
+            return Status.OOM, "trial process was killed by SIGKILL (the host's out-of-memory killer)"
+        return Status.ERROR, f"trial process died from {name}"
+    return Status.ERROR, f"trial process exited with code {returncode} before reporting a result"

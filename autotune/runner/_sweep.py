@@ -1,0 +1,43 @@
+"""Inside the trial process: the LR range test (Smith), an exponential sweep of the learning rate."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from autotune.runner._harness import Emit, Training
+from autotune.runner._outcome import TrialJob
+from autotune.workload import Workload
+
+
+def run_lr_sweep(job: TrialJob, workload: Workload, emit: Emit) -> None:
+    """One optimizer step per learning rate, from ``min_lr`` to ``max_lr`` geometrically, recording
+    the loss and its bias-corrected exponential moving average; stops once the average exceeds
+    ``stop_factor`` x its best (as Lightning's lr_find and torch-lr-finder do)."""
+    sweep: dict[str, Any] = job.lr_sweep or {}
+    min_lr, max_lr, steps = sweep["min_lr"], sweep["max_lr"], sweep["steps"]
+    beta, stop_factor = sweep.get("beta", 0.98), sweep.get("stop_factor", 4.0)
+    training = Training(job, workload, emit, one_cycle_steps=None)
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    average, best = 0.0, math.inf
+    stopped_early = False
+    for index in range(steps):
+        lr = min_lr * (max_lr / min_lr) ** (index / max(1, steps - 1))
+        training.set_lr(lr)
+        loss = float(training.step())  # .item(): one value per step, synchronised
+        lrs.append(lr)
+        losses.append(loss)
+        if not math.isfinite(loss):
+            stopped_early = True
+            break
+        average = beta * average + (1 - beta) * loss
+        value = average / (1 - beta ** (index + 1))  # bias correction of the moving average
+        smoothed.append(value)
+        best = min(best, value)
+        if index > 0 and value > stop_factor * best:
+            stopped_early = True
+            break
+    emit({"event": "lr_curve", "lrs": lrs, "losses": losses, "smoothed": smoothed, "stopped_early": stopped_early})
+    emit({"event": "done"})

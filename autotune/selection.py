@@ -1,0 +1,133 @@
+"""Choosing the config to export: a preference, then the baseline guarantee against measured noise."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from autotune._units import format_duration, format_size
+from autotune.budget import Budgets
+from autotune.exceptions import NoFeasibleTrialError
+
+Preference = Literal["fastest", "balanced", "memory"]
+PREFERENCES: tuple[str, ...] = ("fastest", "balanced", "memory")
+MEMORY_PREFERENCE_TOLERANCE = 0.05  # "memory" picks the leanest config within 5% of the fastest
+NOISE_SIGMAS = 2.0  # a win must exceed twice the combined relative spread of the two figures
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A measured config: its throughput (median) and relative spread, from a trial or a re-measurement."""
+
+    number: int  # the Optuna trial number
+    attrs: dict[str, Any]  # the trial's user attributes
+    samples_per_second: float
+    spread: float  # coefficient of variation of the measurement
+    peak_memory_bytes: int | None
+    is_baseline: bool = False
+
+    @classmethod
+    def from_trial(cls, trial: Any) -> Candidate:
+        attrs = dict(trial.user_attrs)
+        return cls(
+            number=trial.number,
+            attrs=attrs,
+            samples_per_second=float(attrs["samples_per_second"]),
+            spread=float(attrs.get("throughput_cv") or 0.0),
+            peak_memory_bytes=attrs.get("peak_memory_bytes"),
+            is_baseline=bool(attrs.get("baseline")),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    chosen: Candidate
+    baseline: Candidate | None
+    fits_deadline: bool
+    explanation: list[str]  # one line per decision, shown to the user and stored in the export
+
+
+def noise_margin(a: Candidate, b: Candidate) -> float:
+    """Relative difference two measurements can show by noise alone."""
+    return NOISE_SIGMAS * math.hypot(a.spread, b.spread)
+
+
+def select(
+    feasible: Sequence[Candidate],
+    baseline: Candidate | None,
+    budgets: Budgets,
+    prefer: Preference = "fastest",
+    deadline_misses: Sequence[Candidate] = (),
+    study_name: str = "",
+) -> Selection:
+    """Pick by preference among feasible candidates; the baseline wins unless beaten beyond noise.
+
+    ``baseline`` is the baseline's candidate when it is feasible, else None. When nothing is
+    feasible only because of the deadline, the closest miss is returned with ``fits_deadline=False``.
+    """
+    if not feasible:
+        return _closest_miss(deadline_misses, budgets, study_name)
+    chosen, line = _by_preference(feasible, budgets, prefer)
+    explanation = [line]
+    if baseline is not None and not chosen.is_baseline:
+        gain = chosen.samples_per_second / baseline.samples_per_second - 1.0
+        margin = noise_margin(chosen, baseline)
+        if gain <= margin:
+            explanation.append(
+                f"no faster config found: trial #{chosen.number} is {gain:+.1%} against the baseline, within "
+                f"the measured noise (±{margin:.1%}); exporting the baseline (trial #{baseline.number})"
+            )
+            chosen = baseline
+        else:
+            explanation.append(
+                f"trial #{chosen.number} beats the baseline by {gain:.1%}, beyond the measured noise (±{margin:.1%})"
+            )
+    elif baseline is None:
+        explanation.append("the baseline has no feasible measurement to compare with")
+    return Selection(chosen=chosen, baseline=baseline, fits_deadline=True, explanation=explanation)
+
+
+def _by_preference(feasible: Sequence[Candidate], budgets: Budgets, prefer: Preference) -> tuple[Candidate, str]:
+    fastest = max(feasible, key=lambda c: c.samples_per_second)
+    if prefer == "fastest":
+        return fastest, f"fastest: trial #{fastest.number}, the highest throughput ({fastest.samples_per_second:.1f} samples/s)"
+    if prefer == "memory":
+        floor = (1 - MEMORY_PREFERENCE_TOLERANCE) * fastest.samples_per_second
+        pool = [c for c in feasible if c.samples_per_second >= floor and c.peak_memory_bytes is not None]
+        leanest = min(pool, key=lambda c: c.peak_memory_bytes or 0, default=fastest)
+        return leanest, (
+            f"memory: trial #{leanest.number} uses the least memory ({format_size(leanest.peak_memory_bytes)}) "
+            f"among configs within {MEMORY_PREFERENCE_TOLERANCE:.0%} of the fastest"
+        )
+    if prefer == "balanced":
+        if budgets.memory_budget_bytes is None:
+            return fastest, f"balanced: no memory budget is set, so trial #{fastest.number}, the fastest"
+        roomy = budgets.memory_budget_bytes * (1 - 2 * budgets.memory_headroom)
+        pool = [c for c in feasible if c.peak_memory_bytes is not None and c.peak_memory_bytes <= roomy]
+        if not pool:
+            return fastest, (
+                f"balanced: no config leaves twice the headroom (peak <= {format_size(roomy)}); "
+                f"trial #{fastest.number}, the fastest"
+            )
+        best = max(pool, key=lambda c: c.samples_per_second)
+        return best, (
+            f"balanced: trial #{best.number}, the fastest whose peak ({format_size(best.peak_memory_bytes)}) "
+            f"leaves twice the headroom (<= {format_size(roomy)})"
+        )
+    raise ValueError(f"unknown preference {prefer!r}")
+
+
+def _closest_miss(misses: Sequence[Candidate], budgets: Budgets, study_name: str) -> Selection:
+    projected = [(c.attrs.get("projected_full_run_seconds"), c) for c in misses]
+    projected = [(seconds, c) for seconds, c in projected if seconds is not None]
+    if not projected or budgets.time_limit_seconds is None:
+        raise NoFeasibleTrialError(f"study {study_name!r} has no feasible trial to export")
+    seconds, closest = min(projected, key=lambda pair: pair[0])
+    over = seconds - budgets.time_limit_seconds
+    line = (
+        f"no config fits {budgets.describe_time_limit()}: the closest, trial #{closest.number}, "
+        f"projects {format_duration(seconds)}, {format_duration(over)} over; exporting it"
+    )
+    return Selection(chosen=closest, baseline=None, fits_deadline=False, explanation=[line])

@@ -1,0 +1,295 @@
+"""The search: an Optuna study whose trials are measured training runs in fresh processes."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autotune import _records
+from autotune.budget import Budgets, derive_trial_timeout
+from autotune.config import TrainConfig
+from autotune.device import DeviceInfo, detect_device, unsupported_values
+from autotune.exceptions import StudyError, UsageError
+from autotune._objective import Objective, TrialError
+from autotune.explain import explain_study
+from autotune.lr_find import LRFindError, LRFindResult, lr_find_for_trial
+from autotune.runner import MeasureSettings
+from autotune.space import SearchSpace, diff_spaces, load_space
+from autotune.storage import DEFAULT_STORAGE, open_storage, redact
+from autotune.workload import DEMO_SPEC, Workload, load_workload, workload_name
+
+if TYPE_CHECKING:
+    import optuna
+
+METRIC_NAME = "samples/s"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """Everything ``autotune search`` takes; the CLI fills it from its options."""
+
+    workload: str = DEMO_SPEC
+    study_name: str | None = None
+    storage: str | None = None
+    space: str | Path | None = None
+    n_trials: int | None = 20
+    timeout_seconds: float | None = None  # the whole search, the running trial included
+    trial_timeout_seconds: float | None = None  # None: derived from timeout_seconds and n_trials
+    max_memory_bytes: int | None = None  # None: the device's memory (CUDA) or the available memory (CPU)
+    memory_headroom: float = 0.10
+    effective_batch: int | None = None  # None: the space file's effective_batch, if any
+    epochs: float | None = None  # None: the workload's epochs
+    deadline_seconds: float | None = None
+    safety_margin_seconds: float = 0.0
+    slow_fraction: float = 0.5
+    lr_find: bool = True  # run the LR range test on the best config after the speed search
+    lr_scaling: str = "linear"  # how the range test's centre follows the effective batch
+    seed: int | None = None
+    device: str = "auto"
+    measure: MeasureSettings = MeasureSettings()
+
+    def __post_init__(self) -> None:
+        if self.n_trials is not None and self.n_trials < 1:
+            raise UsageError(f"--trials must be >= 1, got {self.n_trials}")
+        if not 0 <= self.slow_fraction < 1:
+            raise UsageError(f"--slow-fraction must be in [0, 1), got {self.slow_fraction}")
+        if self.lr_scaling not in ("linear", "sqrt", "none"):
+            raise UsageError(f"--lr-scaling must be linear, sqrt or none, got {self.lr_scaling!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchPlan:
+    """What a search will run, settled before any trial: shown to the user, stored with the study."""
+
+    study_name: str
+    storage: str
+    device: DeviceInfo
+    space: SearchSpace  # restricted to what the device and workload can run
+    requested_space: dict[str, Any]  # the space as written, stored to detect a changed space on resume
+    baseline: TrainConfig
+    budgets: Budgets
+    trial_timeout_seconds: float
+    notes: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    study_name: str
+    storage: str
+    trials_run: int
+    best: optuna.trial.FrozenTrial | None
+    baseline: optuna.trial.FrozenTrial | None
+    status_counts: dict[str, int]
+    lr_find: LRFindResult | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class SearchListener:
+    """Hooks for showing a search as it runs; the default shows nothing."""
+
+    def on_plan(self, plan: SearchPlan) -> None: ...
+
+    def on_trial_start(self, number: int, config: TrainConfig, is_baseline: bool) -> None: ...
+
+    def on_trial_end(self, trial: optuna.trial.FrozenTrial, best: optuna.trial.FrozenTrial | None) -> None: ...
+
+    def on_lr_find_start(self, trial: optuna.trial.FrozenTrial) -> None: ...
+
+
+def plan_search(options: SearchOptions, workload: Workload | None = None) -> SearchPlan:
+    """Load the workload and the space, restrict the space to the device: every input error is raised here."""
+    workload = workload or load_workload(options.workload)
+    space, notes = load_space(options.space if options.space is not None else workload.space).with_effective_batch(
+        options.effective_batch
+    )
+    device = detect_device(options.device)
+    unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
+    if not _supports_gradient_checkpointing(workload):
+        unsupported["gradient_checkpointing"] = {
+            True: "the workload has no gradient_checkpointing hook and its model no gradient_checkpointing_enable()"
+        }
+    restricted, dropped = space.restrict(unsupported)
+    notes += dropped
+    requested = space.baseline(workload.baseline_overrides())
+    baseline = _runnable(requested, unsupported, notes)
+    budgets = Budgets(
+        memory_budget_bytes=options.max_memory_bytes or device.total_memory_bytes,
+        memory_headroom=options.memory_headroom,
+        epochs=float(options.epochs or workload.epochs),
+        deadline_seconds=options.deadline_seconds,
+        safety_margin_seconds=options.safety_margin_seconds,
+    )
+    trial_timeout = options.trial_timeout_seconds or derive_trial_timeout(options.timeout_seconds, options.n_trials)
+    return SearchPlan(
+        study_name=options.study_name or workload_name(options.workload),
+        storage=options.storage or DEFAULT_STORAGE,
+        device=device,
+        space=restricted,
+        requested_space=space.describe(),
+        baseline=baseline,
+        budgets=budgets,
+        trial_timeout_seconds=trial_timeout,
+        notes=notes,
+    )
+
+
+def search(options: SearchOptions, listener: SearchListener | None = None) -> SearchResult:
+    """Run (or resume) a study: the baseline first, then TPE-sampled configs, each in a fresh process."""
+    import optuna
+
+    deadline = None if options.timeout_seconds is None else time.monotonic() + options.timeout_seconds
+    listener = listener or SearchListener()
+    plan = plan_search(options)
+    storage = open_storage(plan.storage)
+    with warnings.catch_warnings(), _optuna_quiet():
+        # TPE's group/multivariate modes and metric names are stable in practice but flagged experimental.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _search(options, plan, storage, listener, deadline)
+
+
+def _search(
+    options: SearchOptions, plan: SearchPlan, storage: Any, listener: SearchListener, deadline: float | None
+) -> SearchResult:
+    import optuna
+
+    study = optuna.create_study(
+        study_name=plan.study_name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True, constant_liar=True),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    )
+    _check_or_record_setup(study, options, plan)
+    listener.on_plan(plan)
+    _enqueue_baseline(study, plan)
+
+    objective = Objective(options, plan, listener, deadline)
+    study.optimize(
+        objective,
+        n_trials=options.n_trials,
+        timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
+        catch=(TrialError,),
+        callbacks=[objective.after_trial],
+    )
+    trials = study.get_trials(deepcopy=False)
+    feasible = _records.feasible_trials(trials)
+    best = max(feasible, key=_records.throughput) if feasible else None
+    lr_result, notes = _run_lr_find(study, best, options, listener, deadline)
+    explain_study(study)  # the final note and figures, the range test included
+    return SearchResult(
+        study_name=plan.study_name,
+        storage=redact(plan.storage),
+        trials_run=objective.trials_run,
+        best=best,
+        baseline=_records.baseline_trial(trials),
+        status_counts=_records.status_counts(trials),
+        lr_find=lr_result,
+        notes=notes,
+    )
+
+
+def _run_lr_find(study, best, options: SearchOptions, listener: SearchListener, deadline: float | None):
+    """The range test on the winner, in its own process; it never fails the search."""
+    if not options.lr_find or best is None:
+        return None, []
+    if deadline is not None and deadline - time.monotonic() < 10:
+        return None, ["the LR range test was skipped: the time budget is spent (run 'autotune lr-find')"]
+    listener.on_lr_find_start(best)
+    try:
+        return lr_find_for_trial(study, best.number, scaling=options.lr_scaling), []  # type: ignore[arg-type]
+    except LRFindError as exc:
+        return None, [f"the LR range test did not give a suggestion: {exc}"]
+
+
+@contextlib.contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Optuna's own log lines stay out of the way: the listener shows each trial instead."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _supports_gradient_checkpointing(workload: Workload) -> bool:
+    if workload.gradient_checkpointing is not None:
+        return True
+    import torch
+
+    try:
+        with torch.device("meta"):  # no memory, no weights: only the model's methods matter here
+            model = workload.model()
+    except Exception:  # noqa: BLE001 - a model that cannot be built on "meta" is checked in its trial
+        return True
+    return callable(getattr(model, "gradient_checkpointing_enable", None))
+
+
+def _runnable(requested: TrainConfig, unsupported: dict, notes: list[str]) -> TrainConfig:
+    """The baseline with any knob value the device cannot run replaced by the field default."""
+    values = requested.to_dict()
+    for name, reasons in unsupported.items():
+        for value, reason in reasons.items():
+            if values[name] == value and type(values[name]) is type(value):
+                default = TrainConfig.__dataclass_fields__[name].default
+                values[name] = default
+                notes.append(f"baseline {name}={value} runs as {default}: {reason}")
+    return TrainConfig.from_dict(values, source="baseline").normalized()
+
+
+def _check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: SearchPlan) -> None:
+    """A resumed study must keep its workload and space; a new one records them."""
+    setup = {
+        "workload": options.workload,
+        "space": plan.requested_space,
+        "baseline": plan.baseline.to_dict(),
+        "device": plan.device.describe(),
+        "torch_device": plan.device.torch_device,
+        "budgets": plan.budgets.to_json(),
+        # What the user asked for (the default memory budget follows the free memory of the day).
+        "requested": {**plan.budgets.to_json(), "memory_budget_bytes": options.max_memory_bytes},
+        "measure": dataclasses.asdict(options.measure),
+        "trial_timeout_seconds": plan.trial_timeout_seconds,
+    }
+    recorded = _records.read_setup(study)
+    if not recorded:
+        _records.write_setup(study, setup)
+        study.set_metric_names([METRIC_NAME])
+        return
+    if recorded["workload"] != setup["workload"]:
+        raise StudyError(
+            f"study {plan.study_name!r} tunes workload {recorded['workload']!r}, not {setup['workload']!r}; "
+            "use another --study name"
+        )
+    changes = diff_spaces(recorded["space"], setup["space"])
+    if changes:
+        raise StudyError(
+            f"study {plan.study_name!r} was started with another search space ({'; '.join(changes)}); "
+            "use another --study name or the original space"
+        )
+    if recorded["device"] != setup["device"]:
+        plan.notes.append(f"study was started on {recorded['device']}; this run measures on {setup['device']}")
+    if recorded.get("requested") != setup["requested"] or recorded.get("measure") != setup["measure"]:
+        # export-best selects with the latest budgets; earlier trials keep the verdicts they were given.
+        plan.notes.append("budgets or measurement settings differ from the study's last run; the new ones apply")
+    current = ("torch_device", "budgets", "requested", "measure", "trial_timeout_seconds")
+    _records.write_setup(study, {key: setup[key] for key in current})
+
+
+def _enqueue_baseline(study: optuna.Study, plan: SearchPlan) -> None:
+    """The baseline runs first, once per study (a crashed or failed baseline is tried again)."""
+    import optuna
+
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("baseline") and trial.state != optuna.trial.TrialState.FAIL:
+            return
+    study.enqueue_trial(plan.space.fixed_params(plan.baseline), user_attrs={"baseline": True})
+

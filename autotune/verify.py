@@ -1,0 +1,68 @@
+"""Re-measuring the top candidates in fresh processes, interleaved over rounds, before choosing."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from autotune.budget import Budgets
+from autotune.runner import MeasureSettings, TrialJob, run_trial
+from autotune.selection import Candidate
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    candidates: list[Candidate]  # re-measured figures; candidates with no successful round are left out
+    rounds: list[dict[str, Any]]  # per candidate: trial number, each round's samples/s (None when it failed)
+    seconds: float  # wall time spent re-measuring
+
+
+def verify(
+    candidates: Sequence[Candidate],
+    setup: dict[str, Any],
+    rounds: int = 3,
+    on_run: Callable[[int, int, Candidate, float | None], None] | None = None,
+) -> Verification:
+    """Run every candidate once per round, in the same order each round, so drift hits all alike.
+
+    A candidate's figure is the median over rounds; its spread is the larger of the rounds'
+    coefficient of variation and its windows' typical one.
+    """
+    started = time.monotonic()
+    budgets = Budgets.from_json(setup.get("budgets"))
+    measure = MeasureSettings(**setup.get("measure", {}))
+    rates: dict[int, list[float | None]] = {c.number: [] for c in candidates}
+    window_spreads: dict[int, list[float]] = {c.number: [] for c in candidates}
+    for round_index in range(rounds):
+        for candidate in candidates:
+            outcome = run_trial(
+                TrialJob(
+                    workload=setup["workload"],
+                    config=candidate.attrs["config"],
+                    device=setup.get("torch_device", "cpu"),
+                    measure=measure,
+                    memory_budget_bytes=budgets.memory_budget_bytes,
+                    timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
+                )
+            )
+            rate = outcome.samples_per_second if outcome.status.value == "ok" else None
+            rates[candidate.number].append(rate)
+            if outcome.throughput_cv is not None and rate is not None:
+                window_spreads[candidate.number].append(outcome.throughput_cv)
+            if on_run is not None:
+                on_run(round_index, rounds, candidate, rate)
+    measured = []
+    for candidate in candidates:
+        good = [rate for rate in rates[candidate.number] if rate is not None]
+        if not good:
+            continue
+        rounds_cv = statistics.pstdev(good) / statistics.fmean(good) if len(good) > 1 else 0.0
+        windows_cv = statistics.fmean(window_spreads[candidate.number]) if window_spreads[candidate.number] else 0.0
+        measured.append(
+            dataclasses.replace(candidate, samples_per_second=statistics.median(good), spread=max(rounds_cv, windows_cv))
+        )
+    table = [{"trial": number, "samples_per_second": values} for number, values in rates.items()]
+    return Verification(candidates=measured, rounds=table, seconds=time.monotonic() - started)

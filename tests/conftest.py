@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny CPU workloads, throwaway storage, short measurements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autotune.runner import MeasureSettings
+
+WORKLOADS = Path(__file__).parent / "workloads"
+
+
+def workload_spec(name: str = "workload", file: str = "tiny.py") -> str:
+    """``tests/workloads/<file>:<name>`` as a --workload value."""
+    return f"{WORKLOADS / file}:{name}"
+
+
+@pytest.fixture
+def tiny_spec() -> str:
+    return workload_spec()
+
+
+@pytest.fixture
+def storage_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'studies' / 'test.db'}"
+
+
+@pytest.fixture
+def fast_measure() -> MeasureSettings:
+    """One warm-up step and two short windows: a trial takes about as long as its process start."""
+    return MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
+
+
+@pytest.fixture
+def space_file(tmp_path: Path):
+    """Write a search-space YAML text to a file and return its path."""
+
+    def write(text: str, name: str = "space.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def run_cli(*args: str):
+    """Invoke ``autotune ARGS`` in-process (click's CliRunner)."""
+    from click.testing import CliRunner
+
+    from autotune.cli import main
+
+    return CliRunner().invoke(main, list(args), prog_name="autotune")
+
+
+def error_line(result) -> str:
+    """The command failed with exactly one line of output, 'Error: ...', and no traceback."""
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.output.splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in result.output
+    return lines[0]

@@ -1,0 +1,188 @@
+"""Budgets: the memory limit with headroom, the full run's time window, projections, trial timeouts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autotune.budget import (
+    DEFAULT_TRIAL_TIMEOUT_SECONDS,
+    MIN_TRIAL_TIMEOUT_SECONDS,
+    Budgets,
+    derive_trial_timeout,
+)
+from autotune.exceptions import UsageError
+
+MiB = 1024**2
+GiB = 1024**3
+
+
+def test_budgets_memory_limit_is_the_budget_less_the_headroom():
+    assert Budgets(memory_budget_bytes=GiB, memory_headroom=0.25).memory_limit_bytes == 768 * MiB
+    assert Budgets(memory_budget_bytes=600 * MiB, memory_headroom=0.1).memory_limit_bytes == int(600 * MiB * 0.9)
+    assert Budgets(memory_budget_bytes=600 * MiB, memory_headroom=0.0).memory_limit_bytes == 600 * MiB
+
+
+def test_budgets_memory_limit_is_an_int():
+    assert isinstance(Budgets(memory_budget_bytes=1000, memory_headroom=0.3).memory_limit_bytes, int)
+
+
+def test_budgets_memory_limit_without_a_budget_is_none():
+    assert Budgets().memory_limit_bytes is None
+    assert Budgets(memory_headroom=0.5).memory_limit_bytes is None
+
+
+def test_budgets_default_headroom_is_ten_percent():
+    assert Budgets().memory_headroom == 0.10
+    assert Budgets(memory_budget_bytes=1000 * MiB).memory_limit_bytes == int(1000 * MiB * 0.9)
+
+
+def test_budgets_describe_memory_limit_names_budget_and_headroom():
+    budgets = Budgets(memory_budget_bytes=600 * MiB, memory_headroom=0.1)
+    assert budgets.describe_memory_limit() == "540.0 MiB (the budget 600.0 MiB less 10% headroom)"
+
+
+def test_budgets_time_limit_is_the_deadline_less_the_margin():
+    assert Budgets(deadline_seconds=3600, safety_margin_seconds=600).time_limit_seconds == 3000
+    assert Budgets(deadline_seconds=3600).time_limit_seconds == 3600
+
+
+def test_budgets_time_limit_without_a_deadline_is_none():
+    assert Budgets().time_limit_seconds is None
+    assert Budgets(safety_margin_seconds=60).time_limit_seconds is None
+
+
+def test_budgets_describe_time_limit_with_and_without_margin():
+    assert Budgets(deadline_seconds=12 * 3600, safety_margin_seconds=1800).describe_time_limit() == (
+        "11.5h (the deadline 12.0h less the 30.0m margin)"
+    )
+    assert Budgets(deadline_seconds=12 * 3600).describe_time_limit() == "12.0h (the deadline 12.0h)"
+
+
+def test_budgets_project_is_samples_over_rate_plus_warmup():
+    budgets = Budgets(epochs=2)
+    attrs = {"dataset_size": 512, "samples_per_second": 256.0, "warmup_seconds": 1.5}
+    assert budgets.project(attrs) == pytest.approx(512 * 2 / 256 + 1.5)
+
+
+def test_budgets_project_with_a_given_rate_overrides_the_trials():
+    budgets = Budgets(epochs=2)
+    attrs = {"dataset_size": 512, "samples_per_second": 256.0, "warmup_seconds": 1.5}
+    assert budgets.project(attrs, samples_per_second=512.0) == pytest.approx(2 + 1.5)
+
+
+def test_budgets_project_without_warmup_counts_none():
+    assert Budgets(epochs=1.5).project({"dataset_size": 1000, "samples_per_second": 100.0}) == pytest.approx(15.0)
+    assert Budgets().project({"dataset_size": 1000, "samples_per_second": 100.0, "warmup_seconds": None}) == (
+        pytest.approx(10.0)
+    )
+
+
+def test_budgets_project_scales_with_fractional_epochs():
+    attrs = {"dataset_size": 1000, "samples_per_second": 100.0, "warmup_seconds": 0.0}
+    assert Budgets(epochs=0.5).project(attrs) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"samples_per_second": 100.0, "warmup_seconds": 1.0},
+        {"dataset_size": None, "samples_per_second": 100.0},
+        {"dataset_size": 0, "samples_per_second": 100.0},
+        {"dataset_size": 512, "warmup_seconds": 1.0},
+        {"dataset_size": 512, "samples_per_second": None},
+        {"dataset_size": 512, "samples_per_second": 0.0},
+    ],
+)
+def test_budgets_project_without_dataset_size_or_rate_is_none(attrs):
+    assert Budgets().project(attrs) is None
+
+
+def test_budgets_headroom_of_one_is_refused():
+    with pytest.raises(UsageError) as caught:
+        Budgets(memory_headroom=1.0)
+    assert str(caught.value) == "--memory-headroom must be in [0, 1), got 1.0"
+
+
+def test_budgets_negative_headroom_is_refused():
+    with pytest.raises(UsageError) as caught:
+        Budgets(memory_headroom=-0.1)
+    assert str(caught.value) == "--memory-headroom must be in [0, 1), got -0.1"
+
+
+@pytest.mark.parametrize("epochs", [0, -1.0])
+def test_budgets_epochs_not_positive_is_refused(epochs):
+    with pytest.raises(UsageError) as caught:
+        Budgets(epochs=epochs)
+    assert str(caught.value) == f"--epochs must be > 0, got {epochs}"
+
+
+def test_budgets_margin_equal_to_deadline_is_refused():
+    with pytest.raises(UsageError) as caught:
+        Budgets(deadline_seconds=60, safety_margin_seconds=60)
+    assert str(caught.value) == "--safety-margin (60.0s) must be shorter than --deadline (60.0s)"
+
+
+def test_budgets_margin_longer_than_deadline_is_refused():
+    with pytest.raises(UsageError) as caught:
+        Budgets(deadline_seconds=3600, safety_margin_seconds=7200)
+    assert str(caught.value) == "--safety-margin (2.0h) must be shorter than --deadline (60.0m)"
+
+
+def test_budgets_margin_without_deadline_is_accepted():
+    assert Budgets(safety_margin_seconds=7200).safety_margin_seconds == 7200
+
+
+def test_budgets_json_round_trip():
+    budgets = Budgets(
+        memory_budget_bytes=24 * GiB, memory_headroom=0.2, epochs=3.5, deadline_seconds=43200, safety_margin_seconds=1800
+    )
+    data = budgets.to_json()
+    assert data == {
+        "memory_budget_bytes": 24 * GiB,
+        "memory_headroom": 0.2,
+        "epochs": 3.5,
+        "deadline_seconds": 43200,
+        "safety_margin_seconds": 1800,
+    }
+    assert Budgets.from_json(json.loads(json.dumps(data))) == budgets
+
+
+def test_budgets_from_json_none_or_empty_is_the_defaults():
+    assert Budgets.from_json(None) == Budgets()
+    assert Budgets.from_json({}) == Budgets()
+
+
+def test_budgets_from_json_validates():
+    with pytest.raises(UsageError, match=r"^--epochs must be > 0, got 0$"):
+        Budgets.from_json({"epochs": 0})
+
+
+def test_derive_trial_timeout_without_a_search_timeout_is_ten_minutes():
+    assert DEFAULT_TRIAL_TIMEOUT_SECONDS == 600
+    assert derive_trial_timeout(None, 20) == 600
+    assert derive_trial_timeout(None, None) == 600
+
+
+def test_derive_trial_timeout_small_share_is_floored_at_thirty_seconds():
+    assert MIN_TRIAL_TIMEOUT_SECONDS == 30
+    assert derive_trial_timeout(120, 20) == 30  # 3 x 6 s share, floored
+
+
+def test_derive_trial_timeout_is_three_shares():
+    assert derive_trial_timeout(3600, 4) == 2700
+    assert derive_trial_timeout(3600, 40) == 270
+
+
+def test_derive_trial_timeout_without_trial_count_assumes_four():
+    assert derive_trial_timeout(3600, None) == 2700
+
+
+@pytest.mark.parametrize(
+    ("timeout", "n_trials", "expected"),
+    [(10, 1, 10), (20, 100, 20), (60, 1, 60), (3600, 1, 3600), (3600, 2, 3600)],
+)
+def test_derive_trial_timeout_never_above_the_search_timeout(timeout, n_trials, expected):
+    assert derive_trial_timeout(timeout, n_trials) == expected
+    assert derive_trial_timeout(timeout, n_trials) <= timeout

@@ -1,0 +1,495 @@
+"""Budgets end to end, on tiny CPU workloads: a fixed effective batch, memory headroom, the full run's
+deadline, the baseline guarantee, --verify, divergence and the search's --timeout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from autotune import _records
+from autotune._units import format_duration, format_size
+from autotune.budget import Budgets
+from autotune.exceptions import SearchSpaceError
+from autotune.export import export_best
+from autotune.runner import MeasureSettings
+from autotune.runner._harness import Diverged, _DivergenceGuard
+from autotune.selection import PREFERENCES, Candidate, noise_margin
+from autotune.study import SearchOptions, plan_search, search
+
+from conftest import workload_spec
+
+MiB = 1024**2
+DAY = 86400.0
+FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
+TINY_DATASET = 512  # samples in tests/workloads/tiny.py's Points
+TINY_EPOCHS = 2
+
+
+def _options(storage: str, space, **overrides) -> SearchOptions:
+    values = {
+        "workload": workload_spec(), "storage": storage, "space": space, "n_trials": 1, "measure": FAST,
+        "seed": 0, "slow_fraction": 0.0, "lr_find": False,
+    }
+    return SearchOptions(**{**values, **overrides})
+
+
+def _storage(folder) -> str:
+    return f"sqlite:///{folder / 'studies' / 'budgets.db'}"
+
+
+def _study(storage: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _check_baseline_guarantee(export, study: optuna.Study) -> None:
+    """The invariant: the baseline is exported unless the fastest config beats it beyond the stated noise."""
+    feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(study.trials)]
+    fastest = max(feasible, key=lambda c: c.samples_per_second)
+    baseline = next(c for c in feasible if c.is_baseline)
+    explanation = export.explanation
+    exported = export.document["provenance"]["trial"]
+    assert explanation[0] == (
+        f"fastest: trial #{fastest.number}, the highest throughput ({fastest.samples_per_second:.1f} samples/s)"
+    )
+    if fastest.is_baseline:
+        assert exported == baseline.number
+        assert not any("baseline" in line for line in explanation[:-1])
+        return
+    gain = fastest.samples_per_second / baseline.samples_per_second - 1
+    margin = noise_margin(fastest, baseline)
+    if gain > margin:
+        assert exported == fastest.number
+        assert explanation[1] == (
+            f"trial #{fastest.number} beats the baseline by {gain:.1%}, beyond the measured noise (±{margin:.1%})"
+        )
+    else:
+        assert exported == baseline.number
+        assert explanation[1] == (
+            f"no faster config found: trial #{fastest.number} is {gain:+.1%} against the baseline, within the "
+            f"measured noise (±{margin:.1%}); exporting the baseline (trial #{baseline.number})"
+        )
+
+
+# --- a fixed effective batch ------------------------------------------------------------------------------
+
+EFFECTIVE_SPACE = "knobs: {batch_size: [4, 8, 16, 32, 48]}\n"
+
+
+@pytest.fixture(scope="module")
+def effective(tmp_path_factory):
+    """tiny searched with --effective-batch 32 over batch sizes 4..48: the baseline and two sampled trials."""
+    folder = tmp_path_factory.mktemp("effective")
+    space = folder / "space.yaml"
+    space.write_text(EFFECTIVE_SPACE)
+    storage = _storage(folder)
+    result = search(_options(storage, space, n_trials=3, effective_batch=32))
+    return {"storage": storage, "study": _study(storage), "result": result}
+
+
+def test_search_effective_batch_every_trial_keeps_batch_times_accumulation(effective):
+    trials = [t for t in effective["study"].trials if "config" in t.user_attrs]
+    assert len(trials) == 3
+    for trial in trials:
+        config = trial.user_attrs["config"]
+        assert config["batch_size"] * config["accumulation_steps"] == 32, config
+        assert config["batch_size"] in (4, 8, 16, 32), config
+        assert trial.params.get("batch_size") != 48
+        assert "accumulation_steps" not in trial.params
+
+
+def test_search_effective_batch_baseline_runs_as_its_batch_times_four(effective):
+    baseline = effective["study"].trials[0]
+    assert baseline.user_attrs["baseline"] is True
+    assert baseline.user_attrs["status"] == "ok"
+    assert (baseline.user_attrs["config"]["batch_size"], baseline.user_attrs["config"]["accumulation_steps"]) == (8, 4)
+
+
+def test_search_effective_batch_is_recorded_with_the_study(effective):
+    setup = _records.read_setup(effective["study"])
+    assert setup["space"]["effective_batch"] == 32
+    assert setup["baseline"]["batch_size"] == 8
+    assert setup["baseline"]["accumulation_steps"] == 4
+
+
+def test_export_best_effective_batch_is_measured_and_kept(effective):
+    export = export_best("tiny", effective["storage"])
+    assert export.document["measured"]["effective_batch_size"] == 32
+    assert export.config.effective_batch_size == 32
+    # (512 samples // batch_size) // accumulation_steps optimizer steps per epoch, over 2 epochs
+    assert export.document["one_cycle"]["total_steps"] == TINY_DATASET // 32 * TINY_EPOCHS
+
+
+def test_plan_search_effective_batch_from_the_space_file(space_file, storage_url):
+    space = space_file("effective_batch: 32\n" + EFFECTIVE_SPACE)
+    plan = plan_search(_options(storage_url, space))
+    assert plan.space.effective_batch == 32
+    assert plan.space.knobs["batch_size"].choices == (4, 8, 16, 32)
+    assert (plan.baseline.batch_size, plan.baseline.accumulation_steps) == (8, 4)
+    assert "effective batch 32: batch_size from [4, 8, 16, 32], accumulation_steps derived" in plan.notes
+    assert plan.requested_space["effective_batch"] == 32
+
+
+def test_plan_search_effective_batch_option_overrides_the_space_file(space_file, storage_url):
+    space = space_file("effective_batch: 32\n" + EFFECTIVE_SPACE)
+    plan = plan_search(_options(storage_url, space, effective_batch=16))
+    assert plan.space.effective_batch == 16
+    assert plan.space.knobs["batch_size"].choices == (4, 8, 16)
+    assert (plan.baseline.batch_size, plan.baseline.accumulation_steps) == (8, 2)
+
+
+def test_plan_search_effective_batch_no_batch_size_divides_it(space_file, storage_url):
+    space = space_file(EFFECTIVE_SPACE)
+    with pytest.raises(SearchSpaceError) as caught:
+        plan_search(_options(storage_url, space, effective_batch=30))
+    assert str(caught.value) == f"{space}: no batch_size in [4, 8, 16, 32, 48] divides the effective batch 30"
+
+
+# --- memory headroom ----------------------------------------------------------------------------------
+
+MEMORY_BUDGET = 600 * MiB
+MEMORY_LIMIT = int(MEMORY_BUDGET * 0.9)  # 540 MiB
+
+
+# The memory study is searched from its own small parent process, as `autotune search` runs it,
+# so that nothing of the (large) pytest process can reach the trials' figures.
+HUNGRY_SEARCH = """
+import dataclasses, json, sys
+import optuna
+from autotune.runner import MeasureSettings
+from autotune.study import SearchOptions, search
+
+storage, space, spec = sys.argv[1:4]
+MiB = 1024**2
+options = SearchOptions(
+    workload=spec, storage=storage, space=space, n_trials=1, seed=0, slow_fraction=0.0, lr_find=False,
+    max_memory_bytes=600 * MiB, memory_headroom=0.1,
+    measure=MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20),
+)
+name = search(options).study_name
+study = optuna.load_study(study_name=name, storage=storage)
+baseline_peak = study.trials[0].user_attrs["peak_memory_bytes"]
+# Each sample holds 4 MiB during the step. The baseline's 16 MiB come from the heap, which can keep a
+# freed ballast resident: its peak may read up to ~32 MiB high (never low), so aim a little above the
+# middle of the 540..600 MiB window. A ballast of over 32 MiB is mmapped: its peak is exact.
+target = 4 + round((580 * MiB - baseline_peak) / (4 * MiB))
+assert 4 < target < 160, baseline_peak
+study.enqueue_trial({"batch_size": target})
+study.enqueue_trial({"batch_size": 160})
+search(dataclasses.replace(options, n_trials=2))
+print(json.dumps({"name": name, "target": target}))
+"""
+
+
+@pytest.fixture(scope="module")
+def hungry(tmp_path_factory):
+    """memory_hungry (4 MiB per sample) under a 600 MiB budget with 10% headroom: the baseline (batch 4),
+    then a batch size chosen from the baseline's peak to land between 540 and 600 MiB, then batch 160."""
+    folder = tmp_path_factory.mktemp("hungry")
+    space = folder / "space.yaml"
+    space.write_text("knobs: {batch_size: {low: 4, high: 160}}\n")
+    storage = _storage(folder)
+    done = subprocess.run(
+        [sys.executable, "-c", HUNGRY_SEARCH, storage, str(space), workload_spec("memory_hungry")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"storage": storage, "name": found["name"], "study": _study(storage, found["name"]),
+            "target": found["target"]}
+
+
+PARENT_PEAK_TRIAL = """
+import json, sys
+from autotune.runner import MeasureSettings, TrialJob, run_trial
+
+ballast = bytearray(768 * 1024**2)  # the parent's resident memory peaks at over 768 MiB, then drops
+for index in range(0, len(ballast), 4096):
+    ballast[index] = 1
+del ballast
+measure = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
+outcome = run_trial(TrialJob(workload=sys.argv[1], config={"batch_size": 8}, measure=measure))
+print(json.dumps({"status": outcome.status.value, "peak": outcome.peak_memory_bytes}))
+"""
+
+
+def test_run_trial_peak_memory_is_the_trials_own_not_its_parents():
+    done = subprocess.run(
+        [sys.executable, "-c", PARENT_PEAK_TRIAL, workload_spec()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["status"] == "ok"
+    assert outcome["peak"] < 768 * MiB  # tiny's trial process holds a few hundred MiB, torch included
+
+
+def test_search_memory_baseline_fits_below_the_headroom(hungry):
+    baseline = hungry["study"].trials[0]
+    assert baseline.user_attrs["status"] == "ok"
+    assert baseline.user_attrs["peak_memory_bytes"] < MEMORY_LIMIT
+    assert baseline.constraints["memory"] == pytest.approx(baseline.user_attrs["peak_memory_bytes"] / MEMORY_LIMIT - 1)
+
+
+def test_search_memory_peak_within_the_headroom_is_oom(hungry):
+    trial = hungry["study"].trials[1]
+    peak = trial.user_attrs["peak_memory_bytes"]
+    assert trial.user_attrs["config"]["batch_size"] == hungry["target"]
+    assert MEMORY_LIMIT < peak <= MEMORY_BUDGET, (format_size(peak), hungry["target"])
+    assert trial.user_attrs["status"] == "oom"
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["reason"] == (
+        f"peak memory {format_size(peak)} is above 540.0 MiB (the budget 600.0 MiB less 10% headroom)"
+    )
+    assert "less 10% headroom" in trial.user_attrs["reason"]
+    assert trial.constraints["memory"] == pytest.approx(max(peak / MEMORY_LIMIT - 1, 0.01))  # positive: infeasible
+
+
+def test_search_memory_larger_batch_after_headroom_oom_is_not_run(hungry):
+    trial = hungry["study"].trials[2]
+    assert trial.user_attrs["config"]["batch_size"] == 160
+    assert trial.user_attrs["status"] == "oom"
+    assert trial.user_attrs["skipped"] is True
+    assert trial.user_attrs["reason"] == (
+        f"not run: batch_size 160 >= {hungry['target']}, which ran out of memory in trial 1 "
+        "with the same memory-relevant knobs"
+    )
+
+
+def test_search_memory_every_feasible_trial_peaks_below_the_limit(hungry):
+    feasible = _records.feasible_trials(hungry["study"].trials)
+    assert [t.number for t in feasible] == [0]
+    for trial in feasible:
+        assert trial.user_attrs["peak_memory_bytes"] < 0.9 * MEMORY_BUDGET
+
+
+def test_export_best_memory_exported_peak_is_below_the_limit(hungry):
+    document = export_best(hungry["name"], hungry["storage"]).document
+    assert document["provenance"]["trial"] == 0
+    assert document["measured"]["peak_memory_bytes"] < 0.9 * MEMORY_BUDGET
+    assert document["full_run"]["memory_budget_bytes"] == MEMORY_BUDGET
+    assert document["full_run"]["memory_limit_bytes"] == MEMORY_LIMIT
+
+
+# --- the full run's deadline --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def missed(tmp_path_factory):
+    """tiny under an impossible deadline (1 ms): the baseline (batch 8) and batch 256."""
+    folder = tmp_path_factory.mktemp("missed")
+    space = folder / "space.yaml"
+    space.write_text("knobs: {batch_size: [8, 256]}\n")
+    storage = _storage(folder)
+    options = _options(storage, space, deadline_seconds=1e-3)
+    search(options)
+    _study(storage).enqueue_trial({"batch_size": 256})
+    result = search(options)
+    return {"storage": storage, "study": _study(storage), "result": result}
+
+
+def test_search_impossible_deadline_every_ok_trial_misses_it(missed):
+    trials = missed["study"].trials
+    assert [t.user_attrs["status"] for t in trials] == ["ok", "ok"]
+    for trial in trials:
+        projected = trial.user_attrs["projected_full_run_seconds"]
+        assert projected == pytest.approx(Budgets(epochs=TINY_EPOCHS).project(trial.user_attrs))
+        assert trial.constraints["deadline"] == pytest.approx(projected / 1e-3 - 1)
+        assert trial.constraints["deadline"] > 0
+        assert trial.user_attrs["reason"] == (
+            f"projected full run {format_duration(projected)} misses 0.0s (the deadline 0.0s)"
+        )
+    assert _records.feasible_trials(trials) == []
+    assert missed["result"].best is None
+
+
+def test_export_best_impossible_deadline_exports_the_closest_miss(missed):
+    trials = missed["study"].trials
+    closest = min(trials, key=lambda t: t.user_attrs["projected_full_run_seconds"])
+    projected = closest.user_attrs["projected_full_run_seconds"]
+    document = export_best("tiny", missed["storage"]).document
+    assert document["provenance"]["trial"] == closest.number
+    assert document["full_run"]["fits_deadline"] is False
+    assert document["full_run"]["deadline_seconds"] == 1e-3
+    assert document["full_run"]["projected_seconds"] == pytest.approx(projected)
+    assert document["selection"]["explanation"][0] == (
+        f"no config fits 0.0s (the deadline 0.0s): the closest, trial #{closest.number}, "
+        f"projects {format_duration(projected)}, {format_duration(projected - 1e-3)} over; exporting it"
+    )
+
+
+# --- a shared study: a generous deadline, the guarantee, --verify, divergence ---------------------------
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """tiny with a one-day deadline: the baseline (batch 8), batch 64, batch 256, and batch 256 at max_lr 1e6."""
+    folder = tmp_path_factory.mktemp("shared")
+    space = folder / "space.yaml"
+    space.write_text("knobs: {batch_size: [8, 64, 256], max_lr: [0.01, 1.0e+6]}\n")
+    storage = _storage(folder)
+    options = _options(storage, space, deadline_seconds=DAY)
+    search(options)
+    study = _study(storage)
+    for params in ({"batch_size": 64, "max_lr": 0.01}, {"batch_size": 256, "max_lr": 0.01},
+                   {"batch_size": 256, "max_lr": 1.0e6}):
+        study.enqueue_trial(params)
+    search(dataclasses.replace(options, n_trials=3))
+    study = _study(storage)
+    assert [t.user_attrs["status"] for t in study.trials[:3]] == ["ok", "ok", "ok"]
+    return {"storage": storage, "study": study}
+
+
+def test_search_generous_deadline_every_ok_trial_fits(shared):
+    ok = [t for t in shared["study"].trials if t.user_attrs["status"] == "ok"]
+    assert len(ok) == 3
+    for trial in ok:
+        projected = trial.user_attrs["projected_full_run_seconds"]
+        assert trial.constraints["deadline"] == pytest.approx(projected / DAY - 1)
+        assert trial.constraints["deadline"] < 0
+        assert trial.user_attrs["reason"] == ""
+
+
+def test_export_best_generous_deadline_fits(shared):
+    document = export_best("tiny", shared["storage"]).document
+    chosen = shared["study"].trials[document["provenance"]["trial"]]
+    assert document["full_run"]["fits_deadline"] is True
+    assert document["full_run"]["deadline_seconds"] == DAY
+    assert document["full_run"]["epochs"] == TINY_EPOCHS
+    assert document["full_run"]["dataset_size"] == TINY_DATASET
+    assert document["full_run"]["projected_seconds"] == pytest.approx(
+        Budgets(epochs=TINY_EPOCHS).project(chosen.user_attrs)
+    )
+    assert not any(line.startswith("no config fits") for line in document["selection"]["explanation"])
+
+
+def test_export_best_larger_batch_beats_the_baseline_or_baseline_is_kept(shared):
+    _check_baseline_guarantee(export_best("tiny", shared["storage"]), shared["study"])
+
+
+def test_search_absurd_max_lr_ends_diverged(shared):
+    trial = shared["study"].trials[3]
+    assert trial.user_attrs["config"]["max_lr"] == 1.0e6
+    assert trial.user_attrs["status"] == "diverged"
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    reason = trial.user_attrs["reason"]
+    assert "above 4x its starting value" in reason or "loss became nan" in reason, reason
+    assert reason.startswith("loss ")
+
+
+def test_divergence_guard_nan_or_inf_loss_diverges():
+    for value, shown in ((float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf")):
+        with pytest.raises(Diverged) as caught:
+            _DivergenceGuard(None).check(value, "warm-up step 1")
+        assert str(caught.value) == f"loss became {shown} in warm-up step 1"
+
+
+def test_divergence_guard_loss_above_factor_times_its_first_value_diverges():
+    guard = _DivergenceGuard(4.0)
+    guard.check(0.5, "warm-up step 1")
+    guard.check(2.0, "timed window 1")  # exactly 4x: still fine
+    with pytest.raises(Diverged) as caught:
+        guard.check(2.5, "timed window 2")
+    assert str(caught.value) == "loss rose to 2.5 in timed window 2, above 4x its starting value 0.5"
+
+
+def test_divergence_guard_without_factor_only_stops_on_nan():
+    guard = _DivergenceGuard(None)
+    guard.check(0.5, "warm-up step 1")
+    guard.check(1e12, "timed window 1")
+
+
+def test_divergence_guard_non_positive_first_loss_disables_the_factor():
+    guard = _DivergenceGuard(4.0)
+    guard.check(-1.0, "warm-up step 1")
+    guard.check(100.0, "timed window 1")
+
+
+@pytest.mark.parametrize("prefer", PREFERENCES)
+def test_export_best_never_exports_a_diverged_trial(shared, prefer):
+    document = export_best("tiny", shared["storage"], prefer=prefer).document
+    assert document["provenance"]["trial"] != 3
+    assert document["config"]["max_lr"] == 0.01
+
+
+def test_export_best_verify_remeasures_the_top_and_the_baseline(shared):
+    runs = []
+    export = export_best(
+        "tiny", shared["storage"], verify_top=2, rounds=2,
+        on_verify_run=lambda index, rounds, candidate, rate: runs.append((index, rounds, candidate.number, rate)),
+    )
+    verified = export.document["selection"]["verified"]
+    feasible = _records.feasible_trials(shared["study"].trials)
+    top = [t.number for t in sorted(feasible, key=_records.throughput, reverse=True)[:2]]
+    expected = top + ([0] if 0 not in top else [])
+    assert [entry["trial"] for entry in verified] == expected
+    assert 0 in [entry["trial"] for entry in verified]  # the baseline is always re-measured
+    for entry in verified:
+        assert len(entry["samples_per_second"]) == 2
+        assert all(isinstance(rate, float) and rate > 0 for rate in entry["samples_per_second"])
+    # every candidate once per round, in the same order each round
+    assert [(r, n) for r, _, n, _ in runs] == [(0, n) for n in expected] + [(1, n) for n in expected]
+    assert all(rounds == 2 for _, rounds, _, _ in runs)
+    chosen = next(entry for entry in verified if entry["trial"] == export.document["provenance"]["trial"])
+    assert export.document["measured"]["samples_per_second"] == statistics.median(chosen["samples_per_second"])
+    assert _study(shared["storage"]).user_attrs["verification"]["rounds"] == verified
+
+
+# --- the baseline guarantee when the baseline is already the fastest -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def baseline_first(tmp_path_factory):
+    """tiny at batch 8: the baseline (no DataLoader workers) and one worker, slower on 8-float samples."""
+    folder = tmp_path_factory.mktemp("baseline_first")
+    space = folder / "space.yaml"
+    space.write_text("knobs: {batch_size: [8], num_workers: [0, 1]}\n")
+    storage = _storage(folder)
+    options = _options(storage, space)
+    search(options)
+    _study(storage).enqueue_trial({"num_workers": 1})
+    search(options)
+    study = _study(storage)
+    assert [t.user_attrs["status"] for t in study.trials] == ["ok", "ok"]
+    assert study.trials[1].user_attrs["config"]["num_workers"] == 1
+    return {"storage": storage, "study": study}
+
+
+def test_export_best_baseline_kept_unless_beaten_beyond_noise(baseline_first):
+    export = export_best("tiny", baseline_first["storage"])
+    _check_baseline_guarantee(export, baseline_first["study"])
+    if export.document["provenance"]["trial"] == 0:
+        assert export.document["provenance"]["speedup_over_baseline"] == 1.0
+        assert export.document["config"]["num_workers"] == 0
+
+
+# --- the search's --timeout ---------------------------------------------------------------------------
+
+
+def test_search_timeout_stops_a_hanging_trial(space_file, storage_url, fast_measure):
+    space = space_file("knobs: {batch_size: [8, 24]}\n")  # misbehaving hangs at batch 24
+    storage = storage_url
+    options = _options(storage, space, workload=workload_spec("misbehaving"), measure=fast_measure)
+    first = search(options)
+    _study(storage, first.study_name).enqueue_trial({"batch_size": 24})
+    started = time.monotonic()
+    result = search(dataclasses.replace(options, n_trials=5, timeout_seconds=6))
+    elapsed = time.monotonic() - started
+    assert elapsed < 60  # a sanity bound, not a speed test
+    assert result.trials_run == 1
+    trials = _study(storage, first.study_name).trials
+    assert len(trials) == 2
+    hung = trials[1]
+    assert hung.user_attrs["config"]["batch_size"] == 24
+    assert hung.user_attrs["status"] == "timeout"
+    assert hung.state == optuna.trial.TrialState.PRUNED
+    assert hung.user_attrs["reason"] == "stopped when the search's time budget ran out"
+    assert result.status_counts == {"ok": 1, "timeout": 1}
+    assert math.isclose(_records.read_setup(_study(storage, first.study_name))["trial_timeout_seconds"], 6)

@@ -1,0 +1,201 @@
+"""The autotune command through click's CliRunner: help, one-line errors, a real search and export."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from autotune.cli import main
+
+from conftest import WORKLOADS, error_line, run_cli, workload_spec
+
+FAST_OPTIONS = ["--window-seconds", "0.2", "--windows", "2", "--warmup-steps", "1", "--no-lr-find"]
+COMMANDS = sorted(main.commands)
+
+
+
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """`autotune search` of tiny with three trials, and the storage it wrote."""
+    folder = tmp_path_factory.mktemp("cli")
+    space = folder / "space.yaml"
+    space.write_text("knobs: {batch_size: [32, 64]}\n")
+    storage = f"sqlite:///{folder / 'studies' / 'cli.db'}"
+    result = run_cli(
+        "search", "--workload", workload_spec(), "--space", str(space), "--trials", "3", "--storage", storage,
+        "--seed", "0", "--slow-fraction", "0", *FAST_OPTIONS,
+    )
+    return {"result": result, "storage": storage, "folder": folder, "space": space}
+
+
+def test_cli_has_the_search_and_export_commands():
+    assert {"search", "export-best"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_cli_command_help_has_examples(command):
+    result = run_cli(command, "--help")
+    assert result.exit_code == 0
+    assert result.output.startswith(f"Usage: autotune {command} [OPTIONS]")
+    assert re.search(r"^\s*Examples:$", result.output, re.MULTILINE)
+    examples = [line.strip() for line in result.output.split("Examples:")[1].splitlines() if line.strip()]
+    assert examples and all(line.startswith(f"autotune {command}") for line in examples)
+
+
+def test_cli_main_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert re.search(rf"^\s+{command}\s", result.output, re.MULTILINE), command
+
+
+@pytest.mark.parametrize("args", [["--help"]] + [[command, "--help"] for command in COMMANDS])
+def test_cli_help_does_not_import_torch_or_optuna(args):
+    code = (
+        "import sys\n"
+        "from autotune.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "heavy = sorted(m for m in ('torch', 'optuna', 'sqlalchemy') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.splitlines()[-1] == "HEAVY []"
+
+
+def test_cli_search_unknown_workload_file_is_oneerror_line(tmp_path):
+    assert error_line(run_cli("search", "--workload", "nope.py:workload", "--storage", f"sqlite:///{tmp_path}/x.db")) == (
+        "Error: workload 'nope.py:workload': no such file 'nope.py'"
+    )
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_cli_search_missing_workload_attribute_is_oneerror_line(tmp_path):
+    spec = workload_spec("nope")
+    line = error_line(run_cli("search", "--workload", spec, "--storage", f"sqlite:///{tmp_path}/x.db"))
+    assert line == f"Error: workload {spec!r}: {str(WORKLOADS / 'tiny.py')!r} has no attribute 'nope'"
+
+
+def test_cli_search_broken_space_names_the_knob_and_a_suggestion(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs:\n  batch_sise: [8, 16]\n")
+    line = error_line(run_cli("search", "--workload", workload_spec(), "--space", str(space),
+                            "--storage", f"sqlite:///{tmp_path}/x.db"))
+    assert line == f"Error: {space}: unknown knob 'batch_sise' (did you mean 'batch_size'?)"
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_cli_search_bad_max_memory_is_oneerror_line():
+    assert error_line(run_cli("search", "--max-memory", "lots")) == (
+        "Error: --max-memory: cannot read 'lots' as a size (examples: 640MiB, 24GiB, 2GB)"
+    )
+
+
+def test_cli_search_bad_timeout_is_oneerror_line():
+    assert error_line(run_cli("search", "--timeout", "soon")) == (
+        "Error: --timeout: cannot read 'soon' as a duration (examples: 90s, 10m, 2h, 1h30m)"
+    )
+
+
+def test_cli_search_zero_trials_is_oneerror_line():
+    assert error_line(run_cli("search", "--trials", "0")) == "Error: --trials must be >= 1, got 0"
+
+
+def test_cli_search_unreachable_storage_cannot_connect(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs: {batch_size: [8, 16]}\n")
+    url = "postgresql://nobody:hunter2@127.0.0.1:1/none"
+    line = error_line(run_cli("search", "--workload", workload_spec(), "--space", str(space), "--storage", url))
+    assert line.startswith("Error: storage postgresql://nobody:***@127.0.0.1:1/none: cannot connect: ")
+    assert "hunter2" not in line
+
+
+def test_cli_export_best_plain_postgresql_url_unreachable_cannot_connect():
+    line = error_line(run_cli("export-best", "--storage", "postgresql://nobody@127.0.0.1:1/none"))
+    assert line.startswith("Error: storage postgresql://nobody@127.0.0.1:1/none: cannot connect: ")
+
+
+def test_cli_search_prints_one_line_per_trial_and_the_best(searched):
+    result = searched["result"]
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"study tiny in {searched['storage']} on cpu")
+    trial_lines = [line for line in lines if line.startswith("#")]
+    assert len(trial_lines) == 3
+    for number, line in enumerate(trial_lines):
+        assert re.match(rf"#{number}\s+ok\s+\d+\.\d samples/s\s+peak\s+\d+\.\d MiB\s+bs ", line), line
+    assert trial_lines[0].endswith(" baseline")
+    assert "3 trial(s) run; study tiny now has: 3 ok" in lines
+    best = [line for line in lines if line.startswith("best: ")]
+    assert len(best) == 1
+    assert re.fullmatch(r"best: trial #[12] at \d+\.\d samples/s, \d+\.\d\dx the baseline \(trial #0\)", best[0])
+    assert lines[-1] == "export it with: autotune export-best --study tiny"
+
+
+def test_cli_export_best_writes_json_with_its_sections(searched):
+    out = searched["folder"] / "best.json"
+    result = run_cli("export-best", "--storage", searched["storage"], "--study", "tiny", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert {"config", "measured", "provenance"} <= set(document)
+    assert document["provenance"]["study"] == "tiny"
+    assert document["config"]["batch_size"] in (8, 32, 64)
+    assert f"written to {out}" in result.output.splitlines()
+    assert re.search(rf"^trial #{document['provenance']['trial']} of study tiny: \d+\.\d samples/s", result.output,
+                     re.MULTILINE)
+
+
+def test_cli_export_best_without_study_picks_the_only_study(searched):
+    out = searched["folder"] / "only.yaml"
+    result = run_cli("export-best", "--storage", searched["storage"], "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "study: tiny" in out.read_text()
+
+
+def test_cli_export_best_format_option_wins_over_the_suffix(searched):
+    out = searched["folder"] / "best.yaml"
+    result = run_cli("export-best", "--storage", searched["storage"], "--out", str(out), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["provenance"]["study"] == "tiny"
+
+
+def test_cli_export_best_unknown_study_lists_the_studies(searched):
+    line = error_line(run_cli("export-best", "--storage", searched["storage"], "--study", "nope"))
+    assert line == f"Error: no study named 'nope' in {searched['storage']} (studies: tiny)"
+
+
+def test_cli_export_best_empty_storage_is_oneerror_line(tmp_path):
+    storage = f"sqlite:///{tmp_path}/empty.db"
+    line = error_line(run_cli("export-best", "--storage", storage, "--out", str(tmp_path / "best.yaml")))
+    assert line == f"Error: storage {storage} has no studies; run 'autotune search' first"
+    assert not (tmp_path / "best.yaml").exists()
+
+
+def test_cli_search_zero_windows_is_oneerror_line(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs: {batch_size: [8, 16]}\n")
+    result = run_cli("search", "--workload", workload_spec(), "--space", str(space), "--trials", "1",
+                  "--storage", f"sqlite:///{tmp_path}/x.db", "--windows", "0", "--warmup-steps", "1", "--no-lr-find")
+    assert "--windows" in error_line(result)
+
+
+def test_cli_search_zero_safety_margin_in_other_units_is_accepted():
+    # --trials 0 fails after every option is parsed: the margin must not be the error.
+    assert error_line(run_cli("search", "--safety-margin", "0m", "--trials", "0")) == (
+        "Error: --trials must be >= 1, got 0"
+    )
+
+
+def test_cli_search_warmup_steps_default_matches_the_library_and_readme():
+    from autotune.runner import MeasureSettings
+
+    option = next(p for p in main.commands["search"].params if p.name == "warmup_steps")
+    assert option.default == MeasureSettings().warmup_steps == 2

@@ -1,0 +1,284 @@
+"""export_best on finished studies: the chosen trial, the document's sections, files, and refusals."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+import autotune
+from autotune import _records
+from autotune.config import FIELD_NAMES, TrainConfig
+from autotune.exceptions import NoFeasibleTrialError, StudyError
+from autotune.export import MEASURED_FIELDS, export_best
+from autotune.runner import MeasureSettings
+from autotune.storage import open_storage, redact
+from autotune.study import SearchOptions, search
+
+from conftest import workload_spec
+
+MiB = 1024**2
+FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished study of tiny: the baseline (batch 8) and one batch-256 trial, several times faster."""
+    folder = tmp_path_factory.mktemp("export")
+    space = folder / "space.yaml"
+    space.write_text("knobs: {batch_size: [8, 256]}\n")
+    storage = f"sqlite:///{folder / 'studies' / 'export.db'}"
+    options = SearchOptions(
+        lr_find=False,
+        workload=workload_spec(), storage=storage, space=space, n_trials=1, measure=FAST, seed=0, slow_fraction=0.0
+    )
+    search(options)  # the baseline
+    optuna.load_study(study_name="tiny", storage=storage).enqueue_trial({"batch_size": 256})
+    search(options)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.user_attrs["status"] for t in study.trials] == ["ok", "ok"]
+    return {"storage": storage, "study": study}
+
+
+def test_export_best_document_has_config_measured_and_provenance(finished):
+    document = export_best("tiny", finished["storage"]).document
+    assert {"config", "measured", "provenance"} <= set(document)
+    assert list(document["config"]) == list(FIELD_NAMES)
+    for key in MEASURED_FIELDS:
+        assert key in document["measured"], key
+    provenance = document["provenance"]
+    for key in ("study", "trial", "device", "torch_version", "optuna_version", "autotune_version", "exported_at",
+                "baseline_trial", "speedup_over_baseline", "storage", "workload"):
+        assert key in provenance, key
+    assert provenance["study"] == "tiny"
+    assert provenance["storage"] == finished["storage"]
+    assert provenance["workload"] == workload_spec()
+    assert provenance["device"] == "cpu"
+    assert provenance["torch_version"] == torch.__version__
+    assert provenance["optuna_version"] == optuna.__version__
+    assert provenance["autotune_version"] == autotune.__version__
+    assert datetime.datetime.fromisoformat(provenance["exported_at"]).tzinfo is not None
+    assert provenance["baseline_trial"] == 0
+
+
+def test_export_best_exports_the_fastest_feasible_trial_beyond_noise(finished):
+    export = export_best("tiny", finished["storage"])
+    fastest = max(_records.feasible_trials(finished["study"].trials), key=_records.throughput)
+    provenance, measured = export.document["provenance"], export.document["measured"]
+    assert fastest.user_attrs["config"]["batch_size"] == 256
+    assert provenance["trial"] == fastest.number
+    assert export.document["config"] == fastest.user_attrs["config"]
+    assert export.config == TrainConfig.from_dict(fastest.user_attrs["config"])
+    assert measured["samples_per_second"] == fastest.user_attrs["samples_per_second"]
+    assert measured["effective_batch_size"] == 256
+    assert measured["window_samples_per_second"] == fastest.user_attrs["window_samples_per_second"]
+    assert export.explanation[0] == (
+        f"fastest: trial #{fastest.number}, the highest throughput ({_records.throughput(fastest):.1f} samples/s)"
+    )
+    assert re.fullmatch(
+        rf"trial #{fastest.number} beats the baseline by \d+\.\d%, beyond the measured noise \(±\d+\.\d%\)",
+        export.explanation[1],
+    )
+
+
+def test_export_best_is_at_least_as_fast_as_the_baseline(finished):
+    provenance = export_best("tiny", finished["storage"]).document["provenance"]
+    trials = finished["study"].trials
+    baseline = trials[provenance["baseline_trial"]]
+    chosen = trials[provenance["trial"]]
+    assert baseline.user_attrs["baseline"] is True
+    assert chosen.user_attrs["samples_per_second"] >= baseline.user_attrs["samples_per_second"]
+    assert provenance["baseline_samples_per_second"] == baseline.user_attrs["samples_per_second"]
+    assert provenance["speedup_over_baseline"] == round(
+        chosen.user_attrs["samples_per_second"] / baseline.user_attrs["samples_per_second"], 4
+    )
+    assert provenance["speedup_over_baseline"] > 1
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "parse"),
+    [
+        ("best.yaml", None, yaml.safe_load),
+        ("best.cfg", None, yaml.safe_load),  # any suffix but .json is YAML
+        ("best.json", None, json.loads),
+        ("best.yaml", "json", json.loads),  # fmt= wins over the suffix
+        ("best.json", "yaml", yaml.safe_load),
+    ],
+)
+def test_export_best_writes_the_format_by_suffix_or_fmt_and_reads_back(finished, tmp_path, name, fmt, parse):
+    out = tmp_path / "nested" / name
+    export = export_best("tiny", finished["storage"], out=out, fmt=fmt)
+    assert export.path == out
+    text = out.read_text()
+    if parse is yaml.safe_load:
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(text)
+    written = parse(text)
+    assert written["config"] == export.document["config"]
+    assert written["provenance"]["trial"] == export.document["provenance"]["trial"]
+    if not (out.suffix == ".json" and fmt == "yaml"):  # TrainConfig.load reads .json files as JSON only
+        assert TrainConfig.load(out) == export.config
+
+
+def test_export_best_json_file_is_loaded_by_trainconfig(finished, tmp_path):
+    export = export_best("tiny", finished["storage"], out=tmp_path / "best.json")
+    assert TrainConfig.load(tmp_path / "best.json") == export.config
+    assert set(json.loads((tmp_path / "best.json").read_text())) >= {"config", "measured", "provenance"}
+
+
+def test_export_best_without_a_path_writes_nothing(finished):
+    assert export_best("tiny", finished["storage"]).path is None
+
+
+def test_export_best_without_study_name_picks_the_only_study(finished):
+    assert export_best(None, finished["storage"]).document["provenance"]["study"] == "tiny"
+
+
+def test_export_best_missing_study_lists_existing_studies(finished):
+    with pytest.raises(StudyError) as info:
+        export_best("nope", finished["storage"])
+    assert str(info.value) == f"no study named 'nope' in {finished['storage']} (studies: tiny)"
+
+
+def test_export_best_provenance_redacts_the_storage_password(finished, monkeypatch):
+    real = finished["storage"]
+    monkeypatch.setattr("autotune.export.load_study", lambda name, url: optuna.load_study(study_name=name, storage=real))
+    provenance = export_best("tiny", "postgresql://alice:s3cret@db.example:5432/autotune").document["provenance"]
+    assert provenance["storage"] == "postgresql://alice:***@db.example:5432/autotune"
+    assert "s3cret" not in json.dumps(provenance)
+
+
+def test_redact_hides_only_the_password():
+    assert redact("postgresql://alice:s3cret@db.example:5432/autotune") == "postgresql://alice:***@db.example:5432/autotune"
+    assert redact("postgresql://alice@db.example/autotune") == "postgresql://alice@db.example/autotune"
+    assert redact("sqlite:///studies/autotune.db") == "sqlite:///studies/autotune.db"
+    assert redact("not a url") == "not a url"
+
+
+def test_export_best_with_no_feasible_trial_names_the_study_and_status_counts(storage_url, space_file, fast_measure):
+    search(
+        SearchOptions(
+            lr_find=False,
+            workload=workload_spec(), storage=storage_url, space=space_file("knobs: {batch_size: [8, 16]}\n"),
+            n_trials=1, measure=fast_measure, seed=0, max_memory_bytes=1 * MiB,  # nothing fits in 1 MiB
+        )
+    )
+    with pytest.raises(NoFeasibleTrialError) as info:
+        export_best("tiny", storage_url)
+    assert str(info.value) == "study 'tiny' has no feasible trial to export (1 oom)"
+
+
+# Studies built from recorded trials (no processes): the selection rules, exactly.
+
+
+def _attrs(batch: int, rate: float | None, cv: float = 0.0, *, baseline: bool = False, status: str = "ok") -> dict:
+    attrs = {
+        "config": TrainConfig(batch_size=batch).to_dict(),
+        "status": status,
+        "reason": "" if status == "ok" else "ValueError: boom at train.py:1",
+        "samples_per_second": rate,
+        "throughput_cv": cv,
+        "peak_memory_bytes": 100 * MiB,
+        "dataset_size": 512,
+        "warmup_seconds": 1.0,
+        "device": "cpu",
+        "torch_version": torch.__version__,
+        "window_samples_per_second": [rate, rate] if rate else [],
+    }
+    if baseline:
+        attrs["baseline"] = True
+    return attrs
+
+
+def _recorded_study(storage: str, name: str, *trials: tuple[TrialState, dict], seconds: float = 3.0) -> optuna.Study:
+    """A study holding these finished trials, each ``seconds`` long."""
+    study = optuna.create_study(study_name=name, storage=open_storage(storage), direction="maximize")
+    for state, attrs in trials:
+        value = attrs["samples_per_second"] if state == TrialState.COMPLETE else None
+        trial = optuna.trial.create_trial(state=state, value=value, user_attrs=attrs)
+        trial.datetime_start = trial.datetime_complete - datetime.timedelta(seconds=seconds)
+        study.add_trial(trial)
+    return study
+
+
+def test_export_best_keeps_the_baseline_when_the_gain_is_within_noise(storage_url):
+    _recorded_study(
+        storage_url,
+        "noisy",
+        (TrialState.COMPLETE, _attrs(8, 1000.0, 0.05, baseline=True)),
+        (TrialState.COMPLETE, _attrs(16, 1040.0, 0.05)),
+    )
+    export = export_best("noisy", storage_url)
+    assert export.document["provenance"]["trial"] == 0
+    assert export.document["config"]["batch_size"] == 8
+    assert export.explanation == [
+        "fastest: trial #1, the highest throughput (1040.0 samples/s)",
+        "no faster config found: trial #1 is +4.0% against the baseline, within the measured noise (±14.1%); "
+        "exporting the baseline (trial #0)",
+        "max_lr 0.001 as the trial ran it: no LR range test covers this effective batch and precision "
+        "(run 'autotune lr-find --study noisy --trial 0')",
+    ]
+    assert export.document["provenance"]["speedup_over_baseline"] == 1.0
+
+
+def test_export_best_empty_study_reports_no_trials(storage_url):
+    _recorded_study(storage_url, "empty")
+    with pytest.raises(NoFeasibleTrialError) as info:
+        export_best("empty", storage_url)
+    assert str(info.value) == "study 'empty' has no feasible trial to export (no trials)"
+
+
+def test_export_best_counts_every_status_when_nothing_is_feasible(storage_url):
+    _recorded_study(
+        storage_url,
+        "failing",
+        (TrialState.FAIL, _attrs(8, None, baseline=True, status="error")),
+        (TrialState.PRUNED, _attrs(16, None, status="oom")),
+        (TrialState.PRUNED, _attrs(32, None, status="oom")),
+        (TrialState.PRUNED, _attrs(64, 10.0, status="diverged")),
+    )
+    with pytest.raises(NoFeasibleTrialError) as info:
+        export_best("failing", storage_url)
+    assert str(info.value) == "study 'failing' has no feasible trial to export (1 error, 2 oom, 1 diverged)"
+
+
+def test_export_best_without_study_name_refuses_a_storage_with_several(storage_url):
+    _recorded_study(storage_url, "b", (TrialState.COMPLETE, _attrs(8, 10.0, baseline=True)))
+    _recorded_study(storage_url, "a", (TrialState.COMPLETE, _attrs(8, 10.0, baseline=True)))
+    with pytest.raises(StudyError) as info:
+        export_best(None, storage_url)
+    assert str(info.value) == f"storage {storage_url} has 2 studies; pick one with --study (a, b)"
+
+
+def test_export_best_baseline_is_the_successful_rerun_after_a_failed_baseline(storage_url):
+    _recorded_study(
+        storage_url,
+        "rerun",
+        (TrialState.FAIL, _attrs(8, None, baseline=True, status="error")),  # e.g. a flaky first attempt
+        (TrialState.COMPLETE, _attrs(8, 1000.0, baseline=True)),  # the re-run
+        (TrialState.COMPLETE, _attrs(64, 4000.0)),
+    )
+    document = export_best("rerun", storage_url).document
+    assert document["provenance"]["trial"] == 2
+    assert document["provenance"]["speedup_over_baseline"] == 4.0
+    assert document["provenance"]["baseline_trial"] == 1
+    assert document["payoff"]["baseline_projected_seconds"] is not None
+
+
+def test_export_best_payoff_of_trials_without_duration(storage_url):
+    _recorded_study(
+        storage_url,
+        "imported",
+        (TrialState.COMPLETE, _attrs(8, 1000.0, baseline=True)),
+        (TrialState.COMPLETE, _attrs(64, 4000.0)),
+        seconds=0.0,
+    )
+    payoff = export_best("imported", storage_url).document["payoff"]
+    assert payoff["speedup_over_baseline"] == 4.0
+    assert payoff["search_seconds"] == 0.0

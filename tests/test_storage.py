@@ -1,0 +1,128 @@
+"""Study storage: the SQLite default, one-line errors, and PostgreSQL for real (skipped when absent)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotune.exceptions import StorageError
+from autotune.storage import DEFAULT_STORAGE, load_study, open_storage
+from autotune.study import SearchOptions, search
+
+from conftest import workload_spec
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> str:
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=3).close()
+    except OSError as exc:
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {' '.join(str(exc).split())}")
+    return PG_URL
+
+
+@pytest.fixture
+def pg_study(postgres):
+    """A unique study name on the PostgreSQL server, deleted afterwards."""
+    name = f"autotune-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=postgres)
+    except KeyError:
+        pass
+
+
+def test_open_storage_default_sqlite_creates_its_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert DEFAULT_STORAGE == "sqlite:///studies/autotune.db"
+    assert not (tmp_path / "studies").exists()
+    storage = open_storage(None)
+    assert (tmp_path / "studies" / "autotune.db").is_file()
+    assert optuna.get_all_study_summaries(storage, include_best_trial=False) == []
+
+
+def test_open_storage_relative_sqlite_url_creates_nested_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    open_storage("sqlite:///runs/today/tuning.db")
+    assert (tmp_path / "runs" / "today" / "tuning.db").is_file()
+
+
+def test_open_storage_malformed_url_is_not_a_database_url():
+    with pytest.raises(StorageError) as info:
+        open_storage("not a url")
+    assert str(info.value) == "storage 'not a url': not a database URL (example: sqlite:///studies/autotune.db)"
+
+
+def test_open_storage_unreachable_postgresql_cannot_connect_and_hides_the_password():
+    with pytest.raises(StorageError) as info:
+        open_storage("postgresql://nobody:hunter2@127.0.0.1:1/none")
+    message = str(info.value)
+    assert message.startswith("storage postgresql://nobody:***@127.0.0.1:1/none: cannot connect: ")
+    assert "hunter2" not in message
+    assert "\n" not in message
+
+
+def test_open_storage_missing_driver_is_a_storage_error():
+    with pytest.raises(StorageError) as info:
+        open_storage("mysql://user:s3cret@127.0.0.1/autotune")
+    assert str(info.value) == (
+        "storage mysql://user:***@127.0.0.1/autotune: its database driver is not installed (MySQLdb); "
+        "for PostgreSQL: pip install 'autotune[postgres]'"
+    )
+
+
+def test_open_storage_postgresql_url_opens(postgres):
+    storage = open_storage(postgres)
+    assert isinstance(optuna.get_all_study_summaries(storage, include_best_trial=False), list)
+
+
+def test_search_on_postgresql_then_load_study(postgres, pg_study, space_file, fast_measure):
+    result = search(
+        SearchOptions(
+            lr_find=False,
+            workload=workload_spec(), study_name=pg_study, storage=postgres,
+            space=space_file("knobs: {batch_size: [8, 64]}\n"), n_trials=2, measure=fast_measure, seed=0,
+            slow_fraction=0.0,
+        )
+    )
+    assert result.trials_run == 2
+    assert result.storage == postgres
+    study = load_study(pg_study, postgres)
+    assert study.study_name == pg_study
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["baseline"] is True
+    assert all(t.user_attrs["status"] == "ok" for t in study.trials)
+    assert study.metric_names == ["samples/s"]
+
+
+def test_search_two_concurrent_processes_share_one_postgresql_study(postgres, pg_study, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs: {batch_size: [8, 16, 32, 64]}\n")
+    command = [
+        sys.executable, "-m", "autotune.cli", "search", "--workload", workload_spec(), "--space", str(space),
+        "--storage", postgres, "--study", pg_study, "--trials", "2", "--slow-fraction", "0",
+        "--window-seconds", "0.2", "--windows", "2", "--warmup-steps", "1", "--no-lr-find",
+    ]
+    workers = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    trials = load_study(pg_study, postgres).trials
+    finished = [t for t in trials if t.state.is_finished()]
+    assert len(finished) >= 4
+    assert all(t.user_attrs["status"] == "ok" for t in finished)
+    # Each worker checks for a baseline and then enqueues one; two workers starting together can both
+    # pass the check (the check and the enqueue are not one transaction), so there may be two.
+    baselines = [t for t in trials if t.user_attrs.get("baseline") and t.state != TrialState.FAIL]
+    assert 1 <= len(baselines) <= 2
+    assert len({t.number for t in trials}) == len(trials)

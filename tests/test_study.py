@@ -1,0 +1,414 @@
+"""End-to-end tests of autotune.study.search: real trial processes on the tiny CPU workloads.
+
+Each trial is a fresh Python process (about 2-3 s), so every test keeps its space small and
+pins the order of the interesting configs with ``study.enqueue_trial``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from optuna.trial import TrialState
+
+from autotune import _records
+from autotune.config import FIELD_NAMES, TrainConfig
+from autotune.exceptions import SearchSpaceError, StudyError, WorkloadError
+from autotune.runner import MeasureSettings
+from autotune.storage import open_storage
+from autotune.study import METRIC_NAME, SearchListener, SearchOptions, plan_search, search
+
+from conftest import workload_spec
+
+MiB = 1024**2
+
+# The conftest's fast_measure, for module-scoped fixtures (which cannot use a function-scoped one).
+FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
+
+MEASURED_ATTRS = (
+    "status",
+    "reason",
+    "samples_per_second",
+    "unit_per_second",
+    "throughput_cv",
+    "peak_memory_bytes",
+    "data_wait_fraction",
+    "warmup_seconds",
+    "compile_seconds",
+    "loss_start",
+    "loss_end",
+    "device",
+    "torch_version",
+    "config",
+)
+
+# The baseline (tiny: batch 8) is not among these choices; accumulation_steps has a space default.
+SHARED_SPACE = "knobs:\n  batch_size: [16, 32, 64]\n  accumulation_steps: {choices: [1, 2], default: 2}\n"
+
+
+def _load(name: str, storage: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _new_study(name: str, storage: str) -> optuna.Study:
+    """An empty study in a not yet existing SQLite file (open_storage creates its folder)."""
+    return optuna.create_study(study_name=name, storage=open_storage(storage), direction="maximize")
+
+
+def _by_batch(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
+    """Non-baseline trials by batch size (each test enqueues every batch size once)."""
+    return {t.user_attrs["config"]["batch_size"]: t for t in study.trials if not t.user_attrs.get("baseline")}
+
+
+def _by_batch_all(shared) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in _load("tiny", shared["storage"]).trials if not t.user_attrs.get("baseline")]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One finished study of tiny: the baseline and two TPE trials (slow pruning off, so all run)."""
+    folder = tmp_path_factory.mktemp("shared")
+    space = folder / "space.yaml"
+    space.write_text(SHARED_SPACE)
+    storage = f"sqlite:///{folder / 'studies' / 'shared.db'}"
+    options = SearchOptions(
+        lr_find=False,
+        workload=workload_spec(), storage=storage, space=space, n_trials=3, measure=FAST, seed=0, slow_fraction=0.0
+    )
+    result = search(options)
+    return {"options": options, "result": result, "storage": storage, "folder": folder}
+
+
+def test_search_baseline_is_trial_zero_with_the_workload_baseline_filled_from_space_defaults(shared):
+    study = _load("tiny", shared["storage"])
+    baseline = study.trials[0]
+    assert baseline.user_attrs["baseline"] is True
+    assert [t.number for t in study.trials if t.user_attrs.get("baseline")] == [0]
+    # tiny.workload's baseline is {"batch_size": 8} with base_lr 1e-2; the space's default gives accumulation 2.
+    assert baseline.user_attrs["config"] == TrainConfig(batch_size=8, accumulation_steps=2, max_lr=0.01).to_dict()
+    assert shared["result"].baseline.number == 0
+
+
+def test_search_baseline_runs_when_its_batch_size_is_not_among_the_choices(shared):
+    baseline = _load("tiny", shared["storage"]).trials[0]
+    assert baseline.state == TrialState.COMPLETE
+    assert baseline.user_attrs["status"] == "ok"
+    assert baseline.user_attrs["config"]["batch_size"] == 8
+    # Only the enqueued values the space can represent become Optuna params.
+    assert baseline.params == {"accumulation_steps": 2}
+    assert all(t.user_attrs["config"]["batch_size"] in (16, 32, 64) for t in _by_batch_all(shared))
+
+
+def test_search_finished_trials_record_every_measured_user_attribute(shared):
+    study = _load("tiny", shared["storage"])
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) >= 3
+    for trial in finished:
+        missing = [key for key in MEASURED_ATTRS if key not in trial.user_attrs]
+        assert missing == [], f"trial {trial.number} lacks {missing}"
+        assert set(trial.user_attrs["config"]) == set(FIELD_NAMES)
+        assert trial.user_attrs["status"] == "ok"
+        assert trial.user_attrs["reason"] == ""
+        assert trial.user_attrs["device"] == "cpu"
+        assert trial.user_attrs["samples_per_second"] > 0
+        assert trial.values == [trial.user_attrs["samples_per_second"]]
+
+
+def test_search_study_names_its_metric_and_records_the_setup(shared):
+    study = _load("tiny", shared["storage"])
+    assert study.metric_names == [METRIC_NAME] == ["samples/s"]
+    assert study.user_attrs["workload"] == workload_spec()
+    assert study.user_attrs["baseline"]["accumulation_steps"] == 2
+
+
+def test_search_intermediate_values_hold_per_window_throughput(shared):
+    trials = _by_batch_all(shared)
+    assert trials
+    for trial in trials:
+        windows = trial.user_attrs["window_samples_per_second"]
+        assert len(windows) == FAST.windows
+        assert sorted(trial.intermediate_values) == list(range(FAST.windows))
+        assert [round(v, 3) for _, v in sorted(trial.intermediate_values.items())] == windows
+
+
+def test_search_result_best_is_the_fastest_feasible_trial(shared):
+    study = _load("tiny", shared["storage"])
+    result = shared["result"]
+    feasible = _records.feasible_trials(study.trials)
+    assert result.best is not None
+    assert result.best.number == max(feasible, key=_records.throughput).number
+    assert result.status_counts == {"ok": 3}
+    assert result.trials_run == 3
+
+
+def test_search_resume_continues_trial_numbers_without_a_second_baseline(shared):
+    before = len(_load("tiny", shared["storage"]).trials)
+    result = search(SearchOptions(**{**shared["options"].__dict__, "n_trials": 1}))
+    study = _load("tiny", shared["storage"])
+    assert result.trials_run == 1
+    assert [t.number for t in study.trials] == list(range(before + 1))
+    assert [t.number for t in study.trials if t.user_attrs.get("baseline")] == [0]
+    assert not study.trials[-1].user_attrs.get("baseline")
+
+
+def test_search_resume_with_a_changed_space_is_refused_naming_the_knob(shared):
+    changed = shared["folder"] / "changed.yaml"
+    changed.write_text(SHARED_SPACE.replace("[16, 32, 64]", "[16, 32]"))
+    before = len(_load("tiny", shared["storage"]).trials)
+    with pytest.raises(StudyError) as info:
+        search(SearchOptions(**{**shared["options"].__dict__, "space": changed}))
+    assert str(info.value) == (
+        "study 'tiny' was started with another search space (batch_size: [16, 32, 64] -> [16, 32]); "
+        "use another --study name or the original space"
+    )
+    assert len(_load("tiny", shared["storage"]).trials) == before
+
+
+def test_search_resume_with_another_workload_on_the_same_study_is_refused(shared):
+    other = workload_spec("diverging")
+    before = len(_load("tiny", shared["storage"]).trials)
+    with pytest.raises(StudyError) as info:
+        search(SearchOptions(**{**shared["options"].__dict__, "workload": other, "study_name": "tiny"}))
+    assert str(info.value) == (
+        f"study 'tiny' tunes workload {workload_spec()!r}, not {other!r}; use another --study name"
+    )
+    assert len(_load("tiny", shared["storage"]).trials) == before
+
+
+class _StopAtPlan(SearchListener):
+    """Records the plan's notes and stops the search before any trial runs."""
+
+    class Stop(Exception):
+        pass
+
+    def on_plan(self, plan) -> None:
+        self.notes = list(plan.notes)
+        raise self.Stop
+
+
+def test_search_resume_with_identical_options_adds_no_budget_note(storage_url, space_file, monkeypatch):
+    space = space_file("knobs: {batch_size: [8, 16]}\n")
+    options = SearchOptions(
+        workload=workload_spec(), storage=storage_url, space=space, n_trials=1, device="cpu", lr_find=False
+    )
+    available = iter([8 * 1024**3, 8 * 1024**3 + 4096])  # free memory moves a little between two runs
+
+    class Memory:
+        def __init__(self) -> None:
+            self.available = next(available)
+
+    monkeypatch.setattr("autotune.device.psutil.virtual_memory", Memory)
+    for _ in range(2):
+        listener = _StopAtPlan()
+        with pytest.raises(_StopAtPlan.Stop):
+            search(options, listener)
+    assert _load("tiny", storage_url).trials == []  # the listener stopped both before any trial
+    assert listener.notes == []
+
+
+
+def test_search_memory_oom_is_pruned_and_larger_batches_are_skipped_without_a_process(
+    storage_url, space_file, fast_measure
+):
+    space = space_file("knobs: {batch_size: [4, 8, 128, 256]}\n")
+    options = SearchOptions(
+        lr_find=False,
+        workload=workload_spec("memory_hungry"),
+        storage=storage_url,
+        space=space,
+        n_trials=1,
+        measure=fast_measure,
+        seed=0,
+        max_memory_bytes=500 * MiB,
+        slow_fraction=0.0,
+    )
+    search(options)  # the baseline (batch 4, about 16 MiB of ballast) alone
+    study = _load("tiny.memory_hungry", storage_url)
+    study.enqueue_trial({"batch_size": 128})  # 512 MiB of ballast: over the 500 MiB budget
+    study.enqueue_trial({"batch_size": 256})
+    result = search(SearchOptions(**{**options.__dict__, "n_trials": 3}))
+
+    study = _load("tiny.memory_hungry", storage_url)
+    trials = study.trials
+    assert trials[0].user_attrs["baseline"] is True and trials[0].user_attrs["status"] == "ok"
+    oom, skipped = trials[1], trials[2]
+    assert oom.user_attrs["config"]["batch_size"] == 128
+    assert oom.state == TrialState.PRUNED
+    assert oom.user_attrs["status"] == "oom"
+    assert oom.constraints["memory"] > 0
+    assert not oom.user_attrs.get("skipped")
+    assert oom.user_attrs["wall_seconds"] is not None  # it ran
+
+    assert skipped.user_attrs["config"]["batch_size"] == 256
+    assert skipped.state == TrialState.PRUNED
+    assert skipped.user_attrs["status"] == "oom"
+    assert skipped.user_attrs["skipped"] is True
+    assert skipped.user_attrs["reason"] == (
+        f"not run: batch_size 256 >= 128, which ran out of memory in trial {oom.number} "
+        "with the same memory-relevant knobs"
+    )
+    assert skipped.user_attrs.get("wall_seconds") is None  # no process was started
+    assert skipped.constraints["memory"] > 0
+
+    feasible = _records.feasible_trials(trials)
+    assert feasible
+    assert all(t.user_attrs["config"]["batch_size"] < 128 for t in feasible)
+    assert result.best is not None and _records.is_feasible(result.best)
+    assert result.best.user_attrs["config"]["batch_size"] < 128
+
+
+def _child_processes_with(marker: str) -> list[int]:
+    """Trial processes (or anything they left) carrying this test's environment marker."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if "autotune.runner._child" not in " ".join(process.info["cmdline"] or ()):
+                continue
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get("AUTOTUNE_TEST_MARKER") == marker:
+                found.append(process.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_search_isolates_aborts_hangs_exits_and_exceptions(storage_url, space_file, fast_measure, monkeypatch):
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv("AUTOTUNE_TEST_MARKER", marker)  # inherited by every trial process
+    space = space_file("knobs: {batch_size: [8, 16, 24, 40, 48]}\n")
+    study = _new_study("tiny.misbehaving", storage_url)
+    for batch in (16, 24, 40, 48):
+        study.enqueue_trial({"batch_size": batch})
+    result = search(
+        SearchOptions(
+            lr_find=False,
+            workload=workload_spec("misbehaving"),
+            storage=storage_url,
+            space=space,
+            n_trials=5,
+            measure=fast_measure,
+            seed=0,
+            trial_timeout_seconds=8.0,
+        )
+    )
+    assert result.trials_run == 5
+    trials = _by_batch(_load("tiny.misbehaving", storage_url))
+    expected = {
+        16: (TrialState.FAIL, "error", "trial process died from SIGABRT"),
+        24: (TrialState.PRUNED, "timeout", "no result within the trial timeout (8s)"),
+        40: (TrialState.FAIL, "error", "trial process exited with code 3 before reporting a result"),
+    }
+    for batch, (state, status, reason) in expected.items():
+        trial = trials[batch]
+        assert (trial.state, trial.user_attrs["status"], trial.user_attrs["reason"]) == (state, status, reason)
+    raised = trials[48]
+    assert raised.state == TrialState.FAIL
+    assert raised.user_attrs["status"] == "error"
+    assert re.fullmatch(r"ValueError: bad batch at tiny\.py:\d+", raised.user_attrs["reason"])
+    # The baseline (batch 8), enqueued after them, still runs and is the best.
+    assert result.baseline is not None and result.baseline.user_attrs["status"] == "ok"
+    assert result.best is not None and result.best.number == result.baseline.number
+    assert result.status_counts == {"error": 3, "timeout": 1, "ok": 1}
+    assert _child_processes_with(marker) == []
+    assert os.environ["AUTOTUNE_TEST_MARKER"] == marker
+
+
+def test_search_prunes_slow_trials_but_never_the_baseline(storage_url, space_file, fast_measure):
+    space = space_file("knobs: {batch_size: [8, 256]}\n")
+    study = _new_study("tiny", storage_url)
+    study.enqueue_trial({"batch_size": 256})  # fast: sets the bar
+    study.enqueue_trial({"batch_size": 8})  # the baseline's config, but not the baseline: judged
+    search(
+        SearchOptions(
+            lr_find=False,
+            workload=workload_spec(), storage=storage_url, space=space, n_trials=3, measure=fast_measure,
+            seed=0, slow_fraction=0.99,
+        )
+    )
+    fast, slow, baseline = _load("tiny", storage_url).trials
+    assert fast.user_attrs["status"] == "ok" and fast.user_attrs["config"]["batch_size"] == 256
+    threshold = 0.99 * fast.user_attrs["samples_per_second"]
+
+    assert slow.state == TrialState.PRUNED
+    assert slow.user_attrs["status"] == "slow"
+    match = re.fullmatch(r"(\d+\.\d) samples/s in the first window, below the slow threshold (\d+\.\d)",
+                         slow.user_attrs["reason"])
+    assert match, slow.user_attrs["reason"]
+    assert match.group(2) == f"{threshold:.1f}"
+    assert float(match.group(1)) < threshold
+
+    # Same config, below the same threshold, yet measured in full: the baseline has no slow threshold.
+    assert baseline.user_attrs["baseline"] is True
+    assert baseline.state == TrialState.COMPLETE
+    assert baseline.user_attrs["status"] == "ok"
+    assert baseline.user_attrs["samples_per_second"] < threshold
+    assert len(baseline.user_attrs["window_samples_per_second"]) == fast_measure.windows
+
+
+def test_search_timeout_stops_the_running_trial_as_timeout(storage_url, space_file, fast_measure):
+    space = space_file("knobs: {batch_size: [8, 24]}\n")
+    study = _new_study("tiny.misbehaving", storage_url)
+    study.enqueue_trial({"batch_size": 24})  # hangs in its first step
+    result = search(
+        SearchOptions(
+            lr_find=False,
+            workload=workload_spec("misbehaving"), storage=storage_url, space=space, n_trials=3,
+            measure=fast_measure, seed=0, timeout_seconds=5.0,
+        )
+    )
+    hung = _load("tiny.misbehaving", storage_url).trials[0]
+    assert hung.user_attrs["config"]["batch_size"] == 24
+    assert hung.state == TrialState.PRUNED
+    assert hung.user_attrs["status"] == "timeout"
+    assert hung.user_attrs["reason"] == "stopped when the search's time budget ran out"
+    assert result.trials_run < 3
+
+
+def test_search_space_error_raises_before_any_study_or_trial(storage_url, space_file):
+    space = space_file("knobs:\n  batch_sise: [8, 16]\n")
+    with pytest.raises(SearchSpaceError) as info:
+        search(SearchOptions(workload=workload_spec(), storage=storage_url, space=space, n_trials=1, lr_find=False))
+    assert str(info.value) == f"{space}: unknown knob 'batch_sise' (did you mean 'batch_size'?)"
+    assert not Path(storage_url.removeprefix("sqlite:///")).exists()  # the storage was never opened
+
+
+def test_search_workload_import_error_raises_before_any_study_or_trial(storage_url, space_file):
+    spec = workload_spec(file="broken_import.py")
+    path = spec.rpartition(":")[0]
+    with pytest.raises(WorkloadError) as info:
+        search(SearchOptions(workload=spec, storage=storage_url, space=space_file("knobs: {batch_size: [8]}\n")))
+    assert str(info.value) == f"workload {spec!r}: cannot import {path!r}: No module named 'not_installed_anywhere'"
+    assert not Path(storage_url.removeprefix("sqlite:///")).exists()  # the storage was never opened
+
+
+def test_plan_search_on_cpu_drops_cuda_only_values_with_notes(space_file):
+    space = space_file(
+        "knobs:\n"
+        "  precision: {choices: [fp32, tf32, bf16, fp16], default: tf32}\n"
+        "  pin_memory: [false, true]\n"
+        "  compile: [off, default, reduce-overhead]\n"
+        "  gradient_checkpointing: [false, true]\n"
+    )
+    plan = plan_search(SearchOptions(workload=workload_spec(), space=space, device="cpu"))
+    assert plan.device.torch_device == "cpu"
+    for note in (
+        "precision=tf32 dropped from the search: TF32 matmuls need a CUDA device",
+        "precision=fp16 dropped from the search: fp16 training uses a CUDA GradScaler",
+        "pin_memory=true dropped from the search: pinned memory only speeds up copies to a CUDA device",
+        "compile=reduce-overhead dropped from the search: reduce-overhead relies on CUDA graphs",
+        "gradient_checkpointing=true dropped from the search: the workload has no gradient_checkpointing hook "
+        "and its model no gradient_checkpointing_enable()",
+        "baseline precision=tf32 runs as fp32: TF32 matmuls need a CUDA device",
+    ):
+        assert note in plan.notes
+    assert plan.space.knobs["precision"].choices == ("fp32", "bf16")
+    assert plan.space.knobs["pin_memory"].choices == (False,)
+    assert plan.space.knobs["compile"].choices == ("off", "default")
+    assert plan.baseline.precision == "fp32"
+    assert "pin_memory" not in plan.space.searched
