@@ -77,10 +77,18 @@ SETUP_KEYS = (
 
 
 def read_setup(study: Any) -> dict[str, Any]:
+    """The recorded setup, or {} while none is complete.
+
+    Each part is its own write, and another process may be recording a setup right now:
+    ``write_setup`` writes "workload" last, so a study without it has no complete setup yet.
+    """
     attrs = study.user_attrs
+    if "workload" not in attrs:
+        return {}
     return {key: attrs[key] for key in SETUP_KEYS if key in attrs}
 
 
 def write_setup(study: Any, setup: dict[str, Any]) -> None:
-    for key, value in setup.items():
-        study.set_user_attr(key, value)
+    """Record setup parts, "workload" last (it marks the setup as complete, see ``read_setup``)."""
+    for key in sorted(setup, key=lambda key: key == "workload"):
+        study.set_user_attr(key, setup[key])

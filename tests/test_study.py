@@ -212,6 +212,42 @@ def test_search_resume_with_identical_options_adds_no_budget_note(storage_url, s
 
 
 
+def test_setup_is_complete_only_once_its_workload_is_written_last():
+    study = optuna.create_study()
+    written: list[str] = []
+    set_user_attr = study.set_user_attr
+
+    def recording(key, value):
+        written.append(key)
+        assert _records.read_setup(study) == {}  # another process reading now sees no half setup
+        set_user_attr(key, value)
+
+    study.set_user_attr = recording
+    setup = {key: f"value of {key}" for key in _records.SETUP_KEYS}
+    _records.write_setup(study, setup)
+    assert written[-1] == "workload"
+    assert sorted(written) == sorted(_records.SETUP_KEYS)
+    assert _records.read_setup(study) == setup
+
+
+def test_search_on_a_study_whose_setup_another_process_is_still_writing_records_its_own(
+    storage_url, space_file
+):
+    """A second `autotune search` that starts while the first is recording the setup must not fail."""
+    space = space_file("knobs: {batch_size: [8, 16]}\n")
+    options = SearchOptions(
+        workload=workload_spec(), storage=storage_url, space=space, n_trials=1, device="cpu", lr_find=False
+    )
+    study = _new_study("tiny", storage_url)
+    study.set_user_attr("device", "cpu (x86_64)")  # the other process got this far
+    with pytest.raises(_StopAtPlan.Stop):
+        search(options, _StopAtPlan())
+    setup = _records.read_setup(_load("tiny", storage_url))
+    assert setup["workload"] == workload_spec()
+    assert setup["space"]["batch_size"] == [8, 16]
+    assert set(setup) == set(_records.SETUP_KEYS)
+
+
 def test_search_memory_oom_is_pruned_and_larger_batches_are_skipped_without_a_process(
     storage_url, space_file, fast_measure
 ):
