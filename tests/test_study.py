@@ -211,7 +211,6 @@ def test_search_resume_with_identical_options_adds_no_budget_note(storage_url, s
     assert listener.notes == []
 
 
-
 def test_setup_is_complete_only_once_its_workload_is_written_last():
     study = optuna.create_study()
     written: list[str] = []
