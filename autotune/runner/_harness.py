@@ -1,6 +1,7 @@
 """Inside the trial process: apply a TrainConfig to the workload, warm up, then time windows.
 
-Every figure sent back is measured here; the parent only decides (prune, kill, record).
+Every knob acts through autotune.training, the module the full run uses too; this module only
+measures. Every figure sent back is measured here; the parent only decides (prune, kill, record).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from autotune.config import TrainConfig
 from autotune.runner._outcome import TrialJob
+from autotune.training import Training, backend_flags
 from autotune.workload import Workload
 
 Emit = Callable[[dict[str, Any]], None]
@@ -26,48 +28,28 @@ class Diverged(Exception):
     """The loss became NaN or infinite."""
 
 
-class Training:
-    """A workload with a TrainConfig applied: the model, data, optimizer, numerics, one step at a time."""
-
-    def __init__(self, job: TrialJob, workload: Workload, emit: Emit, *, one_cycle_steps: int | None) -> None:
-        config = TrainConfig.from_dict(job.config)
-        torch.manual_seed(job.measure.seed)
-        device = torch.device(job.device)
-        _configure_device(device, config, job.memory_budget_bytes)
-        emit({"event": "started", "device": _device_name(device), "torch_version": torch.__version__,
-              "unit": workload.unit})
-        model = workload.model()
-        if config.gradient_checkpointing:
-            _enable_gradient_checkpointing(model, workload)
-        model = model.to(device)
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        model.train()
-        self.config = config
-        self.device = device
-        self.optimizer = (workload.optimizer or _default_optimizer)(model.parameters(), config.max_lr)
-        scheduler = None if one_cycle_steps is None else _one_cycle(self.optimizer, config.max_lr, one_cycle_steps)
-        forward_model = model if config.compile == "off" else torch.compile(model, mode=config.compile)
-        self.scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
-        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-        self.batches = _Batches(workload, config, device)
-        self.step = _Stepper(
-            forward_model, workload, config, self.optimizer, scheduler, self.scaler, autocast_dtype, device, self.batches
-        )
-
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def scale(self) -> float | None:
-        """The GradScaler's current scale (fp16 only); reading it synchronises the device."""
-        return None if self.scaler is None else float(self.scaler.get_scale())
+@contextlib.contextmanager
+def trial_training(job: TrialJob, workload: Workload, emit: Emit, *, one_cycle_steps: int | None) -> Iterator[Training]:
+    """The workload built with the job's config, inside the config's backend flags, on a device
+    held to the trial's memory budget."""
+    config = TrainConfig.from_dict(job.config)
+    torch.manual_seed(job.measure.seed)
+    device = torch.device(job.device)
+    _configure_device(device, job.memory_budget_bytes)
+    emit({"event": "started", "device": _device_name(device), "torch_version": torch.__version__,
+          "unit": workload.unit})
+    with backend_flags(config, device):
+        yield Training(workload, config, device, total_steps=one_cycle_steps)
 
 
 def run_harness(job: TrialJob, workload: Workload, emit: Emit) -> None:
+    with trial_training(job, workload, emit, one_cycle_steps=job.measure.max_steps) as training:
+        _measure(job, training, emit)
+
+
+def _measure(job: TrialJob, training: Training, emit: Emit) -> None:
     started = time.perf_counter()
     measure = job.measure
-    training = Training(job, workload, emit, one_cycle_steps=measure.max_steps)
     config, device, batches, step = training.config, training.device, training.batches, training.step
     guard = _DivergenceGuard(measure.divergence_factor)
 
@@ -96,7 +78,8 @@ def run_harness(job: TrialJob, workload: Workload, emit: Emit) -> None:
             "warmup_seconds": time.perf_counter() - started,
             "compile_seconds": compile_seconds,
             "loss_start": loss_start,
-            "dataset_size": batches.dataset_size,
+            "dataset_size": training.dataset_size,
+            "cycle_momentum": training.cycle_momentum,
         }
     )
 
@@ -142,143 +125,17 @@ def run_harness(job: TrialJob, workload: Workload, emit: Emit) -> None:
     )
 
 
-class _Batches:
-    """Endless iteration over the workload's DataLoader, timing the waits for data."""
-
-    def __init__(self, workload: Workload, config: TrainConfig, device: torch.device) -> None:
-        dataset = workload.dataset()
-        with_workers = config.num_workers > 0
-        self.loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=config.batch_size,
-            shuffle=True,
-            drop_last=True,  # static shapes: no recompiles, every step has batch_size samples
-            num_workers=config.num_workers,
-            prefetch_factor=config.prefetch_factor if with_workers else None,
-            persistent_workers=config.persistent_workers if with_workers else False,
-            pin_memory=config.pin_memory and device.type == "cuda",
-            collate_fn=workload.collate_fn,
-        )
-        if len(self.loader) == 0:
-            raise ValueError(f"dataset has {len(dataset)} samples, fewer than batch_size {config.batch_size}")
-        self.dataset_size = len(dataset)
-        self.count = workload.count
-        self.batch_size = config.batch_size
-        self.device = device
-        self.non_blocking = config.pin_memory and device.type == "cuda"
-        self.channels_last = config.channels_last
-        self.iterator: Iterator[Any] = iter(self.loader)
-        self.reset_counters()
-
-    def reset_counters(self) -> None:
-        self.samples = 0
-        self.units = 0.0
-        self.wait_seconds = 0.0
-
-    def next(self) -> Any:
-        begin = time.perf_counter()
-        try:
-            batch = next(self.iterator)
-        except StopIteration:  # epoch boundary: a new pass, as the full run would make
-            self.iterator = iter(self.loader)
-            batch = next(self.iterator)
-        self.wait_seconds += time.perf_counter() - begin
-        self.samples += self.batch_size
-        self.units += float(self.count(batch)) if self.count else self.batch_size  # on the host: no sync
-        return self._to_device(batch)
-
-    def _to_device(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            value = value.to(self.device, non_blocking=self.non_blocking)
-            if self.channels_last and value.dim() == 4 and value.is_floating_point():
-                value = value.contiguous(memory_format=torch.channels_last)
-            return value
-        if isinstance(value, dict):
-            return {key: self._to_device(item) for key, item in value.items()}
-        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-            return type(value)(*(self._to_device(item) for item in value))
-        if isinstance(value, (list, tuple)):
-            return type(value)(self._to_device(item) for item in value)
-        return value
-
-
-class _Stepper:
-    """One optimizer step: ``accumulation_steps`` micro-batches, then step and schedule."""
-
-    def __init__(self, model, workload, config, optimizer, scheduler, scaler, autocast_dtype, device, batches):
-        self.model = model
-        self.loss_fn = workload.loss
-        self.accumulation_steps = config.accumulation_steps
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.scaler = scaler
-        self.autocast_dtype = autocast_dtype
-        self.device_type = device.type
-        self.batches = batches
-
-    def __call__(self) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
-        total = None
-        for _ in range(self.accumulation_steps):
-            batch = self.batches.next()
-            with self._autocast():
-                loss = self.loss_fn(self.model, batch)
-            scaled = loss / self.accumulation_steps
-            if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
-            total = scaled.detach() if total is None else total + scaled.detach()
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        if self.scheduler is not None and self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
-            self.scheduler.step()
-        return total
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
-
-
-def _configure_device(device: torch.device, config: TrainConfig, memory_budget_bytes: int | None) -> None:
+def _configure_device(device: torch.device, memory_budget_bytes: int | None) -> None:
+    """The trial's device, its memory budget enforced, its peak counter reset (the knobs' backend
+    flags are set by autotune.training.backend_flags)."""
     if device.type != "cuda":
         return
     torch.cuda.set_device(device)
-    # fp32 means true fp32: TF32 off for matmuls and for cuDNN convolutions (PyTorch's default is on).
-    torch.backends.cuda.matmul.allow_tf32 = config.precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
-    torch.backends.cudnn.benchmark = True  # autotuned during warm-up, as a real run would
     if memory_budget_bytes is not None:
         total = torch.cuda.get_device_properties(device).total_memory
         # Enforce the budget for real: allocations past it raise OutOfMemoryError.
         torch.cuda.set_per_process_memory_fraction(min(1.0, memory_budget_bytes / total), device)
     torch.cuda.reset_peak_memory_stats(device)
-
-
-def _enable_gradient_checkpointing(model: Any, workload: Workload) -> None:
-    if workload.gradient_checkpointing is not None:
-        workload.gradient_checkpointing(model)
-    elif hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()  # Hugging Face convention
-    else:
-        raise ValueError("gradient_checkpointing needs Workload.gradient_checkpointing or a model "
-                         "with gradient_checkpointing_enable()")
-
-
-def _default_optimizer(params: Any, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr)
-
-
-def _one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int):
-    defaults = optimizer.defaults
-    cycle_momentum = "betas" in defaults or defaults.get("momentum", 0) > 0
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=total_steps, cycle_momentum=cycle_momentum
-    )
 
 
 class _DivergenceGuard:

@@ -107,6 +107,7 @@ class TrialOutcome:
     loss_end: float | None = None
     scaler_skipped_steps: int | None = None  # fp16: optimizer steps the GradScaler skipped while timed
     dataset_size: int | None = None  # samples in one epoch of the workload's dataset
+    cycle_momentum: bool | None = None  # whether OneCycle cycles the workload optimizer's momentum
     device: str | None = None
     torch_version: str | None = None
     windows: list[WindowResult] = dataclasses.field(default_factory=list)

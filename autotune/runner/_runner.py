@@ -238,6 +238,7 @@ class _Follower:
             "torch_version": info.get("torch_version"),
             "unit": info.get("unit"),
             "dataset_size": info.get("dataset_size"),
+            "cycle_momentum": info.get("cycle_momentum"),
             "warmup_seconds": info.get("warmup_seconds"),
             "compile_seconds": info.get("compile_seconds"),
             "loss_start": info.get("loss_start"),

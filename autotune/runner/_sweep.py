@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from autotune.runner._harness import Emit, Training
+from autotune.runner._harness import Emit, trial_training
 from autotune.runner._outcome import TrialJob
+from autotune.training import Training
 from autotune.workload import Workload
 
 
@@ -17,7 +18,11 @@ def run_lr_sweep(job: TrialJob, workload: Workload, emit: Emit) -> None:
     sweep: dict[str, Any] = job.lr_sweep or {}
     min_lr, max_lr, steps = sweep["min_lr"], sweep["max_lr"], sweep["steps"]
     beta, stop_factor = sweep.get("beta", 0.98), sweep.get("stop_factor", 4.0)
-    training = Training(job, workload, emit, one_cycle_steps=None)
+    with trial_training(job, workload, emit, one_cycle_steps=None) as training:
+        _sweep(training, min_lr, max_lr, steps, beta, stop_factor, emit)
+
+
+def _sweep(training: Training, min_lr: float, max_lr: float, steps: int, beta: float, stop_factor: float, emit: Emit) -> None:
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []
