@@ -202,19 +202,20 @@ def _searched_knobs(study: Any) -> list[str]:
 
 
 def _one_cycle(config: TrainConfig, chosen: Candidate, budgets: Budgets) -> dict[str, Any]:
-    """Arguments for torch.optim.lr_scheduler.OneCycleLR over the full run."""
+    """Arguments for torch.optim.lr_scheduler.OneCycleLR over the full run, as
+    ``autotune.training.one_cycle(optimizer, config, **one_cycle)`` takes them."""
+    from autotune.training import ONE_CYCLE_DEFAULTS, steps_per_epoch
+
     dataset_size = chosen.attrs.get("dataset_size")
     total_steps = None
     if dataset_size:
-        steps_per_epoch = (dataset_size // config.batch_size) // config.accumulation_steps  # drop_last batches
-        total_steps = max(1, int(steps_per_epoch * budgets.epochs))
+        total_steps = max(1, int(steps_per_epoch(dataset_size, config) * budgets.epochs))
     return {
         "max_lr": config.max_lr,
         "total_steps": total_steps,
-        "pct_start": 0.3,
-        "div_factor": 25.0,
-        "final_div_factor": 1e4,
-        "anneal_strategy": "cos",
+        **ONE_CYCLE_DEFAULTS,
+        # Only optimizers with momentum or betas cycle it (on plain SGD it would switch momentum on).
+        "cycle_momentum": chosen.attrs.get("cycle_momentum"),
     }
 
 
