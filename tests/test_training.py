@@ -1,0 +1,304 @@
+"""autotune.training: the one place each knob acts."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autotune import training
+from autotune.config import TrainConfig
+from autotune.exceptions import WorkloadError
+from autotune.workload import Workload
+
+PACKAGE = Path(training.__file__).parent
+
+
+class Points(torch.utils.data.Dataset):
+    def __init__(self, size: int = 64) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(size, 4, generator=generator)
+        self.y = (self.x.sum(dim=1) > 0).long()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int):
+        return self.x[index], self.y[index]
+
+
+def _loss(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def _linear() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(4, 2)
+
+
+def test_dataloader_carries_every_loader_knob() -> None:
+    config = TrainConfig(batch_size=8, num_workers=2, prefetch_factor=3, persistent_workers=True, pin_memory=True)
+    loader = training.dataloader(Points(), config, "cpu")
+    assert loader.batch_size == 8
+    assert loader.num_workers == 2
+    assert loader.prefetch_factor == 3
+    assert loader.persistent_workers is True
+    assert loader.pin_memory is False  # pinned memory only for CUDA devices
+    assert loader.drop_last is True
+
+
+def test_dataloader_without_workers_drops_prefetch_and_persistence() -> None:
+    config = TrainConfig(batch_size=8, num_workers=0, prefetch_factor=4, persistent_workers=True)
+    loader = training.dataloader(Points(), config)
+    assert loader.prefetch_factor is None
+    assert loader.persistent_workers is False
+    assert training.dataloader_kwargs(config) == {"batch_size": 8, "num_workers": 0, "pin_memory": False,
+                                                  "drop_last": True}
+
+
+def test_dataloader_kwargs_pins_memory_for_cuda_only() -> None:
+    config = TrainConfig(batch_size=4, num_workers=1, pin_memory=True)
+    assert training.dataloader_kwargs(config, "cuda")["pin_memory"] is True
+    assert training.dataloader_kwargs(config, "cpu")["pin_memory"] is False
+    assert training.dataloader_kwargs(config, "cuda")["prefetch_factor"] == 2
+
+
+def test_prepare_model_applies_channels_last_and_training_mode() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    prepared = training.prepare_model(model, TrainConfig(channels_last=True), "cpu")
+    assert prepared.training
+    assert prepared[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_prepare_model_calls_the_checkpointing_hook() -> None:
+    seen = []
+    training.prepare_model(_linear(), TrainConfig(gradient_checkpointing=True), "cpu",
+                           gradient_checkpointing=seen.append)
+    assert len(seen) == 1
+
+
+def test_prepare_model_without_a_checkpointing_hook_is_refused() -> None:
+    with pytest.raises(WorkloadError, match="gradient_checkpointing needs Workload.gradient_checkpointing"):
+        training.prepare_model(_linear(), TrainConfig(gradient_checkpointing=True), "cpu")
+
+
+def test_compile_model_off_is_the_model_itself() -> None:
+    model = _linear()
+    assert training.compile_model(model, TrainConfig(compile="off")) is model
+    compiled = training.compile_model(model, TrainConfig(compile="default"))
+    assert compiled is not model and compiled._orig_mod is model
+
+
+def test_autocast_follows_precision() -> None:
+    assert training.autocast_dtype(TrainConfig(precision="bf16")) is torch.bfloat16
+    assert training.autocast_dtype(TrainConfig(precision="fp16")) is torch.float16
+    assert training.autocast_dtype(TrainConfig(precision="tf32")) is None
+    with training.autocast(TrainConfig(precision="bf16"), "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype is torch.bfloat16
+    with training.autocast(TrainConfig(precision="fp32"), "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype is torch.float32
+
+
+def test_grad_scaler_only_for_fp16() -> None:
+    assert training.grad_scaler(TrainConfig(precision="bf16"), "cpu") is None
+    assert isinstance(training.grad_scaler(TrainConfig(precision="fp16"), "cpu"), torch.amp.GradScaler)
+
+
+def test_backend_flags_set_tf32_and_restore_them(monkeypatch) -> None:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
+    with training.backend_flags(TrainConfig(precision="tf32"), "cuda"):
+        assert (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark) == (True, True, True)
+    assert (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark) == before
+    with training.backend_flags(TrainConfig(precision="fp32"), "cuda"):
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)  # fp32 is true fp32
+    assert (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark) == before
+
+
+def test_backend_flags_restore_after_an_exception() -> None:
+    before = torch.backends.cudnn.benchmark
+    with pytest.raises(RuntimeError), training.backend_flags(TrainConfig(precision="tf32"), "cuda"):
+        raise RuntimeError("boom")
+    assert torch.backends.cudnn.benchmark == before
+
+
+def test_backend_flags_leave_the_cpu_alone() -> None:
+    before = torch.backends.cuda.matmul.allow_tf32
+    with training.backend_flags(TrainConfig(precision="tf32"), "cpu"):
+        assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+@pytest.mark.parametrize(
+    ("make", "cycles"),
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.1), False),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), True),
+        (lambda p: torch.optim.AdamW(p, lr=0.1), True),
+        (lambda p: torch.optim.Adagrad(p, lr=0.1), False),
+    ],
+)
+def test_one_cycle_cycles_momentum_only_where_the_optimizer_has_it(make, cycles) -> None:
+    optimizer = make(_linear().parameters())
+    schedule = training.one_cycle(optimizer, TrainConfig(max_lr=0.1), 10)
+    assert schedule.cycle_momentum is cycles
+    if not cycles and "momentum" in optimizer.defaults:
+        for _ in range(5):
+            optimizer.step()
+            schedule.step()
+        assert optimizer.param_groups[0]["momentum"] == 0  # plain SGD stays plain SGD
+
+
+def test_one_cycle_takes_an_exports_section() -> None:
+    section = {"max_lr": 0.05, "pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0,
+               "anneal_strategy": "linear", "cycle_momentum": None}
+    optimizer = torch.optim.AdamW(_linear().parameters(), lr=0.05)
+    schedule = training.one_cycle(optimizer, TrainConfig(max_lr=0.05), 8, **section)
+    assert schedule.total_steps == 8
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 / 10)  # max_lr / div_factor
+    optimizer.step()
+    schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # the peak, at step pct_start x 8 - 1
+
+
+def test_train_step_with_accumulation_matches_one_big_batch() -> None:
+    data = Points(32)
+    big = TrainConfig(batch_size=16, accumulation_steps=1, max_lr=0.1)
+    small = dataclasses.replace(big, batch_size=4, accumulation_steps=4)
+    models = []
+    for config in (big, small):
+        model = training.prepare_model(_linear(), config, "cpu")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        step = training.TrainStep(model, _loss, optimizer, config, "cpu")
+        loader = training.dataloader(data, config, shuffle=False)
+        group = next(training.optimizer_steps(loader, config))
+        assert len(group) == config.accumulation_steps
+        step(group)
+        models.append(model)
+    torch.testing.assert_close(models[0].weight, models[1].weight)
+
+
+def test_train_step_steps_the_schedule_and_stops_at_its_end() -> None:
+    config = TrainConfig(batch_size=8, max_lr=0.1)
+    model = _linear()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    schedule = training.one_cycle(optimizer, config, 3)
+    step = training.TrainStep(model, _loss, optimizer, config, "cpu", scheduler=schedule)
+    batches = training.Batches(training.dataloader(Points(), config))
+    for _ in range(6):  # past the schedule's end: OneCycleLR would raise if stepped further
+        step(batches)
+    assert schedule.last_epoch == 2
+
+
+def test_train_step_with_too_few_micro_batches_is_refused() -> None:
+    config = TrainConfig(batch_size=8, accumulation_steps=3)
+    model = _linear()
+    step = training.TrainStep(model, _loss, torch.optim.SGD(model.parameters(), lr=0.1), config, "cpu")
+    batch = next(iter(training.dataloader(Points(), config)))
+    with pytest.raises(ValueError, match="takes 3 micro-batches"):
+        step([batch, batch])
+
+
+def test_train_step_fp16_uses_a_grad_scaler() -> None:
+    config = TrainConfig(batch_size=8, precision="fp16")
+    model = _linear()
+    step = training.TrainStep(model, _loss, torch.optim.SGD(model.parameters(), lr=0.1), config, "cpu")
+    assert isinstance(step.scaler, torch.amp.GradScaler)
+    loss = step(training.Batches(training.dataloader(Points(), config)))
+    assert torch.isfinite(loss)
+    assert set(step.state_dict()) == {"optimizer", "scheduler", "scaler"}
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        (lambda model, batch: F.cross_entropy(model(batch[0]), batch[1], reduction="none"),
+         "loss must return a scalar tensor, got shape (8,)"),
+        (lambda model, batch: 0.5, "loss must return a scalar tensor, got float 0.5"),
+        (lambda model, batch: torch.tensor(1.0), "loss must return a tensor that requires grad"),
+    ],
+)
+def test_train_step_refuses_a_loss_that_is_not_a_scalar_tensor(loss, message) -> None:
+    config = TrainConfig(batch_size=8)
+    model = _linear()
+    step = training.TrainStep(model, loss, torch.optim.SGD(model.parameters(), lr=0.1), config, "cpu")
+    with pytest.raises(WorkloadError) as caught:
+        step(training.Batches(training.dataloader(Points(), config)))
+    assert str(caught.value).startswith(message)
+
+
+def test_to_device_moves_nested_batches_and_applies_channels_last() -> None:
+    batch = {"pixels": torch.randn(2, 3, 4, 4), "targets": [{"boxes": torch.zeros(1, 4)}], "name": "x"}
+    moved = training.to_device(batch, "cpu", TrainConfig(channels_last=True))
+    assert moved["pixels"].is_contiguous(memory_format=torch.channels_last)
+    assert moved["targets"][0]["boxes"].shape == (1, 4)
+    assert moved["name"] == "x"
+
+
+def test_batches_count_units_and_passes() -> None:
+    config = TrainConfig(batch_size=16)
+    batches = training.Batches(training.dataloader(Points(32), config), count=lambda batch: 3)
+    for _ in range(5):
+        next(batches)
+    assert batches.samples == 80
+    assert batches.units == 15
+    assert batches.passes == 2
+
+
+def test_trainable_parameters_leave_frozen_ones_out() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    assert training.trainable_parameters(model) == list(model[1].parameters())
+
+
+def test_training_builds_a_workload_as_configured() -> None:
+    workload = Workload(model=_linear, dataset=Points, loss=_loss, base_lr=0.01,
+                        optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr))
+    config = TrainConfig(batch_size=8, accumulation_steps=2, max_lr=0.01)
+    run = training.Training(workload, config, "cpu", total_steps=4)
+    assert run.steps_per_epoch == 64 // 8 // 2
+    assert run.cycle_momentum is False
+    assert run.scheduler is not None and run.scheduler.total_steps == 4
+    run.step()
+    assert run.batches.samples == 16
+
+
+def test_training_refuses_a_dataset_smaller_than_the_batch() -> None:
+    workload = Workload(model=_linear, dataset=lambda: Points(4), loss=_loss)
+    with pytest.raises(WorkloadError, match="dataset has 4 samples, fewer than batch_size 8"):
+        training.Training(workload, TrainConfig(batch_size=8), "cpu")
+
+
+# Each knob acts in autotune/training.py only: these calls appear nowhere else in the package.
+KNOB_CALLS = [
+    r"torch\.compile\(",
+    r"allow_tf32",
+    r"cudnn\.benchmark",
+    r"GradScaler\(",
+    r"torch\.autocast\(",
+    r"OneCycleLR\(",
+    r"DataLoader\(",
+    r"memory_format=",
+    r"\.gradient_checkpointing_enable\(\)",
+]
+
+
+@pytest.mark.parametrize("pattern", KNOB_CALLS)
+def test_knobs_act_only_in_the_training_module(pattern: str) -> None:
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "training.py" and path.name != "demo.py" and re.search(pattern, path.read_text())
+    ]
+    assert offenders == []
+    assert re.search(pattern, (PACKAGE / "training.py").read_text())
+
+
+def test_the_harness_applies_knobs_through_the_training_module() -> None:
+    harness = (PACKAGE / "runner" / "_harness.py").read_text()
+    assert "from autotune.training import Training, backend_flags" in harness
