@@ -10,6 +10,7 @@ whether either run diverged.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -19,51 +20,29 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from autotune import training
 from autotune.config import TrainConfig
 from autotune.demo import PatternImages, workload
 
 HELD_OUT = 2048  # samples never trained on
 
 
-def full_run(config: TrainConfig, max_lr: float, epochs: float, seed: int = 0) -> dict:
+def full_run(config: TrainConfig, max_lr: float, epochs: float, one_cycle: dict, seed: int = 0) -> dict:
+    """The exported run through autotune.training (every knob as the trials applied it), at ``max_lr``."""
     torch.manual_seed(seed)
     job = workload()
-    model = job.model()
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = job.optimizer(model.parameters(), max_lr)
-    loader = torch.utils.data.DataLoader(
-        job.dataset(), batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.num_workers,
-        prefetch_factor=config.prefetch_factor if config.num_workers else None,
-        persistent_workers=config.persistent_workers if config.num_workers else False,
-    )
-    steps_per_epoch = len(loader) // config.accumulation_steps
-    total_steps = max(1, int(steps_per_epoch * epochs))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps)
-    dtype = {"bf16": torch.bfloat16}.get(config.precision)
-    losses: list[float] = []
-    started = time.perf_counter()
-    step = 0
-    while step < total_steps:
-        for index, (images, labels) in enumerate(loader):
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(model(images), labels) / config.accumulation_steps
-            loss.backward()
-            if (index + 1) % config.accumulation_steps:
-                continue
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step()
-            losses.append(float(loss.detach()) * config.accumulation_steps)
-            step += 1
-            if step >= total_steps or not math.isfinite(losses[-1]):
+    config = dataclasses.replace(config, max_lr=max_lr)
+    args = {key: value for key, value in one_cycle.items() if key not in ("max_lr", "total_steps")}
+    with training.backend_flags(config, "cpu"):
+        total_steps = max(1, int(training.steps_per_epoch(len(job.dataset()), config) * epochs))
+        run = training.Training(job, config, "cpu", total_steps=total_steps, one_cycle_args=args)
+        losses: list[float] = []
+        started = time.perf_counter()
+        for _ in range(total_steps):
+            losses.append(float(run.step()))
+            if not math.isfinite(losses[-1]):
                 break
-        if losses and not math.isfinite(losses[-1]):
-            break
+    model = run.model
     model.eval()
     # The same class patterns, fresh samples: indices past the training set draw new noise and crops.
     train_size = len(job.dataset())
@@ -99,8 +78,8 @@ def main() -> None:
         "config": config.to_dict(),
         "epochs": args.epochs,
         "lr_find": document.get("lr_find"),
-        "exported_max_lr": full_run(config, config.max_lr, args.epochs),
-        "base_lr": full_run(config, base_lr, args.epochs),
+        "exported_max_lr": full_run(config, config.max_lr, args.epochs, document["one_cycle"]),
+        "base_lr": full_run(config, base_lr, args.epochs, document["one_cycle"]),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
     }
