@@ -131,7 +131,12 @@ def enable_gradient_checkpointing(model: Any, hook: Callable[[Any], None] | None
     if hook is not None:
         hook(model)
     elif callable(getattr(model, "gradient_checkpointing_enable", None)):
-        model.gradient_checkpointing_enable()  # Hugging Face convention
+        model.gradient_checkpointing_enable()  # Hugging Face convention (PEFT models pass it on)
+        frozen = any(not parameter.requires_grad for parameter in model.parameters())
+        if frozen and callable(getattr(model, "enable_input_require_grads", None)):
+            # Frozen embeddings (LoRA, adapters): without a grad-requiring input, checkpointed
+            # blocks would have nothing to backpropagate into.
+            model.enable_input_require_grads()
     else:
         raise WorkloadError(
             "gradient_checkpointing needs Workload.gradient_checkpointing or a model with gradient_checkpointing_enable()"
@@ -252,8 +257,16 @@ def optimizer_steps(loader: Iterable[Any], config: TrainConfig) -> Iterator[list
 
 class TrainStep:
     """One optimizer step: ``accumulation_steps`` micro-batches (moved to the device, forward and
-    loss under autocast, backward scaled by the GradScaler for fp16), then the optimizer step and
-    the scheduler's. Returns the step's mean loss as a detached tensor (no device sync)."""
+    loss under autocast, backward scaled by the GradScaler for fp16), then the optimizer step, the
+    scheduler's, and ``after_step(model, optimizer)`` (EMA or SWA averaging, a scheduler of your
+    own): their cost is part of the step. Returns the step's mean loss, detached (no device sync).
+
+    ``closure=True`` is for optimizers whose step re-evaluates the loss (SAM, LBFGS): after the
+    first forward and backward, ``optimizer.step(closure)`` is called with a closure that zeroes
+    the gradients and runs forward and backward again over the same micro-batches (with
+    accumulation, all of them are kept on the device until the step ends) and returns their loss.
+    fp16 is refused with it: torch.amp.GradScaler.step takes no closure.
+    """
 
     def __init__(
         self,
@@ -265,6 +278,8 @@ class TrainStep:
         *,
         scheduler: Any = None,
         scaler: torch.amp.GradScaler | None | bool = True,
+        closure: bool = False,
+        after_step: Callable[[Any, Any], None] | None = None,
     ) -> None:
         self.model = model
         self.loss = loss
@@ -274,36 +289,61 @@ class TrainStep:
         self.scheduler = scheduler
         # True: the GradScaler the precision needs (fp16), made here; or pass your own (or None).
         self.scaler = grad_scaler(config, self.device) if scaler is True else scaler or None
+        if closure and self.scaler is not None:
+            from autotune.workload import CLOSURE_FP16
+
+            raise WorkloadError(CLOSURE_FP16)
+        self.closure = closure
+        self.after_step = after_step
 
     def __call__(self, micro_batches: Iterable[Any]) -> torch.Tensor:
         accumulation = self.config.accumulation_steps
         self.optimizer.zero_grad(set_to_none=True)
+        kept: list[Any] = []  # the micro-batches a closure replays
         total: torch.Tensor | None = None
         seen = 0
         for batch in micro_batches:
-            with autocast(self.config, self.device):
-                loss = self.loss(self.model, to_device(batch, self.device, self.config))
-            check_loss(loss)
-            scaled = loss / accumulation
-            if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
-            total = scaled.detach() if total is None else total + scaled.detach()
+            batch = to_device(batch, self.device, self.config)
+            if self.closure:
+                kept.append(batch)
+            loss = self._forward_backward(batch)
+            total = loss if total is None else total + loss
             seen += 1
             if seen == accumulation:
                 break
         if seen < accumulation:
             raise ValueError(f"an optimizer step takes {accumulation} micro-batches (accumulation_steps), got {seen}")
-        if self.scaler is not None:
+        if self.closure:
+            self.optimizer.step(lambda: self._replay(kept))
+        elif self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         if self.scheduler is not None and not _schedule_finished(self.scheduler):
             self.scheduler.step()
+        if self.after_step is not None:
+            self.after_step(self.model, self.optimizer)
         assert total is not None
         return total.float()
+
+    def _forward_backward(self, batch: Any) -> torch.Tensor:
+        """Forward and loss under autocast, backward of loss / accumulation_steps; that share, detached."""
+        with autocast(self.config, self.device):
+            loss = self.loss(self.model, batch)
+        check_loss(loss)
+        scaled = loss / self.config.accumulation_steps
+        if self.scaler is not None:
+            self.scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        return scaled.detach()
+
+    def _replay(self, batches: list[Any]) -> torch.Tensor:
+        """The closure: gradients zeroed, forward and backward again over the step's micro-batches."""
+        with torch.enable_grad():
+            self.optimizer.zero_grad(set_to_none=True)
+            return sum(self._forward_backward(batch) for batch in batches)
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's, the scheduler's and the GradScaler's state, for a checkpoint."""
@@ -407,11 +447,16 @@ class Training:
         self.dataset_size = len(self.dataset)
         self.batches = Batches(self.loader, workload.count)
         self.train_step = TrainStep(self.forward_model, workload.loss, self.optimizer, config, self.device,
-                                    scheduler=self.scheduler)
+                                    scheduler=self.scheduler, closure=workload.step_closure,
+                                    after_step=self._after_step if workload.after_step else None)
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
         return self.train_step.scaler
+
+    def _after_step(self, _forward_model: Any, optimizer: Any) -> None:
+        assert self.workload.after_step is not None
+        self.workload.after_step(self.model, optimizer)  # the model itself, not its compiled wrapper
 
     @property
     def steps_per_epoch(self) -> int:

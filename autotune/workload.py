@@ -16,6 +16,10 @@ from autotune.config import TrainConfig
 from autotune.exceptions import ConfigError, WorkloadError
 
 DEMO_SPEC = "autotune.demo:workload"
+CLOSURE_FP16 = (
+    "an optimizer stepped with a closure (Workload.step_closure) cannot run in fp16: "
+    "torch.amp.GradScaler.step does not take closures; use bf16 or fp32"
+)
 
 
 @dataclasses.dataclass
@@ -38,12 +42,15 @@ class Workload:
     unit: str = "samples"
     gradient_checkpointing: Callable[[Any], None] | None = None
     space: str | None = None  # the search space to use when --space is not given (a file or a shipped name)
+    # The optimizer's step takes a closure that re-evaluates the loss (SAM, LBFGS): see training.TrainStep.
+    step_closure: bool = False
+    after_step: Callable[[Any, Any], None] | None = None  # (model, optimizer) after each step: EMA, SWA, ...
 
     def __post_init__(self) -> None:
         for name in ("model", "dataset", "loss"):
             if not callable(getattr(self, name)):
                 raise WorkloadError(f"Workload.{name} must be callable, got {getattr(self, name)!r}")
-        for name in ("optimizer", "collate_fn", "count", "gradient_checkpointing"):
+        for name in ("optimizer", "collate_fn", "count", "gradient_checkpointing", "after_step"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise WorkloadError(f"Workload.{name} must be callable or None, got {value!r}")
@@ -55,8 +62,12 @@ class Workload:
             raise WorkloadError(f"Workload.base_lr must be a finite number > 0, got {self.base_lr!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs > 0:
             raise WorkloadError(f"Workload.epochs must be a number > 0, got {self.epochs!r}")
+        if not isinstance(self.step_closure, bool):
+            raise WorkloadError(f"Workload.step_closure must be true or false, got {self.step_closure!r}")
         if not isinstance(self.baseline, Mapping):
             raise WorkloadError(f"Workload.baseline must be a mapping of knobs, got {self.baseline!r}")
+        if self.step_closure and self.baseline.get("precision") == "fp16":
+            raise WorkloadError(f"Workload.baseline: {CLOSURE_FP16}")
         try:
             TrainConfig.from_dict({"max_lr": self.base_lr, **self.baseline}, source="Workload.baseline")
         except ConfigError as exc:

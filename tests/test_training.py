@@ -11,10 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import workload_spec
+
 from autotune import training
 from autotune.config import TrainConfig
 from autotune.exceptions import WorkloadError
-from autotune.workload import Workload
+from autotune.runner import TrialJob, run_trial
+from autotune.workload import Workload, load_workload
 
 PACKAGE = Path(training.__file__).parent
 
@@ -302,3 +305,97 @@ def test_knobs_act_only_in_the_training_module(pattern: str) -> None:
 def test_the_harness_applies_knobs_through_the_training_module() -> None:
     harness = (PACKAGE / "runner" / "_harness.py").read_text()
     assert "from autotune.training import Training, backend_flags" in harness
+
+
+def test_train_step_with_a_closure_replays_the_micro_batches() -> None:
+    calls = []
+
+    def counting_loss(model, batch):
+        calls.append(len(batch[0]))
+        return _loss(model, batch)
+
+    config = TrainConfig(batch_size=8, accumulation_steps=2)
+    model = _linear()
+    stepped = []
+
+    class Replaying(torch.optim.SGD):
+        def step(self, closure=None):
+            stepped.append(float(closure()))  # one more forward and backward over both micro-batches
+            return super().step()
+
+    step = training.TrainStep(model, counting_loss, Replaying(model.parameters(), lr=0.1), config, "cpu", closure=True)
+    loss = step(training.Batches(training.dataloader(Points(), config)))
+    assert calls == [8, 8, 8, 8]
+    assert stepped == [pytest.approx(float(loss))]  # same weights, same micro-batches: same loss
+
+
+def test_train_step_runs_lbfgs_with_its_closure() -> None:
+    config = TrainConfig(batch_size=32, max_lr=0.5)
+    model = _linear()
+    step = training.TrainStep(model, _loss, torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4), config, "cpu",
+                              closure=True)
+    batches = training.Batches(training.dataloader(Points(), config, shuffle=False))
+    first = float(step(batches))
+    for _ in range(3):
+        last = float(step(batches))
+    assert last < first
+
+
+def test_train_step_refuses_a_closure_in_fp16() -> None:
+    model = _linear()
+    with pytest.raises(WorkloadError, match="GradScaler.step does not take closures"):
+        training.TrainStep(model, _loss, torch.optim.SGD(model.parameters(), lr=0.1), TrainConfig(precision="fp16"),
+                           "cpu", closure=True)
+
+
+def test_workload_refuses_a_closure_with_an_fp16_baseline() -> None:
+    with pytest.raises(WorkloadError, match="^Workload.baseline: an optimizer stepped with a closure"):
+        Workload(model=_linear, dataset=Points, loss=_loss, step_closure=True, baseline={"precision": "fp16"})
+
+
+def test_training_calls_after_step_with_the_uncompiled_model() -> None:
+    seen = []
+    workload = Workload(model=_linear, dataset=Points, loss=_loss,
+                        after_step=lambda model, optimizer: seen.append(model))
+    run = training.Training(workload, TrainConfig(batch_size=8, compile="default"), "cpu")
+    assert run.forward_model is not run.model
+    run.train_step.after_step(run.forward_model, run.optimizer)
+    assert seen == [run.model]
+
+
+def test_training_with_sam_and_swa_steps_and_averages() -> None:
+    workload = load_workload(workload_spec(file="sam.py"))
+    run = training.Training(workload, TrainConfig(batch_size=16, accumulation_steps=2, max_lr=0.05), "cpu",
+                            total_steps=6)
+    losses = [float(run.step()) for _ in range(6)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert workload.after_step.updates == 6
+
+
+def test_gradient_checkpointing_on_a_model_with_frozen_weights_makes_inputs_require_grad() -> None:
+    calls = []
+
+    class Adapted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = nn.Linear(4, 4).requires_grad_(False)
+            self.adapter = nn.Linear(4, 2)
+
+        def gradient_checkpointing_enable(self) -> None:
+            calls.append("checkpointing")
+
+        def enable_input_require_grads(self) -> None:
+            calls.append("input grads")
+
+    training.prepare_model(Adapted(), TrainConfig(gradient_checkpointing=True), "cpu")
+    assert calls == ["checkpointing", "input grads"]
+    calls.clear()
+    training.prepare_model(Adapted().requires_grad_(True), TrainConfig(gradient_checkpointing=True), "cpu")
+    assert calls == ["checkpointing"]
+
+
+def test_a_sam_workload_trial_finishes_ok(fast_measure) -> None:
+    outcome = run_trial(TrialJob(workload=workload_spec(file="sam.py"), config=TrainConfig(batch_size=16).to_dict(),
+                                 measure=fast_measure, timeout_seconds=120))
+    assert outcome.status.value == "ok", outcome.reason
+    assert outcome.samples_per_second > 0
