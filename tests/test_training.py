@@ -277,7 +277,8 @@ def test_training_refuses_a_dataset_smaller_than_the_batch() -> None:
         training.Training(workload, TrainConfig(batch_size=8), "cpu")
 
 
-# Each knob acts in autotune/training.py only: these calls appear nowhere else in the package.
+# Each knob acts in autotune/training.py only: these calls appear nowhere else in the package
+# (autotune/frameworks/ writes code lines for other frameworks as text; it applies nothing).
 KNOB_CALLS = [
     r"torch\.compile\(",
     r"allow_tf32",
@@ -296,7 +297,9 @@ def test_knobs_act_only_in_the_training_module(pattern: str) -> None:
     offenders = [
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
-        if path.name != "training.py" and path.name != "demo.py" and re.search(pattern, path.read_text())
+        if path.name not in ("training.py", "demo.py")
+        and "frameworks" not in path.relative_to(PACKAGE).parts
+        and re.search(pattern, path.read_text())
     ]
     assert offenders == []
     assert re.search(pattern, (PACKAGE / "training.py").read_text())
