@@ -113,6 +113,8 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
         unsupported["gradient_checkpointing"] = {
             True: "the workload has no gradient_checkpointing hook and its model no gradient_checkpointing_enable()"
         }
+    if workload.step_closure:
+        unsupported.setdefault("precision", {})["fp16"] = "the optimizer steps with a closure, which GradScaler cannot scale"
     restricted, dropped = space.restrict(unsupported)
     notes += dropped
     requested = space.baseline(workload.baseline_overrides())
