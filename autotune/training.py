@@ -377,6 +377,25 @@ def _schedule_finished(scheduler: Any) -> bool:
     return total is not None and scheduler.last_epoch + 1 >= total
 
 
+def evaluate(
+    evaluate_fn: Callable[[Any], Any], model: torch.nn.Module, config: TrainConfig, device: torch.device | str
+) -> dict[str, float]:
+    """The workload's evaluation: the model in eval mode, under no_grad and the config's autocast,
+    back in training mode after. Returns its metrics as {name: value} (a bare number is "metric")."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(config, device):
+            result = evaluate_fn(model)
+    finally:
+        model.train(was_training)
+    if isinstance(result, dict):
+        return {str(key): float(value) for key, value in result.items()}
+    if result is None:
+        return {}
+    return {"metric": float(result)}
+
+
 class Batches:
     """Endless micro-batches from a DataLoader, pass after pass, counting samples, the workload's
     units and the seconds spent waiting for data (host side: no device sync)."""
@@ -490,6 +509,7 @@ __all__ = [
     "dataloader_kwargs",
     "default_optimizer",
     "enable_gradient_checkpointing",
+    "evaluate",
     "grad_scaler",
     "one_cycle",
     "optimizer_steps",

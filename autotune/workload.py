@@ -45,12 +45,16 @@ class Workload:
     # The optimizer's step takes a closure that re-evaluates the loss (SAM, LBFGS): see training.TrainStep.
     step_closure: bool = False
     after_step: Callable[[Any, Any], None] | None = None  # (model, optimizer) after each step: EMA, SWA, ...
+    # The full run's validation: model -> a metric or {name: metric}; run by `autotune train` every
+    # `evaluate_every` epochs (and at the end), in eval mode under no_grad and the config's autocast.
+    evaluate: Callable[[Any], Any] | None = None
+    evaluate_every: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("model", "dataset", "loss"):
             if not callable(getattr(self, name)):
                 raise WorkloadError(f"Workload.{name} must be callable, got {getattr(self, name)!r}")
-        for name in ("optimizer", "collate_fn", "count", "gradient_checkpointing", "after_step"):
+        for name in ("optimizer", "collate_fn", "count", "gradient_checkpointing", "after_step", "evaluate"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise WorkloadError(f"Workload.{name} must be callable or None, got {value!r}")
@@ -62,6 +66,12 @@ class Workload:
             raise WorkloadError(f"Workload.base_lr must be a finite number > 0, got {self.base_lr!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs > 0:
             raise WorkloadError(f"Workload.epochs must be a number > 0, got {self.epochs!r}")
+        if (
+            isinstance(self.evaluate_every, bool)
+            or not isinstance(self.evaluate_every, (int, float))
+            or not 0 < self.evaluate_every < math.inf
+        ):
+            raise WorkloadError(f"Workload.evaluate_every must be a number of epochs > 0, got {self.evaluate_every!r}")
         if not isinstance(self.step_closure, bool):
             raise WorkloadError(f"Workload.step_closure must be true or false, got {self.step_closure!r}")
         if not isinstance(self.baseline, Mapping):

@@ -402,3 +402,23 @@ def test_a_sam_workload_trial_finishes_ok(fast_measure) -> None:
                                  measure=fast_measure, timeout_seconds=120))
     assert outcome.status.value == "ok", outcome.reason
     assert outcome.samples_per_second > 0
+
+
+def test_evaluate_runs_in_eval_mode_without_grad_and_restores_training() -> None:
+    model = nn.Sequential(nn.Linear(4, 2), nn.Dropout(0.5))
+    seen = {}
+
+    def evaluate_fn(m):
+        seen["training"] = m.training
+        seen["grad"] = torch.is_grad_enabled()
+        return {"accuracy": torch.tensor(0.75)}
+
+    assert training.evaluate(evaluate_fn, model, TrainConfig(), "cpu") == {"accuracy": 0.75}
+    assert seen == {"training": False, "grad": False}
+    assert model.training
+    assert training.evaluate(lambda m: 0.5, model, TrainConfig(), "cpu") == {"metric": 0.5}
+
+
+def test_workload_refuses_a_bad_evaluation_cadence() -> None:
+    with pytest.raises(WorkloadError, match="Workload.evaluate_every must be a number of epochs > 0, got 0"):
+        Workload(model=_linear, dataset=Points, loss=_loss, evaluate=lambda m: 0.0, evaluate_every=0)
