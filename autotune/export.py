@@ -23,7 +23,12 @@ from autotune.verify import verify
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-ExportFormat = Literal["yaml", "json"]
+ExportFormat = Literal["yaml", "json", "hf", "lightning", "accelerate", "torch"]
+
+# Where each format goes without --out. hf, lightning and accelerate are YAML, or JSON in a .json file;
+# torch is a Python script.
+DEFAULT_OUT = {"yaml": "best.yaml", "json": "best.json", "hf": "best_hf.yaml", "lightning": "best_lightning.yaml",
+               "accelerate": "best_accelerate.yaml", "torch": "best_train.py"}
 
 MEASURED_FIELDS = (
     "samples_per_second",
@@ -66,11 +71,14 @@ def export_best(
     on_verify_run: Callable[[int, int, Candidate, float | None], None] | None = None,
 ) -> Export:
     """Choose among the study's feasible trials (optionally re-measuring the top ``verify_top``)
-    and write the choice as YAML or JSON."""
+    and write the choice as YAML or JSON, or in a training framework's form (``fmt``: hf, lightning,
+    accelerate, torch)."""
     import importlib.metadata
 
     import optuna
 
+    path = Path(out) if out is not None else None
+    fmt = export_format(path, fmt)
     if verify_top < 0 or rounds < 1:
         raise UsageError(f"--verify must be >= 0 and --rounds >= 1, got {verify_top} and {rounds}")
     study = load_study(study_name, storage)
@@ -137,23 +145,53 @@ def export_best(
             "speedup_over_baseline": _speedup(selection, baseline_trial),
         },
     }
-    path = None
-    if out is not None:
-        path = Path(out)
-        fmt = fmt or ("json" if path.suffix == ".json" else "yaml")
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(document, fmt))
+        path.write_text(render(document, fmt, as_json=path.suffix == ".json", name=path.name))
     return Export(document=document, path=path)
 
 
-def render(document: dict[str, Any], fmt: ExportFormat) -> str:
+def export_format(path: Path | None, fmt: str | None) -> ExportFormat:
+    """``fmt``, else from the file's suffix (.json: json, .py: torch, else yaml); checked before any work."""
+    if fmt is None:
+        suffix = path.suffix if path is not None else ""
+        fmt = {".json": "json", ".py": "torch"}.get(suffix, "yaml")
+    if fmt not in DEFAULT_OUT:
+        raise UsageError(f"--format must be one of {', '.join(DEFAULT_OUT)}, got {fmt!r}")
+    if fmt == "torch" and path is not None and path.suffix != ".py":
+        raise UsageError(f"--format torch writes a Python script: --out must end in .py, got {str(path)!r}")
+    return fmt  # type: ignore[return-value]
+
+
+def default_out(fmt: str | None) -> str:
+    """The file export-best writes when --out is not given: best.yaml, or best_hf.yaml, best_train.py..."""
+    return DEFAULT_OUT.get(fmt or "yaml", "best.yaml")
+
+
+def render(document: dict[str, Any], fmt: ExportFormat, *, as_json: bool = False, name: str = "best_train.py") -> str:
+    """The file's text: the document as YAML or JSON, or a framework's form of it (YAML, JSON with
+    ``as_json``; torch: the Python script ``name``)."""
+    if fmt in ("hf", "lightning", "accelerate"):
+        from autotune import frameworks
+
+        form = {"hf": frameworks.hf_export, "lightning": frameworks.lightning_export,
+                "accelerate": frameworks.accelerate_export}[fmt](document)
+        if as_json:
+            return json.dumps(form, indent=2) + "\n"
+        import yaml
+
+        return yaml.safe_dump(form, sort_keys=False, width=1000)  # a code line stays one line
+    if fmt == "torch":
+        from autotune.frameworks import torch_script
+
+        return torch_script(document, name)
     if fmt == "json":
         return json.dumps(document, indent=2) + "\n"
     if fmt == "yaml":
         import yaml
 
         return yaml.safe_dump(document, sort_keys=False)
-    raise UsageError(f"--format must be yaml or json, got {fmt!r}")
+    raise UsageError(f"--format must be one of {', '.join(DEFAULT_OUT)}, got {fmt!r}")
 
 
 def _deadline_misses(trials: list[FrozenTrial]) -> list[FrozenTrial]:
