@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -15,6 +17,11 @@ CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+
+# The workload's own knobs are named after the factory they are passed to: ``dataset.max_length``
+# becomes ``Workload.dataset(max_length=...)``, ``optimizer.fused`` ``Workload.optimizer(params, lr, fused=...)``.
+FACTORIES = ("model", "dataset", "optimizer")
+WORKLOAD_KNOB = re.compile(r"^(model|dataset|optimizer)\.([A-Za-z_][A-Za-z0-9_]*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +39,8 @@ class TrainConfig:
     compile: CompileMode = "off"
     gradient_checkpointing: bool = False
     max_lr: float = 1e-3
+    # The workload's own knobs ({"dataset.max_length": 2048, ...}), passed to its factories.
+    workload_knobs: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         _check_int(self, "batch_size", low=1)
@@ -49,6 +58,16 @@ class TrainConfig:
         if not self.max_lr > 0 or self.max_lr == float("inf"):
             raise ConfigError(f"max_lr must be a finite number > 0, got {self.max_lr!r}")
         object.__setattr__(self, "max_lr", float(self.max_lr))
+        if not isinstance(self.workload_knobs, Mapping):
+            raise ConfigError(f"workload_knobs must be a mapping, got {self.workload_knobs!r}")
+        for name, value in self.workload_knobs.items():
+            check_workload_knob(name, value)
+        object.__setattr__(self, "workload_knobs", dict(sorted(self.workload_knobs.items())))
+
+    def factory_kwargs(self, factory: str) -> dict[str, Any]:
+        """The workload knobs for one factory (``model``, ``dataset`` or ``optimizer``), by keyword."""
+        prefix = factory + "."
+        return {name[len(prefix):]: value for name, value in self.workload_knobs.items() if name.startswith(prefix)}
 
     @property
     def effective_batch_size(self) -> int:
@@ -62,15 +81,25 @@ class TrainConfig:
         return dataclasses.replace(self, prefetch_factor=None, persistent_workers=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["workload_knobs"] = dict(self.workload_knobs)
+        return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
+        """Knobs by name; the workload's own knobs under ``workload_knobs`` or as dotted names."""
+        values = dict(values)
+        dotted = {key: values.pop(key) for key in list(values) if isinstance(key, str) and WORKLOAD_KNOB.match(key)}
+        if dotted:
+            nested = values.get("workload_knobs") or {}
+            values["workload_knobs"] = {**nested, **dotted} if isinstance(nested, Mapping) else nested
         unknown = [key for key in values if key not in FIELD_NAMES]
         if unknown:
             key = unknown[0]
             hint = difflib.get_close_matches(key, FIELD_NAMES, n=1)
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            if isinstance(key, str) and "." in key:
+                suggestion += " (a workload's own knob is named model.NAME, dataset.NAME or optimizer.NAME)"
             raise ConfigError(f"{source}: unknown knob {key!r}{suggestion}")
         try:
             return cls(**values)
@@ -113,6 +142,18 @@ class TrainConfig:
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(TrainConfig))
+KNOB_NAMES: tuple[str, ...] = tuple(name for name in FIELD_NAMES if name != "workload_knobs")
+
+
+def check_workload_knob(name: Any, value: Any) -> None:
+    """A workload knob's name says which factory takes it; its value is a plain scalar."""
+    if not isinstance(name, str) or not WORKLOAD_KNOB.match(name):
+        raise ConfigError(
+            f"workload knob {name!r} must be named model.NAME, dataset.NAME or optimizer.NAME "
+            "(the factory it is passed to, and its keyword)"
+        )
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ConfigError(f"workload knob {name}: expected a number, a string or true/false, got {value!r}")
 
 
 def _check_int(config: TrainConfig, name: str, *, low: int) -> None:

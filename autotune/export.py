@@ -109,6 +109,7 @@ def export_best(
         prefer=prefer,
         deadline_misses=[Candidate.from_trial(t) for t in misses],
         study_name=study.study_name,
+        recipe=_recipe(setup),
     )
     chosen = selection.chosen
     config, lr_section, lr_line = _learning_rate(study, chosen)
@@ -232,6 +233,14 @@ def _learning_rate(study: Any, chosen: Candidate) -> tuple[TrainConfig, dict | N
     if searched:
         line += f"; the trial's searched {config.max_lr:g} is too close to the edge"
     return dataclasses.replace(config, max_lr=result.suggestion), section, line
+
+
+def _recipe(setup: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's values of the workload knobs the space marks as changing the recipe."""
+    space = setup.get("space") or {}
+    knobs = (setup.get("baseline") or {}).get("workload_knobs") or {}
+    return {name: knobs.get(name) for name, domain in space.items()
+            if isinstance(domain, dict) and domain.get("changes_recipe")}
 
 
 def _searched_knobs(study: Any) -> list[str]:

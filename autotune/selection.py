@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from autotune._units import format_duration, format_size
 from autotune.budget import Budgets
 from autotune.exceptions import NoFeasibleTrialError
 
-Preference = Literal["fastest", "balanced", "memory"]
-PREFERENCES: tuple[str, ...] = ("fastest", "balanced", "memory")
+Preference = Literal["fastest", "balanced", "memory", "recipe"]
+PREFERENCES: tuple[str, ...] = ("fastest", "balanced", "memory", "recipe")
 MEMORY_PREFERENCE_TOLERANCE = 0.05  # "memory" picks the leanest config within 5% of the fastest
 NOISE_SIGMAS = 2.0  # a win must exceed twice the combined relative spread of the two figures
 
@@ -61,15 +61,25 @@ def select(
     prefer: Preference = "fastest",
     deadline_misses: Sequence[Candidate] = (),
     study_name: str = "",
+    recipe: Mapping[str, Any] | None = None,
 ) -> Selection:
     """Pick by preference among feasible candidates; the baseline wins unless beaten beyond noise.
 
     ``baseline`` is the baseline's candidate when it is feasible, else None. When nothing is
     feasible only because of the deadline, the closest miss is returned with ``fits_deadline=False``.
+    ``recipe``: the baseline's values of the workload knobs that change what is learned; ``recipe``
+    preference keeps them, every preference says when the chosen config changes them.
     """
     if not feasible:
         return _closest_miss(deadline_misses, budgets, study_name)
-    chosen, line = _by_preference(feasible, budgets, prefer)
+    recipe = dict(recipe or {})
+    if prefer == "recipe":
+        keeping = [c for c in feasible if not recipe_changes(c, recipe)]
+        chosen, line = _by_preference(keeping or feasible, budgets, "fastest")
+        line = ("recipe: " + line.removeprefix("fastest: ") + ", keeping " + ", ".join(sorted(recipe))
+                if keeping and recipe else f"recipe: no workload knob changes the recipe; {line}")
+    else:
+        chosen, line = _by_preference(feasible, budgets, prefer)
     explanation = [line]
     if baseline is not None and not chosen.is_baseline:
         gain = chosen.samples_per_second / baseline.samples_per_second - 1.0
@@ -86,7 +96,18 @@ def select(
             )
     elif baseline is None:
         explanation.append("the baseline has no feasible measurement to compare with")
+    for name, (was, now) in recipe_changes(chosen, recipe).items():
+        explanation.append(
+            f"{name} {now} (the baseline's {was}) changes the recipe: what the run learns differs, "
+            "not only its speed (--prefer recipe keeps it)"
+        )
     return Selection(chosen=chosen, baseline=baseline, fits_deadline=True, explanation=explanation)
+
+
+def recipe_changes(candidate: Candidate, recipe: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The recipe knobs whose value in ``candidate`` differs from the baseline's: {name: (was, now)}."""
+    knobs = (candidate.attrs.get("config") or {}).get("workload_knobs") or {}
+    return {name: (was, knobs.get(name)) for name, was in recipe.items() if knobs.get(name) != was}
 
 
 def _by_preference(feasible: Sequence[Candidate], budgets: Budgets, prefer: Preference) -> tuple[Candidate, str]:

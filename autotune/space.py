@@ -9,6 +9,12 @@ A space file has a ``knobs:`` mapping. Each knob is one of::
     batch_size: {low: 16, high: 512, log: true}     # int or float range, by the knob's type
 
 ``prefetch_factor`` and ``persistent_workers`` are searched only when ``num_workers > 0``.
+
+The workload's own knobs are named after the factory that takes them, and are searched only
+when listed; one that changes what is learned says so::
+
+    dataset.max_length: {choices: [1024, 2048, 4096], default: 1024, changes_recipe: true}
+    optimizer.fused: [false, true]
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.config import FIELD_NAMES, TrainConfig
+from autotune.config import KNOB_NAMES, WORKLOAD_KNOB, TrainConfig, check_workload_knob
 from autotune.exceptions import ConfigError, SearchSpaceError
 
 if TYPE_CHECKING:
@@ -32,6 +38,7 @@ FLOAT_KNOBS = ("max_lr",)
 WORKER_KNOBS = ("prefetch_factor", "persistent_workers")  # searched only when num_workers > 0
 BASELINE = "baseline"
 _KNOB_KEYS = ("choices", "low", "high", "log", "step", "default")
+_WORKLOAD_KNOB_KEYS = (*_KNOB_KEYS, "changes_recipe")
 _TOP_KEYS = ("knobs", "effective_batch")
 
 
@@ -48,6 +55,12 @@ class Knob:
     step: float | None = None
     default: Any = None
     from_baseline: bool = False
+    integer: bool = False  # a range of integers (the int knobs, and workload knobs given int bounds)
+    changes_recipe: bool = False  # a workload knob that changes what is learned (sequence length, ...)
+
+    @property
+    def is_workload_knob(self) -> bool:
+        return "." in self.name
 
     @property
     def is_searched(self) -> bool:
@@ -71,6 +84,8 @@ class Knob:
 
     def describe(self) -> Any:
         """A plain, comparable form (stored with the study to detect a changed space)."""
+        if self.changes_recipe:
+            return {"values": dataclasses.replace(self, changes_recipe=False).describe(), "changes_recipe": True}
         if self.from_baseline:
             return BASELINE
         if self.choices is not None:
@@ -83,7 +98,7 @@ class Knob:
         if self.choices is not None:
             return trial.suggest_categorical(self.name, list(self.choices))
         assert self.low is not None and self.high is not None
-        if self.name in INT_KNOBS:
+        if self.name in INT_KNOBS or self.integer:
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
@@ -99,6 +114,11 @@ class SearchSpace:
     @property
     def searched(self) -> list[str]:
         return [name for name, knob in self.knobs.items() if knob.is_searched]
+
+    @property
+    def recipe_knobs(self) -> list[str]:
+        """The workload knobs marked as changing what is learned."""
+        return [name for name, knob in self.knobs.items() if knob.changes_recipe]
 
     def describe(self) -> dict[str, Any]:
         described = {name: knob.describe() for name, knob in self.knobs.items()}
@@ -139,7 +159,7 @@ class SearchSpace:
 
     def baseline(self, overrides: Mapping[str, Any]) -> TrainConfig:
         """The user's current run: their knobs, the rest from the space's defaults."""
-        values = {}
+        values = {name: value for name, value in overrides.items() if name not in self.knobs}  # model.*, ...
         for name, knob in self.knobs.items():
             if name in overrides:
                 values[name] = overrides[name]
@@ -172,7 +192,7 @@ class SearchSpace:
         for name in self.searched:
             if name in WORKER_KNOBS and config.num_workers == 0:
                 continue
-            value = getattr(config, name)
+            value = config.workload_knobs.get(name) if self.knobs[name].is_workload_knob else getattr(config, name)
             if self.knobs[name].contains(value):
                 params[name] = value
         return params
@@ -235,8 +255,11 @@ def parse_space(document: Any, *, source: str = "<space>") -> SearchSpace:
             errors.append(f"unknown top-level key {key!r}{_suggest(key, _TOP_KEYS)}")
     knobs: dict[str, Knob] = {}
     for name, spec in document["knobs"].items():
-        if name not in FIELD_NAMES:
-            errors.append(f"unknown knob {name!r}{_suggest(str(name), FIELD_NAMES)}")
+        if name not in KNOB_NAMES and not (isinstance(name, str) and WORKLOAD_KNOB.match(name)):
+            hint = _suggest(str(name), KNOB_NAMES)
+            if not hint and isinstance(name, str) and "." in name:
+                hint = " (a workload's own knob is named model.NAME, dataset.NAME or optimizer.NAME)"
+            errors.append(f"unknown knob {name!r}{hint}")
             continue
         try:
             knobs[name] = _parse_knob(name, spec)
@@ -249,9 +272,10 @@ def parse_space(document: Any, *, source: str = "<space>") -> SearchSpace:
         errors.append(f"effective_batch must be an integer >= 1, got {effective_batch!r}")
     if errors:
         raise SearchSpaceError(f"{source}: " + "; ".join(errors))
-    for name in FIELD_NAMES:
+    for name in KNOB_NAMES:
         knobs.setdefault(name, Knob(name, from_baseline=True))
-    space = SearchSpace({name: knobs[name] for name in FIELD_NAMES}, source, effective_batch)
+    order = [*KNOB_NAMES, *(name for name in knobs if name not in KNOB_NAMES)]
+    space = SearchSpace({name: knobs[name] for name in order}, source, effective_batch)
     return space.with_effective_batch(None)[0]
 
 
@@ -266,9 +290,13 @@ def _parse_knob(name: str, spec: Any) -> Knob:
     if not isinstance(spec, Mapping):
         _check_value(name, spec, where)
         return Knob(name, fixed=spec, default=spec)
+    keys = _WORKLOAD_KNOB_KEYS if "." in name else _KNOB_KEYS
     for key in spec:
-        if key not in _KNOB_KEYS:
-            raise SearchSpaceError(f"{where}: unknown key {key!r}{_suggest(str(key), _KNOB_KEYS)}")
+        if key not in keys:
+            raise SearchSpaceError(f"{where}: unknown key {key!r}{_suggest(str(key), keys)}")
+    changes_recipe = spec.get("changes_recipe", False)
+    if not isinstance(changes_recipe, bool):
+        raise SearchSpaceError(f"{where}.changes_recipe must be true or false, got {changes_recipe!r}")
     if "choices" in spec:
         extra = [key for key in ("low", "high", "log", "step") if key in spec]
         if extra:
@@ -289,16 +317,20 @@ def _parse_knob(name: str, spec: Any) -> Knob:
         if not knob.contains(spec["default"]):
             raise SearchSpaceError(f"{where}.default {_show(spec['default'])} is not in the knob's range")
         knob = dataclasses.replace(knob, default=spec["default"])
-    return knob
+    return dataclasses.replace(knob, changes_recipe=changes_recipe)
 
 
 def _parse_range(name: str, spec: Mapping[str, Any], where: str) -> Knob:
-    if name not in INT_KNOBS + FLOAT_KNOBS:
+    workload_knob = "." in name
+    if name not in INT_KNOBS + FLOAT_KNOBS and not workload_knob:
         raise SearchSpaceError(f"{where}: {name} takes choices, not a low/high range")
     for key in ("low", "high"):
         if key not in spec:
             raise SearchSpaceError(f"{where}.{key} is missing")
-    is_int = name in INT_KNOBS
+    if workload_knob:  # an integer range when both bounds are integers
+        is_int = all(isinstance(spec[key], int) and not isinstance(spec[key], bool) for key in ("low", "high"))
+    else:
+        is_int = name in INT_KNOBS
     numbers = {key: spec[key] for key in ("low", "high", "step") if spec.get(key) is not None}
     for key, value in numbers.items():
         ok_type = isinstance(value, int) if is_int else isinstance(value, (int, float))
@@ -307,7 +339,8 @@ def _parse_range(name: str, spec: Mapping[str, Any], where: str) -> Knob:
             raise SearchSpaceError(f"{where}.{key} must be {kind}, got {value!r}")
     low, high, step = numbers["low"], numbers["high"], numbers.get("step")
     minimum = {"num_workers": 0}.get(name, 1) if is_int else 0
-    if low < minimum or (not is_int and low <= 0):
+    # A workload's own knob takes any numbers (a log scale still needs low > 0, checked below).
+    if not workload_knob and (low < minimum or (not is_int and low <= 0)):
         bound = f">= {minimum}" if is_int else "> 0"
         raise SearchSpaceError(f"{where}.low must be {bound}, got {low}")
     if low > high:
@@ -321,7 +354,7 @@ def _parse_range(name: str, spec: Mapping[str, Any], where: str) -> Knob:
         raise SearchSpaceError(f"{where}.step must be > 0 and cannot be combined with log, got {step!r}")
     if low == high:
         return Knob(name, choices=(low,), fixed=low)
-    return Knob(name, low=low, high=high, log=log, step=step)
+    return Knob(name, low=low, high=high, log=log, step=step, integer=is_int)
 
 
 def _off_as_string(spec: Any) -> Any:

@@ -176,9 +176,10 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
 
-def default_optimizer(params: Any, lr: float) -> torch.optim.Optimizer:
-    """AdamW, the optimizer a Workload without one trains with."""
-    return torch.optim.AdamW(params, lr=lr)
+def default_optimizer(params: Any, lr: float, **kwargs: Any) -> torch.optim.Optimizer:
+    """AdamW, the optimizer a Workload without one trains with (``optimizer.fused`` and other
+    workload knobs arrive as keyword arguments)."""
+    return torch.optim.AdamW(params, lr=lr, **kwargs)
 
 
 def cycles_momentum(optimizer: torch.optim.Optimizer) -> bool:
@@ -448,9 +449,12 @@ class Training:
         self.workload = workload
         self.config = config
         self.device = torch.device(device)
-        self.model = prepare_model(workload.model(), config, self.device,
+        # The workload's own knobs go to their factories: model.X to model(X=...), and so on.
+        self.model = prepare_model(workload.model(**config.factory_kwargs("model")), config, self.device,
                                    gradient_checkpointing=workload.gradient_checkpointing)
-        self.optimizer = (workload.optimizer or default_optimizer)(trainable_parameters(self.model), config.max_lr)
+        self.optimizer = (workload.optimizer or default_optimizer)(
+            trainable_parameters(self.model), config.max_lr, **config.factory_kwargs("optimizer")
+        )
         self.cycle_momentum = cycles_momentum(self.optimizer)
         self.scheduler = None
         if total_steps is not None:
@@ -459,7 +463,7 @@ class Training:
             args.setdefault("cycle_momentum", self.cycle_momentum)
             self.scheduler = one_cycle(self.optimizer, config, total_steps, **args)
         self.forward_model = compile_model(self.model, config)
-        self.dataset = workload.dataset()
+        self.dataset = workload.dataset(**config.factory_kwargs("dataset"))
         self.loader = dataloader(self.dataset, config, self.device, collate_fn=workload.collate_fn)
         if len(self.loader) == 0:
             raise WorkloadError(f"dataset has {len(self.dataset)} samples, fewer than batch_size {config.batch_size}")

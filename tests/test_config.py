@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autotune.config import COMPILE_MODES, FIELD_NAMES, PRECISIONS, TrainConfig
+from autotune.config import COMPILE_MODES, FIELD_NAMES, KNOB_NAMES, PRECISIONS, TrainConfig
 from autotune.exceptions import AutotuneError, ConfigError
 
 
@@ -34,7 +34,8 @@ def test_trainconfig_defaults_are_valid():
 
 
 def test_trainconfig_field_names_are_the_public_knobs():
-    assert FIELD_NAMES == (
+    assert FIELD_NAMES == (*KNOB_NAMES, "workload_knobs")
+    assert KNOB_NAMES == (
         "batch_size",
         "accumulation_steps",
         "num_workers",

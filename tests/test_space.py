@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from autotune.config import FIELD_NAMES, TrainConfig
+from autotune.config import KNOB_NAMES, TrainConfig
 from autotune.exceptions import ConfigError, SearchSpaceError
 from autotune.space import SearchSpace, diff_spaces, load_space, parse_space, shipped_spaces
 
@@ -44,14 +44,14 @@ def study() -> optuna.Study:
 
 def test_load_space_none_has_every_knob():
     space = load_space(None)
-    assert list(space.knobs) == list(FIELD_NAMES)
+    assert list(space.knobs) == list(KNOB_NAMES)
     assert space.source == "search_spaces/default.yaml"
 
 
 def test_default_yaml_covers_every_knob_explicitly():
     document = yaml.safe_load((SPACES / "default.yaml").read_text())
     assert list(document) == ["knobs"]
-    assert set(document["knobs"]) == set(FIELD_NAMES)
+    assert set(document["knobs"]) == set(KNOB_NAMES)
 
 
 def test_load_space_none_is_the_default_file():
@@ -106,7 +106,7 @@ def test_load_space_demo():
     assert described["batch_size"] == {"low": 8, "high": 256, "log": True, "step": None}
     assert described["precision"] == ["fp32", "bf16", "fp16"]
     assert described["max_lr"] == "baseline"
-    assert set(described) == set(FIELD_NAMES)
+    assert set(described) == set(KNOB_NAMES)
 
 
 @pytest.mark.parametrize("name", ["default", "demo"])
@@ -284,8 +284,8 @@ def test_knob_baseline_form():
 
 def test_knob_absent_from_file_is_baseline():
     space = space_from("knobs:\n  batch_size: 64\n")
-    assert list(space.knobs) == list(FIELD_NAMES)
-    assert all(space.knobs[name].from_baseline for name in FIELD_NAMES if name != "batch_size")
+    assert list(space.knobs) == list(KNOB_NAMES)
+    assert all(space.knobs[name].from_baseline for name in KNOB_NAMES if name != "batch_size")
     assert space.searched == []
 
 

@@ -422,3 +422,31 @@ def test_evaluate_runs_in_eval_mode_without_grad_and_restores_training() -> None
 def test_workload_refuses_a_bad_evaluation_cadence() -> None:
     with pytest.raises(WorkloadError, match="Workload.evaluate_every must be a number of epochs > 0, got 0"):
         Workload(model=_linear, dataset=Points, loss=_loss, evaluate=lambda m: 0.0, evaluate_every=0)
+
+
+def test_training_passes_workload_knobs_to_their_factories() -> None:
+    received = {}
+
+    def model(width: int = 2):
+        received["width"] = width
+        return nn.Linear(4, 2)
+
+    def dataset(size: int = 64):
+        received["size"] = size
+        return Points(size)
+
+    def optimizer(params, lr, momentum=0.0):
+        received["momentum"] = momentum
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+    workload = Workload(model=model, dataset=dataset, loss=_loss, optimizer=optimizer)
+    config = TrainConfig.from_dict({"batch_size": 8, "model.width": 7, "dataset.size": 32, "optimizer.momentum": 0.5})
+    run = training.Training(workload, config, "cpu")
+    assert received == {"width": 7, "size": 32, "momentum": 0.5}
+    assert run.dataset_size == 32
+
+
+def test_default_optimizer_takes_workload_knobs() -> None:
+    optimizer = training.default_optimizer(_linear().parameters(), 0.1, foreach=False)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["foreach"] is False
