@@ -151,13 +151,21 @@ Examples:
   autotune export-best --study resnet50 --storage postgresql://user@db/autotune --format json --out best.json
   autotune export-best --verify 3 --rounds 3        # re-measure the top 3 and the baseline first
   autotune export-best --prefer memory              # the leanest config within 5% of the fastest
+  autotune export-best --format hf                  # TrainingArguments keyword arguments in best_hf.yaml
+  autotune export-best --format torch --out train.py   # a script that runs the full job
 """,
 )
 @study_option
 @storage_option
-@click.option("--out", metavar="FILE", default="best.yaml", show_default=True, help="Where to write the config.")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default=None,
-              help="File format. Default: from --out's suffix (.json -> json, else yaml).")
+@click.option("--out", metavar="FILE", default=None,
+              help="Where to write the config. Default: best.yaml; best_hf.yaml, best_lightning.yaml, "
+              "best_accelerate.yaml or best_train.py for those formats.")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json", "hf", "lightning", "accelerate", "torch"]),
+              default=None,
+              help="yaml or json: the whole export. hf, lightning, accelerate: keyword arguments for "
+              "TrainingArguments, Trainer, Accelerator (YAML; JSON for a .json --out) and code lines; torch: a "
+              "Python script (--out must end in .py). Default: from --out's suffix (.json -> json, .py -> torch, "
+              "else yaml).")
 @click.option("--prefer", type=click.Choice(["fastest", "balanced", "memory"]), default="fastest", show_default=True,
               help="fastest: highest throughput; memory: least memory within 5% of the fastest; "
               "balanced: the fastest that leaves twice the memory headroom.")
@@ -165,17 +173,18 @@ Examples:
               help="Re-measure the top K candidates and the baseline in fresh processes, then choose.")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved rounds of --verify.")
 @_reports_errors
-def export_best(study_name: str | None, storage: str | None, out: str, fmt: str | None, prefer: str,
+def export_best(study_name: str | None, storage: str | None, out: str | None, fmt: str | None, prefer: str,
                 verify_top: int, rounds: int) -> None:
     """Write the best feasible config, its measured figures, its payoff and provenance.
 
     The baseline is exported unless a config beats it by more than the measured noise.
     """
     from autotune._console import print_export, print_verify_run
+    from autotune.export import default_out
     from autotune.export import export_best as run_export
 
-    export = run_export(study_name, storage, out, fmt, prefer=prefer, verify_top=verify_top,  # type: ignore[arg-type]
-                        rounds=rounds, on_verify_run=print_verify_run)
+    export = run_export(study_name, storage, out or default_out(fmt), fmt,  # type: ignore[arg-type]
+                        prefer=prefer, verify_top=verify_top, rounds=rounds, on_verify_run=print_verify_run)
     print_export(export)
 
 

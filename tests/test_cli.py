@@ -199,3 +199,41 @@ def test_cli_search_warmup_steps_default_matches_the_library_and_readme():
 
     option = next(p for p in main.commands["search"].params if p.name == "warmup_steps")
     assert option.default == MeasureSettings().warmup_steps == 2
+
+
+def test_cli_export_best_format_hf_writes_training_arguments(searched):
+    transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+    pytest.importorskip("accelerate", reason="TrainingArguments needs accelerate (the hf extra)")
+    import yaml
+
+    out = searched["folder"] / "x.yaml"
+    result = run_cli("export-best", "--storage", searched["storage"], "--format", "hf", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"written to {out}" in result.output.splitlines()
+    exported = yaml.safe_load(out.read_text())
+    args = transformers.TrainingArguments(output_dir=str(searched["folder"] / "hf"), report_to="none",
+                                          **exported["TrainingArguments"])
+    plain = searched["folder"] / "plain.json"
+    assert run_cli("export-best", "--storage", searched["storage"], "--out", str(plain)).exit_code == 0
+    document = json.loads(plain.read_text())
+    assert exported["autotune"]["trial"] == document["provenance"]["trial"]
+    assert args.per_device_train_batch_size == document["config"]["batch_size"]
+    assert args.learning_rate == document["one_cycle"]["max_lr"]
+    assert args.use_cpu is True and exported["autotune"]["study"] == "tiny"
+    assert any(line.startswith("scheduler = torch.optim.lr_scheduler.OneCycleLR(") for line in exported["code"])
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("lightning", "best_lightning.yaml"), ("torch", "best_train.py")])
+def test_cli_export_best_framework_format_without_out_names_its_own_file(searched, tmp_path, monkeypatch, fmt, name):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("export-best", "--storage", searched["storage"], "--format", fmt)
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == [name]
+
+
+def test_cli_export_best_format_torch_with_a_yaml_out_is_one_error_line(tmp_path):
+    out = tmp_path / "train.yaml"
+    line = error_line(run_cli("export-best", "--storage", f"sqlite:///{tmp_path}/none.db", "--format", "torch",
+                              "--out", str(out)))
+    assert line == f"Error: --format torch writes a Python script: --out must end in .py, got '{out}'"
+    assert not out.exists() and not (tmp_path / "none.db").exists()
