@@ -4,6 +4,7 @@ arguments and a PyTorch script, checked against the real objects built from them
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -19,7 +20,7 @@ from autotune.exceptions import UsageError
 from autotune.export import default_out, export_format, render
 from autotune.frameworks import accelerate_export, hf_export, lightning_export, torch_script
 
-from conftest import workload_spec
+from conftest import WORKLOADS, workload_spec
 
 # Knob sets the forms must carry; each is exported as tuned on the CPU unless a test says otherwise.
 CONFIGS = {
@@ -349,6 +350,37 @@ def test_torch_script_carries_the_config_and_one_cycle():
     assert namespace["ONE_CYCLE"] == document["one_cycle"]
     assert (namespace["DEVICE"], namespace["EPOCHS"], namespace["WORKLOAD"]) == ("cuda:0", 2, workload_spec())
     assert "python train.py [--workload" in namespace["__doc__"]
+
+
+def test_forms_name_the_workloads_own_knobs_in_a_comment():
+    document = make_document({"workload_knobs": {"dataset.size": 256, "optimizer.fused": False}})
+    line = "# your workload's own knobs, as tuned (pass them to your model, dataset and optimizer): "
+    for export in (hf_export, lightning_export, accelerate_export):
+        assert line + "dataset.size=256, optimizer.fused=False" in export(document)["code"]
+    assert not any(line in code for code in hf_export(make_document())["code"])
+
+
+def test_torch_script_passes_the_workloads_own_knobs_to_its_factories(tmp_path):
+    workload = tmp_path / "sized.py"
+    workload.write_text(
+        "import torch.nn.functional as F\n"
+        "from torch import nn\n"
+        "from autotune import Workload\n"
+        f"import sys; sys.path.insert(0, {str(WORKLOADS)!r})\n"
+        "from tiny import Points\n"
+        "def workload():\n"
+        "    return Workload(model=lambda: nn.Linear(8, 2), dataset=lambda size: Points(size),\n"
+        "                    loss=lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]))\n"
+    )
+    document = make_document({"batch_size": 16, "workload_knobs": {"dataset.size": 64}}, total_steps=None)
+    document["provenance"]["workload"] = f"{workload}:workload"
+    script = tmp_path / "train.py"
+    script.write_text(torch_script(document, script.name))
+    result = subprocess.run([sys.executable, str(script), "--save", str(tmp_path / "model.pt")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # dataset.size 64 in batches of 16, 2 epochs: 8 steps (the workload's default 512 samples would make 64).
+    assert re.fullmatch(r"step 8/8: loss \d+\.\d{4}", result.stdout.splitlines()[0])
 
 
 # --- Formats and files -------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def _code(document: dict[str, Any]) -> list[str]:
         "from accelerate.utils import TorchDynamoPlugin" if plugin else None,
         f'accelerator = Accelerator(**exported["Accelerator"]{plugin})',
     ]
+    lines += _common.workload_knob_lines(config)
     if _common.tuned_on_cuda(document):
         backend = _common.cuda_backend_lines(config)
         if config.precision == "fp32" and config.compile != "off":

@@ -119,6 +119,14 @@ def model_lines(config: TrainConfig, *, checkpointing: bool = True, compile_mode
     return lines
 
 
+def workload_knob_lines(config: TrainConfig) -> list[str]:
+    """A comment naming the workload's own tuned knobs (``dataset.max_length``...): your factories take them."""
+    if not config.workload_knobs:
+        return []
+    values = ", ".join(f"{name}={literal(value)}" for name, value in config.workload_knobs.items())
+    return [f"# your workload's own knobs, as tuned (pass them to your model, dataset and optimizer): {values}"]
+
+
 def cuda_backend_lines(config: TrainConfig) -> list[str]:
     """The CUDA backend flags the trials ran with (autotune.training.backend_flags): TF32 for matmuls
     and cuDNN convolutions on for precision tf32 and off otherwise, and cudnn.benchmark on."""

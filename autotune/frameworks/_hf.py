@@ -56,6 +56,7 @@ def _code(document: dict[str, Any]) -> list[str]:
         "import torch",
         "from transformers import Trainer",
     ]
+    lines += _common.workload_knob_lines(config)
     if _common.tuned_on_cuda(document):
         lines.append("# one GPU, as measured: run with CUDA_VISIBLE_DEVICES=<index> (several GPUs make the batch larger)")
     lines += _common.model_lines(config, checkpointing=False, compile_model=False)  # the Trainer does the other two

@@ -49,6 +49,7 @@ def _code(document: dict[str, Any]) -> list[str]:
         "# trainer = lightning.Trainer(**exported[\"Trainer\"]); loader = DataLoader(train_dataset, **exported[\"DataLoader\"])",
         "import torch",
     ]
+    lines += _common.workload_knob_lines(config)
     if _common.tuned_on_cuda(document):
         tf32 = config.precision == "tf32"
         lines += [

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"Error: {{exc}}")
     total_steps = ONE_CYCLE["total_steps"]
     if total_steps is None or args.epochs != EPOCHS:  # the schedule spans the run that is made
-        total_steps = max(1, int(training.steps_per_epoch(len(workload.dataset()), config) * args.epochs))
+        dataset_size = len(workload.dataset(**config.factory_kwargs("dataset")))
+        total_steps = max(1, int(training.steps_per_epoch(dataset_size, config) * args.epochs))
     steps = total_steps if args.max_steps is None else min(args.max_steps, total_steps)
     with training.backend_flags(config, args.device):
         run = training.Training(workload, config, args.device, total_steps=total_steps, one_cycle_args=ONE_CYCLE)
