@@ -33,3 +33,11 @@ class NoFeasibleTrialError(AutotuneError):
 
 class UsageError(AutotuneError):
     """A command-line value (a size, a duration) cannot be parsed."""
+
+
+class CheckpointError(AutotuneError):
+    """A checkpoint folder cannot be started in, resumed from or read."""
+
+
+class TrainingError(AutotuneError):
+    """A full run cannot go on: its loss became NaN or infinite."""
