@@ -188,3 +188,20 @@ def _realtime_signal_loss(model, batch):
 
 def realtime_signal() -> Workload:
     return Workload(model=lambda: nn.Linear(8, 2), dataset=Points, loss=_realtime_signal_loss)
+
+
+def _accuracy(model):
+    """The share of held points classified right (the first 64 of the same distribution)."""
+    points = Points(64)
+    return {"accuracy": (model(points.x).argmax(dim=1) == points.y).float().mean()}
+
+
+def evaluated() -> Workload:
+    """tiny with a validation metric, which autotune train runs every epoch and at the end."""
+    return Workload(
+        model=lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)),
+        dataset=Points,
+        loss=_loss,
+        base_lr=1e-2,
+        evaluate=_accuracy,
+    )
