@@ -273,5 +273,70 @@ def report(study_name: str | None, storage: str | None, top: int, plots: str | N
         print_report(result)
 
 
+@main.command(
+    epilog="""\b
+Examples:
+  autotune train --config best.yaml                 # the export's full run (its epochs), its workload
+  autotune train --config best.yaml --steps 2000 --device cuda:1
+  autotune train --config best.yaml --time 2h --checkpoint-every 10m
+  autotune train --config best.yaml --resume        # continue from the latest checkpoint in checkpoints/
+  autotune train --workload train.py:workload --config best.yaml --epochs 3 --out run.json
+"""
+)
+@click.option("--config", "config_path", metavar="FILE", default="best.yaml", show_default=True,
+              help="The config to train with: export-best's file, or any YAML/JSON with a config: mapping.")
+@click.option("--workload", "workload_spec", metavar="FILE.py:NAME|MODULE:NAME", default=None,
+              help="Your training job. Default: the export's workload, else the built-in demo.")
+@click.option("--epochs", type=float, default=None,
+              help="Passes over the dataset. Default: the export's full-run epochs, else the workload's.")
+@click.option("--steps", type=int, default=None, help="Optimizer steps to run instead of epochs.")
+@click.option("--time", "time_limit", metavar="DURATION", default=None,
+              help="Train until this much time is up (e.g. 10m, 2h); OneCycle spans the steps it allows "
+              "at the measured rate.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=None, help="Seed of torch, random and NumPy. Default: unseeded.")
+@click.option("--checkpoint-dir", metavar="DIR", default="checkpoints", show_default=True,
+              help="Where checkpoints go (the latest two are kept).")
+@click.option("--checkpoint-every", metavar="N|DURATION", default="30m", show_default=True,
+              help="Save every N optimizer steps (500) or every DURATION (5m); 'off': only at the end "
+              "and on SIGINT/SIGTERM.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")
+@click.option("--out", metavar="FILE", default=None,
+              help="Where to write the run record (JSON). Default: run_record.json in --checkpoint-dir.")
+@click.option("--storage", metavar="URL", default=None,
+              help="Storage of the study the config came from, where the run's figures are recorded. "
+              "Default: the export's (a storage whose password the export hides needs this).")
+@click.option("--write-back/--no-write-back", default=True, show_default=True,
+              help="Record the run's actual figures with the study and trial the config came from.")
+@_reports_errors
+def train(config_path: str, workload_spec: str | None, epochs: float | None, steps: int | None,
+          time_limit: str | None, device: str, seed: int | None, checkpoint_dir: str, checkpoint_every: str,
+          resume: bool, out: str | None, storage: str | None, write_back: bool) -> None:
+    """Train with a config: the full run, with checkpoints, and its figures against the projection.
+
+    SIGINT (Ctrl-C) and SIGTERM save a checkpoint and exit with 130 and 143; --resume continues.
+    """
+    from autotune._train_console import TrainPrinter, print_run_record
+    from autotune._units import parse_duration
+    from autotune.full_run import TrainOptions, parse_checkpoint_every
+    from autotune.full_run import train as run_train
+
+    every_steps, every_seconds = parse_checkpoint_every(checkpoint_every)
+    options = TrainOptions(
+        config=config_path, workload=workload_spec, epochs=epochs, steps=steps,
+        time_seconds=parse_duration(time_limit, what="--time") if time_limit else None,
+        device=device, seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every_steps=every_steps,
+        checkpoint_every_seconds=every_seconds, resume=resume, out=out, storage=storage, write_back=write_back,
+    )
+    printer = TrainPrinter()
+    try:
+        record = run_train(options, printer)
+    finally:
+        printer.close()
+    print_run_record(record)
+    if record.exit_code:
+        sys.exit(record.exit_code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
