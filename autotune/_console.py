@@ -176,6 +176,8 @@ def print_export(export: Export) -> None:
 def print_report(report: Report) -> None:
     from rich.table import Table
 
+    from autotune.run_record import full_run_line
+
     counts = ", ".join(f"{count} {status}" for status, count in report.status_counts.items())
     console.print(f"[bold]study {escape(report.study)}[/]: {counts}")
     table = Table(show_lines=False)
@@ -202,5 +204,7 @@ def print_report(report: Report) -> None:
         console.print(f"[dim]{escape(report.importance_note)}[/]")
     for result in report.lr_find:
         console.print(f"LR range test on trial #{result['trial']}: suggested max_lr {result['suggestion']:.3g}")
+    for run in report.full_runs:
+        console.print(escape(full_run_line(run)))
     for path in report.plots:
         console.print(f"wrote {escape(path)}")

@@ -11,6 +11,7 @@ from autotune import _records
 from autotune.budget import Budgets
 from autotune.explain import memory_limit_found
 from autotune.figures import study_figures, write_files
+from autotune.run_record import actuals
 from autotune.storage import load_study
 
 
@@ -24,6 +25,7 @@ class Report:
     memory: str
     lr_find: list[dict[str, Any]]
     plots: list[str]
+    full_runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # autotune train's records, by trial
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -51,6 +53,7 @@ def build_report(study_name: str | None = None, storage: str | None = None, top:
         memory=f"feasible below {budgets.describe_memory_limit()}. {memory_limit_found(trials)}",
         lr_find=list(study.user_attrs.get("lr_find", {}).values()),
         plots=written,
+        full_runs=[actual for _, actual in sorted(actuals(study).items())],
     )
 
 
