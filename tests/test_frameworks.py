@@ -124,9 +124,12 @@ def test_hf_export_tf32_is_false_for_a_cpu_tuned_config_and_never_raises(tmp_pat
                          [("fp32", False, False, False), ("tf32", False, False, True), ("bf16", True, False, False),
                           ("fp16", False, True, False)])
 def test_hf_export_cuda_tuned_precision_sets_bf16_fp16_and_an_explicit_tf32(precision, bf16, fp16, tf32):
-    arguments = hf_export(make_document({"precision": precision}, device=CUDA))["TrainingArguments"]
+    form = hf_export(make_document({"precision": precision}, device=CUDA))
+    arguments = form["TrainingArguments"]
     assert (arguments["bf16"], arguments["fp16"], arguments["tf32"]) == (bf16, fp16, tf32)
     assert "use_cpu" not in arguments
+    # TrainingArguments' tf32 leaves cuDNN convolutions at PyTorch's default (TF32): a line sets them.
+    assert any(line.startswith(f"torch.backends.cudnn.allow_tf32 = {tf32}  #") for line in form["code"])
 
 
 def test_hf_export_cuda_tuned_fp32_compile_turns_tf32_back_off_after_the_trainer(tmp_path):
@@ -138,7 +141,7 @@ def test_hf_export_cuda_tuned_fp32_compile_turns_tf32_back_off_after_the_trainer
     args = training_arguments(tmp_path, form)  # on this machine's device; no use_cpu needed for fp32
     assert args.dataloader_pin_memory is True and args.torch_compile_mode == "reduce-overhead"
     bf16 = hf_export(make_document({"compile": "default", "precision": "bf16"}, device=CUDA))
-    assert not any("allow_tf32" in line for line in bf16["code"])  # Accelerate leaves TF32 alone with bf16
+    assert not any("matmul.allow_tf32" in line for line in bf16["code"])  # Accelerate leaves TF32 alone with bf16
 
 
 def test_hf_export_code_trains_with_one_cycle_over_max_steps(tmp_path):

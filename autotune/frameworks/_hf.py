@@ -74,6 +74,11 @@ def _code(document: dict[str, Any]) -> list[str]:
                 "torch.backends.cuda.matmul.allow_tf32 = False  # after Trainer(): its Accelerator turns TF32 matmuls "
                 'on under torch.compile with mixed_precision "no"; off again, as measured'
             )
+        # TrainingArguments' tf32 sets torch.backends.fp32_precision, which leaves cuDNN convolutions at their
+        # own default, TF32 (seen with torch 2.11 and transformers 5.24 on an H200): set them as the trials ran.
+        tf32 = config.precision == "tf32"
+        lines.append(f"torch.backends.cudnn.allow_tf32 = {tf32}  # TF32 cuDNN convolutions "
+                     f"{'on: precision tf32' if tf32 else 'off, as measured (tf32=False leaves them on)'}")
         lines.append("torch.backends.cudnn.benchmark = True  # cuDNN autotunes convolution algorithms, as measured")
     lines.append("trainer.train()")
     return [line for line in lines if line is not None]
