@@ -31,7 +31,6 @@ CONFIGS = [
     {"precision": "bf16", "channels_last": True},
     {"precision": "bf16", "pin_memory": True, "num_workers": 4, "persistent_workers": True, "prefetch_factor": 4},
     {"precision": "bf16", "gradient_checkpointing": True},
-    {"precision": "fp32", "compile": "default"},
     {"precision": "bf16", "compile": "default"},
     {"precision": "bf16", "compile": "reduce-overhead"},
 ]
