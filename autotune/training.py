@@ -145,7 +145,12 @@ def enable_gradient_checkpointing(model: Any, hook: Callable[[Any], None] | None
 
 def compile_model(model: torch.nn.Module, config: TrainConfig) -> Any:
     """``torch.compile(model, mode=config.compile)``, or the model itself for ``off``. The compiled
-    module shares the model's parameters: save the model's state_dict, not this one's."""
+    module shares the model's parameters: save the model's state_dict, not this one's.
+
+    Shapes that vary per batch (padding to the longest sequence) compile twice, not once per
+    shape: with torch.compile's ``dynamic=None``, the first recompile marks the changed dimensions
+    dynamic (7 sequence lengths gave 2 graphs on torch 2.13). The batch dimension stays static:
+    ``dataloader`` drops the last short batch."""
     if config.compile == "off":
         return model
     return torch.compile(model, mode=config.compile)
