@@ -226,6 +226,11 @@ def test_lightning_export_cuda_tuned_precision_and_tf32_lines(precision, expecte
     assert f"torch.backends.cudnn.allow_tf32 = {precision == 'tf32'}" in "\n".join(form["code"])
 
 
+def test_lightning_export_code_ends_with_configure_optimizers_when_no_knob_acts_on_the_model():
+    code = lightning_export(make_document())["code"]
+    assert code[-1].startswith('    return {"optimizer": optimizer, "lr_scheduler"')
+
+
 def test_lightning_export_fractional_epochs_stop_at_total_steps():
     assert lightning_export(make_document(epochs=1.5, total_steps=6))["Trainer"]["max_steps"] == 6
     assert lightning_export(make_document(epochs=1.5, total_steps=None))["Trainer"]["max_epochs"] == 2

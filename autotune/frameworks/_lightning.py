@@ -63,7 +63,8 @@ def _code(document: dict[str, Any]) -> list[str]:
         _common.optimizer_line(document, "self.parameters()", indent="    "),
         *_common.one_cycle_lines(document, "optimizer", "self.trainer.estimated_stepping_batches", indent="    "),
         '    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}',
-        "# on your LightningModule `model`, before trainer.fit(model, loader):",
-        *_common.model_lines(config),
     ]
+    model_lines = _common.model_lines(config)
+    if model_lines:
+        lines += ["# on your LightningModule `model`, before trainer.fit(model, loader):", *model_lines]
     return lines
