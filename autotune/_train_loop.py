@@ -285,17 +285,17 @@ class _Loop:
         self.report_losses = []
         at = time.perf_counter()
         batches, counters = self.training.batches, self.counters
-        last_at, last_steps, last_samples, last_units = self.last_report
+        last_at, _, last_samples, last_units = self.last_report
         seconds = at - last_at
         self.last_report = (at, counters.steps, batches.samples, batches.units)
-        if self.steady is not None and at > self.steady[0]:
+        # The pace after the warm-up (a first step that compiles says nothing of the rest); no ETA before it.
+        steps_per_second = None
+        if self.steady is not None and at > self.steady[0] and counters.steps > self.steady[3]:
             steps_per_second = (counters.steps - self.steady[3]) / (at - self.steady[0])
-        else:
-            steps_per_second = (counters.steps - last_steps) / seconds
         elapsed = self.elapsed(at)
         if self.length.stop == "time":
             assert self.length.time_limit_seconds is not None
-            eta = max(0.0, self.length.time_limit_seconds - elapsed)
+            eta: float | None = max(0.0, self.length.time_limit_seconds - elapsed)
         else:
             assert self.length.target_steps is not None
             eta = (self.length.target_steps - counters.steps) / steps_per_second if steps_per_second else None
@@ -313,7 +313,7 @@ class _Loop:
             deadline=self._deadline(elapsed, steps_per_second),
         ))
 
-    def _deadline(self, elapsed: float, steps_per_second: float) -> Deadline | None:
+    def _deadline(self, elapsed: float, steps_per_second: float | None) -> Deadline | None:
         full_run = self.plan.full_run
         deadline = full_run.get("deadline_seconds")
         if deadline is None:
