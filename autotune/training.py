@@ -54,14 +54,39 @@ def backend_flags(config: TrainConfig, device: torch.device | str) -> Iterator[N
     if torch.device(device).type != "cuda":
         yield
         return
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
-    tf32 = config.precision == "tf32"
-    matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = tf32, tf32, True
+    saved = (tf32_enabled(), torch.backends.cudnn.benchmark)
+    set_tf32(config.precision == "tf32")
+    torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
-        matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved
+        set_tf32(saved[0])
+        torch.backends.cudnn.benchmark = saved[1]
+
+
+def _new_tf32_api() -> bool:
+    # torch >= 2.9: fp32_precision per backend. Once it is in use (transformers' TrainingArguments
+    # sets it), reading the legacy allow_tf32 flags raises, so it is preferred where it exists.
+    return hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
+
+
+def tf32_enabled() -> tuple[bool, bool]:
+    """Whether fp32 matmuls and cuDNN convolutions may use TF32: (matmul, convolution)."""
+    if _new_tf32_api():
+        return (torch.backends.cuda.matmul.fp32_precision == "tf32",
+                torch.backends.cudnn.conv.fp32_precision == "tf32")
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def set_tf32(enabled: bool | tuple[bool, bool]) -> None:
+    """TF32 for fp32 matmuls and cuDNN convolutions: one flag for both, or (matmul, convolution)."""
+    matmul, convolution = enabled if isinstance(enabled, tuple) else (enabled, enabled)
+    if _new_tf32_api():
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if convolution else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = convolution
 
 
 def dataloader(
@@ -523,6 +548,8 @@ __all__ = [
     "one_cycle",
     "optimizer_steps",
     "pins_memory",
+    "set_tf32",
+    "tf32_enabled",
     "prepare_model",
     "steps_per_epoch",
     "to_device",

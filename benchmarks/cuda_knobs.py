@@ -80,8 +80,8 @@ def measure(knobs: dict, batch_size: int, device: torch.device) -> dict:
 
 
 def _flags() -> dict:
-    return {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
-            "cudnn_benchmark": torch.backends.cudnn.benchmark}
+    matmul, convolution = training.tf32_enabled()
+    return {"matmul_tf32": matmul, "cudnn_tf32": convolution, "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
 def main() -> None:

@@ -113,15 +113,33 @@ def test_grad_scaler_only_for_fp16() -> None:
     assert isinstance(training.grad_scaler(TrainConfig(precision="fp16"), "cpu"), torch.amp.GradScaler)
 
 
-def test_backend_flags_set_tf32_and_restore_them(monkeypatch) -> None:
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    before = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
+def test_backend_flags_set_tf32_and_restore_them() -> None:
+    before = (training.tf32_enabled(), torch.backends.cudnn.benchmark)
     with training.backend_flags(TrainConfig(precision="tf32"), "cuda"):
-        assert (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark) == (True, True, True)
-    assert (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark) == before
+        assert training.tf32_enabled() == (True, True)
+        assert torch.backends.cudnn.benchmark is True
+    assert (training.tf32_enabled(), torch.backends.cudnn.benchmark) == before
     with training.backend_flags(TrainConfig(precision="fp32"), "cuda"):
-        assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)  # fp32 is true fp32
-    assert (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark) == before
+        assert training.tf32_enabled() == (False, False)  # fp32 is true fp32
+    assert (training.tf32_enabled(), torch.backends.cudnn.benchmark) == before
+
+
+def test_backend_flags_use_the_precision_api_that_other_libraries_set() -> None:
+    # Once torch's fp32_precision API is in use (transformers sets it), reading the legacy
+    # allow_tf32 flag raises: backend_flags must work through the new one.
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no fp32_precision API")
+    saved = training.tf32_enabled()
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    try:
+        with training.backend_flags(TrainConfig(precision="fp32"), "cuda"):
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+            assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    finally:
+        training.set_tf32(saved)
 
 
 def test_backend_flags_restore_after_an_exception() -> None:
@@ -132,9 +150,9 @@ def test_backend_flags_restore_after_an_exception() -> None:
 
 
 def test_backend_flags_leave_the_cpu_alone() -> None:
-    before = torch.backends.cuda.matmul.allow_tf32
+    before = training.tf32_enabled()
     with training.backend_flags(TrainConfig(precision="tf32"), "cpu"):
-        assert torch.backends.cuda.matmul.allow_tf32 == before
+        assert training.tf32_enabled() == before
 
 
 @pytest.mark.parametrize(
@@ -282,6 +300,7 @@ def test_training_refuses_a_dataset_smaller_than_the_batch() -> None:
 KNOB_CALLS = [
     r"torch\.compile\(",
     r"allow_tf32",
+    r"fp32_precision\s*=",
     r"cudnn\.benchmark",
     r"GradScaler\(",
     r"torch\.autocast\(",
