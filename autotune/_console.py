@@ -48,6 +48,7 @@ def describe_config(config: TrainConfig | dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+    parts += [f"{name} {value}" for name, value in c.workload_knobs.items()]
 class SearchPrinter(SearchListener):
     """One line per finished trial: number, status, throughput, peak memory, config, best so far;
     on a terminal, a progress bar over the trial and time budgets below them."""

@@ -166,9 +166,11 @@ Examples:
               "TrainingArguments, Trainer, Accelerator (YAML; JSON for a .json --out) and code lines; torch: a "
               "Python script (--out must end in .py). Default: from --out's suffix (.json -> json, .py -> torch, "
               "else yaml).")
-@click.option("--prefer", type=click.Choice(["fastest", "balanced", "memory"]), default="fastest", show_default=True,
+@click.option("--prefer", type=click.Choice(["fastest", "balanced", "memory", "recipe"]), default="fastest",
+              show_default=True,
               help="fastest: highest throughput; memory: least memory within 5% of the fastest; "
-              "balanced: the fastest that leaves twice the memory headroom.")
+              "balanced: the fastest that leaves twice the memory headroom; recipe: the fastest that keeps "
+              "the workload knobs marked changes_recipe (sequence length, ...) at the baseline's values.")
 @click.option("--verify", "verify_top", type=int, default=0, show_default=True, metavar="K",
               help="Re-measure the top K candidates and the baseline in fresh processes, then choose.")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved rounds of --verify.")
