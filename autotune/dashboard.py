@@ -27,7 +27,7 @@ def serve(
     """Serve optuna-dashboard until interrupted (Ctrl-C returns normally)."""
     import optuna_dashboard
 
-    app = optuna_dashboard.wsgi(open_storage(storage))
+    app = optuna_dashboard.wsgi(open_storage(storage, create=False))  # read-only: creates no database
     try:
         server = make_server(host, port, app, handler_class=_QuietHandler)
     except OSError as exc:

@@ -173,7 +173,10 @@ def test_cli_export_best_unknown_study_lists_the_studies(searched):
 
 
 def test_cli_export_best_empty_storage_is_oneerror_line(tmp_path):
+    from autotune.storage import open_storage
+
     storage = f"sqlite:///{tmp_path}/empty.db"
+    open_storage(storage)  # a database without studies
     line = error_line(run_cli("export-best", "--storage", storage, "--out", str(tmp_path / "best.yaml")))
     assert line == f"Error: storage {storage} has no studies; run 'autotune search' first"
     assert not (tmp_path / "best.yaml").exists()

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autotune.exceptions import StorageError
-from autotune.storage import DEFAULT_STORAGE, load_study, open_storage
+from autotune.storage import DEFAULT_STORAGE, load_study, open_storage, redact
 from autotune.study import SearchOptions, search
 
 from conftest import workload_spec
@@ -126,3 +126,30 @@ def test_search_two_concurrent_processes_share_one_postgresql_study(postgres, pg
     baselines = [t for t in trials if t.user_attrs.get("baseline") and t.state != TrialState.FAIL]
     assert 1 <= len(baselines) <= 2
     assert len({t.number for t in trials}) == len(trials)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://tuner:hunter2@db:5432/autotune", "postgresql://tuner:***@db:5432/autotune"),
+        ("postgresql://tuner@db/autotune?password=hunter2", "postgresql://tuner@db/autotune?password=***"),
+        ("postgresql://db/autotune?sslmode=require&sslpassword=hunter2",
+         "postgresql://db/autotune?sslmode=require&sslpassword=***"),
+        ("postgresql://tuner:hunter2@db:59x9/autotune", "postgresql://***/autotune"),  # does not parse
+        ("tuner:hunter2@db/autotune", "***@db/autotune"),
+        ("sqlite:///studies/autotune.db", "sqlite:///studies/autotune.db"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_hides_the_password_in_every_form(url, shown):
+    assert redact(url) == shown
+
+
+def test_open_storage_read_only_missing_sqlite_file_is_refused_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError) as info:
+        open_storage("sqlite:///runs/tuning.db", create=False)
+    assert str(info.value) == (
+        "storage sqlite:///runs/tuning.db: no such database file 'runs/tuning.db'; nothing was searched there"
+    )
+    assert list(tmp_path.iterdir()) == []
