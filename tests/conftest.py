@@ -16,6 +16,15 @@ def workload_spec(name: str = "workload", file: str = "tiny.py") -> str:
     return f"{WORKLOADS / file}:{name}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_device_locks(tmp_path_factory):
+    """This test run's device locks (autotune's cache folder) are its own: trials of another test
+    run on this machine neither wait for nor block this run's trials."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("autotune-cache")))
+        yield
+
+
 @pytest.fixture
 def tiny_spec() -> str:
     return workload_spec()

@@ -7,11 +7,15 @@ are few and each one checks everything its ending shows.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
 import select
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import types
@@ -24,6 +28,8 @@ import torch
 
 from autotune.runner import MeasureSettings, Status, TrialJob, TrialOutcome, WindowResult, run_trial
 from autotune.runner import _runner
+from autotune.runner._device_lock import device_lock, lock_path
+from autotune.runner._scratch import scratch_folder, sweep_stale_scratch
 from conftest import WORKLOADS, workload_spec
 
 MIB = 1024**2
@@ -416,3 +422,92 @@ def test_run_trial_death_from_unnamed_signal_is_error(fast_measure, trial_mark):
     assert outcome.status is Status.ERROR
     assert outcome.reason.startswith("trial process died from ")
     assert "40" in outcome.reason or "SIGRTMIN+6" in outcome.reason
+
+
+# --- A search that dies, a device that is busy, a temporary folder that is deep --------------------
+
+
+def test_run_trial_dataloader_worker_killed_by_sigkill_is_oom(fast_measure, trial_mark):
+    job = TrialJob(workload=workload_spec("worker_killed", "faults.py"), config={"batch_size": 4, "num_workers": 1},
+                   measure=fast_measure, timeout_seconds=120)
+    outcome = run_trial(job)
+
+    assert outcome.status is Status.OOM, (outcome.reason, outcome.log_tail)
+    assert re.fullmatch(
+        r"DataLoader worker \(pid \d+\) was killed by SIGKILL \(the host's out-of-memory killer\)", outcome.reason
+    )
+    _assert_nothing_left(trial_mark)
+
+
+def test_run_trial_trial_process_kills_its_group_when_the_watchdog_pipe_closes(fast_measure, trial_mark):
+    """Where the kernel cannot kill the trial with its parent: the parent's end of the watchdog pipe
+    closes when it dies, and the trial kills itself and its DataLoader workers."""
+    events_read, events_write = os.pipe()
+    watchdog_read, watchdog_write = os.pipe()
+    job = TrialJob(workload=workload_spec("slow", "faults.py"), config={"batch_size": 8, "num_workers": 2},
+                   measure=fast_measure, timeout_seconds=120)
+    process = subprocess.Popen(
+        [sys.executable, "-m", CHILD_MODULE, str(events_write), str(watchdog_read)], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(events_write, watchdog_read),
+        start_new_session=True,
+    )
+    os.close(events_write)
+    os.close(watchdog_read)
+    process.stdin.write(json.dumps(job.to_json()).encode())
+    process.stdin.close()
+    with os.fdopen(events_read) as events:
+        for line in events:  # the first warm-up step is done: its workers run
+            if json.loads(line)["event"] == "warmup_step":
+                break
+    workers = [child.pid for child in psutil.Process(process.pid).children()]
+    assert len(workers) == 2
+
+    os.close(watchdog_write)  # as the parent's death would
+    assert process.wait(timeout=5) == -signal.SIGKILL
+    _assert_pids_gone(workers)
+    _assert_nothing_left(trial_mark)
+
+
+def test_run_trial_waits_while_another_process_holds_the_device(tiny_spec, fast_measure):
+    told: list[str] = []
+    job = TrialJob(workload=tiny_spec, config={"batch_size": 8}, measure=fast_measure, timeout_seconds=120)
+    # A second open file description of the lock file: flock treats it as another process would.
+    with device_lock("cpu", holder="tests/other.py:workload"):
+        outcome = run_trial(job, deadline=time.monotonic() + 1.0, on_wait=told.append)
+
+    assert told == [f"waiting for cpu: another autotune process (pid {os.getpid()}, tests/other.py:workload) "
+                    "is running a trial on it"]
+    assert outcome.status is Status.TIMEOUT
+    assert outcome.reason == "stopped when the search's time budget ran out, while waiting for cpu"
+    assert outcome.wall_seconds is None  # no trial process was started
+    assert lock_path("cpu").parent == Path(os.environ["AUTOTUNE_CACHE_DIR"]) / "locks"
+
+
+def test_sweep_stale_scratch_removes_a_dead_parents_folder_and_what_still_uses_it(tmp_path):
+    with scratch_folder() as live:
+        stale = tempfile.mkdtemp(prefix="autotune-trial-")
+        Path(stale, ".owner").write_text("12345\n")  # its parent died: nobody holds the lock
+        leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                    env={**os.environ, "TMPDIR": stale})
+        try:
+            time.sleep(0.2)  # the process's environment is readable once it runs
+            removed = sweep_stale_scratch()
+            assert stale in removed and live not in removed
+            assert not Path(stale).exists()
+            assert Path(live).is_dir()
+            _assert_pids_gone([leftover.pid])  # killed (and reaped by the sweep, which waited for it)
+        finally:
+            leftover.kill()
+    assert not Path(live).exists()
+
+
+def test_run_trial_with_a_deep_temporary_folder_and_workers_is_ok(tiny_spec, fast_measure, tmp_path, monkeypatch):
+    """DataLoader workers make Unix sockets (107 characters at most) in the trial's TMPDIR: a
+    scratch folder under a deep temporary folder would make them fail and the trial hang."""
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    job = TrialJob(workload=tiny_spec, config={"batch_size": 8, "num_workers": 1}, measure=fast_measure,
+                   timeout_seconds=60)
+    outcome = run_trial(job)
+    assert outcome.status is Status.OK, (outcome.reason, outcome.log_tail)

@@ -1,19 +1,27 @@
-"""Entry point of a trial process: ``python -m autotune.runner._child FD`` with the job on stdin.
+"""Entry point of a trial process: ``python -m autotune.runner._child FD WATCHDOG_FD`` with the job on stdin.
 
 Events go back as JSON lines on file descriptor FD, so the workload's own prints
-(stdout/stderr, kept in a log file by the parent) never mix with them.
+(stdout/stderr, kept in a log file by the parent) never mix with them. WATCHDOG_FD is the
+read end of a pipe whose write end only the parent holds: it reads end-of-file when the parent dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
+import sysconfig
+import threading
 import traceback
 from typing import Any
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
 
 def main() -> None:
+    _die_with_parent(int(sys.argv[2]) if len(sys.argv) > 2 else None)
     channel = os.fdopen(int(sys.argv[1]), "w", buffering=1)
 
     def emit(event: dict[str, Any]) -> None:
@@ -44,8 +52,45 @@ def main() -> None:
     os._exit(0)
 
 
+def _die_with_parent(watchdog_fd: int | None) -> None:
+    """The trial process and its DataLoader workers never outlive the process that started the trial
+    (a search killed with SIGKILL, a lost job): on Linux the kernel sends SIGKILL when the parent dies
+    (PR_SET_PDEATHSIG), to the trial and to every process it forks; everywhere, a thread that reads
+    end-of-file on the watchdog pipe kills the trial's whole process group."""
+    if sys.platform.startswith("linux"):
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        forking = {"parent": os.getpid()}
+
+        def die_with_parent() -> None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+        def in_forked_child() -> None:
+            die_with_parent()
+            if os.getppid() != forking["parent"]:  # the parent died before the signal was armed
+                os._exit(1)
+
+        die_with_parent()
+        # Forked DataLoader workers die with the trial process (the setting is not inherited by a fork).
+        os.register_at_fork(before=lambda: forking.update(parent=os.getpid()), after_in_child=in_forked_child)
+    if watchdog_fd is not None:
+        threading.Thread(target=_watch, args=(watchdog_fd,), name="autotune-watchdog", daemon=True).start()
+
+
+def _watch(watchdog_fd: int) -> None:
+    """Nothing is ever written to the pipe: the read returns only when the parent is gone."""
+    while os.read(watchdog_fd, 1):
+        pass
+    os.killpg(os.getpgrp(), signal.SIGKILL)  # the trial leads its own process group: workers included
+
+
 def _reason(exc: BaseException) -> str:
-    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if "autotune/runner" not in frame.filename]
+    # The innermost frame of the workload's own code (not autotune's, not a library's) says where it broke.
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    libraries = tuple({path + os.sep for name, path in sysconfig.get_paths().items() if name.endswith("lib")})
+    frames = [
+        frame for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith((package, *libraries, "<"))
+    ]
     where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
     lines = str(exc).strip().splitlines()
     message = lines[0] if lines else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import statistics
@@ -19,14 +20,20 @@ import time
 from collections.abc import Callable
 
 from autotune._units import format_size
+from autotune.runner._device_lock import device_lock
 from autotune.runner._memory import ProcessTree
 from autotune.runner._outcome import Status, TrialJob, TrialOutcome, WindowResult
+from autotune.runner._scratch import scratch_folder, sweep_stale_scratch
 
 # Called after each timed window; returns (status, reason) to stop the trial there.
 WindowDecision = Callable[[WindowResult], "tuple[Status, str] | None"]
 
 _POLL_SECONDS = 0.05  # how often the parent samples memory and checks the clock
 _MIN_JUDGED_STEP_SECONDS = 0.1  # shortest warm-up step whose time bounds the trial's throughput
+_DIED_FROM = "trial process died from"
+_EXITED_EARLY = "trial process exited with code"
+# torch's message when the SIGCHLD handler of a DataLoader sees a worker killed by SIGKILL.
+_WORKER_KILLED = re.compile(r"DataLoader worker \(pid\(?s?\)? ?([\d, ]+)\) is killed by signal: Killed")
 
 
 def run_trial(
@@ -35,28 +42,57 @@ def run_trial(
     on_window: WindowDecision | None = None,
     slow_below: float | None = None,
     deadline: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> TrialOutcome:
-    """Run one trial in a fresh process.
+    """Run one trial in a fresh process, once no other trial (of any process) runs on its device.
 
     ``slow_below`` (samples/s) stops it as ``slow`` once it provably cannot reach that rate;
-    ``deadline`` (time.monotonic) cuts it short, as a timeout.
+    ``deadline`` (time.monotonic) cuts it short, or its wait for the device, as a timeout;
+    ``on_wait`` is told when the device is busy and the trial waits.
     """
+    sweep_stale_scratch()  # folders of trials whose parent died
+    with device_lock(job.device, holder=job.workload, on_wait=on_wait, deadline=deadline) as acquired:
+        if not acquired:
+            return TrialOutcome(
+                status=Status.TIMEOUT,
+                reason=f"stopped when the search's time budget ran out, while waiting for {job.device}",
+            )
+        return _run(job, on_window, slow_below, deadline)
+
+
+def process_crashed(outcome: TrialOutcome) -> bool:
+    """The trial process died without reporting an exception (a segfault, an abort, an exit):
+    the same config crashes the same way again."""
+    return outcome.status is Status.ERROR and outcome.reason.startswith((_DIED_FROM, _EXITED_EARLY))
+
+
+def _run(
+    job: TrialJob, on_window: WindowDecision | None, slow_below: float | None, deadline: float | None
+) -> TrialOutcome:
     started = time.monotonic()
     stop_at = started + job.timeout_seconds
     if deadline is not None:
         stop_at = min(stop_at, deadline)
     read_fd, write_fd = os.pipe()
-    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory(prefix="autotune-trial-") as scratch:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "autotune.runner._child", str(write_fd)],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,),
-            start_new_session=True,  # its own process group: killed as one, workers included
-            env=_child_environment(scratch),
-        )
+    # Nothing is written to the watchdog pipe: the trial reads end-of-file on it when this process dies.
+    watchdog_read, watchdog_write = os.pipe()
+    with tempfile.TemporaryFile() as log, scratch_folder() as scratch:
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "autotune.runner._child", str(write_fd), str(watchdog_read)],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd, watchdog_read),
+                start_new_session=True,  # its own process group: killed as one, workers included
+                env=_child_environment(scratch),
+            )
+        except BaseException:
+            for fd in (read_fd, write_fd, watchdog_read, watchdog_write):
+                os.close(fd)
+            raise
         os.close(write_fd)
+        os.close(watchdog_read)
         tree = ProcessTree(process.pid)
         follower = _Follower(job, tree, on_window, slow_below)
         try:
@@ -75,6 +111,7 @@ def run_trial(
             tree.kill()
             process.wait()
             os.close(read_fd)
+            os.close(watchdog_write)
         outcome = follower.outcome(process.returncode)
         outcome.wall_seconds = time.monotonic() - started
         log.seek(0, os.SEEK_END)
@@ -219,6 +256,13 @@ class _Follower:
             outcome.status, outcome.reason = self.stop
         elif self.failure is not None:
             outcome.status, outcome.reason = self.failure
+            killed_worker = _WORKER_KILLED.search(outcome.reason)
+            if outcome.status is Status.ERROR and killed_worker:
+                outcome.status = Status.OOM
+                outcome.reason = (
+                    f"DataLoader worker (pid {killed_worker.group(1)}) was killed by SIGKILL "
+                    "(the host's out-of-memory killer)"
+                )
         elif not self.finished:
             outcome.status, outcome.reason = _died(returncode)
         elif outcome.peak_memory_bytes is not None and self.job.memory_budget_bytes is not None and (
@@ -270,5 +314,5 @@ def _died(returncode: int | None) -> tuple[Status, str]:
             name = f"signal {-returncode}"
         if -returncode == signal.SIGKILL:
             return Status.OOM, "trial process was killed by SIGKILL (the host's out-of-memory killer)"
-        return Status.ERROR, f"trial process died from {name}"
-    return Status.ERROR, f"trial process exited with code {returncode} before reporting a result"
+        return Status.ERROR, f"{_DIED_FROM} {name}"
+    return Status.ERROR, f"{_EXITED_EARLY} {returncode} before reporting a result"
