@@ -1,4 +1,4 @@
-"""Sizes (``640MiB``) and durations (``10m``) as users write them."""
+"""Sizes (``640MiB``), durations (``10m``) and fractions (``10%``) as users write them."""
 
 from __future__ import annotations
 
@@ -64,6 +64,22 @@ def parse_duration(text: str | float, *, what: str = "duration", allow_zero: boo
     if total < 0 or total == 0 and not allow_zero:
         raise UsageError(f"{what}: must be more than 0 seconds, got {text!r}")
     return total
+
+
+def parse_fraction(text: str | float, *, what: str = "fraction") -> float:
+    """``'10%'`` or ``'0.1'`` -> 0.1: a share in [0, 1), as a percentage or a plain fraction."""
+    if isinstance(text, bool):
+        raise UsageError(f"{what}: cannot read {text!r} as a fraction (examples: 10%, 0.1)")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(%?)\s*", str(text))
+        if match is None:
+            raise UsageError(f"{what}: cannot read {text!r} as a fraction (examples: 10%, 0.1)")
+        value = float(match.group(1)) / (100 if match.group(2) else 1)
+    if not 0 <= value < 1:
+        raise UsageError(f"{what}: must be in [0, 1) or a percentage below 100%, got {text!r}")
+    return value
 
 
 def format_size(num_bytes: float | None) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from autotune._units import format_duration, format_size
-from autotune.exceptions import UsageError
+from autotune.exceptions import ParameterError
 
 DEFAULT_TRIAL_TIMEOUT_SECONDS = 600.0
 MIN_TRIAL_TIMEOUT_SECONDS = 30.0
@@ -24,14 +25,16 @@ class Budgets:
 
     def __post_init__(self) -> None:
         if not 0 <= self.memory_headroom < 1:
-            raise UsageError(f"--memory-headroom must be in [0, 1), got {self.memory_headroom}")
-        if not self.epochs > 0:
-            raise UsageError(f"--epochs must be > 0, got {self.epochs}")
-        if self.deadline_seconds is not None and self.safety_margin_seconds >= self.deadline_seconds:
-            raise UsageError(
-                f"--safety-margin ({format_duration(self.safety_margin_seconds)}) must be shorter than "
-                f"--deadline ({format_duration(self.deadline_seconds)})"
-            )
+            raise ParameterError(f"memory_headroom must be in [0, 1), got {self.memory_headroom}", "memory_headroom")
+        check_positive_number("epochs", self.epochs)
+        if self.deadline_seconds is not None:
+            check_positive_number("deadline_seconds", self.deadline_seconds)
+            if self.safety_margin_seconds >= self.deadline_seconds:
+                raise ParameterError(
+                    f"safety_margin_seconds ({format_duration(self.safety_margin_seconds)}) must be shorter than "
+                    f"deadline_seconds ({format_duration(self.deadline_seconds)})",
+                    "safety_margin_seconds", "deadline_seconds",
+                )
 
     @property
     def memory_limit_bytes(self) -> int | None:
@@ -72,6 +75,12 @@ class Budgets:
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Budgets:
         return cls(**(data or {}))
+
+
+def check_positive_number(name: str, value: object) -> None:
+    """A finite number above 0 (not a bool, not NaN, not infinity), or a ParameterError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ParameterError(f"{name} must be a finite number > 0, got {value!r}", name)
 
 
 def derive_trial_timeout(timeout_seconds: float | None, n_trials: int | None) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from autotune.exceptions import AutotuneError
+from autotune.exceptions import AutotuneError, ParameterError, Terminated
 
 storage_option = click.option(
     "--storage",
@@ -23,19 +23,36 @@ study_option = click.option(
 )
 
 
+# The library's parameters whose option is not named after them ("--" + the name, dashed).
+_OPTION_OF = {
+    "n_trials": "--trials",
+    "timeout_seconds": "--timeout",
+    "trial_timeout_seconds": "--trial-timeout",
+    "max_memory_bytes": "--max-memory",
+    "memory_budget_bytes": "--max-memory",
+    "deadline_seconds": "--deadline",
+    "safety_margin_seconds": "--safety-margin",
+}
+
+
 def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """AutotuneError -> 'Error: ...' and exit 1. Anything else is a bug and keeps its traceback."""
+    """AutotuneError -> 'Error: ...' and exit 1 (a parameter named as its option). Ctrl-C -> exit 130,
+    SIGTERM -> exit 143. Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except ParameterError as exc:
+            options = {name: _OPTION_OF.get(name, "--" + name.replace("_", "-")) for name in exc.parameters}
+            raise click.ClickException(exc.renamed(options)) from None
         except AutotuneError as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
             hint = "; finished trials are kept in the study: run the same command to resume" if command.__name__ == "search" else ""
-            click.echo(f"Interrupted{hint}.", err=True)
-            sys.exit(130)
+            click.echo(f"{'Terminated' if terminated else 'Interrupted'}{hint}.", err=True)
+            sys.exit(143 if terminated else 130)  # 128 + the signal's number, as a shell reports it
 
     return wrapper
 
@@ -74,8 +91,8 @@ Examples:
 @click.option("--max-memory", metavar="SIZE", default=None,
               help="Memory budget of one trial, e.g. 640MiB, 24GiB (device memory on CUDA, resident memory on CPU). "
               "Default: the CUDA device's memory, or the machine's available memory.")
-@click.option("--memory-headroom", type=float, default=0.10, show_default=True,
-              help="Feasible only below (1 - headroom) x --max-memory.")
+@click.option("--memory-headroom", metavar="FRACTION", default="10%", show_default=True,
+              help="Feasible only below (1 - headroom) x --max-memory; 10% or 0.1.")
 @click.option("--effective-batch", type=int, default=None,
               help="Fix batch_size x accumulation_steps; accumulation_steps is derived.")
 @click.option("--epochs", type=float, default=None, help="Epochs of the full run. Default: the workload's.")
@@ -99,12 +116,12 @@ Examples:
 @_reports_errors
 def search(workload_spec: str | None, study_name: str | None, storage: str | None, space: str | None,
            n_trials: int, timeout: str | None, trial_timeout: str | None, max_memory: str | None,
-           memory_headroom: float, effective_batch: int | None, epochs: float | None, deadline: str | None,
+           memory_headroom: str, effective_batch: int | None, epochs: float | None, deadline: str | None,
            safety_margin: str | None, slow_fraction: float, lr_find: bool, lr_scaling: str, divergence_factor: float,
            seed: int | None, device: str, warmup_steps: int, windows: int, window_seconds: float) -> None:
     """Tune a workload: measure its baseline, then search the speed knobs."""
     from autotune._console import SearchPrinter, print_search_result
-    from autotune._units import parse_duration, parse_size
+    from autotune._units import parse_duration, parse_fraction, parse_size
     from autotune.runner import MeasureSettings
     from autotune.study import SearchOptions
     from autotune.study import search as run_search
@@ -119,7 +136,7 @@ def search(workload_spec: str | None, study_name: str | None, storage: str | Non
         timeout_seconds=parse_duration(timeout, what="--timeout") if timeout else None,
         trial_timeout_seconds=parse_duration(trial_timeout, what="--trial-timeout") if trial_timeout else None,
         max_memory_bytes=parse_size(max_memory, what="--max-memory") if max_memory else None,
-        memory_headroom=memory_headroom,
+        memory_headroom=parse_fraction(memory_headroom, what="--memory-headroom"),
         effective_batch=effective_batch,
         epochs=epochs,
         deadline_seconds=parse_duration(deadline, what="--deadline") if deadline else None,

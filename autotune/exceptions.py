@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 
 class AutotuneError(Exception):
     """Root of every error autotune reports to the user as one line."""
@@ -33,6 +36,26 @@ class NoFeasibleTrialError(AutotuneError):
 
 class UsageError(AutotuneError):
     """A command-line value (a size, a duration) cannot be parsed."""
+
+
+class ParameterError(UsageError):
+    """An argument is out of range; the message names the parameter, which the CLI renames to its option."""
+
+    def __init__(self, message: str, *parameters: str) -> None:
+        super().__init__(message)
+        self.parameters = parameters
+
+    def renamed(self, names: Mapping[str, str]) -> str:
+        """The message with each named parameter replaced by ``names[parameter]`` (a CLI option)."""
+        text = str(self)
+        for parameter in self.parameters:
+            if parameter in names:
+                text = re.sub(rf"(?<![\w-]){re.escape(parameter)}(?![\w-])", names[parameter], text, count=1)
+        return text
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the search stops the way Ctrl-C stops it."""
 
 
 class CheckpointError(AutotuneError):

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune import _records
-from autotune.budget import Budgets, derive_trial_timeout
+from autotune.budget import Budgets, check_positive_number, derive_trial_timeout
 from autotune.config import TrainConfig
 from autotune.device import DeviceInfo, detect_device, unsupported_values
-from autotune.exceptions import StudyError, UsageError
+from autotune.exceptions import ParameterError, StudyError
 from autotune._objective import Objective, TrialError
 from autotune.explain import explain_study
 from autotune.lr_find import LRFindError, LRFindResult, lr_find_for_trial
@@ -54,12 +54,23 @@ class SearchOptions:
     measure: MeasureSettings = MeasureSettings()
 
     def __post_init__(self) -> None:
-        if self.n_trials is not None and self.n_trials < 1:
-            raise UsageError(f"--trials must be >= 1, got {self.n_trials}")
+        """Every value is checked here, before anything is loaded, opened or run."""
+        for name in ("n_trials", "effective_batch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ParameterError(f"{name} must be an integer >= 1, got {value!r}", name)
+        for name in ("timeout_seconds", "trial_timeout_seconds", "max_memory_bytes", "epochs", "deadline_seconds"):
+            if getattr(self, name) is not None:
+                check_positive_number(name, getattr(self, name))
         if not 0 <= self.slow_fraction < 1:
-            raise UsageError(f"--slow-fraction must be in [0, 1), got {self.slow_fraction}")
+            raise ParameterError(f"slow_fraction must be in [0, 1), got {self.slow_fraction}", "slow_fraction")
         if self.lr_scaling not in ("linear", "sqrt", "none"):
-            raise UsageError(f"--lr-scaling must be linear, sqrt or none, got {self.lr_scaling!r}")
+            raise ParameterError(f"lr_scaling must be linear, sqrt or none, got {self.lr_scaling!r}", "lr_scaling")
+        Budgets(  # the budgets' own checks (headroom, margin against deadline), before anything runs
+            memory_headroom=self.memory_headroom,
+            deadline_seconds=self.deadline_seconds,
+            safety_margin_seconds=self.safety_margin_seconds,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +133,7 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     budgets = Budgets(
         memory_budget_bytes=options.max_memory_bytes or device.total_memory_bytes,
         memory_headroom=options.memory_headroom,
-        epochs=float(options.epochs or workload.epochs),
+        epochs=float(options.epochs if options.epochs is not None else workload.epochs),
         deadline_seconds=options.deadline_seconds,
         safety_margin_seconds=options.safety_margin_seconds,
     )

@@ -102,32 +102,32 @@ def test_budgets_project_without_dataset_size_or_rate_is_none(attrs):
 def test_budgets_headroom_of_one_is_refused():
     with pytest.raises(UsageError) as caught:
         Budgets(memory_headroom=1.0)
-    assert str(caught.value) == "--memory-headroom must be in [0, 1), got 1.0"
+    assert str(caught.value) == "memory_headroom must be in [0, 1), got 1.0"
 
 
 def test_budgets_negative_headroom_is_refused():
     with pytest.raises(UsageError) as caught:
         Budgets(memory_headroom=-0.1)
-    assert str(caught.value) == "--memory-headroom must be in [0, 1), got -0.1"
+    assert str(caught.value) == "memory_headroom must be in [0, 1), got -0.1"
 
 
-@pytest.mark.parametrize("epochs", [0, -1.0])
-def test_budgets_epochs_not_positive_is_refused(epochs):
+@pytest.mark.parametrize("epochs", [0, -1.0, float("inf"), float("nan")])
+def test_budgets_epochs_not_a_finite_positive_number_is_refused(epochs):
     with pytest.raises(UsageError) as caught:
         Budgets(epochs=epochs)
-    assert str(caught.value) == f"--epochs must be > 0, got {epochs}"
+    assert str(caught.value) == f"epochs must be a finite number > 0, got {epochs!r}"
 
 
 def test_budgets_margin_equal_to_deadline_is_refused():
     with pytest.raises(UsageError) as caught:
         Budgets(deadline_seconds=60, safety_margin_seconds=60)
-    assert str(caught.value) == "--safety-margin (60.0s) must be shorter than --deadline (60.0s)"
+    assert str(caught.value) == "safety_margin_seconds (60.0s) must be shorter than deadline_seconds (60.0s)"
 
 
 def test_budgets_margin_longer_than_deadline_is_refused():
     with pytest.raises(UsageError) as caught:
         Budgets(deadline_seconds=3600, safety_margin_seconds=7200)
-    assert str(caught.value) == "--safety-margin (2.0h) must be shorter than --deadline (60.0m)"
+    assert str(caught.value) == "safety_margin_seconds (2.0h) must be shorter than deadline_seconds (60.0m)"
 
 
 def test_budgets_margin_without_deadline_is_accepted():
@@ -155,7 +155,7 @@ def test_budgets_from_json_none_or_empty_is_the_defaults():
 
 
 def test_budgets_from_json_validates():
-    with pytest.raises(UsageError, match=r"^--epochs must be > 0, got 0$"):
+    with pytest.raises(UsageError, match=r"^epochs must be a finite number > 0, got 0$"):
         Budgets.from_json({"epochs": 0})
 
 

@@ -106,7 +106,7 @@ def test_cli_search_bad_timeout_is_oneerror_line():
 
 
 def test_cli_search_zero_trials_is_oneerror_line():
-    assert error_line(run_cli("search", "--trials", "0")) == "Error: --trials must be >= 1, got 0"
+    assert error_line(run_cli("search", "--trials", "0")) == "Error: --trials must be an integer >= 1, got 0"
 
 
 def test_cli_search_unreachable_storage_cannot_connect(tmp_path):
@@ -193,7 +193,7 @@ def test_cli_search_zero_windows_is_oneerror_line(tmp_path):
 def test_cli_search_zero_safety_margin_in_other_units_is_accepted():
     # --trials 0 fails after every option is parsed: the margin must not be the error.
     assert error_line(run_cli("search", "--safety-margin", "0m", "--trials", "0")) == (
-        "Error: --trials must be >= 1, got 0"
+        "Error: --trials must be an integer >= 1, got 0"
     )
 
 

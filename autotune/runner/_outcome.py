@@ -31,16 +31,16 @@ class MeasureSettings:
     divergence_factor: float | None = 4.0  # diverged when the loss rises above this x its first value
 
     def __post_init__(self) -> None:
-        from autotune.exceptions import UsageError
+        from autotune.exceptions import ParameterError
 
         for name, low in (("warmup_steps", 0), ("windows", 1), ("max_window_steps", 1), ("min_window_steps", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
-        if not self.window_seconds > 0:
-            raise UsageError(f"--window-seconds must be > 0, got {self.window_seconds!r}")
+                raise ParameterError(f"{name} must be an integer >= {low}, got {value!r}", name)
+        if not 0 < self.window_seconds < float("inf"):
+            raise ParameterError(f"window_seconds must be > 0, got {self.window_seconds!r}", "window_seconds")
         if self.divergence_factor is not None and not self.divergence_factor > 1:
-            raise UsageError(f"--divergence-factor must be > 1, got {self.divergence_factor!r}")
+            raise ParameterError(f"divergence_factor must be > 1, got {self.divergence_factor!r}", "divergence_factor")
 
     @property
     def max_steps(self) -> int:
