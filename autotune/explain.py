@@ -63,6 +63,7 @@ def study_note(name: str, trials: Sequence[Any], budgets: Budgets, lr_results: d
         lines.append(
             f"\n**LR range test** (trial #{data['trial']}): suggested max_lr {data['suggestion']:.3g}, "
             f"minimum loss at {data['lr_at_min_loss']:.3g}"
+            + (f"; check: {data['check']['reason']}" if data.get("check") else "")
         )
     return "\n".join(lines) + "\n"
 

@@ -223,16 +223,35 @@ def _learning_rate(study: Any, chosen: Candidate) -> tuple[TrainConfig, dict | N
         "lr_at_min_loss": result.lr_at_min_loss,
         "lr_steepest": result.lr_steepest,
         "rule": "min(lr_at_min_loss / 4, lr_steepest), at least lr_at_min_loss / 10",
+        "check": _check_section(result.check),
+        "exported_max_lr": result.max_lr,
     }
     if searched and config.max_lr <= result.lr_at_min_loss / 2:
         return config, section, (
             f"max_lr {config.max_lr:g} as searched: the LR range test finds it clear of the edge "
             f"(minimum loss at {result.lr_at_min_loss:.3g})"
         )
-    line = f"max_lr {result.suggestion:.3g} from the LR range test (minimum loss at {result.lr_at_min_loss:.3g})"
+    if result.check is not None and not result.check["kept"]:
+        line = (
+            f"max_lr {result.max_lr:.3g}, the workload's base_lr scaled to the effective batch: the LR range "
+            f"test's {result.suggestion:.3g} was not kept ({result.check['reason']})"
+        )
+    else:
+        line = f"max_lr {result.suggestion:.3g} from the LR range test (minimum loss at {result.lr_at_min_loss:.3g})"
+        if result.check is not None:
+            line += f"; checked: {result.check['reason']}"
     if searched:
         line += f"; the trial's searched {config.max_lr:g} is too close to the edge"
-    return dataclasses.replace(config, max_lr=result.suggestion), section, line
+    return dataclasses.replace(config, max_lr=result.max_lr), section, line
+
+
+def _check_section(check: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The suggestion's check run, for the export: its verdict, the two rates and their losses."""
+    if check is None:
+        return None
+    return {key: check[key] for key in ("steps", "kept", "reason", "suggested_lr", "scaled_base_lr",
+                                        "suggested_loss", "scaled_base_loss", "suggested_losses",
+                                        "scaled_base_losses")}
 
 
 def _recipe(setup: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,11 @@ The rule, from the smoothed loss curve of an exponential LR sweep:
 of ``lr_at_min_loss`` and it (Lightning's suggestion). A quarter of the minimum keeps OneCycle's
 peak clear of the edge; the steepest point pulls it lower when the curve turns early; a tenth of
 the minimum keeps a noisy early drop from making it absurdly small.
+
+The suggestion is then checked before it is exported: a short run on the exported schedule
+(OneCycle compressed to ``CHECK_STEPS`` steps) peaking at the suggestion, against the same run
+(same seed, same batches) peaking at the workload's base_lr scaled to the new effective batch.
+The suggestion is kept only if it does not diverge and its loss at the end is no worse.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ FLOOR_DIVISOR = 10.0
 DEFAULT_STEPS = 100
 DEFAULT_SPAN = 100.0  # the sweep runs from centre / span to centre x span
 MAX_SHIFTS = 2  # times the sweep moves when its minimum sits at one of its ends
+CHECK_STEPS = 40  # optimizer steps of each check run
+CHECK_TAIL = 5  # the check compares the mean loss of each run's last steps
 
 
 class LRFindError(AutotuneError):
@@ -48,6 +55,14 @@ class LRFindResult:
     lr_steepest: float
     centre_lr: float
     trial: int | None = None
+    check: dict[str, Any] | None = None  # the suggestion against the scaled base_lr (see LRCheck)
+
+    @property
+    def max_lr(self) -> float:
+        """The rate to export: the suggestion, unless its check run lost to the scaled base_lr."""
+        if self.check is not None and not self.check["kept"]:
+            return float(self.check["scaled_base_lr"])
+        return self.suggestion
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,6 +139,90 @@ def lr_find(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class LRCheck:
+    """The suggestion's check: two short runs on the compressed OneCycle schedule, same seed."""
+
+    steps: int
+    suggested_lr: float
+    scaled_base_lr: float
+    suggested_losses: list[float]
+    scaled_base_losses: list[float]
+    suggested_loss: float | None  # mean of the last CHECK_TAIL losses; None when it diverged
+    scaled_base_loss: float | None
+    kept: bool
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_suggestion(
+    workload: str,
+    config: TrainConfig,
+    suggested_lr: float,
+    scaled_base_lr: float,
+    *,
+    device: str = "cpu",
+    steps: int = CHECK_STEPS,
+    divergence_factor: float | None = 4.0,
+    memory_budget_bytes: int | None = None,
+    timeout_seconds: float = 600.0,
+    seed: int = 0,
+) -> LRCheck:
+    """Run the exported schedule at ``suggested_lr`` and at ``scaled_base_lr`` (each in a fresh
+    process, same seed and batches) and keep the suggestion only if it does not diverge and ends
+    no worse."""
+    runs = {}
+    for name, lr in (("suggested", suggested_lr), ("scaled_base", scaled_base_lr)):
+        job = TrialJob(
+            workload=workload,
+            config=dataclasses.replace(config, max_lr=lr).to_dict(),
+            device=device,
+            measure=MeasureSettings(seed=seed),
+            memory_budget_bytes=memory_budget_bytes,
+            timeout_seconds=timeout_seconds,
+            lr_sweep={"mode": "check", "steps": steps},
+        )
+        outcome = run_trial(job)
+        if outcome.status is not Status.OK or outcome.lr_curve is None:
+            raise LRFindError(f"the check run at max_lr {lr:.3g} ended as {outcome.status.value}: {outcome.reason}")
+        runs[name] = outcome.lr_curve["losses"]
+    ending = {name: _ending_loss(losses, steps, divergence_factor) for name, losses in runs.items()}
+    suggested, base = ending["suggested"], ending["scaled_base"]
+    compared = f"{steps} steps of the exported schedule"
+    if suggested is None:
+        kept, reason = False, f"max_lr {suggested_lr:.3g} diverged in {compared}"
+    elif base is not None and suggested > base:
+        kept, reason = False, (
+            f"max_lr {suggested_lr:.3g} ended at loss {suggested:.4g} after {compared}, worse than "
+            f"{base:.4g} at the scaled base_lr {scaled_base_lr:.3g}"
+        )
+    else:
+        kept = True
+        against = "which diverged" if base is None else f"loss {base:.4g}"
+        reason = (
+            f"max_lr {suggested_lr:.3g} ended at loss {suggested:.4g} after {compared}, no worse than the "
+            f"scaled base_lr {scaled_base_lr:.3g} ({against})"
+        )
+    return LRCheck(
+        steps=steps, suggested_lr=suggested_lr, scaled_base_lr=scaled_base_lr,
+        suggested_losses=runs["suggested"], scaled_base_losses=runs["scaled_base"],
+        suggested_loss=suggested, scaled_base_loss=base, kept=kept, reason=reason,
+    )
+
+
+def _ending_loss(losses: Sequence[float], steps: int, divergence_factor: float | None) -> float | None:
+    """The mean of the last losses, or None when the run diverged (NaN, infinite, or risen above
+    divergence_factor x its first loss, or stopped short)."""
+    if len(losses) < steps or not all(math.isfinite(value) for value in losses):
+        return None
+    if divergence_factor is not None and losses[0] > 0 and max(losses) > divergence_factor * losses[0]:
+        return None
+    tail = losses[-CHECK_TAIL:]
+    return sum(tail) / len(tail)
+
+
 def _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed) -> dict:
     job = TrialJob(
         workload=workload,
@@ -141,10 +240,17 @@ def _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes
 
 
 def lr_find_for_trial(
-    study: Any, trial_number: int | None = None, *, scaling: Scaling = "linear", steps: int = DEFAULT_STEPS
+    study: Any,
+    trial_number: int | None = None,
+    *,
+    scaling: Scaling = "linear",
+    steps: int = DEFAULT_STEPS,
+    check_steps: int = CHECK_STEPS,
 ) -> LRFindResult:
-    """Run the range test on a study's trial (default: its fastest feasible one) and store the
-    curve and suggestion with the study (user attribute ``lr_find``), where optuna-dashboard shows them."""
+    """Run the range test on a study's trial (default: its fastest feasible one), check its
+    suggestion against base_lr scaled to the trial's effective batch, and store the curve, the
+    suggestion and the check with the study (user attribute ``lr_find``), where optuna-dashboard
+    shows them."""
     from autotune import _records
 
     trials = study.get_trials(deepcopy=False)
@@ -173,7 +279,20 @@ def lr_find_for_trial(
         timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
         seed=setup.get("measure", {}).get("seed", 0),
     )
-    result = dataclasses.replace(result, trial=trial.number)
+    measure = setup.get("measure", {})
+    check = check_suggestion(
+        setup["workload"],
+        config,
+        result.suggestion,
+        centre,
+        device=setup.get("torch_device", "cpu"),
+        steps=check_steps,
+        divergence_factor=measure.get("divergence_factor", 4.0),
+        memory_budget_bytes=budgets.memory_budget_bytes,
+        timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
+        seed=measure.get("seed", 0),
+    )
+    result = dataclasses.replace(result, trial=trial.number, check=check.to_json())
     stored = dict(study.user_attrs.get("lr_find", {}))
     stored[str(trial.number)] = result.to_json()
     study.set_user_attr("lr_find", stored)

@@ -56,7 +56,12 @@ def test_cli_lr_find_prints_the_suggestion(lr_found):
         lines[0],
     ), lines[0]
     assert re.fullmatch(r"suggested max_lr \S+ for OneCycle", lines[1]), lines[1]
-    assert lines[2] == f"curve drawn in {lr_found['picture']}"
+    assert re.fullmatch(
+        r"check: max_lr \S+ (ended at loss \S+ after 40 steps of the exported schedule, \S.*|diverged in 40 steps of "
+        r"the exported schedule) \((kept|not kept: max_lr \S+ will be exported)\)",
+        lines[2],
+    ), lines[2]
+    assert lines[3] == f"curve drawn in {lr_found['picture']}"
     assert "suggested max_lr" in result.output
 
 

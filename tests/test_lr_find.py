@@ -14,11 +14,13 @@ from autotune.config import TrainConfig
 from autotune.exceptions import StudyError
 from autotune.export import export_best
 from autotune.lr_find import (
+    CHECK_STEPS,
     FLOOR_DIVISOR,
     MAX_SHIFTS,
     MIN_LOSS_DIVISOR,
     LRFindError,
     LRFindResult,
+    check_suggestion,
     lr_find,
     lr_find_for_trial,
     plot,
@@ -34,6 +36,8 @@ from autotune.workload import load_workload
 from conftest import WORKLOADS, workload_spec
 
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
+QUADRATIC = workload_spec("workload", "quadratic.py")
+STABLE_LIMIT = 0.2  # tests/workloads/quadratic.py: 2 / its largest curvature
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # --- suggest_max_lr on synthetic curves ---------------------------------------------------------------
@@ -378,17 +382,68 @@ def test_stored_result_not_for_another_effective_batch(tested_study):
 def test_export_best_uses_the_stored_range_test(tested_study):
     result = tested_study["result"]
     export = export_best("tiny", tested_study["storage"])
-    assert export.config.max_lr == result.suggestion
-    assert export.document["one_cycle"]["max_lr"] == result.suggestion
-    assert export.document["lr_find"] == {
+    assert export.config.max_lr == result.max_lr
+    assert export.document["one_cycle"]["max_lr"] == result.max_lr
+    section = export.document["lr_find"]
+    assert {key: section[key] for key in ("trial", "suggestion", "lr_at_min_loss", "lr_steepest", "rule")} == {
         "trial": 0,
         "suggestion": result.suggestion,
         "lr_at_min_loss": result.lr_at_min_loss,
         "lr_steepest": result.lr_steepest,
         "rule": "min(lr_at_min_loss / 4, lr_steepest), at least lr_at_min_loss / 10",
     }
+    assert section["check"]["kept"] == result.check["kept"]
+    assert section["check"]["scaled_base_lr"] == 0.01  # the same effective batch as the baseline
+    assert len(section["check"]["suggested_losses"]) == CHECK_STEPS
+    assert section["exported_max_lr"] == result.max_lr
+    assert export.explanation[-1].startswith(f"max_lr {result.max_lr:.3g}")
+
+
+def test_lr_find_for_trial_checks_the_suggestion_against_the_scaled_base_lr(tested_study):
+    check = tested_study["result"].check
+    assert check["suggested_lr"] == tested_study["result"].suggestion
+    assert check["scaled_base_lr"] == 0.01
+    assert len(check["suggested_losses"]) == len(check["scaled_base_losses"]) == CHECK_STEPS
+    assert check["kept"] is (check["suggested_loss"] is not None and (
+        check["scaled_base_loss"] is None or check["suggested_loss"] <= check["scaled_base_loss"]))
+
+
+def test_check_suggestion_rejects_a_rate_that_diverges():
+    check = check_suggestion(QUADRATIC, TrainConfig(batch_size=8), STABLE_LIMIT * 3, 0.01, steps=20)
+    assert check.kept is False
+    assert check.suggested_loss is None
+    assert check.reason == f"max_lr {STABLE_LIMIT * 3:.3g} diverged in 20 steps of the exported schedule"
+
+
+def test_check_suggestion_keeps_a_stable_rate_that_ends_lower():
+    check = check_suggestion(QUADRATIC, TrainConfig(batch_size=8), STABLE_LIMIT / 2, 0.001, steps=20)
+    assert check.kept is True
+    assert check.suggested_loss < check.scaled_base_loss
+    assert check.reason.startswith(f"max_lr {STABLE_LIMIT / 2:.3g} ended at loss")
+
+
+def test_check_suggestion_rejects_a_rate_that_ends_worse():
+    # Both stable, but the lower rate learns more slowly: as the suggestion it loses to the base.
+    check = check_suggestion(QUADRATIC, TrainConfig(batch_size=8), 0.001, STABLE_LIMIT / 2, steps=20)
+    assert check.kept is False
+    assert "worse than" in check.reason
+
+
+def test_export_best_exports_the_scaled_base_lr_when_the_check_rejects_the_suggestion(tested_study):
+    study = _reloaded(tested_study)
+    stored = dict(study.user_attrs["lr_find"])
+    data = dict(stored["0"])
+    data["check"] = {**data["check"], "kept": False, "reason": "max_lr 9 diverged in 40 steps of the exported schedule"}
+    study.set_user_attr("lr_find", {"0": data})
+    try:
+        export = export_best("tiny", tested_study["storage"])
+    finally:
+        study.set_user_attr("lr_find", stored)
+    assert export.config.max_lr == 0.01
+    assert export.document["lr_find"]["check"]["kept"] is False
     assert export.explanation[-1] == (
-        f"max_lr {result.suggestion:.3g} from the LR range test (minimum loss at {result.lr_at_min_loss:.3g})"
+        f"max_lr 0.01, the workload's base_lr scaled to the effective batch: the LR range test's "
+        f"{data['suggestion']:.3g} was not kept (max_lr 9 diverged in 40 steps of the exported schedule)"
     )
 
 

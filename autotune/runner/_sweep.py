@@ -16,6 +16,10 @@ def run_lr_sweep(job: TrialJob, workload: Workload, emit: Emit) -> None:
     the loss and its bias-corrected exponential moving average; stops once the average exceeds
     ``stop_factor`` x its best (as Lightning's lr_find and torch-lr-finder do)."""
     sweep: dict[str, Any] = job.lr_sweep or {}
+    if sweep.get("mode") == "check":
+        with trial_training(job, workload, emit, one_cycle_steps=sweep["steps"]) as training:
+            _check(training, sweep["steps"], emit)
+        return
     min_lr, max_lr, steps = sweep["min_lr"], sweep["max_lr"], sweep["steps"]
     beta, stop_factor = sweep.get("beta", 0.98), sweep.get("stop_factor", 4.0)
     with trial_training(job, workload, emit, one_cycle_steps=None) as training:
@@ -45,4 +49,18 @@ def _sweep(training: Training, min_lr: float, max_lr: float, steps: int, beta: f
             stopped_early = True
             break
     emit({"event": "lr_curve", "lrs": lrs, "losses": losses, "smoothed": smoothed, "stopped_early": stopped_early})
+    emit({"event": "done"})
+
+
+def _check(training: Training, steps: int, emit: Emit) -> None:
+    """A short run on the exported schedule (OneCycle compressed to ``steps``, peaking at the
+    config's max_lr): each step's LR and loss, stopped at a NaN or infinite loss."""
+    lrs: list[float] = []
+    losses: list[float] = []
+    for _ in range(steps):
+        lrs.append(training.optimizer.param_groups[0]["lr"])
+        losses.append(float(training.step()))  # .item(): one value per step, synchronised
+        if not math.isfinite(losses[-1]):
+            break
+    emit({"event": "lr_curve", "lrs": lrs, "losses": losses, "smoothed": [], "stopped_early": len(losses) < steps})
     emit({"event": "done"})
