@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 # Off a terminal (a pipe, a log file, CI), lines are not wrapped at rich's default 80 columns.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
-_STATUS_STYLE = {"ok": "green", "oom": "magenta", "slow": "yellow", "diverged": "red", "timeout": "red", "error": "red"}
+_STATUS_STYLE = {
+    "ok": "green", "oom": "magenta", "slow": "yellow", "diverged": "red", "timeout": "red", "error": "red",
+    "interrupted": "cyan",
+}
 
 
 def describe_config(config: TrainConfig | dict[str, Any]) -> str:
@@ -85,8 +88,17 @@ class SearchPrinter(SearchListener):
         self.close()
         console.print(f"running the LR range test on trial #{trial.number} ...")
 
+    def on_workload_check(self, plan: SearchPlan) -> None:
+        console.print(f"checking the workload: its first training step at the baseline (batch_size {plan.baseline.batch_size}) ...")
+
+    def on_note(self, message: str) -> None:
+        console.print(f"  [dim]note:[/] {escape(message)}")
+
     def on_plan(self, plan: SearchPlan) -> None:
-        console.print(f"[bold]study[/] {escape(plan.study_name)} in {escape(plan.storage)} on {escape(plan.device.describe())}")
+        from autotune.storage import redact
+
+        where = escape(redact(plan.storage))
+        console.print(f"[bold]study[/] {escape(plan.study_name)} in {where} on {escape(plan.device.describe())}")
         for note in plan.notes:
             console.print(f"  [dim]note:[/] {escape(note)}")
         budgets = plan.budgets
@@ -124,6 +136,9 @@ def print_lr_find(result: LRFindResult, picture: Path | None = None) -> None:
         f"steepest descent at {result.lr_steepest:.3g} ({len(result.lrs)} steps, {edge})"
     )
     console.print(f"[bold]suggested max_lr {result.suggestion:.3g}[/] for OneCycle")
+    if result.check is not None:
+        verdict = "kept" if result.check["kept"] else f"not kept: max_lr {result.max_lr:.3g} will be exported"
+        console.print(f"check: {escape(result.check['reason'])} ({verdict})")
     if picture is not None:
         console.print(f"curve drawn in {escape(str(picture))}")
 

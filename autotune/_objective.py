@@ -6,9 +6,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autotune import _records
+from autotune._checks import RepeatedErrors
+from autotune._recovery import SearchProcess, claim_trial, mark_interrupted, recover_interrupted
 from autotune._units import format_duration, format_size
+from autotune.exceptions import Terminated
 from autotune.explain import explain_study, explain_trial
 from autotune.runner import Status, TrialJob, TrialOutcome, WindowResult, run_trial
+from autotune.runner._runner import process_crashed
 
 if TYPE_CHECKING:
     import optuna
@@ -24,16 +28,44 @@ class TrialError(Exception):
 
 class Objective:
     """One Optuna trial of the search: sample (or take the baseline), skip what is proven out of
-    memory, run in a fresh process, then record the figures, constraints and verdict."""
+    memory or to crash, run in a fresh process, then record the figures, constraints and verdict."""
 
-    def __init__(self, options: SearchOptions, plan: SearchPlan, listener: SearchListener, deadline: float | None):
+    def __init__(
+        self,
+        options: SearchOptions,
+        plan: SearchPlan,
+        listener: SearchListener,
+        deadline: float | None,
+        *,
+        storage: Any = None,
+        process: SearchProcess | None = None,
+    ):
         self.options = options
         self.plan = plan
         self.listener = listener
         self.deadline = deadline
+        self.storage = storage
+        self.process = process or SearchProcess.current()
         self.trials_run = 0
+        self.repeated_errors = RepeatedErrors()
 
     def __call__(self, trial: optuna.Trial) -> float:
+        claim_trial(trial, self.process)  # first: a search that dies from here on leaves a trial others can end
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM: the trial process is already killed
+            how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+            mark_interrupted(trial, f"the search was stopped ({how}) while this trial ran")
+            raise
+
+    def recover(self, study: optuna.Study) -> None:
+        """End the trials that dead search processes left running, and enqueue their configs again."""
+        if self.storage is None:
+            return
+        for number in recover_interrupted(study, self.storage):
+            self.listener.on_note(f"trial #{number} was interrupted (its search process is gone); its config runs again")
+
+    def _run(self, trial: optuna.Trial) -> float:
         import optuna
 
         is_baseline = bool(trial.user_attrs.get("baseline"))
@@ -51,7 +83,15 @@ class Objective:
         finished = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                    optuna.trial.TrialState.PRUNED))
         proof = _records.proven_out_of_memory(finished, config.to_dict(), budgets.memory_budget_bytes)
-        if proof is not None:
+        crash = _records.crashed_before(finished, config.to_dict())
+        if crash is not None:
+            outcome = TrialOutcome(
+                status=Status.ERROR,
+                reason=f"not run: this config crashed its process in trial {crash.number} ({crash.user_attrs['reason']})",
+            )
+            trial.set_user_attr("skipped", True)
+            trial.set_user_attr("crashed", True)
+        elif proof is not None:
             outcome = TrialOutcome(
                 status=Status.OOM,
                 reason=(
@@ -76,7 +116,10 @@ class Objective:
                 on_window=None if is_baseline else self._report_window(trial),
                 slow_below=None if is_baseline or best is None else self.options.slow_fraction * best,
                 deadline=self.deadline,
+                on_wait=self.listener.on_note,
             )
+            if process_crashed(outcome):
+                trial.set_user_attr("crashed", True)  # the same config would crash the same way: not run again
         return self._record(trial, outcome)
 
     def _report_window(self, trial: optuna.Trial) -> Callable[[WindowResult], Any]:
@@ -115,6 +158,10 @@ class Objective:
             assert outcome.samples_per_second is not None
             return outcome.samples_per_second
         if outcome.status is Status.ERROR:
+            if trial.user_attrs.get("crashed"):
+                # Pruned, not failed: TPE counts pruned trials among the bad ones, so it samples
+                # away from a config that crashes, where a failed trial would be ignored.
+                raise optuna.TrialPruned(f"error: {outcome.reason}")
             raise TrialError(outcome.reason)
         raise optuna.TrialPruned(f"{outcome.status.value}: {outcome.reason}")
 
@@ -134,6 +181,9 @@ class Objective:
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.trials_run += 1
+        if self.repeated_errors.add(trial.number, _records.status(trial), trial.user_attrs.get("reason", "")):
+            study.stop()  # the workload fails the same way whatever the config
+        self.recover(study)  # before the next trial: a search beside this one may have died
         explain_study(study, figures=self.trials_run % FIGURE_EVERY == 0)
         feasible = _records.feasible_trials(study.get_trials(deepcopy=False))
         self.listener.on_trial_end(trial, max(feasible, key=_records.throughput) if feasible else None)

@@ -60,6 +60,15 @@ def proven_out_of_memory(
     return None
 
 
+def crashed_before(trials: Iterable[FrozenTrial], config: dict[str, Any]) -> FrozenTrial | None:
+    """An earlier trial whose process crashed (a segfault, an abort) with exactly ``config``."""
+    for trial in trials:
+        attrs = trial.user_attrs
+        if attrs.get("crashed") and not attrs.get("skipped") and attrs.get("config") == config:
+            return trial
+    return None
+
+
 def status_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     """How many trials ended each way (ok, oom, slow, ...), in order of first appearance."""
     counts: dict[str, int] = {}

@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune import _records
+from autotune._checks import check_workload
+from autotune._recovery import Heartbeat, SearchProcess, process_alive, recover_interrupted, sigterm_as_interrupt
 from autotune.budget import Budgets, check_positive_number, derive_trial_timeout
 from autotune.config import TrainConfig
 from autotune.device import DeviceInfo, detect_device, unsupported_values
 from autotune.exceptions import ParameterError, StudyError
 from autotune._objective import Objective, TrialError
 from autotune.explain import explain_study
-from autotune.lr_find import LRFindError, LRFindResult, lr_find_for_trial
+from autotune.lr_find import LRFindError, LRFindResult, lr_find_for_trial, stored_result
 from autotune.runner import MeasureSettings
 from autotune.space import SearchSpace, diff_spaces, load_space
-from autotune.storage import DEFAULT_STORAGE, open_storage, redact
+from autotune.storage import DEFAULT_STORAGE, open_storage, redact, storage_exists, study_lock
 from autotune.workload import DEMO_SPEC, Workload, load_workload, workload_name
 
 if TYPE_CHECKING:
@@ -111,6 +113,13 @@ class SearchListener:
 
     def on_lr_find_start(self, trial: optuna.trial.FrozenTrial) -> None: ...
 
+    def on_workload_check(self, plan: SearchPlan) -> None:
+        """The workload's first step at the baseline is about to run (a new study only)."""
+
+    def on_note(self, message: str) -> None:
+        """Something the user should know while the search runs (it waits for the device, it
+        recovered a dead search's trials)."""
+
 
 def plan_search(options: SearchOptions, workload: Workload | None = None) -> SearchPlan:
     """Load the workload and the space, restrict the space to the device: every input error is raised here."""
@@ -157,12 +166,30 @@ def search(options: SearchOptions, listener: SearchListener | None = None) -> Se
 
     deadline = None if options.timeout_seconds is None else time.monotonic() + options.timeout_seconds
     listener = listener or SearchListener()
-    plan = plan_search(options)
-    storage = open_storage(plan.storage)
-    with warnings.catch_warnings(), _optuna_quiet():
-        # TPE's group/multivariate modes and metric names are stable in practice but flagged experimental.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _search(options, plan, storage, listener, deadline)
+    with sigterm_as_interrupt():
+        plan = plan_search(options)
+        storage = open_storage(plan.storage) if storage_exists(plan.storage) else None
+        if storage is None or not _baseline_measured(storage, plan.study_name):
+            # Before the study exists: a workload that cannot train is refused, and nothing is created.
+            listener.on_workload_check(plan)
+            check_workload(options, plan, on_wait=listener.on_note, deadline=deadline)
+        storage = storage or open_storage(plan.storage)
+        with warnings.catch_warnings(), _optuna_quiet():
+            # TPE's group/multivariate modes and metric names are stable in practice but flagged experimental.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _search(options, plan, storage, listener, deadline)
+
+
+def _baseline_measured(storage: Any, study_name: str) -> bool:
+    """The study exists and its baseline ran fine: its workload was checked then."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return False
+    baseline = _records.baseline_trial(study.get_trials(deepcopy=False))
+    return baseline is not None and _records.status(baseline) == "ok"
 
 
 def _search(
@@ -180,20 +207,25 @@ def _search(
     )
     _check_or_record_setup(study, options, plan)
     listener.on_plan(plan)
-    _enqueue_baseline(study, plan)
-
-    objective = Objective(options, plan, listener, deadline)
-    study.optimize(
-        objective,
-        n_trials=options.n_trials,
-        timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
-        catch=(TrialError,),
-        callbacks=[objective.after_trial],
-    )
-    trials = study.get_trials(deepcopy=False)
-    feasible = _records.feasible_trials(trials)
-    best = max(feasible, key=_records.throughput) if feasible else None
-    lr_result, notes = _run_lr_find(study, best, options, listener, deadline)
+    with Heartbeat(storage, plan.study_name) as heartbeat:
+        objective = Objective(options, plan, listener, deadline, storage=storage, process=heartbeat.process)
+        objective.recover(study)  # trials a dead search left running: ended as interrupted, run again
+        _enqueue_baseline(study, plan, storage)
+        study.optimize(
+            objective,
+            n_trials=options.n_trials,
+            timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
+            catch=(TrialError,),
+            callbacks=[objective.after_trial],
+        )
+        repeated = objective.repeated_errors.error()
+        if repeated is not None:
+            explain_study(study)
+            raise repeated
+        trials = study.get_trials(deepcopy=False)
+        feasible = _records.feasible_trials(trials)
+        best = max(feasible, key=_records.throughput) if feasible else None
+        lr_result, notes = _run_lr_find(study, storage, best, options, listener, deadline, heartbeat.process)
     explain_study(study)  # the final note and figures, the range test included
     return SearchResult(
         study_name=plan.study_name,
@@ -207,17 +239,36 @@ def _search(
     )
 
 
-def _run_lr_find(study, best, options: SearchOptions, listener: SearchListener, deadline: float | None):
-    """The range test on the winner, in its own process; it never fails the search."""
+def _run_lr_find(study, storage, best, options: SearchOptions, listener: SearchListener, deadline: float | None,
+                 process: SearchProcess):
+    """The range test on the winner, in its own process, once per study; it never fails the search.
+
+    A result stored for the winner's effective batch and precision stands; while one search runs
+    the test (study user attribute ``lr_find_running``), the others sharing the study do not."""
     if not options.lr_find or best is None:
         return None, []
+    stored = stored_result(study, best.user_attrs["config"])
+    if stored is not None:
+        return stored, [f"the LR range test ran before on trial #{stored.trial}, with this effective batch and "
+                        "precision; its suggestion stands"]
     if deadline is not None and deadline - time.monotonic() < 10:
         return None, ["the LR range test was skipped: the time budget is spent (run 'autotune lr-find')"]
+    study_id = storage.get_study_id_from_name(study.study_name)
+    with study_lock(storage, study.study_name):
+        running = study.user_attrs.get("lr_find_running")
+        if running and running["process"] != process.key and process_alive(storage, study_id, running["process"]):
+            return None, [f"the LR range test is running in another search (pid {running['pid']} on "
+                          f"{running['host']}), on trial #{running['trial']}"]
+        study.set_user_attr(
+            "lr_find_running", {"host": process.host, "pid": process.pid, "trial": best.number, "process": process.key}
+        )
     listener.on_lr_find_start(best)
     try:
         return lr_find_for_trial(study, best.number, scaling=options.lr_scaling), []  # type: ignore[arg-type]
     except LRFindError as exc:
         return None, [f"the LR range test did not give a suggestion: {exc}"]
+    finally:
+        study.set_user_attr("lr_find_running", None)
 
 
 @contextlib.contextmanager
@@ -297,12 +348,16 @@ def _check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Se
     _records.write_setup(study, {key: setup[key] for key in current})
 
 
-def _enqueue_baseline(study: optuna.Study, plan: SearchPlan) -> None:
-    """The baseline runs first, once per study (a crashed or failed baseline is tried again)."""
+def _enqueue_baseline(study: optuna.Study, plan: SearchPlan, storage: Any) -> None:
+    """The baseline runs first, once per study (a failed or interrupted baseline is tried again).
+
+    The check and the enqueue are one step across every process sharing the study (Optuna's
+    enqueue_trial(skip_if_exists=True) checks, then inserts: two processes can both insert)."""
     import optuna
 
-    for trial in study.get_trials(deepcopy=False):
-        if trial.user_attrs.get("baseline") and trial.state != optuna.trial.TrialState.FAIL:
-            return
-    study.enqueue_trial(plan.space.fixed_params(plan.baseline), user_attrs={"baseline": True})
+    with study_lock(storage, study.study_name):
+        for trial in study.get_trials(deepcopy=False):
+            if trial.user_attrs.get("baseline") and trial.state != optuna.trial.TrialState.FAIL:
+                return
+        study.enqueue_trial(plan.space.fixed_params(plan.baseline), user_attrs={"baseline": True})
 

@@ -127,7 +127,8 @@ def test_cli_search_prints_one_line_per_trial_and_the_best(searched):
     result = searched["result"]
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith(f"study tiny in {searched['storage']} on cpu")
+    assert lines[0] == "checking the workload: its first training step at the baseline (batch_size 8) ..."
+    assert lines[1].startswith(f"study tiny in {searched['storage']} on cpu")
     trial_lines = [line for line in lines if line.startswith("#")]
     assert len(trial_lines) == 3
     for number, line in enumerate(trial_lines):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import optuna
@@ -121,11 +122,57 @@ def test_search_two_concurrent_processes_share_one_postgresql_study(postgres, pg
     finished = [t for t in trials if t.state.is_finished()]
     assert len(finished) >= 4
     assert all(t.user_attrs["status"] == "ok" for t in finished)
-    # Each worker checks for a baseline and then enqueues one; two workers starting together can both
-    # pass the check (the check and the enqueue are not one transaction), so there may be two.
-    baselines = [t for t in trials if t.user_attrs.get("baseline") and t.state != TrialState.FAIL]
-    assert 1 <= len(baselines) <= 2
+    baselines = [t for t in trials if t.user_attrs.get("baseline")]
+    assert len(baselines) == 1
     assert len({t.number for t in trials}) == len(trials)
+
+
+# Each process loads the studies, says it is ready, and at the same instant as the others puts
+# each study's baseline in its queue.
+_ENQUEUE_TOGETHER = """
+import os, sys, time
+import optuna
+from autotune.storage import open_storage
+from autotune.study import SearchOptions, _enqueue_baseline, plan_search
+
+url, workload, space, folder, *names = sys.argv[1:]
+plan = plan_search(SearchOptions(workload=workload, space=space, device="cpu"))
+storage = open_storage(url)
+studies = [optuna.load_study(study_name=name, storage=storage) for name in names]
+open(os.path.join(folder, f"ready-{os.getpid()}"), "w").close()
+while not os.path.exists(os.path.join(folder, "go")):
+    time.sleep(0.01)
+start = float(open(os.path.join(folder, "go")).read())
+for index, study in enumerate(studies):
+    time.sleep(max(0.0, start + 0.3 * index - time.time()))
+    _enqueue_baseline(study, plan, storage)
+"""
+
+
+def test_enqueue_baseline_from_processes_starting_together_on_postgresql_enqueues_one(postgres, tmp_path):
+    names = [f"autotune-test-{uuid.uuid4().hex[:12]}" for _ in range(5)]
+    for name in names:
+        optuna.create_study(study_name=name, storage=postgres)
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs: {batch_size: [8, 16]}\n")
+    try:
+        processes = [
+            subprocess.Popen([sys.executable, "-c", _ENQUEUE_TOGETHER, postgres, workload_spec(), str(space),
+                              str(tmp_path), *names])
+            for _ in range(4)
+        ]
+        give_up = time.monotonic() + 120
+        while len(list(tmp_path.glob("ready-*"))) < len(processes) and time.monotonic() < give_up:
+            assert all(process.poll() is None for process in processes)
+            time.sleep(0.05)
+        (tmp_path / "go").write_text(str(time.time() + 0.5))
+        assert [process.wait(timeout=120) for process in processes] == [0] * len(processes)
+        for name in names:
+            trials = optuna.load_study(study_name=name, storage=postgres).trials
+            assert [t.user_attrs for t in trials] == [{"baseline": True}], name
+    finally:
+        for name in names:
+            optuna.delete_study(study_name=name, storage=postgres)
 
 
 @pytest.mark.parametrize(

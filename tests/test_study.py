@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from autotune import _records
 from autotune.config import FIELD_NAMES, TrainConfig
-from autotune.exceptions import SearchSpaceError, StudyError, WorkloadError
+from autotune.exceptions import SearchSpaceError, StudyError, UsageError, WorkloadError
 from autotune.runner import MeasureSettings
 from autotune.storage import open_storage
 from autotune.study import METRIC_NAME, SearchListener, SearchOptions, plan_search, search
@@ -335,9 +335,10 @@ def test_search_isolates_aborts_hangs_exits_and_exceptions(storage_url, space_fi
     assert result.trials_run == 5
     trials = _by_batch(_load("tiny.misbehaving", storage_url))
     expected = {
-        16: (TrialState.FAIL, "error", "trial process died from SIGABRT"),
+        # Crashes are pruned, not failed: TPE then samples away from them.
+        16: (TrialState.PRUNED, "error", "trial process died from SIGABRT"),
         24: (TrialState.PRUNED, "timeout", "no result within the trial timeout (8s)"),
-        40: (TrialState.FAIL, "error", "trial process exited with code 3 before reporting a result"),
+        40: (TrialState.PRUNED, "error", "trial process exited with code 3 before reporting a result"),
     }
     for batch, (state, status, reason) in expected.items():
         trial = trials[batch]
@@ -447,3 +448,60 @@ def test_plan_search_on_cpu_drops_cuda_only_values_with_notes(space_file):
     assert plan.space.knobs["compile"].choices == ("off", "default")
     assert plan.baseline.precision == "fp32"
     assert "pin_memory" not in plan.space.searched
+
+
+def test_search_config_that_crashed_its_process_is_not_run_again(storage_url, space_file, fast_measure, monkeypatch):
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv("AUTOTUNE_TEST_MARKER", marker)
+    space = space_file("knobs: {batch_size: [8, 16]}\n")
+    study = _new_study("faults.segfaults", storage_url)
+    for _ in range(2):
+        study.enqueue_trial({"batch_size": 16})  # segfaults
+    options = SearchOptions(workload=workload_spec("segfaults", "faults.py"), storage=storage_url, space=space,
+                            n_trials=3, measure=fast_measure, seed=0, lr_find=False)
+    search(options)
+    _load("faults.segfaults", storage_url).enqueue_trial({"batch_size": 16})  # and once more, on resume
+    search(SearchOptions(**{**options.__dict__, "n_trials": 1}))
+
+    crashed, again, baseline, resumed = _load("faults.segfaults", storage_url).trials
+    assert crashed.state == TrialState.PRUNED
+    assert (crashed.user_attrs["status"], crashed.user_attrs["reason"]) == ("error", "trial process died from SIGSEGV")
+    assert crashed.user_attrs["crashed"] is True
+    assert baseline.user_attrs["baseline"] is True and baseline.user_attrs["status"] == "ok"
+    for skipped in (again, resumed):
+        assert skipped.user_attrs["config"] == crashed.user_attrs["config"]
+        assert skipped.state == TrialState.PRUNED
+        assert skipped.user_attrs["skipped"] is True
+        assert skipped.user_attrs["reason"] == (
+            f"not run: this config crashed its process in trial {crashed.number} (trial process died from SIGSEGV)"
+        )
+        assert skipped.user_attrs.get("wall_seconds") is None  # no process was started
+    assert _child_processes_with(marker) == []
+
+
+def test_search_dataloader_worker_killed_by_the_oom_killer_is_oom(storage_url, space_file, fast_measure):
+    search(SearchOptions(workload=workload_spec("worker_killed", "faults.py"), storage=storage_url,
+                         space=space_file("knobs: {batch_size: [4]}\n"), n_trials=1, measure=fast_measure,
+                         lr_find=False))
+    [trial] = _load("faults.worker_killed", storage_url).trials
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["status"] == "oom"
+    assert re.fullmatch(r"DataLoader worker \(pid \d+\) was killed by SIGKILL \(the host's out-of-memory killer\)",
+                        trial.user_attrs["reason"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"epochs": 0}, "epochs must be a finite number > 0, got 0"),
+        ({"epochs": float("inf")}, "epochs must be a finite number > 0, got inf"),
+        ({"effective_batch": 0}, "effective_batch must be an integer >= 1, got 0"),
+        ({"n_trials": 0}, "n_trials must be an integer >= 1, got 0"),
+        ({"memory_headroom": 0.1 * 10}, "memory_headroom must be in [0, 1), got 1.0"),
+        ({"timeout_seconds": -5.0}, "timeout_seconds must be a finite number > 0, got -5.0"),
+    ],
+)
+def test_search_options_out_of_range_name_the_parameter_not_a_cli_option(options, message):
+    with pytest.raises(UsageError) as info:
+        SearchOptions(**options)
+    assert str(info.value) == message
