@@ -25,8 +25,20 @@ def is_feasible(trial: FrozenTrial) -> bool:
     )
 
 
-def throughput(trial: FrozenTrial) -> float:
-    return float(trial.user_attrs.get("samples_per_second") or 0.0)
+def rate(trial: FrozenTrial | dict[str, Any]) -> float:
+    """A trial's throughput in the workload's unit per second (tokens/s, images/s, samples/s):
+    ``unit_per_second``, or samples/s for a trial recorded without it."""
+    attrs = trial if isinstance(trial, dict) else trial.user_attrs
+    return float(attrs.get("unit_per_second") or attrs.get("samples_per_second") or 0.0)
+
+
+def unit(trial: FrozenTrial | dict[str, Any]) -> str:
+    """The workload's unit a trial counted ("samples" when it counted none)."""
+    attrs = trial if isinstance(trial, dict) else trial.user_attrs
+    return attrs.get("unit") or "samples"
+
+
+throughput = rate  # what trials are ranked by when their run's length is not known
 
 
 def feasible_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
