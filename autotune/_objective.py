@@ -102,8 +102,9 @@ class Objective:
             )
             trial.set_user_attr("skipped", True)
         else:
-            # The speed reference: the fastest trial that ran fine, whatever its deadline verdict.
-            best = max((_records.throughput(t) for t in finished if _records.status(t) == "ok"), default=None)
+            # The speed reference (the workload's unit per second): the fastest trial that ran fine,
+            # whatever its deadline verdict.
+            best = max((_records.rate(t) for t in finished if _records.status(t) == "ok"), default=None)
             outcome = run_trial(
                 TrialJob(
                     workload=self.options.workload,

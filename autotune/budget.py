@@ -22,11 +22,15 @@ class Budgets:
     epochs: float = 1.0  # the full run, in passes over the dataset
     deadline_seconds: float | None = None  # the full run's window
     safety_margin_seconds: float = 0.0  # kept free inside the window
+    steps: int | None = None  # the full run in optimizer steps, instead of epochs
+    evaluations: float = 0.0  # evaluations in the full run (Workload.evaluate every evaluate_every epochs)
 
     def __post_init__(self) -> None:
         if not 0 <= self.memory_headroom < 1:
             raise ParameterError(f"memory_headroom must be in [0, 1), got {self.memory_headroom}", "memory_headroom")
         check_positive_number("epochs", self.epochs)
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+            raise ParameterError(f"steps must be an integer >= 1, got {self.steps!r}", "steps")
         if self.deadline_seconds is not None:
             check_positive_number("deadline_seconds", self.deadline_seconds)
             if self.safety_margin_seconds >= self.deadline_seconds:
@@ -61,13 +65,46 @@ class Budgets:
         return f"{format_duration(self.time_limit_seconds)} (the deadline {format_duration(self.deadline_seconds)}{margin})"
 
     def project(self, trial_attrs: dict[str, Any], samples_per_second: float | None = None) -> float | None:
-        """Seconds the full run would take at a trial's throughput: its samples over the measured
-        rate, plus the trial's own warm-up and compile time, paid once."""
+        """Seconds the full run would take at a trial's throughput (see ``projection``)."""
+        parts = self.projection(trial_attrs, samples_per_second)
+        return None if parts is None else parts["seconds"]
+
+    def projection(self, trial_attrs: dict[str, Any], samples_per_second: float | None = None) -> dict[str, Any] | None:
+        """The full run's wall time at a trial's throughput, and what it is made of: its samples
+        (dataset x epochs, or steps x effective batch) over the steady rate, plus the trial's
+        warm-up (building, worker start, compile), paid once, plus its evaluations, each as long
+        as the trial's one evaluation."""
         rate = samples_per_second or trial_attrs.get("samples_per_second")
         dataset_size = trial_attrs.get("dataset_size")
-        if not rate or not dataset_size:
+        config = trial_attrs.get("config") or {}
+        if not rate:
             return None
-        return dataset_size * self.epochs / rate + (trial_attrs.get("warmup_seconds") or 0.0)
+        if self.steps is not None:
+            effective_batch = int(config.get("batch_size", 1)) * int(config.get("accumulation_steps", 1))
+            samples = self.steps * effective_batch
+            size = f"{self.steps} steps x {effective_batch} samples"
+        elif dataset_size:
+            samples = dataset_size * self.epochs
+            size = f"{self.epochs:g} epochs x {dataset_size} samples"
+        else:
+            return None
+        steady = samples / rate
+        warmup = float(trial_attrs.get("warmup_seconds") or 0.0)
+        compile_seconds = float(trial_attrs.get("compile_seconds") or 0.0)
+        evaluation = self.evaluations * float(trial_attrs.get("evaluation_seconds") or 0.0)
+        includes = [f"{size} at {rate:.1f} samples/s: {format_duration(steady)}",
+                    f"warm-up {format_duration(warmup)}"
+                    + (f" (of which compile {format_duration(compile_seconds)})" if compile_seconds else "")]
+        if self.evaluations:
+            includes.append(f"{self.evaluations:g} evaluations: {format_duration(evaluation)}")
+        return {
+            "seconds": steady + warmup + evaluation,
+            "steady_seconds": steady,
+            "warmup_seconds": warmup,
+            "compile_seconds": compile_seconds,
+            "evaluation_seconds": evaluation,
+            "includes": includes,
+        }
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,7 +12,7 @@ from autotune.budget import (
     Budgets,
     derive_trial_timeout,
 )
-from autotune.exceptions import UsageError
+from autotune.exceptions import ParameterError, UsageError
 
 MiB = 1024**2
 GiB = 1024**3
@@ -145,8 +145,38 @@ def test_budgets_json_round_trip():
         "epochs": 3.5,
         "deadline_seconds": 43200,
         "safety_margin_seconds": 1800,
+        "steps": None,
+        "evaluations": 0.0,
     }
     assert Budgets.from_json(json.loads(json.dumps(data))) == budgets
+
+
+def test_projection_says_what_the_full_run_includes():
+    attrs = {"dataset_size": 1000, "warmup_seconds": 30.0, "compile_seconds": 25.0, "evaluation_seconds": 2.0,
+             "config": {"batch_size": 10, "accumulation_steps": 2}}
+    parts = Budgets(epochs=3, evaluations=3).projection(attrs, 100.0)
+    assert parts["seconds"] == pytest.approx(30 + 30 + 6)
+    assert parts["includes"] == [
+        "3 epochs x 1000 samples at 100.0 samples/s: 30.0s",
+        "warm-up 30.0s (of which compile 25.0s)",
+        "3 evaluations: 6.0s",
+    ]
+    by_steps = Budgets(steps=50).projection(attrs, 100.0)
+    assert by_steps["steady_seconds"] == pytest.approx(50 * 20 / 100)
+    assert by_steps["includes"][0] == "50 steps x 20 samples at 100.0 samples/s: 10.0s"
+
+
+def test_compile_pays_off_only_on_a_long_enough_run():
+    eager = {"dataset_size": 1000, "warmup_seconds": 2.0}
+    compiled = {"dataset_size": 1000, "warmup_seconds": 50.0, "compile_seconds": 48.0}
+    short, long = Budgets(epochs=1), Budgets(epochs=100)
+    assert short.project(compiled, 150.0) > short.project(eager, 100.0)  # 56.7s against 12s
+    assert long.project(compiled, 150.0) < long.project(eager, 100.0)  # 716.7s against 1002s
+
+
+def test_budgets_steps_must_be_a_positive_integer():
+    with pytest.raises(ParameterError, match="steps must be an integer >= 1, got 0"):
+        Budgets(steps=0)
 
 
 def test_budgets_from_json_none_or_empty_is_the_defaults():

@@ -66,7 +66,8 @@ def _measure(job: TrialJob, training: Training, emit: Emit) -> None:
         guard.check(value, f"warm-up step {index + 1}")
         loss_start = value if loss_start is None else loss_start
         # Lets the parent give up early on a config that cannot reach the slow threshold.
-        emit({"event": "warmup_step", "index": index, "samples": batches.samples, "seconds": step_seconds[-1],
+        emit({"event": "warmup_step", "index": index, "samples": batches.samples, "units": batches.units,
+              "seconds": step_seconds[-1],
               "data_wait_seconds": batches.wait_seconds, "compiled": config.compile != "off"})
     compile_seconds = 0.0
     if config.compile != "off":

@@ -46,7 +46,8 @@ def run_trial(
 ) -> TrialOutcome:
     """Run one trial in a fresh process, once no other trial (of any process) runs on its device.
 
-    ``slow_below`` (samples/s) stops it as ``slow`` once it provably cannot reach that rate;
+    ``slow_below`` (the workload's unit per second) stops it as ``slow`` once it provably cannot
+    reach that rate;
     ``deadline`` (time.monotonic) cuts it short, or its wait for the device, as a timeout;
     ``on_wait`` is told when the device is busy and the trial waits.
     """
@@ -203,6 +204,11 @@ class _Follower:
         self.stop: tuple[Status, str] | None = None  # set when the parent ends the trial
         self.finished = False
 
+    @property
+    def unit(self) -> str:
+        """The workload's unit, as the trial's "started" event named it."""
+        return self.info.get("unit") or "samples"
+
     def handle(self, event: dict) -> None:
         kind = event.pop("event")
         if kind == "warmup_step":
@@ -210,10 +216,10 @@ class _Follower:
         elif kind == "window":
             window = WindowResult(**event)
             self.windows.append(window)
-            rate = window.samples_per_second
+            rate = window.units_per_second  # the workload's unit: padding-heavy batches are not fast
             if window.index == 0 and self.slow_below is not None and rate < self.slow_below:
                 self.stop = self.stop or (
-                    Status.SLOW, f"{rate:.1f} samples/s in the first window, below the slow threshold {self.slow_below:.1f}"
+                    Status.SLOW, f"{rate:.1f} {self.unit}/s in the first window, below the slow threshold {self.slow_below:.1f}"
                 )
             if self.on_window is not None and self.stop is None:
                 self.stop = self.on_window(window)
@@ -234,11 +240,11 @@ class _Follower:
         # Steps of a few milliseconds are dominated by first-call overheads: only long steps are judged.
         if self.slow_below is None or step["index"] < first_steady or compute_seconds < _MIN_JUDGED_STEP_SECONDS:
             return None
-        bound = step["samples"] / compute_seconds
+        bound = step.get("units", step["samples"]) / compute_seconds
         if bound >= self.slow_below:
             return None
         return Status.SLOW, (
-            f"warm-up step {step['index'] + 1} computed at {bound:.1f} samples/s without data loading, "
+            f"warm-up step {step['index'] + 1} computed at {bound:.1f} {self.unit}/s without data loading, "
             f"below the slow threshold {self.slow_below:.1f}"
         )
 
