@@ -326,7 +326,7 @@ def test_knobs_act_only_in_the_training_module(pattern: str) -> None:
 
 def test_the_harness_applies_knobs_through_the_training_module() -> None:
     harness = (PACKAGE / "runner" / "_harness.py").read_text()
-    assert "from autotune.training import Training, backend_flags" in harness
+    assert "from autotune.training import Training, backend_flags, evaluate" in harness
 
 
 def test_train_step_with_a_closure_replays_the_micro_batches() -> None:
@@ -469,3 +469,11 @@ def test_default_optimizer_takes_workload_knobs() -> None:
     optimizer = training.default_optimizer(_linear().parameters(), 0.1, foreach=False)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["foreach"] is False
+
+
+def test_a_trial_times_the_workloads_evaluation_once(fast_measure) -> None:
+    outcome = run_trial(TrialJob(workload=workload_spec("evaluated", file="knobs.py"),
+                                 config=TrainConfig(batch_size=8).to_dict(), measure=fast_measure, timeout_seconds=120))
+    assert outcome.status.value == "ok", outcome.reason
+    assert outcome.evaluation_seconds is not None and outcome.evaluation_seconds > 0
+    assert outcome.user_attrs()["evaluation_seconds"] == outcome.evaluation_seconds

@@ -18,7 +18,7 @@ import torch
 
 from autotune.config import TrainConfig
 from autotune.runner._outcome import TrialJob
-from autotune.training import Training, backend_flags
+from autotune.training import Training, backend_flags, evaluate
 from autotune.workload import Workload
 
 Emit = Callable[[dict[str, Any]], None]
@@ -115,9 +115,18 @@ def _measure(job: TrialJob, training: Training, emit: Emit) -> None:
                 "loss": loss_end,
             }
         )
+    evaluation_seconds = None
+    if training.workload.evaluate is not None:
+        # The full run's evaluation, once, timed for its projection (evaluations x this).
+        _synchronize(device)
+        begin = time.perf_counter()
+        evaluate(training.workload.evaluate, training.model, config, device)
+        _synchronize(device)
+        evaluation_seconds = time.perf_counter() - begin
     emit(
         {
             "event": "done",
+            "evaluation_seconds": evaluation_seconds,
             "loss_end": loss_end,
             "scaler_skipped_steps": skipped_steps if training.scaler is not None else None,
             "device_peak_memory_bytes": _device_peak_memory(device),

@@ -108,6 +108,7 @@ class TrialOutcome:
     scaler_skipped_steps: int | None = None  # fp16: optimizer steps the GradScaler skipped while timed
     dataset_size: int | None = None  # samples in one epoch of the workload's dataset
     cycle_momentum: bool | None = None  # whether OneCycle cycles the workload optimizer's momentum
+    evaluation_seconds: float | None = None  # one run of Workload.evaluate, when the workload has one
     device: str | None = None
     torch_version: str | None = None
     windows: list[WindowResult] = dataclasses.field(default_factory=list)

@@ -289,6 +289,7 @@ class _Follower:
             "unit": info.get("unit"),
             "dataset_size": info.get("dataset_size"),
             "cycle_momentum": info.get("cycle_momentum"),
+            "evaluation_seconds": info.get("evaluation_seconds"),
             "warmup_seconds": info.get("warmup_seconds"),
             "compile_seconds": info.get("compile_seconds"),
             "loss_start": info.get("loss_start"),

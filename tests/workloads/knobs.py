@@ -45,3 +45,17 @@ def workload() -> Workload:
         baseline={"batch_size": 8, "dataset.length": 8},
         epochs=1,
     )
+
+
+def _evaluate(model) -> dict:
+    data = Sequences(size=64)
+    correct = (model(data.x).argmax(dim=1) == data.y).float().mean()
+    return {"accuracy": correct}
+
+
+def evaluated() -> Workload:
+    """The same job with an evaluation every half epoch."""
+    job = workload()
+    job.evaluate = _evaluate
+    job.evaluate_every = 0.5
+    return job
