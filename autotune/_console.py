@@ -116,8 +116,9 @@ class SearchPrinter(SearchListener):
             self.progress.advance(self.task)
         status = _records.status(trial)
         style = _STATUS_STYLE.get(status, "white")
-        rate = trial.user_attrs.get("samples_per_second")
-        figure = f"{rate:9.1f} samples/s" if rate is not None and status == "ok" else " " * 19
+        per_second = f"{escape(_records.unit(trial))}/s"
+        measured = status == "ok" and trial.user_attrs.get("samples_per_second") is not None
+        figure = f"{_records.rate(trial):9.1f} {per_second}" if measured else " " * (10 + len(per_second))
         peak = format_size(trial.user_attrs.get("peak_memory_bytes"))
         tag = " [cyan]baseline[/]" if trial.user_attrs.get("baseline") else ""
         config = trial.user_attrs.get("config")
@@ -126,7 +127,7 @@ class SearchPrinter(SearchListener):
         if status != "ok" and trial.user_attrs.get("reason"):
             console.print(f"      [dim]{escape(trial.user_attrs['reason'])}[/]")
         if best is not None and best.number == trial.number:
-            console.print(f"      [bold green]new best[/] {_records.throughput(best):.1f} samples/s")
+            console.print(f"      [bold green]new best[/] {_records.rate(best):.1f} {escape(_records.unit(best))}/s")
 
 
 def print_lr_find(result: LRFindResult, picture: Path | None = None) -> None:
@@ -150,9 +151,9 @@ def print_search_result(result: SearchResult) -> None:
         console.print("[red]no feasible trial yet[/]")
         return
     best = result.best
-    line = f"best: trial #{best.number} at {_records.throughput(best):.1f} samples/s"
+    line = f"best: trial #{best.number} at {_records.rate(best):.1f} {escape(_records.unit(best))}/s"
     if result.baseline is not None and result.baseline.user_attrs.get("status") == "ok":
-        speedup = _records.throughput(best) / _records.throughput(result.baseline)
+        speedup = _records.rate(best) / _records.rate(result.baseline)
         line += f", {speedup:.2f}x the baseline (trial #{result.baseline.number})"
     console.print(line)
     console.print(f"  {escape(describe_config(best.user_attrs['config']))}")
@@ -164,7 +165,7 @@ def print_search_result(result: SearchResult) -> None:
 
 
 def print_verify_run(round_index: int, rounds: int, candidate: Candidate, rate: float | None) -> None:
-    figure = f"{rate:.1f} samples/s" if rate is not None else "failed"
+    figure = f"{rate:.1f} {escape(_records.unit(candidate.attrs))}/s" if rate is not None else "failed"
     tag = " (baseline)" if candidate.is_baseline else ""
     console.print(f"  verify round {round_index + 1}/{rounds}: trial #{candidate.number}{tag} {figure}")
 
@@ -176,7 +177,7 @@ def print_export(export: Export) -> None:
         console.print(escape(line))
     console.print(
         f"trial #{provenance['trial']} of study {escape(provenance['study'])}: "
-        f"{measured['samples_per_second']:.1f} samples/s, peak {format_size(measured['peak_memory_bytes'])}, "
+        f"{_records.rate(measured):.1f} {escape(_records.unit(measured))}/s, peak {format_size(measured['peak_memory_bytes'])}, "
         f"warm-up {format_duration(measured['warmup_seconds'])}, effective batch {measured['effective_batch_size']}"
     )
     console.print(f"  {escape(describe_config(export.config))}")

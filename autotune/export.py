@@ -332,6 +332,8 @@ def _payoff(
     saved = baseline_seconds - chosen_seconds if baseline_seconds is not None and chosen_seconds is not None else None
     payoff = {
         "speedup_over_baseline": _speedup(selection, baseline_trial),
+        "unit_per_second": _records.rate(selection.chosen.attrs),  # the chosen config's, in the workload's unit
+        "unit": _records.unit(selection.chosen.attrs),
         "projected_seconds": chosen_seconds,
         "baseline_projected_seconds": baseline_seconds,
         "saved_seconds": saved,
@@ -346,8 +348,9 @@ def payoff_line(payoff: dict[str, Any]) -> str:
     speedup, saved, search = payoff["speedup_over_baseline"], payoff["saved_seconds"], payoff["search_seconds"]
     if speedup is None or saved is None:
         return f"no baseline measurement to compare with; the search took {format_duration(search)}"
+    rate = f" at {payoff['unit_per_second']:.1f} {payoff.get('unit', 'samples')}/s" if payoff.get("unit_per_second") else ""
     line = (
-        f"{speedup:.2f}x the baseline: the full run projects {format_duration(payoff['projected_seconds'])} "
+        f"{speedup:.2f}x the baseline{rate}: the full run projects {format_duration(payoff['projected_seconds'])} "
         f"instead of {format_duration(payoff['baseline_projected_seconds'])}"
     )
     if saved <= 0:
