@@ -198,14 +198,15 @@ def print_report(report: Report) -> None:
     counts = ", ".join(f"{count} {status}" for status, count in report.status_counts.items())
     console.print(f"[bold]study {escape(report.study)}[/]: {counts}")
     table = Table(show_lines=False)
-    for column in ("#", "status", "samples/s", "speedup", "cv", "peak memory", "full run", "config"):
-        table.add_column(column, justify="right" if column in ("#", "samples/s", "speedup", "cv") else "left")
+    per_second = f"{escape(report.unit)}/s"
+    for column in ("#", "status", per_second, "speedup", "cv", "peak memory", "full run", "config"):
+        table.add_column(column, justify="right" if column in ("#", per_second, "speedup", "cv") else "left")
     for row in report.rows:
         status = row["status"] + ("" if row["feasible"] or row["status"] != "ok" else " (infeasible)")
         table.add_row(
             f"{row['trial']}" + (" base" if row["baseline"] else ""),
             f"[{_STATUS_STYLE.get(row['status'], 'white')}]{escape(status)}[/]",
-            f"{row['samples_per_second']:.1f}" if row["samples_per_second"] else "-",
+            f"{row['unit_per_second']:.1f}" if row["unit_per_second"] else "-",
             f"{row['speedup']:.2f}x" if row["speedup"] else "-",
             f"{row['throughput_cv']:.1%}" if row["throughput_cv"] is not None else "-",
             format_size(row["peak_memory_bytes"]),
@@ -216,7 +217,7 @@ def print_report(report: Report) -> None:
     console.print(f"memory: {escape(report.memory)}")
     if report.importances:
         ranked = ", ".join(f"{name} {share:.0%}" for name, share in report.importances.items())
-        console.print(f"knobs that mattered (fANOVA importance of samples/s): {escape(ranked)}")
+        console.print(f"knobs that mattered (fANOVA importance of {escape(report.objective)}): {escape(ranked)}")
     elif report.importance_note:
         console.print(f"[dim]{escape(report.importance_note)}[/]")
     for result in report.lr_find:

@@ -20,12 +20,14 @@ class Report:
     study: str
     status_counts: dict[str, int]
     rows: list[dict[str, Any]]  # the top trials by throughput, then the baseline if it is not among them
-    importances: dict[str, float]  # knob -> share of the throughput's variance it explains (fANOVA)
+    importances: dict[str, float]  # knob -> share of the objective's variance it explains (fANOVA)
     importance_note: str | None  # why importances are missing, when they are
     memory: str
     lr_find: list[dict[str, Any]]
     plots: list[str]
     full_runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # autotune train's records, by trial
+    unit: str = "samples"  # the workload's unit: the rows' unit_per_second and speedup are in it
+    objective: str = "samples/s"  # the study's objective, whose variance the importances split
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -37,8 +39,8 @@ def build_report(study_name: str | None = None, storage: str | None = None, top:
     trials = study.get_trials(deepcopy=False)
     budgets = Budgets.from_json(_records.read_setup(study).get("budgets"))
     baseline = _records.baseline_trial(trials)
-    baseline_rate = _records.throughput(baseline) if baseline is not None and _records.status(baseline) == "ok" else None
-    measured = sorted((t for t in trials if _records.status(t) == "ok"), key=_records.throughput, reverse=True)
+    baseline_rate = _records.rate(baseline) if baseline is not None and _records.status(baseline) == "ok" else None
+    measured = sorted((t for t in trials if _records.status(t) == "ok"), key=_records.rate, reverse=True)
     chosen = measured[:top]
     if baseline is not None and baseline not in chosen:
         chosen.append(baseline)
@@ -54,18 +56,22 @@ def build_report(study_name: str | None = None, storage: str | None = None, top:
         lr_find=list(study.user_attrs.get("lr_find", {}).values()),
         plots=written,
         full_runs=[actual for _, actual in sorted(actuals(study).items())],
+        unit=_records.unit(next((t for t in trials if "unit" in t.user_attrs), {})),
+        objective=study.metric_names[0] if study.metric_names else "samples/s",
     )
 
 
 def _row(trial: Any, baseline_rate: float | None) -> dict[str, Any]:
     attrs = trial.user_attrs
-    rate = attrs.get("samples_per_second")
+    rate = _records.rate(trial) if attrs.get("samples_per_second") is not None else None  # the workload's unit/s
     return {
         "trial": trial.number,
         "baseline": bool(attrs.get("baseline")),
         "status": _records.status(trial),
         "feasible": _records.is_feasible(trial),
-        "samples_per_second": rate,
+        "samples_per_second": attrs.get("samples_per_second"),
+        "unit_per_second": rate,
+        "unit": _records.unit(trial),
         "speedup": rate / baseline_rate if rate and baseline_rate else None,
         "throughput_cv": attrs.get("throughput_cv"),
         "peak_memory_bytes": attrs.get("peak_memory_bytes"),
