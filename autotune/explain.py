@@ -41,13 +41,14 @@ def study_note(name: str, trials: Sequence[Any], budgets: Budgets, lr_results: d
     if feasible:
         selection = select(feasible, baseline, budgets)
         chosen = selection.chosen
+        rate, per_second = _records.rate(chosen.attrs), f"{_records.unit(chosen.attrs)}/s"
         speedup = (
-            f", **{chosen.samples_per_second / baseline.samples_per_second:.2f}x** the baseline "
-            f"(trial #{baseline.number}, {baseline.samples_per_second:.1f} samples/s)"
+            f", **{rate / _records.rate(baseline.attrs):.2f}x** the baseline "
+            f"(trial #{baseline.number}, {_records.rate(baseline.attrs):.1f} {per_second})"
             if baseline is not None
             else ", the baseline has no feasible measurement"
         )
-        lines.append(f"**Winner:** trial #{chosen.number}, {chosen.samples_per_second:.1f} samples/s{speedup}")
+        lines.append(f"**Winner:** trial #{chosen.number}, {rate:.1f} {per_second}{speedup}")
         lines.append("")
         lines += [f"- {line}" for line in selection.explanation]
         projected = chosen.attrs.get("projected_full_run_seconds")

@@ -41,8 +41,10 @@ def study_figures(trials: Sequence[Any], budgets: Budgets) -> list[Figure]:
 
 
 def throughput_figure(trials: Sequence[Any]) -> Figure:
-    """samples/s against batch size, one series per precision; finished trials only."""
+    """Throughput in the workload's unit (tokens/s, samples/s) against batch size, one series per
+    precision; finished trials only."""
     groups: dict[str, Series] = {}
+    unit = "samples"
     for trial in trials:
         attrs = trial.user_attrs
         if attrs.get("status") != "ok" or "config" not in attrs:
@@ -50,13 +52,14 @@ def throughput_figure(trials: Sequence[Any]) -> Figure:
         precision = attrs["config"]["precision"]
         series = groups.setdefault(precision, Series(precision, [], [], []))
         series.x.append(attrs["config"]["batch_size"])
-        series.y.append(attrs["samples_per_second"])
+        series.y.append(_records.rate(trial))
         series.labels.append(f"trial #{trial.number}")
+        unit = _records.unit(trial)
     return Figure(
         id="throughput-vs-batch-size",
         title="Throughput against batch size, per precision",
         x_title="batch size",
-        y_title="samples/s",
+        y_title=f"{unit}/s",
         series=[groups[name] for name in sorted(groups)],
         lines=[],
     )
