@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -124,12 +125,26 @@ class Objective:
         return self._record(trial, outcome)
 
     def _report_window(self, trial: optuna.Trial) -> Callable[[WindowResult], Any]:
+        """Each window's figure for Optuna's pruner, in the objective's terms: the full run's steady
+        time at the window's rate (the study's dataset size known from an earlier trial), or the
+        window's throughput in the workload's unit."""
+        config = trial.user_attrs.get("config") or {}
+        dataset_size = next((t.user_attrs["dataset_size"] for t in trial.study.get_trials(deepcopy=False)
+                             if t.user_attrs.get("dataset_size")), None)
+
         def report(window: WindowResult) -> tuple[Status, str] | None:
-            trial.report(window.samples_per_second, window.index)  # per-window throughput: Optuna's pruners see it
+            if self.plan.objective == "time":
+                if dataset_size is None:
+                    return None
+                value = self.plan.budgets.project({"dataset_size": dataset_size, "config": config},
+                                                  window.samples_per_second)
+            else:
+                value = window.units_per_second
+            trial.report(value, window.index)
             if trial.should_prune():
                 return Status.SLOW, (
                     f"pruned by the study's pruner after window {window.index + 1} "
-                    f"at {window.samples_per_second:.1f} samples/s"
+                    f"at {window.units_per_second:.1f} {self.plan.unit}/s"
                 )
             return None
 
@@ -155,9 +170,10 @@ class Objective:
         elif peak is not None and limit is not None:
             trial.set_constraint("memory", peak / limit - 1.0)
         if outcome.status is Status.OK:
-            self._record_projection(trial, outcome)
-            assert outcome.samples_per_second is not None
-            return outcome.samples_per_second
+            projected = self._record_projection(trial, outcome)
+            if self.plan.objective == "time":
+                return projected if projected is not None else math.inf
+            return _records.rate(outcome.user_attrs())
         if outcome.status is Status.ERROR:
             if trial.user_attrs.get("crashed"):
                 # Pruned, not failed: TPE counts pruned trials among the bad ones, so it samples
@@ -166,19 +182,23 @@ class Objective:
             raise TrialError(outcome.reason)
         raise optuna.TrialPruned(f"{outcome.status.value}: {outcome.reason}")
 
-    def _record_projection(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+    def _record_projection(self, trial: optuna.Trial, outcome: TrialOutcome) -> float | None:
         """The full run's projected time; past the deadline it is a constraint, not a failure."""
         budgets = self.plan.budgets
-        projected = budgets.project(outcome.user_attrs())
+        projection = budgets.projection({**outcome.user_attrs(), "config": trial.user_attrs.get("config")})
+        projected = None if projection is None else projection["seconds"]
         trial.set_user_attr("projected_full_run_seconds", projected)
+        if projection is not None:
+            trial.set_user_attr("projection_includes", projection["includes"])
         if budgets.time_limit_seconds is None or projected is None:
-            return
+            return projected
         trial.set_constraint("deadline", projected / budgets.time_limit_seconds - 1.0)
         if projected > budgets.time_limit_seconds:
             trial.set_user_attr(
                 "reason",
                 f"projected full run {format_duration(projected)} misses {budgets.describe_time_limit()}",
             )
+        return projected
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.trials_run += 1
@@ -186,5 +206,4 @@ class Objective:
             study.stop()  # the workload fails the same way whatever the config
         self.recover(study)  # before the next trial: a search beside this one may have died
         explain_study(study, figures=self.trials_run % FIGURE_EVERY == 0)
-        feasible = _records.feasible_trials(study.get_trials(deepcopy=False))
-        self.listener.on_trial_end(trial, max(feasible, key=_records.throughput) if feasible else None)
+        self.listener.on_trial_end(trial, _records.best_trial(study.get_trials(deepcopy=False), self.plan.objective))

@@ -41,6 +41,19 @@ def unit(trial: FrozenTrial | dict[str, Any]) -> str:
 throughput = rate  # what trials are ranked by when their run's length is not known
 
 
+def best_trial(trials: Iterable[FrozenTrial], objective: str) -> FrozenTrial | None:
+    """The feasible trial the objective ranks first: the shortest projected full run ("time"),
+    or the highest throughput in the workload's unit ("throughput")."""
+    feasible = feasible_trials(trials)
+    if not feasible:
+        return None
+    if objective == "time":
+        timed = [t for t in feasible if t.user_attrs.get("projected_full_run_seconds") is not None]
+        if timed:
+            return min(timed, key=lambda t: t.user_attrs["projected_full_run_seconds"])
+    return max(feasible, key=rate)
+
+
 def feasible_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     return [trial for trial in trials if is_feasible(trial)]
 
@@ -93,7 +106,7 @@ def status_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
 # and truncates long values, so one big attribute would not be readable there).
 SETUP_KEYS = (
     "workload", "space", "baseline", "device", "torch_device", "budgets", "requested", "measure",
-    "trial_timeout_seconds",
+    "trial_timeout_seconds", "objective",
 )
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from autotune import _records
 from autotune._checks import check_workload
@@ -28,7 +29,9 @@ from autotune.workload import DEMO_SPEC, Workload, load_workload, workload_name
 if TYPE_CHECKING:
     import optuna
 
-METRIC_NAME = "samples/s"
+METRIC_NAME = "samples/s"  # the objective's name in a throughput study of a samples workload
+TIME_METRIC_NAME = "full run (s)"  # the objective's name when studies rank by the full run's time
+ObjectiveKind = Literal["time", "throughput"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +47,14 @@ class SearchOptions:
     trial_timeout_seconds: float | None = None  # None: derived from timeout_seconds and n_trials
     max_memory_bytes: int | None = None  # None: the device's memory (CUDA) or the available memory (CPU)
     memory_headroom: float = 0.10
-    effective_batch: int | None = None  # None: the space file's effective_batch, if any
+    # None: the space file's, else the baseline's when it accumulates (or the workload declares one);
+    # "free": any effective batch.
+    effective_batch: int | Literal["free"] | None = None
     epochs: float | None = None  # None: the workload's epochs
+    steps: int | None = None  # the full run in optimizer steps, instead of epochs
+    # "time": rank by the full run's projected wall time (compile and warm-up included);
+    # "throughput": by steady throughput in the workload's unit.
+    objective: ObjectiveKind = "time"
     deadline_seconds: float | None = None
     safety_margin_seconds: float = 0.0
     slow_fraction: float = 0.5
@@ -57,8 +66,10 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         """Every value is checked here, before anything is loaded, opened or run."""
-        for name in ("n_trials", "effective_batch"):
+        for name in ("n_trials", "effective_batch", "steps"):
             value = getattr(self, name)
+            if name == "effective_batch" and value == "free":
+                continue
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ParameterError(f"{name} must be an integer >= 1, got {value!r}", name)
         for name in ("timeout_seconds", "trial_timeout_seconds", "max_memory_bytes", "epochs", "deadline_seconds"):
@@ -66,6 +77,8 @@ class SearchOptions:
                 check_positive_number(name, getattr(self, name))
         if not 0 <= self.slow_fraction < 1:
             raise ParameterError(f"slow_fraction must be in [0, 1), got {self.slow_fraction}", "slow_fraction")
+        if self.objective not in ("time", "throughput"):
+            raise ParameterError(f"objective must be time or throughput, got {self.objective!r}", "objective")
         if self.lr_scaling not in ("linear", "sqrt", "none"):
             raise ParameterError(f"lr_scaling must be linear, sqrt or none, got {self.lr_scaling!r}", "lr_scaling")
         Budgets(  # the budgets' own checks (headroom, margin against deadline), before anything runs
@@ -88,6 +101,8 @@ class SearchPlan:
     budgets: Budgets
     trial_timeout_seconds: float
     notes: list[str]
+    objective: ObjectiveKind = "time"
+    unit: str = "samples"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +139,8 @@ class SearchListener:
 def plan_search(options: SearchOptions, workload: Workload | None = None) -> SearchPlan:
     """Load the workload and the space, restrict the space to the device: every input error is raised here."""
     workload = workload or load_workload(options.workload)
-    space, notes = load_space(options.space if options.space is not None else workload.space).with_effective_batch(
-        options.effective_batch
-    )
+    space = load_space(options.space if options.space is not None else workload.space)
+    space, notes = space.with_effective_batch(_effective_batch(options, workload, space))
     device = detect_device(options.device)
     unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
     if not _supports_gradient_checkpointing(workload):
@@ -139,12 +153,16 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     notes += dropped
     requested = space.baseline(workload.baseline_overrides())
     baseline = _runnable(requested, unsupported, notes)
+    epochs = float(options.epochs if options.epochs is not None else workload.epochs)
     budgets = Budgets(
         memory_budget_bytes=options.max_memory_bytes or device.total_memory_bytes,
         memory_headroom=options.memory_headroom,
-        epochs=float(options.epochs if options.epochs is not None else workload.epochs),
+        epochs=epochs,
         deadline_seconds=options.deadline_seconds,
         safety_margin_seconds=options.safety_margin_seconds,
+        steps=options.steps,
+        # autotune train evaluates every evaluate_every epochs: as many times in the full run.
+        evaluations=float(max(1, math.floor(epochs / workload.evaluate_every))) if workload.evaluate else 0.0,
     )
     trial_timeout = options.trial_timeout_seconds or derive_trial_timeout(options.timeout_seconds, options.n_trials)
     return SearchPlan(
@@ -157,7 +175,26 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
         budgets=budgets,
         trial_timeout_seconds=trial_timeout,
         notes=notes,
+        objective=options.objective,
+        unit=workload.unit,
     )
+
+
+def _effective_batch(options: SearchOptions, workload: Workload, space: SearchSpace) -> int | None:
+    """The effective batch every trial keeps: --effective-batch, the space file's, or the user's
+    recipe (a baseline that accumulates, or Workload.effective_batch); None: free."""
+    if options.effective_batch == "free":
+        return None
+    if options.effective_batch is not None:
+        return options.effective_batch
+    if space.effective_batch is not None:
+        return space.effective_batch
+    if workload.effective_batch is not None:
+        return workload.effective_batch
+    baseline = workload.baseline
+    if int(baseline.get("accumulation_steps", 1)) > 1:
+        return int(baseline.get("batch_size", TrainConfig.batch_size)) * int(baseline["accumulation_steps"])
+    return None
 
 
 def search(options: SearchOptions, listener: SearchListener | None = None) -> SearchResult:
@@ -197,10 +234,11 @@ def _search(
 ) -> SearchResult:
     import optuna
 
+    plan = _keep_study_objective(storage, plan)
     study = optuna.create_study(
         study_name=plan.study_name,
         storage=storage,
-        direction="maximize",
+        direction="minimize" if plan.objective == "time" else "maximize",
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True, constant_liar=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
@@ -223,8 +261,7 @@ def _search(
             explain_study(study)
             raise repeated
         trials = study.get_trials(deepcopy=False)
-        feasible = _records.feasible_trials(trials)
-        best = max(feasible, key=_records.throughput) if feasible else None
+        best = _records.best_trial(trials, plan.objective)
         lr_result, notes = _run_lr_find(study, storage, best, options, listener, deadline, heartbeat.process)
     explain_study(study)  # the final note and figures, the range test included
     return SearchResult(
@@ -237,6 +274,28 @@ def _search(
         lr_find=lr_result,
         notes=notes,
     )
+
+
+def _keep_study_objective(storage: Any, plan: SearchPlan) -> SearchPlan:
+    """A resumed study keeps the objective it was started with (its direction is fixed)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    except KeyError:
+        return plan
+    recorded = study.user_attrs.get("objective")
+    if recorded is None:  # started before the objective was recorded: it maximised throughput
+        recorded = "time" if study.direction == optuna.study.StudyDirection.MINIMIZE else "throughput"
+    if recorded == plan.objective:
+        return plan
+    note = f"the study ranks by {recorded} (it was started so); --objective {plan.objective} applies to new studies"
+    return dataclasses.replace(plan, objective=recorded, notes=[*plan.notes, note])
+
+
+def metric_name(objective: str, unit: str) -> str:
+    """The objective's name, as optuna-dashboard shows it."""
+    return TIME_METRIC_NAME if objective == "time" else f"{unit}/s"
 
 
 def _run_lr_find(study, storage, best, options: SearchOptions, listener: SearchListener, deadline: float | None,
@@ -322,11 +381,12 @@ def _check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Se
         "requested": {**plan.budgets.to_json(), "memory_budget_bytes": options.max_memory_bytes},
         "measure": dataclasses.asdict(options.measure),
         "trial_timeout_seconds": plan.trial_timeout_seconds,
+        "objective": plan.objective,
     }
     recorded = _records.read_setup(study)
     if not recorded:
         _records.write_setup(study, setup)
-        study.set_metric_names([METRIC_NAME])
+        study.set_metric_names([metric_name(plan.objective, plan.unit)])
         return
     if recorded["workload"] != setup["workload"]:
         raise StudyError(

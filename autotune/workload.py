@@ -37,6 +37,7 @@ class Workload:
     base_lr: float = 1e-3
     baseline: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     epochs: int = 1
+    effective_batch: int | None = None  # the recipe's samples per optimizer step; the search keeps it
     collate_fn: Callable[[list[Any]], Any] | None = None
     count: Callable[[Any], int] | None = None
     unit: str = "samples"
@@ -72,6 +73,10 @@ class Workload:
             or not 0 < self.evaluate_every < math.inf
         ):
             raise WorkloadError(f"Workload.evaluate_every must be a number of epochs > 0, got {self.evaluate_every!r}")
+        if self.effective_batch is not None and (
+            isinstance(self.effective_batch, bool) or not isinstance(self.effective_batch, int) or self.effective_batch < 1
+        ):
+            raise WorkloadError(f"Workload.effective_batch must be an integer >= 1, got {self.effective_batch!r}")
         if not isinstance(self.step_closure, bool):
             raise WorkloadError(f"Workload.step_closure must be true or false, got {self.step_closure!r}")
         if not isinstance(self.baseline, Mapping):

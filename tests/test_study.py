@@ -21,7 +21,7 @@ from autotune.config import FIELD_NAMES, TrainConfig
 from autotune.exceptions import SearchSpaceError, StudyError, UsageError, WorkloadError
 from autotune.runner import MeasureSettings
 from autotune.storage import open_storage
-from autotune.study import METRIC_NAME, SearchListener, SearchOptions, plan_search, search
+from autotune.study import TIME_METRIC_NAME, SearchListener, SearchOptions, plan_search, search
 
 from conftest import workload_spec
 
@@ -116,24 +116,41 @@ def test_search_finished_trials_record_every_measured_user_attribute(shared):
         assert trial.user_attrs["reason"] == ""
         assert trial.user_attrs["device"] == "cpu"
         assert trial.user_attrs["samples_per_second"] > 0
-        assert trial.values == [trial.user_attrs["samples_per_second"]]
+        # The objective: the full run's projected time (its steady part, warm-up included).
+        assert trial.values == [trial.user_attrs["projected_full_run_seconds"]]
 
 
 def test_search_study_names_its_metric_and_records_the_setup(shared):
     study = _load("tiny", shared["storage"])
-    assert study.metric_names == [METRIC_NAME] == ["samples/s"]
+    assert study.metric_names == [TIME_METRIC_NAME] == ["full run (s)"]
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert study.user_attrs["objective"] == "time"
     assert study.user_attrs["workload"] == workload_spec()
     assert study.user_attrs["baseline"]["accumulation_steps"] == 2
 
 
-def test_search_intermediate_values_hold_per_window_throughput(shared):
+def test_search_intermediate_values_hold_per_window_projections(shared):
     trials = _by_batch_all(shared)
     assert trials
     for trial in trials:
         windows = trial.user_attrs["window_samples_per_second"]
         assert len(windows) == FAST.windows
         assert sorted(trial.intermediate_values) == list(range(FAST.windows))
-        assert [round(v, 3) for _, v in sorted(trial.intermediate_values.items())] == windows
+        samples = trial.user_attrs["dataset_size"] * 2  # tiny's two epochs, at each window's rate
+        assert [v for _, v in sorted(trial.intermediate_values.items())] == pytest.approx(
+            [samples / rate for rate in windows], rel=1e-4
+        )
+
+
+def test_search_objective_throughput_ranks_by_the_workloads_unit(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'throughput.db'}"
+    search(SearchOptions(workload=workload_spec(), storage=storage, n_trials=1, measure=FAST, lr_find=False,
+                         objective="throughput"))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert study.metric_names == ["samples/s"]
+    assert study.trials[0].values == [study.trials[0].user_attrs["unit_per_second"]]
+    assert [t.values[0] for t in study.trials[0:1]] == [pytest.approx(study.trials[0].user_attrs["samples_per_second"])]
 
 
 def test_search_result_best_is_the_fastest_feasible_trial(shared):
