@@ -33,8 +33,10 @@ class TrainPrinter(TrainListener):
         console.print(f"  {escape(describe_config(start.config))}")
         if start.measured_samples_per_second:
             what = "for the run" if start.length.stop != "time" else "the time given"
-            console.print(f"  measured {start.measured_samples_per_second:.1f} samples/s; "
-                          f"projected {format_duration(start.projected_seconds)} {what}")
+            measured = f"{start.measured_samples_per_second:.1f} samples/s"
+            if start.unit != "samples" and start.measured_unit_per_second:
+                measured = f"{start.measured_unit_per_second:.1f} {escape(start.unit)}/s"
+            console.print(f"  measured {measured}; projected {format_duration(start.projected_seconds)} {what}")
         if start.deadline_seconds is not None:
             margin = f" less a {format_duration(start.safety_margin_seconds)} margin" if start.safety_margin_seconds else ""
             console.print(f"  deadline {format_duration(start.deadline_seconds)}{margin}")
@@ -115,13 +117,20 @@ def print_run_record(record: RunRecord) -> None:
         console.print(f"[bold]finished[/] {length} in {format_duration(record.seconds)} "
                       f"(setup {format_duration(record.setup_seconds)})")
     if record.samples_per_second is not None:
+        # A workload with a unit of its own: every figure in it, the steady samples/s beside.
+        in_unit = unit != "samples" and record.unit_per_second is not None
         rates = f"{record.samples_per_second:.1f} samples/s"
-        if unit != "samples" and record.unit_per_second is not None:
+        if in_unit:
             rates = f"{record.unit_per_second:.1f} {unit}/s ({rates})"
         line = f"  throughput {rates} steady"
-        if record.throughput_ratio is not None:
+        if in_unit and record.measured_unit_per_second:
+            line += (f", {record.unit_per_second / record.measured_unit_per_second:.2f}x the measured "
+                     f"{record.measured_unit_per_second:.1f} {unit}/s")
+        elif record.throughput_ratio is not None:
             line += f", {record.throughput_ratio:.2f}x the measured {record.measured_samples_per_second:.1f} samples/s"
-        if record.overall_samples_per_second is not None:
+        if in_unit and record.overall_unit_per_second is not None:
+            line += f"; {record.overall_unit_per_second:.1f} {unit}/s overall, warm-up included"
+        elif record.overall_samples_per_second is not None:
             line += f"; {record.overall_samples_per_second:.1f} samples/s overall, warm-up included"
         console.print(escape(line))
     if record.projected_seconds is not None:

@@ -44,6 +44,7 @@ class RunStart:
     projected_seconds: float | None  # the export's projection for the run's steps
     deadline_seconds: float | None
     safety_margin_seconds: float
+    measured_unit_per_second: float | None = None  # the export's measured figure in the workload's unit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +169,7 @@ class _Loop:
                                else project_seconds(target, self.plan.config.effective_batch_size, measured)),
             deadline_seconds=full_run.get("deadline_seconds"),
             safety_margin_seconds=full_run.get("safety_margin_seconds") or 0.0,
+            measured_unit_per_second=measured.get("unit_per_second"),
         )
 
     def elapsed(self, at: float | None = None) -> float:

@@ -126,6 +126,7 @@ class RunRecord:
             "measured_samples_per_second": self.measured_samples_per_second,
             "throughput_ratio": self.throughput_ratio,
             "unit_per_second": self.unit_per_second,
+            "measured_unit_per_second": self.measured_unit_per_second,
             "unit": self.unit,
             "steps": self.steps,
             "epochs": self.epochs,
@@ -195,7 +196,10 @@ def full_run_line(actual: dict[str, Any]) -> str:
     line += f"actual {format_duration(actual['seconds'])}"
     if actual.get("time_ratio") is not None:
         line += f" ({actual['time_ratio']:.2f}x)"
-    if actual.get("samples_per_second") is not None:
+    unit, rate, measured = actual.get("unit"), actual.get("unit_per_second"), actual.get("measured_unit_per_second")
+    if unit and unit != "samples" and rate is not None and measured:
+        line += f"; {rate:.1f} {unit}/s, {rate / measured:.2f}x the measured {measured:.1f}"
+    elif actual.get("samples_per_second") is not None:
         line += f"; {actual['samples_per_second']:.1f} samples/s"
         if actual.get("throughput_ratio") is not None:
             line += f", {actual['throughput_ratio']:.2f}x the measured {actual['measured_samples_per_second']:.1f}"
