@@ -165,7 +165,7 @@ def print_search_result(result: SearchResult) -> None:
 
 
 def print_verify_run(round_index: int, rounds: int, candidate: Candidate, rate: float | None) -> None:
-    figure = f"{rate:.1f} {escape(_records.unit(candidate.attrs))}/s" if rate is not None else "failed"
+    figure = f"{rate:.1f} samples/s" if rate is not None else "failed"  # verify re-measures samples/s
     tag = " (baseline)" if candidate.is_baseline else ""
     console.print(f"  verify round {round_index + 1}/{rounds}: trial #{candidate.number}{tag} {figure}")
 
