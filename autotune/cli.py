@@ -93,9 +93,14 @@ Examples:
               "Default: the CUDA device's memory, or the machine's available memory.")
 @click.option("--memory-headroom", metavar="FRACTION", default="10%", show_default=True,
               help="Feasible only below (1 - headroom) x --max-memory; 10% or 0.1.")
-@click.option("--effective-batch", type=int, default=None,
-              help="Fix batch_size x accumulation_steps; accumulation_steps is derived.")
+@click.option("--effective-batch", metavar="N|free", default=None,
+              help="Fix batch_size x accumulation_steps; accumulation_steps is derived. Default: the baseline's "
+              "when it accumulates (or the workload's effective_batch); 'free': any.")
 @click.option("--epochs", type=float, default=None, help="Epochs of the full run. Default: the workload's.")
+@click.option("--steps", type=int, default=None, help="The full run in optimizer steps, instead of epochs.")
+@click.option("--objective", type=click.Choice(["time", "throughput"]), default="time", show_default=True,
+              help="time: rank by the full run's projected wall time (compile, warm-up and evaluation included); "
+              "throughput: by steady throughput in the workload's unit.")
 @click.option("--deadline", metavar="DURATION", default=None,
               help="The full run must finish within this (e.g. 12h); configs projected past it are infeasible.")
 @click.option("--safety-margin", metavar="DURATION", default=None,
@@ -116,7 +121,8 @@ Examples:
 @_reports_errors
 def search(workload_spec: str | None, study_name: str | None, storage: str | None, space: str | None,
            n_trials: int, timeout: str | None, trial_timeout: str | None, max_memory: str | None,
-           memory_headroom: str, effective_batch: int | None, epochs: float | None, deadline: str | None,
+           memory_headroom: str, effective_batch: str | None, epochs: float | None, steps: int | None,
+           objective: str, deadline: str | None,
            safety_margin: str | None, slow_fraction: float, lr_find: bool, lr_scaling: str, divergence_factor: float,
            seed: int | None, device: str, warmup_steps: int, windows: int, window_seconds: float) -> None:
     """Tune a workload: measure its baseline, then search the speed knobs."""
@@ -137,8 +143,10 @@ def search(workload_spec: str | None, study_name: str | None, storage: str | Non
         trial_timeout_seconds=parse_duration(trial_timeout, what="--trial-timeout") if trial_timeout else None,
         max_memory_bytes=parse_size(max_memory, what="--max-memory") if max_memory else None,
         memory_headroom=parse_fraction(memory_headroom, what="--memory-headroom"),
-        effective_batch=effective_batch,
+        effective_batch=_effective_batch(effective_batch),
         epochs=epochs,
+        steps=steps,
+        objective=objective,  # type: ignore[arg-type]
         deadline_seconds=parse_duration(deadline, what="--deadline") if deadline else None,
         safety_margin_seconds=parse_duration(safety_margin, what="--safety-margin", allow_zero=True) if safety_margin else 0.0,
         slow_fraction=slow_fraction,
@@ -157,6 +165,15 @@ def search(workload_spec: str | None, study_name: str | None, storage: str | Non
     finally:
         printer.close()
     print_search_result(result)
+
+
+def _effective_batch(text: str | None) -> int | str | None:
+    if text is None or text.strip().lower() == "free":
+        return None if text is None else "free"
+    try:
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"expected an integer or 'free', got {text!r}", param_hint="--effective-batch") from None
 
 
 @main.command(

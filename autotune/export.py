@@ -96,7 +96,10 @@ def export_best(
         )
     verification = None
     if verify_top and feasible:
-        top = sorted(feasible, key=lambda c: c.samples_per_second, reverse=True)[:verify_top]
+        if setup.get("objective") == "time":
+            top = sorted(feasible, key=lambda c: c.projected(budgets) or float("inf"))[:verify_top]
+        else:
+            top = sorted(feasible, key=lambda c: c.rate, reverse=True)[:verify_top]
         top += [c for c in feasible if c.is_baseline and c not in top]
         verification = verify(top, setup, rounds=rounds, on_run=on_verify_run)
         feasible = verification.candidates
@@ -110,6 +113,7 @@ def export_best(
         deadline_misses=[Candidate.from_trial(t) for t in misses],
         study_name=study.study_name,
         recipe=_recipe(setup),
+        objective=setup.get("objective", "throughput"),
     )
     chosen = selection.chosen
     config, lr_section, lr_line = _learning_rate(study, chosen)
@@ -295,10 +299,16 @@ def _measured(chosen: Candidate) -> dict[str, Any]:
 
 def _full_run(selection: Selection, budgets: Budgets) -> dict[str, Any]:
     chosen = selection.chosen
+    projection = budgets.projection(chosen.attrs, chosen.samples_per_second) or {}
     return {
         "epochs": budgets.epochs,
+        "steps": budgets.steps,
         "dataset_size": chosen.attrs.get("dataset_size"),
-        "projected_seconds": budgets.project(chosen.attrs, chosen.samples_per_second),
+        "projected_seconds": projection.get("seconds"),
+        "includes": projection.get("includes"),
+        "warmup_seconds": projection.get("warmup_seconds"),
+        "compile_seconds": projection.get("compile_seconds"),
+        "evaluation_seconds": projection.get("evaluation_seconds"),
         "deadline_seconds": budgets.deadline_seconds,
         "safety_margin_seconds": budgets.safety_margin_seconds,
         "fits_deadline": selection.fits_deadline if budgets.deadline_seconds is not None else None,

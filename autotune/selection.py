@@ -28,6 +28,20 @@ class Candidate:
     peak_memory_bytes: int | None
     is_baseline: bool = False
 
+    @property
+    def rate(self) -> float:
+        """Throughput in the workload's unit (tokens/s, images/s), at this candidate's samples/s."""
+        samples, units = self.attrs.get("samples_per_second"), self.attrs.get("unit_per_second")
+        return self.samples_per_second * (units / samples) if samples and units else self.samples_per_second
+
+    @property
+    def unit(self) -> str:
+        return self.attrs.get("unit") or "samples"
+
+    def projected(self, budgets: Budgets) -> float | None:
+        """The full run's projected seconds at this candidate's (possibly re-measured) throughput."""
+        return budgets.project(self.attrs, self.samples_per_second)
+
     @classmethod
     def from_trial(cls, trial: Any) -> Candidate:
         attrs = dict(trial.user_attrs)
@@ -62,6 +76,7 @@ def select(
     deadline_misses: Sequence[Candidate] = (),
     study_name: str = "",
     recipe: Mapping[str, Any] | None = None,
+    objective: str = "throughput",
 ) -> Selection:
     """Pick by preference among feasible candidates; the baseline wins unless beaten beyond noise.
 
@@ -73,16 +88,22 @@ def select(
     if not feasible:
         return _closest_miss(deadline_misses, budgets, study_name)
     recipe = dict(recipe or {})
+    timed = objective == "time" and all(c.projected(budgets) is not None for c in feasible)
     if prefer == "recipe":
         keeping = [c for c in feasible if not recipe_changes(c, recipe)]
-        chosen, line = _by_preference(keeping or feasible, budgets, "fastest")
+        chosen, line = _by_preference(keeping or feasible, budgets, "fastest", timed)
         line = ("recipe: " + line.removeprefix("fastest: ") + ", keeping " + ", ".join(sorted(recipe))
                 if keeping and recipe else f"recipe: no workload knob changes the recipe; {line}")
     else:
-        chosen, line = _by_preference(feasible, budgets, prefer)
+        chosen, line = _by_preference(feasible, budgets, prefer, timed)
     explanation = [line]
+    if timed:
+        explanation += _time_against_throughput(chosen, feasible, budgets)
     if baseline is not None and not chosen.is_baseline:
-        gain = chosen.samples_per_second / baseline.samples_per_second - 1.0
+        if timed:
+            gain = baseline.projected(budgets) / chosen.projected(budgets) - 1.0
+        else:
+            gain = chosen.rate / baseline.rate - 1.0
         margin = noise_margin(chosen, baseline)
         if gain <= margin:
             explanation.append(
@@ -110,13 +131,24 @@ def recipe_changes(candidate: Candidate, recipe: Mapping[str, Any]) -> dict[str,
     return {name: (was, knobs.get(name)) for name, was in recipe.items() if knobs.get(name) != was}
 
 
-def _by_preference(feasible: Sequence[Candidate], budgets: Budgets, prefer: Preference) -> tuple[Candidate, str]:
-    fastest = max(feasible, key=lambda c: c.samples_per_second)
+def _by_preference(
+    feasible: Sequence[Candidate], budgets: Budgets, prefer: Preference, timed: bool = False
+) -> tuple[Candidate, str]:
+    """``timed``: "fastest" is the shortest projected full run, else the highest throughput."""
+    if timed:
+        fastest = min(feasible, key=lambda c: c.projected(budgets))
+        best_line = (f"trial #{fastest.number}, the shortest projected full run "
+                     f"({format_duration(fastest.projected(budgets))} at {fastest.rate:.1f} {fastest.unit}/s)")
+        speed = lambda c: 1.0 / c.projected(budgets)  # noqa: E731 - higher is better, as for throughput
+    else:
+        fastest = max(feasible, key=lambda c: c.rate)
+        best_line = f"trial #{fastest.number}, the highest throughput ({fastest.rate:.1f} {fastest.unit}/s)"
+        speed = lambda c: c.rate  # noqa: E731
     if prefer == "fastest":
-        return fastest, f"fastest: trial #{fastest.number}, the highest throughput ({fastest.samples_per_second:.1f} samples/s)"
+        return fastest, f"fastest: {best_line}"
     if prefer == "memory":
-        floor = (1 - MEMORY_PREFERENCE_TOLERANCE) * fastest.samples_per_second
-        pool = [c for c in feasible if c.samples_per_second >= floor and c.peak_memory_bytes is not None]
+        floor = (1 - MEMORY_PREFERENCE_TOLERANCE) * speed(fastest)
+        pool = [c for c in feasible if speed(c) >= floor and c.peak_memory_bytes is not None]
         leanest = min(pool, key=lambda c: c.peak_memory_bytes or 0, default=fastest)
         return leanest, (
             f"memory: trial #{leanest.number} uses the least memory ({format_size(leanest.peak_memory_bytes)}) "
@@ -132,12 +164,28 @@ def _by_preference(feasible: Sequence[Candidate], budgets: Budgets, prefer: Pref
                 f"balanced: no config leaves twice the headroom (peak <= {format_size(roomy)}); "
                 f"trial #{fastest.number}, the fastest"
             )
-        best = max(pool, key=lambda c: c.samples_per_second)
+        best = max(pool, key=speed)
         return best, (
             f"balanced: trial #{best.number}, the fastest whose peak ({format_size(best.peak_memory_bytes)}) "
             f"leaves twice the headroom (<= {format_size(roomy)})"
         )
     raise ValueError(f"unknown preference {prefer!r}")
+
+
+def _time_against_throughput(chosen: Candidate, feasible: Sequence[Candidate], budgets: Budgets) -> list[str]:
+    """When the highest steady throughput is not the shortest run, say why: its warm-up (compile)."""
+    quickest = max(feasible, key=lambda c: c.rate)
+    if quickest is chosen or quickest.rate <= chosen.rate:
+        return []
+    parts = budgets.projection(quickest.attrs, quickest.samples_per_second) or {}
+    overhead = parts.get("warmup_seconds", 0.0) + parts.get("evaluation_seconds", 0.0)
+    compile_seconds = parts.get("compile_seconds", 0.0)
+    cost = f"compile {format_duration(compile_seconds)}" if compile_seconds else f"warm-up {format_duration(overhead)}"
+    return [
+        f"trial #{quickest.number} has the highest steady throughput ({quickest.rate:.1f} {quickest.unit}/s, "
+        f"{quickest.rate / chosen.rate - 1:+.0%}), but with its {cost} the full run projects "
+        f"{format_duration(quickest.projected(budgets))} against {format_duration(chosen.projected(budgets))}"
+    ]
 
 
 def _closest_miss(misses: Sequence[Candidate], budgets: Budgets, study_name: str) -> Selection:

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 import autotune
 from autotune import _records
+from autotune._units import format_duration
 from autotune.config import FIELD_NAMES, TrainConfig
 from autotune.exceptions import NoFeasibleTrialError, StudyError
 from autotune.export import MEASURED_FIELDS, export_best
@@ -69,7 +70,8 @@ def test_export_best_document_has_config_measured_and_provenance(finished):
 
 def test_export_best_exports_the_fastest_feasible_trial_beyond_noise(finished):
     export = export_best("tiny", finished["storage"])
-    fastest = max(_records.feasible_trials(finished["study"].trials), key=_records.throughput)
+    # The study ranks by the full run's projected time (its default objective).
+    fastest = _records.best_trial(finished["study"].trials, "time")
     provenance, measured = export.document["provenance"], export.document["measured"]
     assert fastest.user_attrs["config"]["batch_size"] == 256
     assert provenance["trial"] == fastest.number
@@ -79,7 +81,9 @@ def test_export_best_exports_the_fastest_feasible_trial_beyond_noise(finished):
     assert measured["effective_batch_size"] == 256
     assert measured["window_samples_per_second"] == fastest.user_attrs["window_samples_per_second"]
     assert export.explanation[0] == (
-        f"fastest: trial #{fastest.number}, the highest throughput ({_records.throughput(fastest):.1f} samples/s)"
+        f"fastest: trial #{fastest.number}, the shortest projected full run "
+        f"({format_duration(fastest.user_attrs['projected_full_run_seconds'])} at "
+        f"{_records.rate(fastest):.1f} samples/s)"
     )
     assert re.fullmatch(
         rf"trial #{fastest.number} beats the baseline by \d+\.\d%, beyond the measured noise \(±\d+\.\d%\)",

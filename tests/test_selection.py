@@ -33,7 +33,7 @@ def candidate(number, rate, *, spread=0.0, peak=None, baseline=False, **attrs) -
 
 
 def test_select_constants_are_as_documented():
-    assert PREFERENCES == ("fastest", "balanced", "memory")
+    assert PREFERENCES == ("fastest", "balanced", "memory", "recipe")
     assert MEMORY_PREFERENCE_TOLERANCE == 0.05
     assert NOISE_SIGMAS == 2.0
 
@@ -260,3 +260,33 @@ def test_select_misses_without_a_deadline_raise_no_feasible_trial():
     misses = [candidate(1, 5.0, projected_full_run_seconds=100.0)]
     with pytest.raises(NoFeasibleTrialError):
         select([], None, Budgets(), deadline_misses=misses, study_name="tiny")
+
+
+def _timed(number, rate, warmup, compile_seconds=0.0, baseline=False) -> Candidate:
+    return candidate(number, rate, spread=0.01, baseline=baseline, dataset_size=6000, warmup_seconds=warmup,
+                     compile_seconds=compile_seconds, config={"batch_size": 32, "accumulation_steps": 1})
+
+
+@pytest.mark.parametrize(("epochs", "winner"), [(1, 1), (100, 2)])
+def test_select_by_run_time_exports_compile_only_where_it_pays(epochs, winner):
+    # Trial 2 compiles: 20% more steady throughput for 52 s of compile. On a one-minute run that
+    # loses; on a hundred epochs it wins.
+    baseline = _timed(0, 100.0, 2.0, baseline=True)
+    eager, compiled = _timed(1, 120.0, 2.0), _timed(2, 144.0, 54.0, compile_seconds=52.0)
+    selection = select([baseline, eager, compiled], baseline, Budgets(epochs=epochs), objective="time")
+    assert selection.chosen.number == winner
+    if winner == 1:
+        assert selection.explanation[:2] == [
+            "fastest: trial #1, the shortest projected full run (52.0s at 120.0 samples/s)",
+            "trial #2 has the highest steady throughput (144.0 samples/s, +20%), but with its compile 52.0s "
+            "the full run projects 1.6m against 52.0s",
+        ]
+    else:
+        assert selection.explanation[0] == "fastest: trial #2, the shortest projected full run (70.3m at 144.0 samples/s)"
+
+
+def test_select_by_throughput_ignores_compile_time():
+    baseline = _timed(0, 100.0, 2.0, baseline=True)
+    eager, compiled = _timed(1, 120.0, 2.0), _timed(2, 144.0, 54.0, compile_seconds=52.0)
+    selection = select([baseline, eager, compiled], baseline, Budgets(epochs=1), objective="throughput")
+    assert selection.chosen.number == 2
