@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 FIGURE_EVERY = 5  # trials between refreshes of the figures stored for optuna-dashboard
 
 
+_COMPILE_ERRORS = ("torch/_dynamo", "torch/_inductor", "torch._dynamo", "torch._inductor", "InductorError",
+                   "BackendCompilerFailed", "CppCompileError")
+
+
+def _compile_failed(outcome: TrialOutcome) -> bool:
+    """An error raised by torch.compile (Dynamo or Inductor) rather than by the workload."""
+    return outcome.status is Status.ERROR and any(
+        marker in outcome.reason or marker in outcome.log_tail for marker in _COMPILE_ERRORS
+    )
+
+
 class TrialError(Exception):
     """A trial that crashed, raised, or died: Optuna records it as FAIL and the study goes on."""
 
@@ -85,7 +96,16 @@ class Objective:
                                                                    optuna.trial.TrialState.PRUNED))
         proof = _records.proven_out_of_memory(finished, config.to_dict(), budgets.memory_budget_bytes)
         crash = _records.crashed_before(finished, config.to_dict())
-        if crash is not None:
+        compile_failure = _records.failed_compile(finished, config.compile)
+        if compile_failure is not None:
+            outcome = TrialOutcome(
+                status=Status.ERROR,
+                reason=(f"not run: compile mode {config.compile} failed on this workload in trial "
+                        f"{compile_failure.number} ({compile_failure.user_attrs['reason']})"),
+            )
+            trial.set_user_attr("skipped", True)
+            trial.set_user_attr("crashed", True)
+        elif crash is not None:
             outcome = TrialOutcome(
                 status=Status.ERROR,
                 reason=f"not run: this config crashed its process in trial {crash.number} ({crash.user_attrs['reason']})",
@@ -122,6 +142,10 @@ class Objective:
             )
             if process_crashed(outcome):
                 trial.set_user_attr("crashed", True)  # the same config would crash the same way: not run again
+            if config.compile != "off" and _compile_failed(outcome):
+                # Infeasible on this workload: no later trial runs this compile mode.
+                trial.set_user_attr("compile_failed", True)
+                trial.set_user_attr("crashed", True)
         return self._record(trial, outcome)
 
     def _report_window(self, trial: optuna.Trial) -> Callable[[WindowResult], Any]:

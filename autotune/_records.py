@@ -94,6 +94,17 @@ def crashed_before(trials: Iterable[FrozenTrial], config: dict[str, Any]) -> Fro
     return None
 
 
+def failed_compile(trials: Iterable[FrozenTrial], mode: str) -> FrozenTrial | None:
+    """An earlier trial in which torch.compile in ``mode`` failed on this workload."""
+    if mode == "off":
+        return None
+    for trial in trials:
+        attrs = trial.user_attrs
+        if attrs.get("compile_failed") and not attrs.get("skipped") and (attrs.get("config") or {}).get("compile") == mode:
+            return trial
+    return None
+
+
 def status_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     """How many trials ended each way (ok, oom, slow, ...), in order of first appearance."""
     counts: dict[str, int] = {}

@@ -90,3 +90,31 @@ def test_select_prefer_recipe_takes_the_fastest_that_keeps_the_recipe() -> None:
         "recipe: trial #2, the highest throughput (200.0 samples/s), keeping dataset.length"
     )
     assert not any("changes the recipe" in line for line in kept.explanation)
+
+
+def test_a_compile_mode_that_failed_is_not_run_again(tmp_path) -> None:
+    import optuna
+
+    from autotune.runner import MeasureSettings
+    from autotune.storage import open_storage
+
+    (tmp_path / "space.yaml").write_text('knobs:\n  batch_size: 8\n  compile: ["off", default]\n')
+    storage = f"sqlite:///{tmp_path / 'compile.db'}"
+    study = optuna.create_study(study_name="knobs.uncompilable", storage=open_storage(storage))
+    study.enqueue_trial({"compile": "default"})
+    study.enqueue_trial({"compile": "default"})
+    search(SearchOptions(
+        workload=workload_spec("uncompilable", file="knobs.py"), storage=storage, space=tmp_path / "space.yaml",
+        n_trials=3, lr_find=False, slow_fraction=0.0,
+        measure=MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20),
+    ))
+    trials = optuna.load_study(study_name="knobs.uncompilable", storage=storage).trials
+    compiled = [t for t in trials if t.user_attrs["config"]["compile"] == "default"]
+    assert [t.user_attrs["status"] for t in compiled] == ["error", "error"]
+    assert compiled[0].user_attrs["compile_failed"] is True
+    assert "InductorError" in compiled[0].user_attrs["reason"]
+    assert compiled[1].user_attrs["reason"].startswith(
+        f"not run: compile mode default failed on this workload in trial {compiled[0].number} ("
+    )
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in compiled)  # TPE samples away from them
+    assert [t.user_attrs["status"] for t in trials if t.user_attrs.get("baseline")] == ["ok"]

@@ -59,3 +59,17 @@ def evaluated() -> Workload:
     job.evaluate = _evaluate
     job.evaluate_every = 0.5
     return job
+
+
+def _uncompilable_model(width: int = 8):
+    """The model, in a process where Inductor has no C++ compiler: torch.compile fails on it."""
+    import torch._inductor.config
+
+    torch._inductor.config.cpp.cxx = ("/nonexistent/c++",)
+    return Pooled(width)
+
+
+def uncompilable() -> Workload:
+    job = workload()
+    job.model = _uncompilable_model
+    return job
