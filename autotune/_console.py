@@ -48,10 +48,10 @@ def describe_config(config: TrainConfig | dict[str, Any]) -> str:
     parts += [f"compile {c.compile}"] if c.compile != "off" else []
     parts += ["checkpointing"] if c.gradient_checkpointing else []
     parts.append(f"max_lr {c.max_lr:g}")
+    parts += [f"{name} {value}" for name, value in c.workload_knobs.items()]
     return " · ".join(parts)
 
 
-    parts += [f"{name} {value}" for name, value in c.workload_knobs.items()]
 class SearchPrinter(SearchListener):
     """One line per finished trial: number, status, throughput, peak memory, config, best so far;
     on a terminal, a progress bar over the trial and time budgets below them."""
