@@ -292,6 +292,7 @@ def _one_cycle(config: TrainConfig, chosen: Candidate, budgets: Budgets) -> dict
 def _measured(chosen: Candidate) -> dict[str, Any]:
     measured: dict[str, Any] = {key: chosen.attrs.get(key) for key in MEASURED_FIELDS}
     measured["samples_per_second"] = chosen.samples_per_second  # the re-measured figure after --verify
+    measured["unit_per_second"] = chosen.rate  # likewise, in the workload's unit
     measured["effective_batch_size"] = TrainConfig.from_dict(chosen.attrs["config"]).effective_batch_size
     measured["window_samples_per_second"] = chosen.attrs.get("window_samples_per_second")
     return measured
@@ -318,16 +319,23 @@ def _full_run(selection: Selection, budgets: Budgets) -> dict[str, Any]:
 
 
 def _baseline_rate(selection: Selection, baseline_trial: FrozenTrial | None) -> float | None:
+    """The baseline's samples/s (what projections take), re-measured when it was."""
     if selection.baseline is not None:
         return selection.baseline.samples_per_second
     if baseline_trial is not None and baseline_trial.user_attrs.get("status") == "ok":
-        return _records.throughput(baseline_trial)
+        return float(baseline_trial.user_attrs.get("samples_per_second") or 0.0) or None
     return None
 
 
 def _speedup(selection: Selection, baseline_trial: FrozenTrial | None) -> float | None:
-    rate = _baseline_rate(selection, baseline_trial)
-    return round(selection.chosen.samples_per_second / rate, 4) if rate else None
+    """The chosen config's throughput over the baseline's, in the workload's unit."""
+    if selection.baseline is not None:
+        baseline = selection.baseline.rate
+    elif baseline_trial is not None and baseline_trial.user_attrs.get("status") == "ok":
+        baseline = _records.rate(baseline_trial)
+    else:
+        return None
+    return round(selection.chosen.rate / baseline, 4) if baseline else None
 
 
 def _payoff(
@@ -342,7 +350,7 @@ def _payoff(
     saved = baseline_seconds - chosen_seconds if baseline_seconds is not None and chosen_seconds is not None else None
     payoff = {
         "speedup_over_baseline": _speedup(selection, baseline_trial),
-        "unit_per_second": _records.rate(selection.chosen.attrs),  # the chosen config's, in the workload's unit
+        "unit_per_second": selection.chosen.rate,  # the chosen config's (re-measured with --verify), in its unit
         "unit": _records.unit(selection.chosen.attrs),
         "projected_seconds": chosen_seconds,
         "baseline_projected_seconds": baseline_seconds,

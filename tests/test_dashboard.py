@@ -70,7 +70,7 @@ def test_dashboard_lists_the_study_with_its_setup(dashboard):
     assert status == "200 OK"
     (summary,) = listing["study_summaries"]
     assert summary["study_name"] == "tiny"
-    assert summary["directions"] == ["maximize"]
+    assert summary["directions"] == ["minimize"]  # the full run's projected time
     setup = {attr["key"]: attr["value"] for attr in summary["user_attrs"]}
     assert setup["workload"] == workload_spec()
     assert json.loads(setup["budgets"])["memory_headroom"] == 0.1
@@ -81,7 +81,7 @@ def test_dashboard_study_detail_shows_trials_with_their_user_attributes(dashboar
     status, detail = _get(dashboard, f"/api/studies/{_study_id(dashboard)}", "after=0")
     assert status == "200 OK"
     assert detail["name"] == "tiny"
-    assert detail["objective_names"] == ["samples/s"]
+    assert detail["objective_names"] == ["full run (s)"]
     assert [trial["number"] for trial in detail["trials"]] == [0, 1]
     assert [trial["state"] for trial in detail["trials"]] == ["Complete", "Complete"]
     for trial in detail["trials"]:
@@ -96,14 +96,15 @@ def test_dashboard_study_detail_shows_trials_with_their_user_attributes(dashboar
     assert {"status", "samples_per_second", "reason", "peak_memory_bytes", "throughput_cv"} <= keys
 
 
-def test_dashboard_study_detail_shows_per_window_throughput(dashboard):
+def test_dashboard_study_detail_shows_per_window_projections(dashboard):
     _, detail = _get(dashboard, f"/api/studies/{_study_id(dashboard)}", "after=0")
     searched = detail["trials"][1]
     attrs = {attr["key"]: attr["value"] for attr in searched["user_attrs"]}
     assert detail["has_intermediate_values"] is True
     assert [point["step"] for point in searched["intermediate_values"]] == [0, 1]
-    assert [round(point["value"], 3) for point in searched["intermediate_values"]] == json.loads(
-        attrs["window_samples_per_second"]
+    samples = float(attrs["dataset_size"]) * 2  # tiny's two epochs, at each window's samples/s
+    assert [point["value"] for point in searched["intermediate_values"]] == pytest.approx(
+        [samples / rate for rate in json.loads(attrs["window_samples_per_second"])], rel=1e-4
     )
     assert [trial["number"] for trial in detail["best_trials"]] in ([0], [1])
 
