@@ -149,6 +149,12 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
         }
     if workload.step_closure:
         unsupported.setdefault("precision", {})["fp16"] = "the optimizer steps with a closure, which GradScaler cannot scale"
+    if not _has_2d_convolutions(workload):
+        unsupported["channels_last"] = {True: "the model has no 2-D convolutions for channels_last to speed up"}
+    cores = _usable_cores()
+    too_many = [w for w in _choices(space, "num_workers") if isinstance(w, int) and w > cores]
+    if too_many:
+        unsupported["num_workers"] = {w: f"more DataLoader workers than this machine's {cores} cores" for w in too_many}
     restricted, dropped = space.restrict(unsupported)
     notes += dropped
     requested = space.baseline(workload.baseline_overrides())
@@ -341,6 +347,36 @@ def _optuna_quiet() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the platform has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _choices(space: SearchSpace, name: str) -> tuple[Any, ...]:
+    return space.knobs[name].choices or ()
+
+
+def _has_2d_convolutions(workload: Workload) -> bool:
+    """Whether channels_last can act: the model has a 2-D convolution (built on "meta": no memory).
+    A model that cannot be built there keeps the knob."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = workload.model()
+    except Exception:  # noqa: BLE001 - checked in its trials instead
+        return True
+    modules = getattr(model, "modules", None)
+    if modules is None:
+        return True
+    return any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in modules())
 
 
 def _supports_gradient_checkpointing(workload: Workload) -> bool:

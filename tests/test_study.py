@@ -522,3 +522,22 @@ def test_search_options_out_of_range_name_the_parameter_not_a_cli_option(options
     with pytest.raises(UsageError) as info:
         SearchOptions(**options)
     assert str(info.value) == message
+
+
+def test_plan_search_drops_channels_last_for_a_model_without_2d_convolutions():
+    plan = plan_search(SearchOptions(workload=workload_spec()))  # tiny: a linear model
+    assert "channels_last=true dropped from the search: the model has no 2-D convolutions for channels_last to " \
+           "speed up" in plan.notes
+    assert plan.space.knobs["channels_last"].choices == (False,)
+    demo = plan_search(SearchOptions())  # a CNN keeps it
+    assert not any(note.startswith("channels_last") for note in demo.notes)
+
+
+def test_plan_search_drops_more_workers_than_cores(monkeypatch, space_file):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    plan = plan_search(SearchOptions(workload=workload_spec(), space=space_file("knobs:\n  num_workers: [0, 2, 3, 8]\n")))
+    assert plan.space.knobs["num_workers"].choices == (0, 2)
+    assert "num_workers=3 dropped from the search: more DataLoader workers than this machine's 2 cores" in plan.notes
+    assert "num_workers=8 dropped from the search: more DataLoader workers than this machine's 2 cores" in plan.notes
