@@ -103,10 +103,11 @@ def run(plan: RunPlan, listener: TrainListener) -> RunRecord:
         with _stop_on_signals() as stop:
             listener.on_start(loop.describe_start(plan.resume_from))
             final_loss = loop.run(stop)
+            interrupted = stop.signal if not loop.done() else None  # a signal after the last step stops nothing
             path = loop.save()  # at the end, or on the signal: before the handlers are restored
     return make_record(
         plan, length, counters, dataset_size=training.dataset_size, micro_batches=len(training.loader),
-        unit=plan.workload.unit, status="interrupted" if stop.signal else "finished", signal_name=stop.signal,
+        unit=plan.workload.unit, status="interrupted" if interrupted else "finished", signal_name=interrupted,
         final_loss=final_loss, checkpoint=path, started_at=started_at,
     )
 
@@ -146,7 +147,7 @@ class _Loop:
         self.options = plan.options
         self.warmup_steps = WARMUP_STEPS + (1 if plan.config.compile != "off" else 0)
         self.base = dataclasses.replace(counters)  # the counters as this start found them
-        self.start = time.perf_counter()
+        self.start = time.perf_counter()  # set again when the first step begins (run)
         # When the warm-up ended: time, samples, units, steps, paused seconds so far.
         self.steady: tuple[float, int, float, int, float] | None = None
         self.paused_seconds = 0.0  # this start's checkpoint saves and evaluations: not training throughput
@@ -184,6 +185,9 @@ class _Loop:
 
     def run(self, stop: _Stop) -> float | None:
         """Steps until the run's length is reached or a signal arrives; the final loss."""
+        self.start = time.perf_counter()
+        self.last_report = (self.start, self.counters.steps, 0, 0.0)
+        self.last_save = (self.start, self.counters.steps)
         steps_here = 0
         while not self.done() and stop.signal is None:
             try:

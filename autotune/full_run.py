@@ -158,12 +158,12 @@ def train(options: TrainOptions, listener: TrainListener | None = None) -> RunRe
         listener.on_note(note)
     record = _train_loop.run(plan, listener)
     record = dataclasses.replace(record, record_path=str(options.record_path))
+    record.write(options.record_path)  # first: a study that is slow to answer cannot cost the record
     if record.status == "finished" and plan.storage is not None and record.trial is not None:
         try:
             listener.on_note(record_on_study(record, plan.storage))
         except AutotuneError as exc:  # the run is done: a study out of reach is only a warning
             listener.on_note(f"warning: the run could not be recorded with study {record.study}: {exc}")
-    record.write(options.record_path)
     return record
 
 
