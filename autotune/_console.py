@@ -157,10 +157,17 @@ def print_search_result(result: SearchResult) -> None:
         line += f", {speedup:.2f}x the baseline (trial #{result.baseline.number})"
     console.print(line)
     console.print(f"  {escape(describe_config(best.user_attrs['config']))}")
+    if result.paired is not None:
+        paired = result.paired
+        console.print(
+            f"side by side ({len(paired['rounds'][0]['samples_per_second'])} interleaved rounds in fresh processes): "
+            f"[bold]{paired['speedup']:.2f}x the baseline[/], ±{paired['noise']:.1%} noise"
+        )
     if result.lr_find is not None:
         print_lr_find(result.lr_find)
     for note in result.notes:
         console.print(f"[dim]note:[/] {escape(note)}")
+    console.print(f"the search took {format_duration(result.seconds)}, the range test and re-measurement included")
     console.print(f"export it with: autotune export-best --study {escape(result.study_name)}")
 
 

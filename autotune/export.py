@@ -104,6 +104,9 @@ def export_best(
         verification = verify(top, setup, rounds=rounds, on_run=on_verify_run)
         feasible = verification.candidates
         study.set_user_attr("verification", {"rounds": verification.rounds, "seconds": verification.seconds})
+    paired = study.user_attrs.get("paired")
+    if verification is None and paired:
+        feasible = _with_paired(feasible, paired)
     baseline = next((c for c in feasible if c.is_baseline), None)
     selection = select(
         feasible,
@@ -116,13 +119,22 @@ def export_best(
         objective=setup.get("objective", "throughput"),
     )
     chosen = selection.chosen
+    if verification is None and paired and chosen.number == paired["trial"]:
+        selection.explanation.append(
+            f"measured side by side at the end of the search ({len(paired['rounds'][0]['samples_per_second'])} "
+            f"interleaved rounds each): {paired['speedup']:.2f}x the baseline, ±{paired['noise']:.1%} noise"
+        )
     config, lr_section, lr_line = _learning_rate(study, chosen)
     selection.explanation.append(lr_line)
-    search_seconds = sum(
+    trial_seconds = sum(
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
         if t.datetime_complete is not None and t.datetime_start is not None
-    ) + (verification.seconds if verification else 0.0)
+    )
+    # Every search's whole wall time (range test and re-measurement included), where recorded.
+    search_seconds = max(trial_seconds, float(study.user_attrs.get("search_seconds") or 0.0)) + (
+        verification.seconds if verification else 0.0
+    )
     document = {
         "config": config.to_dict(),
         "measured": _measured(chosen),
@@ -171,6 +183,19 @@ def export_format(path: Path | None, fmt: str | None) -> ExportFormat:
 def default_out(fmt: str | None) -> str:
     """The file export-best writes when --out is not given: best.yaml, or best_hf.yaml, best_train.py..."""
     return DEFAULT_OUT.get(fmt or "yaml", "best.yaml")
+
+
+def _with_paired(feasible: list[Candidate], paired: dict[str, Any]) -> list[Candidate]:
+    """The winner and the baseline with the figures of their side-by-side re-measurement."""
+    figures = {
+        paired["trial"]: (paired["samples_per_second"], paired["spread"]),
+        paired["baseline_trial"]: (paired["baseline_samples_per_second"], paired["baseline_spread"]),
+    }
+    return [
+        dataclasses.replace(c, samples_per_second=figures[c.number][0], spread=figures[c.number][1])
+        if c.number in figures else c
+        for c in feasible
+    ]
 
 
 def render(document: dict[str, Any], fmt: ExportFormat, *, as_json: bool = False, name: str = "best_train.py") -> str:

@@ -108,6 +108,7 @@ def lr_find(
     memory_budget_bytes: int | None = None,
     timeout_seconds: float = 600.0,
     seed: int = 0,
+    deadline: float | None = None,
 ) -> LRFindResult:
     """Run the range test for ``config`` in a fresh process, sweeping centre_lr / span .. centre_lr x span.
 
@@ -115,7 +116,8 @@ def lr_find(
     a span up (or down) and runs again, at most twice."""
     for attempt in range(1 + MAX_SHIFTS):
         last = attempt == MAX_SHIFTS
-        curve = _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed)
+        curve = _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed,
+                       deadline)
         if curve["stopped_early"] and len(curve["smoothed"]) < 5 and not last:
             centre_lr /= span  # blew up at once: the edge lies below this sweep
             continue
@@ -169,6 +171,7 @@ def check_suggestion(
     memory_budget_bytes: int | None = None,
     timeout_seconds: float = 600.0,
     seed: int = 0,
+    deadline: float | None = None,
 ) -> LRCheck:
     """Run the exported schedule at ``suggested_lr`` and at ``scaled_base_lr`` (each in a fresh
     process, same seed and batches) and keep the suggestion only if it does not diverge and ends
@@ -184,7 +187,7 @@ def check_suggestion(
             timeout_seconds=timeout_seconds,
             lr_sweep={"mode": "check", "steps": steps},
         )
-        outcome = run_trial(job)
+        outcome = run_trial(job, deadline=deadline)
         if outcome.status is not Status.OK or outcome.lr_curve is None:
             raise LRFindError(f"the check run at max_lr {lr:.3g} ended as {outcome.status.value}: {outcome.reason}")
         runs[name] = outcome.lr_curve["losses"]
@@ -223,7 +226,8 @@ def _ending_loss(losses: Sequence[float], steps: int, divergence_factor: float |
     return sum(tail) / len(tail)
 
 
-def _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed) -> dict:
+def _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed,
+           deadline=None) -> dict:
     job = TrialJob(
         workload=workload,
         config=config.to_dict(),
@@ -233,7 +237,7 @@ def _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes
         timeout_seconds=timeout_seconds,
         lr_sweep={"min_lr": centre_lr / span, "max_lr": centre_lr * span, "steps": steps},
     )
-    outcome = run_trial(job)
+    outcome = run_trial(job, deadline=deadline)
     if outcome.status is not Status.OK or outcome.lr_curve is None:
         raise LRFindError(f"the LR range test ended as {outcome.status.value}: {outcome.reason}")
     return outcome.lr_curve
@@ -246,6 +250,7 @@ def lr_find_for_trial(
     scaling: Scaling = "linear",
     steps: int = DEFAULT_STEPS,
     check_steps: int = CHECK_STEPS,
+    deadline: float | None = None,
 ) -> LRFindResult:
     """Run the range test on a study's trial (default: its fastest feasible one), check its
     suggestion against base_lr scaled to the trial's effective batch, and store the curve, the
@@ -278,6 +283,7 @@ def lr_find_for_trial(
         memory_budget_bytes=budgets.memory_budget_bytes,
         timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
         seed=setup.get("measure", {}).get("seed", 0),
+        deadline=deadline,
     )
     measure = setup.get("measure", {})
     check = check_suggestion(
@@ -291,6 +297,7 @@ def lr_find_for_trial(
         memory_budget_bytes=budgets.memory_budget_bytes,
         timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
         seed=measure.get("seed", 0),
+        deadline=deadline,
     )
     result = dataclasses.replace(result, trial=trial.number, check=check.to_json())
     stored = dict(study.user_attrs.get("lr_find", {}))

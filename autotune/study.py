@@ -115,6 +115,8 @@ class SearchResult:
     status_counts: dict[str, int]
     lr_find: LRFindResult | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    paired: dict[str, Any] | None = None  # the winner and the baseline re-measured, interleaved
+    seconds: float = 0.0  # this search's wall time, the range test and the re-measurement included
 
 
 class SearchListener:
@@ -240,6 +242,7 @@ def _search(
 ) -> SearchResult:
     import optuna
 
+    started = time.monotonic()
     plan = _keep_study_objective(storage, plan)
     study = optuna.create_study(
         study_name=plan.study_name,
@@ -269,6 +272,11 @@ def _search(
         trials = study.get_trials(deepcopy=False)
         best = _records.best_trial(trials, plan.objective)
         lr_result, notes = _run_lr_find(study, storage, best, options, listener, deadline, heartbeat.process)
+        paired, paired_notes = _paired(study, best, _records.baseline_trial(trials), options, deadline)
+        notes += paired_notes
+    seconds = time.monotonic() - started
+    # Everything every search on this study did, for the export's payoff.
+    study.set_user_attr("search_seconds", float(study.user_attrs.get("search_seconds") or 0.0) + seconds)
     explain_study(study)  # the final note and figures, the range test included
     return SearchResult(
         study_name=plan.study_name,
@@ -279,7 +287,50 @@ def _search(
         status_counts=_records.status_counts(trials),
         lr_find=lr_result,
         notes=notes,
+        paired=paired,
+        seconds=seconds,
     )
+
+
+PAIRED_ROUNDS = 2
+
+
+def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadline: float | None):
+    """The winner and the baseline re-measured in fresh processes, interleaved over rounds, so the
+    speedup rests on figures taken side by side (a baseline measured once, first, can be off by the
+    machine's drift). Stored with the study (user attribute ``paired``); export-best uses it."""
+    if best is None or baseline is None or best.number == baseline.number or _records.status(baseline) != "ok":
+        return None, []
+    from autotune.selection import Candidate, noise_margin
+    from autotune.verify import verify
+
+    runs = 2 * PAIRED_ROUNDS
+    per_run = max((t.user_attrs.get("wall_seconds") or 0.0) for t in (best, baseline))
+    if deadline is not None and deadline - time.monotonic() < runs * per_run + 5:
+        return None, ["the winner and the baseline were not re-measured side by side: the time budget is spent "
+                      "(export-best --verify 1 does it)"]
+    setup = _records.read_setup(study)
+    verification = verify([Candidate.from_trial(best), Candidate.from_trial(baseline)], setup,
+                          rounds=PAIRED_ROUNDS, deadline=deadline)
+    measured = {c.number: c for c in verification.candidates}
+    if best.number not in measured or baseline.number not in measured:
+        return None, ["the side-by-side re-measurement of the winner and the baseline did not finish"]
+    winner, reference = measured[best.number], measured[baseline.number]
+    paired = {
+        "trial": best.number,
+        "baseline_trial": baseline.number,
+        "rounds": verification.rounds,
+        "samples_per_second": winner.samples_per_second,
+        "spread": winner.spread,
+        "baseline_samples_per_second": reference.samples_per_second,
+        "baseline_spread": reference.spread,
+        "speedup": winner.rate / reference.rate,
+        "noise": noise_margin(winner, reference),
+        "unit": winner.unit,
+        "seconds": verification.seconds,
+    }
+    study.set_user_attr("paired", paired)
+    return paired, []
 
 
 def _keep_study_objective(storage: Any, plan: SearchPlan) -> SearchPlan:
@@ -329,7 +380,8 @@ def _run_lr_find(study, storage, best, options: SearchOptions, listener: SearchL
         )
     listener.on_lr_find_start(best)
     try:
-        return lr_find_for_trial(study, best.number, scaling=options.lr_scaling), []  # type: ignore[arg-type]
+        return lr_find_for_trial(study, best.number, scaling=options.lr_scaling,  # type: ignore[arg-type]
+                                 deadline=deadline), []
     except LRFindError as exc:
         return None, [f"the LR range test did not give a suggestion: {exc}"]
     finally:

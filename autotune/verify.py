@@ -25,6 +25,7 @@ def verify(
     setup: dict[str, Any],
     rounds: int = 3,
     on_run: Callable[[int, int, Candidate, float | None], None] | None = None,
+    deadline: float | None = None,
 ) -> Verification:
     """Run every candidate once per round, in the same order each round, so drift hits all alike.
 
@@ -46,7 +47,8 @@ def verify(
                     measure=measure,
                     memory_budget_bytes=budgets.memory_budget_bytes,
                     timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
-                )
+                ),
+                deadline=deadline,  # time.monotonic(): a run still going then ends as a timeout
             )
             rate = outcome.samples_per_second if outcome.status.value == "ok" else None
             rates[candidate.number].append(rate)

@@ -22,6 +22,7 @@ from autotune.export import export_best
 from autotune.runner import MeasureSettings
 from autotune.runner._harness import Diverged, _DivergenceGuard
 from autotune.selection import PREFERENCES, Candidate, noise_margin
+from autotune.export import _with_paired
 from autotune.study import SearchOptions, plan_search, search
 
 from conftest import workload_spec
@@ -36,7 +37,7 @@ TINY_EPOCHS = 2
 def _options(storage: str, space, **overrides) -> SearchOptions:
     values = {
         "workload": workload_spec(), "storage": storage, "space": space, "n_trials": 1, "measure": FAST,
-        "seed": 0, "slow_fraction": 0.0, "lr_find": False,
+        "seed": 0, "slow_fraction": 0.0, "lr_find": False, "objective": "throughput",
     }
     return SearchOptions(**{**values, **overrides})
 
@@ -52,6 +53,8 @@ def _study(storage: str, name: str = "tiny") -> optuna.Study:
 def _check_baseline_guarantee(export, study: optuna.Study) -> None:
     """The invariant: the baseline is exported unless the fastest config beats it beyond the stated noise."""
     feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(study.trials)]
+    if study.user_attrs.get("paired"):  # the winner and the baseline re-measured side by side
+        feasible = _with_paired(feasible, study.user_attrs["paired"])
     fastest = max(feasible, key=lambda c: c.samples_per_second)
     baseline = next(c for c in feasible if c.is_baseline)
     explanation = export.explanation
@@ -364,8 +367,11 @@ def test_export_best_generous_deadline_fits(shared):
     assert document["full_run"]["deadline_seconds"] == DAY
     assert document["full_run"]["epochs"] == TINY_EPOCHS
     assert document["full_run"]["dataset_size"] == TINY_DATASET
+    # At the chosen trial's figure: re-measured side by side with the baseline when the search did so.
+    paired = _study(shared["storage"]).user_attrs.get("paired") or {}
+    rate = paired["samples_per_second"] if paired.get("trial") == chosen.number else None
     assert document["full_run"]["projected_seconds"] == pytest.approx(
-        Budgets(epochs=TINY_EPOCHS).project(chosen.user_attrs)
+        Budgets(epochs=TINY_EPOCHS).project(chosen.user_attrs, rate)
     )
     assert not any(line.startswith("no config fits") for line in document["selection"]["explanation"])
 

@@ -541,3 +541,41 @@ def test_plan_search_drops_more_workers_than_cores(monkeypatch, space_file):
     assert plan.space.knobs["num_workers"].choices == (0, 2)
     assert "num_workers=3 dropped from the search: more DataLoader workers than this machine's 2 cores" in plan.notes
     assert "num_workers=8 dropped from the search: more DataLoader workers than this machine's 2 cores" in plan.notes
+
+
+def test_search_remeasures_the_winner_and_the_baseline_side_by_side(storage_url, space_file, fast_measure):
+    from autotune.export import export_best
+
+    space = space_file("knobs: {batch_size: [256]}\n")
+    result = search(SearchOptions(workload=workload_spec(), storage=storage_url, space=space, n_trials=2,
+                                  measure=fast_measure, lr_find=False, slow_fraction=0.0))
+    study = _load("tiny", storage_url)
+    paired = study.user_attrs["paired"]
+    assert result.paired == paired
+    assert (paired["trial"], paired["baseline_trial"]) == (1, 0)
+    assert [row["trial"] for row in paired["rounds"]] == [1, 0]
+    assert all(len(row["samples_per_second"]) == 2 for row in paired["rounds"])
+    assert paired["speedup"] == pytest.approx(paired["samples_per_second"] / paired["baseline_samples_per_second"])
+    assert study.user_attrs["search_seconds"] == pytest.approx(result.seconds)
+    export = export_best("tiny", storage_url)
+    assert export.document["measured"]["samples_per_second"] == paired["samples_per_second"]
+    assert export.document["payoff"]["search_seconds"] >= result.seconds
+    if export.document["provenance"]["trial"] == 1:
+        assert f"measured side by side at the end of the search (2 interleaved rounds each): " \
+               f"{paired['speedup']:.2f}x the baseline" in " ".join(export.explanation)
+
+
+def test_paired_remeasurement_is_skipped_when_the_time_budget_is_spent(storage_url, space_file, fast_measure):
+    import time
+
+    from autotune.study import _paired
+
+    space = space_file("knobs: {batch_size: [256]}\n")
+    search(SearchOptions(workload=workload_spec(), storage=storage_url, space=space, n_trials=2,
+                         measure=fast_measure, lr_find=False, slow_fraction=0.0))
+    study = _load("tiny", storage_url)
+    best, baseline = study.trials[1], study.trials[0]
+    paired, notes = _paired(study, best, baseline, SearchOptions(), deadline=time.monotonic() + 1)
+    assert paired is None
+    assert notes == ["the winner and the baseline were not re-measured side by side: the time budget is spent "
+                     "(export-best --verify 1 does it)"]
