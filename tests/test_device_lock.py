@@ -26,8 +26,8 @@ def test_search_two_searches_on_one_machine_take_turns_on_the_device(tmp_path):
     storage = f"sqlite:///{tmp_path / 'studies' / 'shared.db'}"
     command = [
         sys.executable, "-m", "autotune.cli", "search", "--workload", workload_spec("watches_overlap", "faults.py"),
-        "--space", str(space), "--storage", storage, "--trials", "2", "--slow-fraction", "0", "--seed", "0",
-        "--window-seconds", "0.2", "--windows", "2", "--warmup-steps", "1",
+        "--space", str(space), "--storage", storage, "--trials", "1", "--slow-fraction", "0", "--seed", "0",
+        "--window-seconds", "0.1", "--windows", "1", "--warmup-steps", "1",
     ]
     env = {**os.environ, "OVERLAP_DIR": str(overlap)}  # and this test run's AUTOTUNE_CACHE_DIR: one lock folder
     searches = [subprocess.Popen(command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
@@ -36,13 +36,13 @@ def test_search_two_searches_on_one_machine_take_turns_on_the_device(tmp_path):
     assert [search.returncode for search in searches] == [0, 0], outputs
 
     assert not (overlap / "overlaps").exists(), (overlap / "overlaps").read_text()
-    assert len(list(overlap.glob("trial-*"))) >= 5  # the trials did step: at least 4 trials and a range test
+    assert len(list(overlap.glob("trial-*"))) >= 4  # the trials did step: 2 checks, 2 trials, a range test
     waited = [output for output in outputs if "note: waiting for cpu: another autotune process (pid " in output]
     assert waited, outputs
 
     study = optuna.load_study(study_name="faults.watches_overlap", storage=storage)
     assert len([t for t in study.trials if t.user_attrs.get("baseline")]) == 1
-    assert len(study.trials) == 4
+    assert len(study.trials) == 2
     assert len(study.user_attrs["lr_find"]) == 1  # the range test ran once
     assert study.user_attrs["lr_find_running"] is None
     assert sum("running the LR range test on trial" in output for output in outputs) == 1
