@@ -76,17 +76,17 @@ def test_dashboard_api_lists_study_trials_and_user_attrs(dashboard: str) -> None
     assert attrs["status"] == "ok"
     assert float(attrs["samples_per_second"]) > 0
     assert attrs["baseline"] == "True"
-    assert detail["objective_names"] == ["samples/s"]
+    assert detail["objective_names"] == ["full run (s)"]  # the objective: the full run's projected time
     assert "**Winner:** trial #" in detail["note"]["body"]
     assert "the baseline" in detail["note"]["body"]
     figure_ids = {graph["id"] for graph in detail["plotly_graph_objects"]}
     assert figure_ids == {"throughput-vs-batch-size", "peak-memory-vs-batch-size"}
 
 
-def test_dashboard_port_in_use_is_one_error_line(dashboard: str) -> None:
+def test_dashboard_port_in_use_is_one_error_line(dashboard: str, finished_study: str) -> None:
     port = dashboard.rstrip("/").rsplit(":", 1)[1]
     result = subprocess.run(
-        [sys.executable, "-m", "autotune.cli", "dashboard", "--port", port],
+        [sys.executable, "-m", "autotune.cli", "dashboard", "--storage", finished_study, "--port", port],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1
@@ -111,7 +111,7 @@ def test_dashboard_study_page_renders_in_headless_chromium(dashboard: str, tmp_p
                "--window-size=1400,1000", "--virtual-time-budget=15000"]
     dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert "tiny" in dom  # the study's name, rendered by the page's JavaScript
-    assert "samples/s" in dom  # the objective's name on the history plot
+    assert "full run (s)" in dom  # the objective's name on the history plot
     shot = tmp_path / "study.png"
     subprocess.run([*browser, f"--screenshot={shot}", page], capture_output=True, timeout=120, env=os.environ)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
