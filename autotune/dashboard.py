@@ -7,6 +7,7 @@ import errno
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from autotune.exceptions import UsageError
@@ -34,7 +35,7 @@ def serve(
         if exc.errno == errno.EADDRINUSE:
             raise UsageError(f"port {port} on {host} is already in use; pick another with --port") from None
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    with server, _stopped_by_signals():
+    with server, _stopped_by_signals(server):
         if on_ready is not None:
             on_ready(f"http://{host}:{server.server_port}/dashboard/")
         try:
@@ -44,15 +45,18 @@ def serve(
 
 
 @contextlib.contextmanager
-def _stopped_by_signals() -> Iterator[None]:
+def _stopped_by_signals(server: Any) -> Iterator[None]:
     """Ctrl-C (SIGINT) and SIGTERM stop the server, even where SIGINT was inherited as ignored
-    (a process started in the background by a shell without job control)."""
+    (a process started in the background by a shell without job control), and even in the middle
+    of a request: wsgiref's handler swallows every exception a request raises, KeyboardInterrupt
+    included, so the signal asks serve_forever to stop (from a thread, as shutdown() requires)
+    rather than raising."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        threading.Thread(target=server.shutdown, daemon=True).start()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
