@@ -22,6 +22,7 @@ from autotune._objective import Objective, TrialError
 from autotune.explain import explain_study
 from autotune.lr_find import LRFindError, LRFindResult, lr_find_for_trial, stored_result
 from autotune.runner import MeasureSettings
+from autotune.runner._scratch import sweep_stale_scratch
 from autotune.space import SearchSpace, diff_spaces, load_space
 from autotune.storage import DEFAULT_STORAGE, open_storage, redact, storage_exists, study_lock
 from autotune.workload import DEMO_SPEC, Workload, load_workload, workload_name
@@ -212,6 +213,7 @@ def search(options: SearchOptions, listener: SearchListener | None = None) -> Se
     deadline = None if options.timeout_seconds is None else time.monotonic() + options.timeout_seconds
     listener = listener or SearchListener()
     with sigterm_as_interrupt():
+        sweep_stale_scratch()  # scratch folders of trials whose search died
         plan = plan_search(options)
         storage = open_storage(plan.storage) if storage_exists(plan.storage) else None
         if storage is None or not _baseline_measured(storage, plan.study_name):
