@@ -8,7 +8,7 @@ import re
 
 import psutil
 
-from autotune.exceptions import UsageError
+from autotune.exceptions import ParameterError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +53,10 @@ def detect_device(requested: str = "auto") -> DeviceInfo:
     match = re.fullmatch(r"cuda(?::(\d+))?", requested)
     if match:
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {requested}: CUDA is not available in this PyTorch build or machine")
+            raise ParameterError(f"device {requested}: CUDA is not available in this PyTorch build or machine", "device")
         index = int(match.group(1)) if match.group(1) is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise ParameterError(f"device {requested}: only {torch.cuda.device_count()} CUDA device(s) present", "device")
         properties = torch.cuda.get_device_properties(index)
         return DeviceInfo(
             type="cuda",
@@ -66,7 +66,7 @@ def detect_device(requested: str = "auto") -> DeviceInfo:
             bf16=bool(torch.cuda.is_bf16_supported()),
             compile=True,
         )
-    raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {requested!r}")
+    raise ParameterError(f"device: expected auto, cpu, cuda or cuda:N, got {requested!r}", "device")
 
 
 def unsupported_values(device: DeviceInfo) -> dict[str, dict[object, str]]:

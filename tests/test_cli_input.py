@@ -26,6 +26,7 @@ def in_empty_folder(tmp_path, monkeypatch):
         ("--effective-batch", "0", "--effective-batch must be an integer >= 1, got 0"),
         ("--memory-headroom", "100%", "--memory-headroom: must be in [0, 1) or a percentage below 100%, got '100%'"),
         ("--memory-headroom", "10", "--memory-headroom: must be in [0, 1) or a percentage below 100%, got '10'"),
+        ("--device", "tpu", "--device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
     ],
 )
 def test_cli_search_out_of_range_value_names_its_option_and_creates_nothing(in_empty_folder, option, value, message):

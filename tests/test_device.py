@@ -59,7 +59,7 @@ def test_detect_device_auto_is_cuda_with_cuda():
 @pytest.mark.skipif(HAS_CUDA, reason="CUDA is present")
 @pytest.mark.parametrize("requested", ["cuda", "cuda:0", "cuda:1"])
 def test_detect_device_cuda_without_cuda(requested):
-    message = f"--device {requested}: CUDA is not available in this PyTorch build or machine"
+    message = f"device {requested}: CUDA is not available in this PyTorch build or machine"
     with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
         detect_device(requested)
 
@@ -67,7 +67,7 @@ def test_detect_device_cuda_without_cuda(requested):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_detect_device_cuda_index_out_of_range():
     count = torch.cuda.device_count()
-    message = f"--device cuda:{count}: only {count} CUDA device(s) present"
+    message = f"device cuda:{count}: only {count} CUDA device(s) present"
     with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
         detect_device(f"cuda:{count}")
 
@@ -101,7 +101,7 @@ def test_detect_device_fake_cuda_index(fake_cuda):
 
 
 def test_detect_device_fake_cuda_index_out_of_range(fake_cuda):
-    message = "--device cuda:2: only 2 CUDA device(s) present"
+    message = "device cuda:2: only 2 CUDA device(s) present"
     with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
         detect_device("cuda:2")
 
@@ -118,7 +118,7 @@ def test_detect_device_fake_cuda_malformed_index(fake_cuda, requested):
 
 @pytest.mark.parametrize("requested", ["tpu", "mps", "gpu", ""])
 def test_detect_device_unknown_kind(requested):
-    message = f"--device: expected auto, cpu, cuda or cuda:N, got {requested!r}"
+    message = f"device: expected auto, cpu, cuda or cuda:N, got {requested!r}"
     with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
         detect_device(requested)
 
