@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from autotune.config import FIELD_NAMES, TrainConfig
 from autotune.exceptions import SearchSpaceError, StudyError, UsageError, WorkloadError
 from autotune.runner import MeasureSettings
 from autotune.storage import open_storage
-from autotune.study import TIME_METRIC_NAME, SearchListener, SearchOptions, plan_search, search
+from autotune._recovery import SearchProcess
+from autotune.lr_find import LRFindResult
+from autotune.study import TIME_METRIC_NAME, SearchListener, SearchOptions, _run_lr_find, plan_search, search
 
 from conftest import workload_spec
 
@@ -579,3 +582,39 @@ def test_paired_remeasurement_is_skipped_when_the_time_budget_is_spent(storage_u
     assert paired is None
     assert notes == ["the winner and the baseline were not re-measured side by side: the time budget is spent "
                      "(export-best --verify 1 does it)"]
+
+
+@pytest.fixture
+def study_with_a_winner(storage_url):
+    """A study whose only trial (#0) finished fine with the default config."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name="lr-once", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0,
+                                              user_attrs={"config": TrainConfig().to_dict(), "status": "ok"}))
+    return study, storage, study.trials[0]
+
+
+def test_search_lr_find_runs_in_one_search_at_a_time(study_with_a_winner):
+    study, storage, best = study_with_a_winner
+    elsewhere = SearchProcess(host="gpu-node-7", machine="another-machine", pid=4242, started=1.0)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    storage.set_study_system_attr(study_id, elsewhere.key, {**elsewhere.to_json(), "heartbeat": time.time()})
+    study.set_user_attr("lr_find_running", {"host": "gpu-node-7", "pid": 4242, "trial": 0, "process": elsewhere.key})
+
+    result, notes = _run_lr_find(study, storage, best, SearchOptions(), SearchListener(), None, SearchProcess.current())
+    assert result is None
+    assert notes == ["the LR range test is running in another search (pid 4242 on gpu-node-7), on trial #0"]
+    assert "lr_find" not in study.user_attrs  # it did not run here
+
+
+def test_search_lr_find_result_for_the_winners_batch_and_precision_stands(study_with_a_winner):
+    study, storage, best = study_with_a_winner
+    earlier = LRFindResult(config=TrainConfig().to_dict(), lrs=[1e-3, 1e-2], losses=[1.0, 0.5], smoothed=[1.0, 0.5],
+                           stopped_early=False, suggestion=2e-3, lr_at_min_loss=1e-2, lr_steepest=2e-3,
+                           centre_lr=1e-3, trial=0)
+    study.set_user_attr("lr_find", {"0": earlier.to_json()})
+
+    result, notes = _run_lr_find(study, storage, best, SearchOptions(), SearchListener(), None, SearchProcess.current())
+    assert result == earlier
+    assert notes == ["the LR range test ran before on trial #0, with this effective batch and precision; "
+                     "its suggestion stands"]
