@@ -154,7 +154,8 @@ def fake_sweeps(monkeypatch, edge: float = 0.1, power: float = 2.0) -> list[floa
     rising as (lr / edge) ** power, stopped once 4x its best. Returns the list of centres swept."""
     centres: list[float] = []
 
-    def sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed):
+    def sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed,
+              deadline=None):
         centres.append(centre_lr)
         lrs, losses, best, stopped = [], [], math.inf, False
         for index in range(steps):
