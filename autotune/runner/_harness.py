@@ -43,12 +43,12 @@ def trial_training(job: TrialJob, workload: Workload, emit: Emit, *, one_cycle_s
 
 
 def run_harness(job: TrialJob, workload: Workload, emit: Emit) -> None:
+    started = time.perf_counter()  # warm-up counts building the model, data and optimizer too
     with trial_training(job, workload, emit, one_cycle_steps=job.measure.max_steps) as training:
-        _measure(job, training, emit)
+        _measure(job, training, emit, started)
 
 
-def _measure(job: TrialJob, training: Training, emit: Emit) -> None:
-    started = time.perf_counter()
+def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> None:
     measure = job.measure
     config, device, batches, step = training.config, training.device, training.batches, training.step
     guard = _DivergenceGuard(measure.divergence_factor)
