@@ -38,7 +38,7 @@ class Shapes(torch.utils.data.Dataset):
     decodes and augments photos: a textured background and 1-6 objects drawn at twice the training
     size, resized (antialiased), then a flip and colour jitter."""
 
-    def __init__(self, size: int = 2048, seed: int = 0) -> None:
+    def __init__(self, size: int = 20_000, seed: int = 0) -> None:
         self.size = size
         self.seed = seed
 

@@ -37,7 +37,7 @@ class PackedCorpus(torch.utils.data.Dataset):
     """``size`` sequences of ``SEQUENCE_LENGTH`` tokens from a fixed random Markov chain, each
     generated from its index's seed on read; packed, so every token is real (no padding)."""
 
-    def __init__(self, size: int = 20_000, seed: int = 0) -> None:
+    def __init__(self, size: int = 100_000, seed: int = 0) -> None:
         self.size = size
         self.seed = seed
         table = torch.randint(0, VOCAB, (VOCAB, SUCCESSORS), generator=torch.Generator().manual_seed(99))
@@ -98,7 +98,7 @@ def workload() -> Workload:
         loss=causal_lm_loss,
         base_lr=2e-4,
         baseline={"batch_size": 4, "accumulation_steps": 4},  # effective batch 16 sequences, 2048 tokens
-        epochs=1,
+        epochs=2,
         count=tokens,
         unit="tokens",
         space=SPACE,

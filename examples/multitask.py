@@ -31,7 +31,7 @@ class Sessions(torch.utils.data.Dataset):
     """``size`` sequences of ``SEQUENCE_LENGTH`` event ids. The class is which of six event groups
     dominates the sequence; the regression target is the mean value of the events seen."""
 
-    def __init__(self, size: int = 8192, seed: int = 0) -> None:
+    def __init__(self, size: int = 50_000, seed: int = 0) -> None:
         generator = torch.Generator().manual_seed(seed)
         self.labels = torch.randint(0, NUM_CLASSES, (size,), generator=generator)
         dominant = self.labels[:, None] * (VOCAB // NUM_CLASSES) + torch.randint(

@@ -46,33 +46,35 @@ def _vocabulary() -> list[str]:
 class Listings(torch.utils.data.Dataset):
     """``size`` listings: text of 8-126 words (most short, a few long), numeric features, a target.
 
-    Texts are kept as strings and tokenized on every read (a word-level tokenizer), as a
-    Hugging Face pipeline would with a tokenizer in the Dataset."""
+    Each listing is made from its index's own seed and tokenized on every read (a word-level
+    tokenizer), as a Hugging Face pipeline with a tokenizer in the Dataset does."""
 
-    def __init__(self, size: int = 4096, seed: int = 0) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        words = _vocabulary()
-        self.token_ids = {word: SPECIAL + i for i, word in enumerate(words)}
-        sentiment = torch.zeros(len(words))
-        sentiment[:200], sentiment[200:400] = 1.0, -1.0
-        # Lengths: log-normal, so padding to the longest text in a batch wastes a real share.
-        lengths = torch.exp(3.2 + 0.6 * torch.randn(size, generator=generator)).clamp(8, MAX_WORDS).long()
-        self.texts: list[str] = []
-        self.features = torch.randn(size, NUM_FEATURES, generator=generator)
-        weights = torch.tensor([0.8, -0.5, 0.3, 0.0])
-        targets = []
-        for i in range(size):
-            picks = torch.randint(0, len(words), (int(lengths[i]),), generator=generator)
-            self.texts.append(" ".join(words[j] for j in picks.tolist()))
-            targets.append(sentiment[picks].mean() * 2 + self.features[i] @ weights)
-        self.targets = torch.stack(targets) + 0.1 * torch.randn(size, generator=generator)
+    def __init__(self, size: int = 40_000, seed: int = 0) -> None:
+        self.size = size
+        self.seed = seed
+        self.words = _vocabulary()
+        self.token_ids = {word: SPECIAL + i for i, word in enumerate(self.words)}
+        self.sentiment = torch.zeros(len(self.words))
+        self.sentiment[:200], self.sentiment[200:400] = 1.0, -1.0
+        self.weights = torch.tensor([0.8, -0.5, 0.3, 0.0])
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return self.size
+
+    def text(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """The listing's text, its features and its target."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        # Lengths: log-normal, so padding to the longest text in a batch wastes a real share.
+        length = int(torch.exp(3.2 + 0.6 * torch.randn((), generator=generator)).clamp(8, MAX_WORDS))
+        picks = torch.randint(0, len(self.words), (length,), generator=generator)
+        features = torch.randn(NUM_FEATURES, generator=generator)
+        target = self.sentiment[picks].mean() * 2 + features @ self.weights + 0.1 * torch.randn((), generator=generator)
+        return " ".join(self.words[j] for j in picks.tolist()), features, target
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        ids = [CLS] + [self.token_ids.get(word, UNK) for word in self.texts[index].split()] + [SEP]
-        return {"input_ids": torch.tensor(ids), "features": self.features[index], "target": self.targets[index]}
+        text, features, target = self.text(index)
+        ids = [CLS] + [self.token_ids.get(word, UNK) for word in text.split()] + [SEP]
+        return {"input_ids": torch.tensor(ids), "features": features, "target": target}
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
