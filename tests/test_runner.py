@@ -29,6 +29,7 @@ import torch
 from autotune.runner import MeasureSettings, Status, TrialJob, TrialOutcome, WindowResult, run_trial
 from autotune.runner import _runner
 from autotune.runner._device_lock import device_lock, lock_path
+from autotune.runner._pool import server_pids
 from autotune.runner._scratch import scratch_folder, sweep_stale_scratch
 from conftest import WORKLOADS, workload_spec
 
@@ -78,8 +79,9 @@ def trial_mark(monkeypatch: pytest.MonkeyPatch) -> str:
 def _marked_processes(mark: str) -> list[psutil.Process]:
     """Running (not zombie) processes started by this test's trials."""
     found = []
+    pool = server_pids()  # the warm server trials fork from lives as long as this process
     for process in psutil.process_iter():
-        if process.pid == os.getpid():
+        if process.pid == os.getpid() or process.pid in pool:
             continue
         try:
             if process.status() == psutil.STATUS_ZOMBIE:

@@ -1,4 +1,5 @@
-"""Entry point of a trial process: ``python -m autotune.runner._child FD WATCHDOG_FD`` with the job on stdin.
+"""Entry point of a trial process: forked from the warm server (autotune.runner._pool), or
+started as ``python -m autotune.runner._child FD WATCHDOG_FD`` with the job on stdin.
 
 Events go back as JSON lines on file descriptor FD, so the workload's own prints
 (stdout/stderr, kept in a log file by the parent) never mix with them. WATCHDOG_FD is the
@@ -21,8 +22,14 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def main() -> None:
-    _die_with_parent(int(sys.argv[2]) if len(sys.argv) > 2 else None)
-    channel = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+    run(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None, sys.stdin.read())
+
+
+def run(channel_fd: int, watchdog_fd: int | None, job_text: str) -> None:
+    """The trial: ``job_text`` (a TrialJob as JSON) run by the harness, its events sent as JSON
+    lines on ``channel_fd``. Never returns: the process exits once the result is sent."""
+    _die_with_parent(watchdog_fd)
+    channel = os.fdopen(channel_fd, "w", buffering=1)
 
     def emit(event: dict[str, Any]) -> None:
         channel.write(json.dumps(event) + "\n")
@@ -36,9 +43,9 @@ def main() -> None:
     from autotune.workload import load_workload
 
     try:
-        job = TrialJob.from_json(json.loads(sys.stdin.read()))
-        run = run_lr_sweep if job.lr_sweep is not None else run_harness
-        run(job, load_workload(job.workload), emit)
+        job = TrialJob.from_json(json.loads(job_text))
+        measure = run_lr_sweep if job.lr_sweep is not None else run_harness
+        measure(job, load_workload(job.workload), emit)
     except Diverged as exc:
         emit({"event": "failed", "status": Status.DIVERGED.value, "reason": str(exc)})
     except BaseException as exc:  # noqa: BLE001 - the trial's outcome is data; the traceback goes to the log

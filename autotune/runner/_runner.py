@@ -23,6 +23,7 @@ from autotune._units import format_size
 from autotune.runner._device_lock import device_lock
 from autotune.runner._memory import ProcessTree
 from autotune.runner._outcome import Status, TrialJob, TrialOutcome, WindowResult
+from autotune.runner._pool import PooledProcess, pooled
 from autotune.runner._scratch import scratch_folder, sweep_stale_scratch
 
 # Called after each timed window; returns (status, reason) to stop the trial there.
@@ -78,16 +79,20 @@ def _run(
     # Nothing is written to the watchdog pipe: the trial reads end-of-file on it when this process dies.
     watchdog_read, watchdog_write = os.pipe()
     with tempfile.TemporaryFile() as log, scratch_folder() as scratch:
+        job_text = json.dumps(job.to_json())
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "autotune.runner._child", str(write_fd), str(watchdog_read)],
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=(write_fd, watchdog_read),
-                start_new_session=True,  # its own process group: killed as one, workers included
-                env=_child_environment(scratch),
-            )
+            if pooled():
+                process = PooledProcess(write_fd, watchdog_read, log.fileno(), job_text, _child_environment(scratch))
+            else:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "autotune.runner._child", str(write_fd), str(watchdog_read)],
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(write_fd, watchdog_read),
+                    start_new_session=True,  # its own process group: killed as one, workers included
+                    env=_child_environment(scratch),
+                )
         except BaseException:
             for fd in (read_fd, write_fd, watchdog_read, watchdog_write):
                 os.close(fd)
@@ -96,12 +101,13 @@ def _run(
         os.close(watchdog_read)
         tree = ProcessTree(process.pid)
         follower = _Follower(job, tree, on_window, slow_below)
-        try:
-            assert process.stdin is not None
-            process.stdin.write(json.dumps(job.to_json()).encode())
-            process.stdin.close()
-        except BrokenPipeError:
-            pass  # it died at start; its exit status tells why
+        if isinstance(process, subprocess.Popen):
+            try:
+                assert process.stdin is not None
+                process.stdin.write(job_text.encode())
+                process.stdin.close()
+            except BrokenPipeError:
+                pass  # it died at start; its exit status tells why
         if deadline is not None and deadline < started + job.timeout_seconds:
             timeout_reason = "stopped when the search's time budget ran out"
         else:
