@@ -197,6 +197,18 @@ def print_export(export: Export) -> None:
         console.print(f"written to {escape(str(export.path))}")
 
 
+def overhead_line(overhead: dict) -> str:
+    """What trials cost beyond their timed windows, as report prints it."""
+    startup = overhead.get("median_startup_seconds")
+    return (
+        f"trial overhead (wall time outside the timed windows and evaluation, compile aside): median "
+        f"{overhead['median_fraction']:.0%} of a trial, {overhead['median_seconds']:.2f}s of "
+        f"{overhead['median_wall_seconds']:.2f}s"
+        + (f" (process start and imports {startup:.2f}s)" if startup is not None else "")
+        + f", over {overhead['trials']} trials"
+    )
+
+
 def print_report(report: Report) -> None:
     from rich.table import Table
 
@@ -206,8 +218,9 @@ def print_report(report: Report) -> None:
     console.print(f"[bold]study {escape(report.study)}[/]: {counts}")
     table = Table(show_lines=False)
     per_second = f"{escape(report.unit)}/s"
-    for column in ("#", "status", per_second, "speedup", "cv", "peak memory", "full run", "config"):
-        table.add_column(column, justify="right" if column in ("#", per_second, "speedup", "cv") else "left")
+    numbers = ("#", per_second, "speedup", "cv", "overhead")
+    for column in ("#", "status", per_second, "speedup", "cv", "overhead", "peak memory", "full run", "config"):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for row in report.rows:
         status = row["status"] + ("" if row["feasible"] or row["status"] != "ok" else " (infeasible)")
         table.add_row(
@@ -216,12 +229,15 @@ def print_report(report: Report) -> None:
             f"{row['unit_per_second']:.1f}" if row["unit_per_second"] else "-",
             f"{row['speedup']:.2f}x" if row["speedup"] else "-",
             f"{row['throughput_cv']:.1%}" if row["throughput_cv"] is not None else "-",
+            f"{row['overhead_fraction']:.0%}" if row.get("overhead_fraction") is not None else "-",
             format_size(row["peak_memory_bytes"]),
             format_duration(row["projected_full_run_seconds"]),
             escape(describe_config(row["config"])) if row["config"] else "",
         )
     console.print(table)
     console.print(f"memory: {escape(report.memory)}")
+    if report.overhead:
+        console.print(escape(overhead_line(report.overhead)))
     if report.importances:
         ranked = ", ".join(f"{name} {share:.0%}" for name, share in report.importances.items())
         console.print(f"knobs that mattered (fANOVA importance of {escape(report.objective)}): {escape(ranked)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ class Report:
     full_runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # autotune train's records, by trial
     unit: str = "samples"  # the workload's unit: the rows' unit_per_second and speedup are in it
     objective: str = "samples/s"  # the study's objective, whose variance the importances split
+    overhead: dict[str, Any] | None = None  # trial cost outside the timed windows, over the trials measured
+
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -58,7 +61,24 @@ def build_report(study_name: str | None = None, storage: str | None = None, top:
         full_runs=[actual for _, actual in sorted(actuals(study).items())],
         unit=_records.unit(next((t for t in trials if "unit" in t.user_attrs), {})),
         objective=study.metric_names[0] if study.metric_names else "samples/s",
+        overhead=trial_overhead(trials),
     )
+
+
+def trial_overhead(trials: list[Any]) -> dict[str, Any] | None:
+    """The median share of a trial's wall time spent outside its timed windows and evaluation
+    (compile aside), its median seconds and its median startup, over the trials that measured."""
+    measured = [t.user_attrs for t in trials if t.user_attrs.get("overhead_fraction") is not None]
+    if not measured:
+        return None
+    startups = [a["startup_seconds"] for a in measured if a.get("startup_seconds") is not None]
+    return {
+        "trials": len(measured),
+        "median_fraction": statistics.median(a["overhead_fraction"] for a in measured),
+        "median_seconds": statistics.median(a["overhead_seconds"] for a in measured),
+        "median_startup_seconds": statistics.median(startups) if startups else None,
+        "median_wall_seconds": statistics.median(a.get("wall_seconds") or 0.0 for a in measured),
+    }
 
 
 def _row(trial: Any, baseline_rate: float | None) -> dict[str, Any]:
@@ -74,6 +94,7 @@ def _row(trial: Any, baseline_rate: float | None) -> dict[str, Any]:
         "unit": _records.unit(trial),
         "speedup": rate / baseline_rate if rate and baseline_rate else None,
         "throughput_cv": attrs.get("throughput_cv"),
+        "overhead_fraction": attrs.get("overhead_fraction"),
         "peak_memory_bytes": attrs.get("peak_memory_bytes"),
         "projected_full_run_seconds": attrs.get("projected_full_run_seconds"),
         "reason": attrs.get("reason") or "",

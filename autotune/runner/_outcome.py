@@ -114,6 +114,9 @@ class TrialOutcome:
     windows: list[WindowResult] = dataclasses.field(default_factory=list)
     lr_curve: dict[str, Any] | None = None  # an LR range test's lrs, losses, smoothed losses
     wall_seconds: float | None = None  # the whole trial, process start to end
+    startup_seconds: float | None = None  # process start to the trial's first event (imports, workload loading)
+    overhead_seconds: float | None = None  # wall time outside the timed windows and the evaluation, compile aside
+    overhead_fraction: float | None = None  # overhead_seconds / (wall_seconds - compile_seconds)
     log_tail: str = ""
 
     def user_attrs(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import multiprocessing.popen_forkserver
 import multiprocessing.reduction
 import multiprocessing.spawn
 import os
+import sys
 from typing import Any
 
 # What the server imports once. The workload's own module is not among them: importing user code
@@ -30,6 +31,39 @@ PRELOAD = [
     "autotune.runner._harness",
     "autotune.runner._sweep",
 ]
+
+
+# Libraries that import no user code, start no thread and touch no device when imported. Those the
+# search process has imported (the workload's imports, loaded to check it) are imported by the
+# server as well, with the submodules loaded so far: transformers' modeling code alone takes
+# seconds to import.
+WARM_LIBRARIES = ("numpy", "scipy", "transformers", "peft", "accelerate", "timm", "torchvision", "lightning",
+                  "pytorch_lightning", "torchmetrics", "safetensors", "tokenizers")
+_PRELOAD_CHARACTERS = 60_000  # the list travels on the server's command line
+
+
+def preload_modules() -> list[str]:
+    """What the server imports: autotune's trial side, and the warm libraries loaded here."""
+    names = list(PRELOAD)
+    size = sum(len(name) + 4 for name in names)
+    for name in sorted(n for n in list(sys.modules) if n.split(".")[0] in WARM_LIBRARIES):
+        if size + len(name) + 4 > _PRELOAD_CHARACTERS:
+            break
+        names.append(name)
+        size += len(name) + 4
+    return names
+
+
+def _serve(preload: list[str]) -> None:
+    """The server runs with ``preload`` imported; one started with fewer modules is replaced."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if set(preload) <= set(getattr(server, "_preload_modules", ()) or ()):
+        return
+    if getattr(server, "_forkserver_pid", None) is not None and hasattr(server, "_stop"):
+        server._stop()
+    multiprocessing.set_forkserver_preload(preload)
 
 
 def pooled() -> bool:
@@ -83,7 +117,7 @@ class PooledProcess:
     """The trial process, with the part of subprocess.Popen's interface the runner uses."""
 
     def __init__(self, channel_fd: int, watchdog_fd: int, log_fd: int, job: str, env: dict[str, str]) -> None:
-        multiprocessing.set_forkserver_preload(PRELOAD)
+        _serve(preload_modules())
         self._process = _TrialProcess(
             target=_trial_main,
             args=(PassedFd(channel_fd), PassedFd(watchdog_fd), PassedFd(log_fd), job, env),

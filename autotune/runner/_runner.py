@@ -100,7 +100,7 @@ def _run(
         os.close(write_fd)
         os.close(watchdog_read)
         tree = ProcessTree(process.pid)
-        follower = _Follower(job, tree, on_window, slow_below)
+        follower = _Follower(job, tree, on_window, slow_below, started)
         if isinstance(process, subprocess.Popen):
             try:
                 assert process.stdin is not None
@@ -121,6 +121,7 @@ def _run(
             os.close(watchdog_write)
         outcome = follower.outcome(process.returncode)
         outcome.wall_seconds = time.monotonic() - started
+        _account_overhead(outcome, follower.startup_seconds)
         log.seek(0, os.SEEK_END)
         log.seek(max(0, log.tell() - 4000))
         outcome.log_tail = log.read().decode(errors="replace")
@@ -197,7 +198,12 @@ class _Follower:
     """Accumulates a trial's events and decides when the parent must stop it."""
 
     def __init__(
-        self, job: TrialJob, tree: ProcessTree, on_window: WindowDecision | None, slow_below: float | None
+        self,
+        job: TrialJob,
+        tree: ProcessTree,
+        on_window: WindowDecision | None,
+        slow_below: float | None,
+        started: float | None = None,
     ) -> None:
         self.job = job
         self.tree = tree
@@ -209,6 +215,8 @@ class _Follower:
         self.failure: tuple[Status, str] | None = None
         self.stop: tuple[Status, str] | None = None  # set when the parent ends the trial
         self.finished = False
+        self.started = started  # time.monotonic() when the trial process was asked for
+        self.startup_seconds: float | None = None
 
     @property
     def unit(self) -> str:
@@ -235,6 +243,8 @@ class _Follower:
             self.failure = (Status(event["status"]), event["reason"])
             self.finished = True
         else:
+            if kind == "started" and self.started is not None:
+                self.startup_seconds = time.monotonic() - self.started
             self.info.update(event)
             self.finished = kind == "done"
 
@@ -317,6 +327,19 @@ class _Follower:
                 w.seconds for w in self.windows
             )
         return figures
+
+
+def _account_overhead(outcome: TrialOutcome, startup_seconds: float | None) -> None:
+    """What the trial cost beyond what it measured: its wall time outside the timed windows and the
+    evaluation (process start, imports, building the model and data, worker start, warm-up, the
+    end), with compile aside: a compile is the config's own cost, projected into its full run."""
+    outcome.startup_seconds = startup_seconds
+    if not outcome.windows or outcome.wall_seconds is None:
+        return
+    measured = sum(window.seconds for window in outcome.windows) + (outcome.evaluation_seconds or 0.0)
+    compile_seconds = outcome.compile_seconds or 0.0
+    outcome.overhead_seconds = max(0.0, outcome.wall_seconds - measured - compile_seconds)
+    outcome.overhead_fraction = outcome.overhead_seconds / max(outcome.wall_seconds - compile_seconds, 1e-9)
 
 
 def _died(returncode: int | None) -> tuple[Status, str]:
