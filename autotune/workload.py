@@ -129,6 +129,12 @@ def workload_name(spec: str) -> str:
     return module_part if attr == "workload" else f"{module_part}.{attr}"
 
 
+def file_module_name(path: str | Path) -> str:
+    """The module name a workload file is loaded under: stable, so that objects defined there
+    pickle by reference in DataLoader workers."""
+    return "autotune_workload_" + "".join(ch if ch.isalnum() else "_" for ch in Path(path).stem)
+
+
 def _split_spec(spec: str) -> tuple[str, str]:
     module_part, sep, attr = spec.rpartition(":")
     if not sep or not module_part or not attr.isidentifier():
@@ -145,7 +151,7 @@ def _import(module_part: str, spec: str) -> Any:
             if not path.is_file():
                 raise WorkloadError(f"workload {spec!r}: no such file {module_part!r}")
             # A stable module name, so objects defined there pickle by reference in DataLoader workers.
-            name = "autotune_workload_" + "".join(ch if ch.isalnum() else "_" for ch in path.stem)
+            name = file_module_name(module_part)
             module_spec = importlib.util.spec_from_file_location(name, path)
             assert module_spec is not None and module_spec.loader is not None
             module = importlib.util.module_from_spec(module_spec)

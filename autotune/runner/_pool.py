@@ -19,12 +19,14 @@ import multiprocessing.reduction
 import multiprocessing.spawn
 import os
 import sys
+import types
 from typing import Any
 
 # What the server imports once. The workload's own module is not among them: importing user code
 # in the server could start threads or touch a device, which a fork does not survive.
 PRELOAD = [
     "torch",
+    "torch._dynamo",  # imported by the first optimizer a trial builds: 2-3 s on a small CPU
     "autotune.training",
     "autotune.workload",
     "autotune.runner._child",
@@ -34,32 +36,43 @@ PRELOAD = [
 
 
 # Libraries that import no user code, start no thread and touch no device when imported. Those the
-# search process has imported (the workload's imports, loaded to check it) are imported by the
-# server as well, with the submodules loaded so far: transformers' modeling code alone takes
-# seconds to import.
+# workload's module uses (loaded here to check it) are imported by the server as well, down to the
+# submodules it takes names from: transformers' modeling code alone takes seconds to import.
 WARM_LIBRARIES = ("numpy", "scipy", "transformers", "peft", "accelerate", "timm", "torchvision", "lightning",
                   "pytorch_lightning", "torchmetrics", "safetensors", "tokenizers")
-_PRELOAD_CHARACTERS = 60_000  # the list travels on the server's command line
 
 
-def preload_modules() -> list[str]:
-    """What the server imports: autotune's trial side, and the warm libraries loaded here."""
+def preload_modules(workload_spec: str | None = None) -> list[str]:
+    """What the server imports: autotune's trial side, and the warm libraries the workload's module
+    uses, when that module is loaded in this process. Nothing else: a trial's resident memory
+    counts what its server imported, as a fresh interpreter counts what it imports."""
     names = list(PRELOAD)
-    size = sum(len(name) + 4 for name in names)
-    for name in sorted(n for n in list(sys.modules) if n.split(".")[0] in WARM_LIBRARIES):
-        if size + len(name) + 4 > _PRELOAD_CHARACTERS:
-            break
-        names.append(name)
-        size += len(name) + 4
+    module = _loaded_module(workload_spec) if workload_spec else None
+    if module is not None:
+        used = set()
+        for value in list(vars(module).values()):
+            name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name.split(".")[0] in WARM_LIBRARIES and name in sys.modules:
+                used.add(name)
+        names += sorted(used)
     return names
 
 
+def _loaded_module(spec: str) -> types.ModuleType | None:
+    module_part = spec.rpartition(":")[0]
+    if module_part.endswith(".py"):
+        from autotune.workload import file_module_name
+
+        return sys.modules.get(file_module_name(module_part))
+    return sys.modules.get(module_part)
+
+
 def _serve(preload: list[str]) -> None:
-    """The server runs with ``preload`` imported; one started with fewer modules is replaced."""
+    """The server runs with exactly ``preload`` imported; one started with other modules is replaced."""
     from multiprocessing import forkserver
 
     server = forkserver._forkserver
-    if set(preload) <= set(getattr(server, "_preload_modules", ()) or ()):
+    if list(getattr(server, "_preload_modules", ()) or ()) == preload:
         return
     if getattr(server, "_forkserver_pid", None) is not None and hasattr(server, "_stop"):
         server._stop()
@@ -116,8 +129,10 @@ class _TrialProcess(multiprocessing.context.ForkServerProcess):
 class PooledProcess:
     """The trial process, with the part of subprocess.Popen's interface the runner uses."""
 
-    def __init__(self, channel_fd: int, watchdog_fd: int, log_fd: int, job: str, env: dict[str, str]) -> None:
-        _serve(preload_modules())
+    def __init__(
+        self, channel_fd: int, watchdog_fd: int, log_fd: int, job: str, env: dict[str, str], workload: str
+    ) -> None:
+        _serve(preload_modules(workload))
         self._process = _TrialProcess(
             target=_trial_main,
             args=(PassedFd(channel_fd), PassedFd(watchdog_fd), PassedFd(log_fd), job, env),

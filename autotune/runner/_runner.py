@@ -82,7 +82,9 @@ def _run(
         job_text = json.dumps(job.to_json())
         try:
             if pooled():
-                process = PooledProcess(write_fd, watchdog_read, log.fileno(), job_text, _child_environment(scratch))
+                process = PooledProcess(
+                    write_fd, watchdog_read, log.fileno(), job_text, _child_environment(scratch), job.workload
+                )
             else:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "autotune.runner._child", str(write_fd), str(watchdog_read)],
