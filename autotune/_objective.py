@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from autotune import _records
+from autotune import _curves, _records
 from autotune._checks import RepeatedErrors
 from autotune._recovery import SearchProcess, claim_trial, mark_interrupted, recover_interrupted
 from autotune._units import format_duration, format_size
@@ -97,6 +97,12 @@ class Objective:
         proof = _records.proven_out_of_memory(finished, config.to_dict(), budgets.memory_budget_bytes)
         crash = _records.crashed_before(finished, config.to_dict())
         compile_failure = _records.failed_compile(finished, config.compile)
+        curves = _curves.fitted_curves(finished, config.to_dict())
+        for key, value in curves.items():
+            trial.set_user_attr(key, value)  # the machine's curves as known before this trial ran
+        predicted_oom = None if is_baseline else _curves.predicted_out_of_memory(
+            finished, config.to_dict(), budgets.memory_limit_bytes)
+        saturated = None if is_baseline else _curves.past_the_knee(finished, config.to_dict())
         if compile_failure is not None:
             outcome = TrialOutcome(
                 status=Status.ERROR,
@@ -122,6 +128,32 @@ class Objective:
                 peak_memory_bytes=proof.user_attrs.get("peak_memory_bytes"),
             )
             trial.set_user_attr("skipped", True)
+        elif predicted_oom is not None:
+            fit, peak = predicted_oom
+            outcome = TrialOutcome(
+                status=Status.OOM,
+                reason=(
+                    f"not run: predicted peak {format_size(int(peak))} at batch_size {config.batch_size}, above "
+                    f"{budgets.describe_memory_limit()} (memory line fitted to trials "
+                    f"{', '.join(f'#{n}' for n in fit['trials'])}: {'-' if fit['intercept_bytes'] < 0 else ''}{format_size(abs(int(fit['intercept_bytes'])))} + "
+                    f"{format_size(int(fit['bytes_per_sample']))} per sample)"
+                ),
+                peak_memory_bytes=int(peak),
+            )
+            trial.set_user_attr("skipped", True)
+            trial.set_user_attr("predicted", True)
+        elif saturated is not None:
+            outcome = TrialOutcome(
+                status=Status.SLOW,
+                reason=(
+                    f"not run: batch_size {config.batch_size} is past {_curves.PAST_KNEE:g}x the throughput knee "
+                    f"(batch {saturated['knee_batch']:.0f}, {_curves.SATURATION:.0%} of the fitted ceiling "
+                    f"{saturated['ceiling_per_second']:.1f} {self.plan.unit}/s, from trials "
+                    f"{', '.join(f'#{n}' for n in saturated['trials'])})"
+                ),
+            )
+            trial.set_user_attr("skipped", True)
+            trial.set_user_attr("predicted", True)
         else:
             # The speed reference (the workload's unit per second): the fastest trial that ran fine,
             # whatever its deadline verdict.

@@ -1,4 +1,4 @@
-"""The study's figures: throughput and peak memory against batch size.
+"""The study's figures: throughput and peak memory against batch size, with the fitted curves.
 
 Each figure is built once from the trials as plain series, then drawn with plotly (stored
 with the study for optuna-dashboard, and written as HTML) or matplotlib (PNG).
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune import _records
+from autotune import _curves, _records
 from autotune.budget import Budgets
 
 MIB = 2**20
@@ -34,6 +34,7 @@ class Figure:
     series: list[Series]
     lines: list[tuple[str, float]]  # horizontal reference lines: (label, y)
     log_x: bool = True
+    curves: list[Series] = dataclasses.field(default_factory=list)  # fitted curves, drawn as lines
 
 
 def study_figures(trials: Sequence[Any], budgets: Budgets) -> list[Figure]:
@@ -55,6 +56,14 @@ def throughput_figure(trials: Sequence[Any]) -> Figure:
         series.y.append(_records.rate(trial))
         series.labels.append(f"trial #{trial.number}")
         unit = _records.unit(trial)
+    curves = []
+    fit = _latest(trials, "throughput_fit")
+    if fit is not None:
+        xs = _span(trials)
+        curves.append(Series(
+            f"fitted: ceiling {fit['ceiling_per_second']:.1f}/s, knee at batch {fit['knee_batch']:.0f}",
+            xs, [_curves.predicted_rate(fit, x) for x in xs], [],
+        ))
     return Figure(
         id="throughput-vs-batch-size",
         title="Throughput against batch size, per precision",
@@ -62,7 +71,22 @@ def throughput_figure(trials: Sequence[Any]) -> Figure:
         y_title=f"{unit}/s",
         series=[groups[name] for name in sorted(groups)],
         lines=[],
+        curves=curves,
     )
+
+
+def _latest(trials: Sequence[Any], key: str) -> dict | None:
+    """The most recent fit of this kind stored with a trial."""
+    return next((t.user_attrs[key] for t in reversed(list(trials)) if t.user_attrs.get(key)), None)
+
+
+def _span(trials: Sequence[Any], points: int = 40) -> list[float]:
+    """Batch sizes from the smallest to the largest any trial had, evenly spaced on a log scale."""
+    batches = [t.user_attrs["config"]["batch_size"] for t in trials if t.user_attrs.get("config")]
+    low, high = min(batches, default=1), max(batches, default=1)
+    if high <= low:
+        return [float(low)]
+    return [low * (high / low) ** (i / (points - 1)) for i in range(points)]
 
 
 def memory_figure(trials: Sequence[Any], budgets: Budgets) -> Figure:
@@ -82,6 +106,14 @@ def memory_figure(trials: Sequence[Any], budgets: Budgets) -> Figure:
     if budgets.memory_budget_bytes is not None:
         lines.append(("budget", budgets.memory_budget_bytes / MIB))
         lines.append((f"limit ({budgets.memory_headroom:.0%} headroom)", (budgets.memory_limit_bytes or 0) / MIB))
+    curves = []
+    fit = _latest(trials, "memory_fit")
+    if fit is not None:
+        xs = _span(trials)
+        curves.append(Series(
+            f"fitted: {fit['bytes_per_sample'] / MIB:.2f} MiB per sample",
+            xs, [_curves.predicted_peak(fit, x) / MIB for x in xs], [],
+        ))
     return Figure(
         id="peak-memory-vs-batch-size",
         title="Peak memory against batch size",
@@ -89,6 +121,7 @@ def memory_figure(trials: Sequence[Any], budgets: Budgets) -> Figure:
         y_title="peak memory (MiB)",
         series=[s for s in (fits, out) if s.x],
         lines=lines,
+        curves=curves,
     )
 
 
@@ -98,6 +131,8 @@ def to_plotly(figure: Figure) -> Any:
     plot = go.Figure()
     for series in figure.series:
         plot.add_trace(go.Scatter(x=series.x, y=series.y, mode="markers", name=series.name, text=series.labels))
+    for curve in figure.curves:
+        plot.add_trace(go.Scatter(x=curve.x, y=curve.y, mode="lines", name=curve.name, line={"dash": "dot"}))
     for label, y in figure.lines:
         plot.add_hline(y=y, line_dash="dash", annotation_text=label)
     plot.update_layout(title=figure.title, xaxis_title=figure.x_title, yaxis_title=figure.y_title)
@@ -115,6 +150,8 @@ def write_png(figure: Figure, path: Path) -> Path:
     canvas, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
     for series in figure.series:
         axes.scatter(series.x, series.y, label=series.name)
+    for curve in figure.curves:
+        axes.plot(curve.x, curve.y, linestyle=":", label=curve.name)
     for index, (label, y) in enumerate(figure.lines):
         axes.axhline(y, linestyle="--", color=f"C{3 + index}", label=label)
     if figure.log_x:
