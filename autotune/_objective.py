@@ -166,6 +166,9 @@ class Objective:
                     measure=self.options.measure,
                     memory_budget_bytes=budgets.memory_budget_bytes,
                     timeout_seconds=self.plan.trial_timeout_seconds,
+                    rank_against=max((t.user_attrs["samples_per_second"] for t in finished
+                                      if _records.status(t) == "ok" and t.user_attrs.get("samples_per_second")),
+                                     default=None),
                 ),
                 on_window=None if is_baseline else self._report_window(trial),
                 slow_below=None if is_baseline or best is None else self.options.slow_fraction * best,

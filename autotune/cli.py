@@ -116,7 +116,13 @@ Examples:
 @click.option("--seed", type=int, default=None, help="Seed of the TPE sampler and of each trial.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--warmup-steps", type=int, default=2, show_default=True, help="Untimed steps before the windows.")
-@click.option("--windows", type=int, default=3, show_default=True, help="Timed windows per trial (median is reported).")
+@click.option("--windows", type=int, default=3, show_default=True,
+              help="Timed windows per trial, at least (median is reported).")
+@click.option("--max-windows", type=int, default=None,
+              help="Windows a trial may go on to while its spread is too large to rank it against the best "
+                   "(default: twice --windows; equal to --windows: a fixed count).")
+@click.option("--target-spread", type=float, default=0.02, show_default=True,
+              help="Relative standard error of the windows' throughput at which a trial stops measuring.")
 @click.option("--window-seconds", type=float, default=1.0, show_default=True, help="Length of one timed window.")
 @_reports_errors
 def search(workload_spec: str | None, study_name: str | None, storage: str | None, space: str | None,
@@ -124,7 +130,8 @@ def search(workload_spec: str | None, study_name: str | None, storage: str | Non
            memory_headroom: str, effective_batch: str | None, epochs: float | None, steps: int | None,
            objective: str, deadline: str | None,
            safety_margin: str | None, slow_fraction: float, lr_find: bool, lr_scaling: str, divergence_factor: float,
-           seed: int | None, device: str, warmup_steps: int, windows: int, window_seconds: float) -> None:
+           seed: int | None, device: str, warmup_steps: int, windows: int, max_windows: int | None,
+           target_spread: float, window_seconds: float) -> None:
     """Tune a workload: measure its baseline, then search the speed knobs."""
     from autotune._console import SearchPrinter, print_search_result
     from autotune._units import parse_duration, parse_fraction, parse_size
@@ -156,7 +163,8 @@ def search(workload_spec: str | None, study_name: str | None, storage: str | Non
         device=device,
         measure=MeasureSettings(
             warmup_steps=warmup_steps, windows=windows, window_seconds=window_seconds, seed=seed or 0,
-            divergence_factor=divergence_factor,
+            divergence_factor=divergence_factor, max_windows=max_windows if max_windows is not None else 2 * windows,
+            target_spread=target_spread,
         ),
     )
     printer = SearchPrinter(options.n_trials, options.timeout_seconds)

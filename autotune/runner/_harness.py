@@ -86,7 +86,10 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
 
     loss_end = loss_start
     skipped_steps = 0
-    for window in range(measure.windows):
+    rates: list[float] = []
+    window = -1
+    while not measure.enough_windows(rates, job.rank_against):
+        window += 1
         scale_before = training.scale()
         batches.reset_counters()
         _synchronize(device)  # window edge: no earlier work leaks into this window
@@ -103,6 +106,7 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
         loss_end = float(loss_sum) / steps
         guard.check(loss_end, f"timed window {window + 1}")
         skipped_steps += _skipped_by_scaler(scale_before, training.scale())
+        rates.append(batches.samples / seconds)
         emit(
             {
                 "event": "window",

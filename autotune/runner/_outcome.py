@@ -29,6 +29,11 @@ class MeasureSettings:
     min_window_steps: int = 1
     seed: int = 0
     divergence_factor: float | None = 4.0  # diverged when the loss rises above this x its first value
+    # Measured to the noise: with max_windows above windows, a trial goes on past `windows` while its
+    # windows' relative standard error is above target_spread and it cannot yet be ranked against the
+    # best rate so far (TrialJob.rank_against), up to max_windows. None: exactly `windows`.
+    max_windows: int | None = None
+    target_spread: float = 0.02
 
     def __post_init__(self) -> None:
         from autotune.exceptions import ParameterError
@@ -37,6 +42,13 @@ class MeasureSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ParameterError(f"{name} must be an integer >= {low}, got {value!r}", name)
+        if self.max_windows is not None and (
+            isinstance(self.max_windows, bool) or not isinstance(self.max_windows, int) or self.max_windows < self.windows
+        ):
+            raise ParameterError(f"max_windows must be an integer >= windows ({self.windows}), got {self.max_windows!r}",
+                                 "max_windows")
+        if not 0 < self.target_spread < 1:
+            raise ParameterError(f"target_spread must be between 0 and 1, got {self.target_spread!r}", "target_spread")
         if not 0 < self.window_seconds < float("inf"):
             raise ParameterError(f"window_seconds must be > 0, got {self.window_seconds!r}", "window_seconds")
         if self.divergence_factor is not None and not self.divergence_factor > 1:
@@ -45,7 +57,29 @@ class MeasureSettings:
     @property
     def max_steps(self) -> int:
         """Optimizer steps a trial can run at most; the trial's OneCycle schedule spans them."""
-        return max(1, self.warmup_steps) + 1 + self.windows * self.max_window_steps
+        return max(1, self.warmup_steps) + 1 + self.most_windows * self.max_window_steps
+
+    @property
+    def most_windows(self) -> int:
+        return max(self.windows, self.max_windows or 0)
+
+    def enough_windows(self, rates: list[float], rank_against: float | None) -> bool:
+        """Whether the windows so far (their samples/s) measure the trial well enough to stop: at
+        least ``windows`` of them, and either their relative standard error is within
+        ``target_spread``, or two standard errors around their mean exclude ``rank_against`` (the
+        trial is clearly faster or slower than the best so far), or ``max_windows`` are done."""
+        count = len(rates)
+        if count < self.windows:
+            return False
+        if count >= self.most_windows:
+            return True
+        mean = sum(rates) / count
+        if count < 2 or mean <= 0:
+            return False
+        spread = (sum((rate - mean) ** 2 for rate in rates) / (count - 1)) ** 0.5 / count**0.5
+        if spread / mean <= self.target_spread:
+            return True
+        return rank_against is not None and abs(mean - rank_against) > 2 * spread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +93,7 @@ class TrialJob:
     memory_budget_bytes: int | None = None
     timeout_seconds: float = 600.0
     lr_sweep: dict[str, Any] | None = None  # set for an LR range test: min_lr, max_lr, steps[, beta, stop_factor]
+    rank_against: float | None = None  # samples/s of the best trial so far: the windows stop once it is told apart
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
