@@ -1,0 +1,114 @@
+"""Is a search's claim repeatable, and does its time budget hold? The same search, run twice in fresh
+studies, should report speedups (winner against baseline, measured side by side at the end) that
+differ by less than their stated spread; and `--timeout` should bound the whole search, the LR
+range test and the re-measurement included.
+
+    python benchmarks/search_repeatability.py --out benchmarks/results/search_repeatability.md
+
+Each search is a fresh `autotune search` process, timed from outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+
+def one_search(workload: str, options: list[str], folder: Path, log: Path) -> dict:
+    storage = f"sqlite:///{folder / 'study.db'}"
+    command = [sys.executable, "-m", "autotune.cli", "search", "--workload", workload, "--storage", storage, *options]
+    begin = time.perf_counter()
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True, env={**os.environ, "COLUMNS": "160"})
+    wall = time.perf_counter() - begin
+    [summary] = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    paired = study.user_attrs.get("paired") or {}
+    return {
+        "options": options,
+        "wall_seconds": round(wall, 1),
+        "search_seconds": study.user_attrs.get("search_seconds"),
+        "trials": len(study.trials),
+        "winner": paired.get("trial"),
+        "speedup": paired.get("speedup"),
+        "noise": paired.get("noise"),
+        "lr_find": bool(study.user_attrs.get("lr_find")),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="autotune.demo:workload")
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--timeout", default="2m")
+    parser.add_argument("--out", default="benchmarks/results/search_repeatability.md")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_suffix(".log")
+    log.write_text("")
+    runs = []
+    for attempt in (1, 2):
+        with tempfile.TemporaryDirectory(prefix="autotune-repeat-") as folder:
+            runs.append(one_search(args.workload, ["--trials", str(args.trials), "--seed", "0"], Path(folder), log))
+        print(json.dumps(runs[-1]), flush=True)
+    with tempfile.TemporaryDirectory(prefix="autotune-timeout-") as folder:
+        bounded = one_search(args.workload, ["--trials", "1000", "--timeout", args.timeout], Path(folder), log)
+    print(json.dumps(bounded), flush=True)
+
+    import torch
+
+    from autotune._units import parse_duration
+
+    limit = parse_duration(args.timeout)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    a, b = runs
+    difference = abs(a["speedup"] - b["speedup"]) if a["speedup"] and b["speedup"] else None
+    stated = max(a["noise"] or 0.0, b["noise"] or 0.0)
+    lines = [
+        "# Repeatability and the time budget",
+        "",
+        f"Measured {datetime.date.today()} on {machine} with `python benchmarks/search_repeatability.py` "
+        f"(workload `{args.workload}`).",
+        "",
+        "| search | trials | wall time | winner | speedup (paired, end of search) | stated spread |",
+        "|---|---|---|---|---|---|",
+    ]
+    for index, run in enumerate(runs, 1):
+        speedup = f"{run['speedup']:.2f}x" if run["speedup"] else "-"
+        noise = f"±{run['noise']:.1%}" if run["noise"] is not None else "-"
+        lines.append(f"| #{index}: `--trials {args.trials} --seed 0` | {run['trials']} | {run['wall_seconds']:.0f} s "
+                     f"| #{run['winner']} | {speedup} | {noise} |")
+    if difference is not None:
+        relative = difference / ((a["speedup"] + b["speedup"]) / 2)
+        verdict = "within" if relative < stated else "outside"
+        lines += ["", f"The two speedups differ by {difference:.2f} ({relative:.1%} of their mean), {verdict} the "
+                      f"larger stated spread (±{stated:.1%})."]
+    lines += [
+        "",
+        f"`--timeout {args.timeout} --trials 1000`: the search process ran {bounded['wall_seconds']:.1f} s from start "
+        f"to exit against a limit of {limit:.0f} s ({bounded['wall_seconds'] - limit:+.1f} s), {bounded['trials']} "
+        f"trials, LR range test {'run' if bounded['lr_find'] else 'not run (the budget was spent)'}.",
+        "",
+    ]
+    text = "\n".join(lines)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "runs": runs, "timeout": bounded,
+                                                    "timeout_limit_seconds": limit}, indent=2) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
