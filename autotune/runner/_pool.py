@@ -25,6 +25,7 @@ from typing import Any
 # What the server imports once. The workload's own module is not among them: importing user code
 # in the server could start threads or touch a device, which a fork does not survive.
 PRELOAD = [
+    "autotune.runner._server_guard",  # first: the server dies with its parent from here on
     "torch",
     "torch._dynamo",  # imported by the first optimizer a trial builds: 2-3 s on a small CPU
     "autotune.training",
@@ -77,6 +78,7 @@ def _serve(preload: list[str]) -> None:
     if getattr(server, "_forkserver_pid", None) is not None and hasattr(server, "_stop"):
         server._stop()
     multiprocessing.set_forkserver_preload(preload)
+    os.environ["AUTOTUNE_POOL_PARENT"] = str(os.getpid())  # read by the server's guard (it inherits this)
 
 
 def pooled() -> bool:
