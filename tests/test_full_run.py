@@ -191,18 +191,20 @@ def test_train_checkpoints_every_n_steps_and_keeps_the_latest_two(tmp_path):
 
 def test_train_sigterm_saves_a_checkpoint_and_says_interrupted(tmp_path):
     listener = Recorder(signal_at=(signal.SIGTERM, 3))
+    before = signal.getsignal(signal.SIGTERM)
     record = train(options(tmp_path, bare_config(tmp_path), steps=1000), listener)
     assert (record.status, record.signal, record.exit_code) == ("interrupted", "SIGTERM", 143)
     assert record.steps == 3
     assert checkpoints(tmp_path / "checkpoints") == [tmp_path / "checkpoints" / "step_00000003.pt"]
     assert json.loads((tmp_path / "checkpoints" / "run_record.json").read_text())["status"] == "interrupted"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after the run
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is gone after the run
 
 
 def test_train_sigint_exit_code_is_130(tmp_path):
+    before = signal.getsignal(signal.SIGINT)  # Python's default handler, or SIG_IGN when started in the background
     record = train(options(tmp_path, bare_config(tmp_path), steps=1000), Recorder(signal_at=(signal.SIGINT, 2)))
     assert (record.signal, record.exit_code, record.steps) == ("SIGINT", 130, 2)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the handler it had before the run
 
 
 def test_train_resume_continues_the_step_count_and_the_elapsed_time(tmp_path):
