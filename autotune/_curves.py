@@ -62,14 +62,12 @@ def predicted_peak(fit: dict[str, Any], batch_size: int) -> float:
 
 
 def predicted_out_of_memory(
-    trials: Iterable[Any], config: dict[str, Any], limit_bytes: int | None
+    fit: dict[str, Any] | None, config: dict[str, Any], limit_bytes: int | None
 ) -> tuple[dict[str, Any], float] | None:
-    """The memory line and the peak it predicts for ``config``, when that peak is above the limit
-    (by more than the margin): ``config`` is not worth running."""
-    if limit_bytes is None:
-        return None
-    fit = memory_fit(trials, config)
-    if fit is None:
+    """The memory line ``fit`` (memory_fit's, for ``config``'s group) and the peak it predicts for
+    ``config``, when that peak is above the limit (by more than the margin): ``config`` is not
+    worth running."""
+    if limit_bytes is None or fit is None:
         return None
     peak = predicted_peak(fit, config["batch_size"])
     return (fit, peak) if peak > limit_bytes * (1 + MEMORY_MARGIN) else None
@@ -103,10 +101,10 @@ def predicted_rate(fit: dict[str, Any], batch_size: float) -> float:
     return fit["ceiling_per_second"] * batch_size / (fit["half_batch"] + batch_size)
 
 
-def past_the_knee(trials: Iterable[Any], config: dict[str, Any]) -> dict[str, Any] | None:
-    """The throughput curve, when ``config``'s batch is far past its knee and larger than every batch
-    measured (a prediction outside the measured range that only says "no faster")."""
-    fit = throughput_fit(trials, config)
+def past_the_knee(fit: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The throughput curve ``fit`` (throughput_fit's, for ``config``'s group), when ``config``'s
+    batch is far past its knee and larger than every batch measured (a prediction outside the
+    measured range that only says "no faster")."""
     if fit is None:
         return None
     batch = config["batch_size"]

@@ -101,59 +101,48 @@ class Objective:
         for key, value in curves.items():
             trial.set_user_attr(key, value)  # the machine's curves as known before this trial ran
         predicted_oom = None if is_baseline else _curves.predicted_out_of_memory(
-            finished, config.to_dict(), budgets.memory_limit_bytes)
-        saturated = None if is_baseline else _curves.past_the_knee(finished, config.to_dict())
+            curves.get("memory_fit"), config.to_dict(), budgets.memory_limit_bytes)
+        saturated = None if is_baseline else _curves.past_the_knee(curves.get("throughput_fit"), config.to_dict())
         if compile_failure is not None:
-            outcome = TrialOutcome(
-                status=Status.ERROR,
-                reason=(f"not run: compile mode {config.compile} failed on this workload in trial "
-                        f"{compile_failure.number} ({compile_failure.user_attrs['reason']})"),
+            outcome = _not_run(
+                trial, Status.ERROR,
+                f"compile mode {config.compile} failed on this workload in trial "
+                f"{compile_failure.number} ({compile_failure.user_attrs['reason']})",
+                crashed=True,
             )
-            trial.set_user_attr("skipped", True)
-            trial.set_user_attr("crashed", True)
         elif crash is not None:
-            outcome = TrialOutcome(
-                status=Status.ERROR,
-                reason=f"not run: this config crashed its process in trial {crash.number} ({crash.user_attrs['reason']})",
+            outcome = _not_run(
+                trial, Status.ERROR,
+                f"this config crashed its process in trial {crash.number} ({crash.user_attrs['reason']})",
+                crashed=True,
             )
-            trial.set_user_attr("skipped", True)
-            trial.set_user_attr("crashed", True)
         elif proof is not None:
-            outcome = TrialOutcome(
-                status=Status.OOM,
-                reason=(
-                    f"not run: batch_size {config.batch_size} >= {proof.user_attrs['config']['batch_size']}, "
-                    f"which ran out of memory in trial {proof.number} with the same memory-relevant knobs"
-                ),
+            outcome = _not_run(
+                trial, Status.OOM,
+                f"batch_size {config.batch_size} >= {proof.user_attrs['config']['batch_size']}, "
+                f"which ran out of memory in trial {proof.number} with the same memory-relevant knobs",
                 peak_memory_bytes=proof.user_attrs.get("peak_memory_bytes"),
             )
-            trial.set_user_attr("skipped", True)
         elif predicted_oom is not None:
             fit, peak = predicted_oom
-            outcome = TrialOutcome(
-                status=Status.OOM,
-                reason=(
-                    f"not run: predicted peak {format_size(int(peak))} at batch_size {config.batch_size}, above "
-                    f"{budgets.describe_memory_limit()} (memory line fitted to trials "
-                    f"{', '.join(f'#{n}' for n in fit['trials'])}: {'-' if fit['intercept_bytes'] < 0 else ''}{format_size(abs(int(fit['intercept_bytes'])))} + "
-                    f"{format_size(int(fit['bytes_per_sample']))} per sample)"
-                ),
-                peak_memory_bytes=int(peak),
+            outcome = _not_run(
+                trial, Status.OOM,
+                f"predicted peak {format_size(int(peak))} at batch_size {config.batch_size}, above "
+                f"{budgets.describe_memory_limit()} (memory line fitted to trials "
+                f"{', '.join(f'#{n}' for n in fit['trials'])}: {'-' if fit['intercept_bytes'] < 0 else ''}"
+                f"{format_size(abs(int(fit['intercept_bytes'])))} + {format_size(int(fit['bytes_per_sample']))} "
+                "per sample)",
+                peak_memory_bytes=int(peak), predicted=True,
             )
-            trial.set_user_attr("skipped", True)
-            trial.set_user_attr("predicted", True)
         elif saturated is not None:
-            outcome = TrialOutcome(
-                status=Status.SLOW,
-                reason=(
-                    f"not run: batch_size {config.batch_size} is past {_curves.PAST_KNEE:g}x the throughput knee "
-                    f"(batch {saturated['knee_batch']:.0f}, {_curves.SATURATION:.0%} of the fitted ceiling "
-                    f"{saturated['ceiling_per_second']:.1f} {self.plan.unit}/s, from trials "
-                    f"{', '.join(f'#{n}' for n in saturated['trials'])})"
-                ),
+            outcome = _not_run(
+                trial, Status.SLOW,
+                f"batch_size {config.batch_size} is past {_curves.PAST_KNEE:g}x the throughput knee "
+                f"(batch {saturated['knee_batch']:.0f}, {_curves.SATURATION:.0%} of the fitted ceiling "
+                f"{saturated['ceiling_per_second']:.1f} {self.plan.unit}/s, from trials "
+                f"{', '.join(f'#{n}' for n in saturated['trials'])})",
+                predicted=True,
             )
-            trial.set_user_attr("skipped", True)
-            trial.set_user_attr("predicted", True)
         else:
             # The speed reference (the workload's unit per second): the fastest trial that ran fine,
             # whatever its deadline verdict.
@@ -266,3 +255,15 @@ class Objective:
         self.recover(study)  # before the next trial: a search beside this one may have died
         explain_study(study, figures=self.trials_run % FIGURE_EVERY == 0)
         self.listener.on_trial_end(trial, _records.best_trial(study.get_trials(deepcopy=False), self.plan.objective))
+
+
+def _not_run(trial: optuna.Trial, status: Status, why: str, *, peak_memory_bytes: int | None = None,
+             crashed: bool = False, predicted: bool = False) -> TrialOutcome:
+    """The outcome of a trial that earlier results (or the curves fitted to them) settle without a
+    process: marked skipped, and crashed (never run again) or predicted where that is the reason."""
+    trial.set_user_attr("skipped", True)
+    if crashed:
+        trial.set_user_attr("crashed", True)
+    if predicted:
+        trial.set_user_attr("predicted", True)
+    return TrialOutcome(status=status, reason=f"not run: {why}", peak_memory_bytes=peak_memory_bytes)

@@ -37,9 +37,9 @@ def test_memory_line_fits_peak_against_batch_and_predicts_a_batch_over_the_limit
     assert fit["intercept_bytes"] == pytest.approx(300 * MIB)
     assert fit["trials"] == [0, 1, 2]
     limit = 1000 * MIB  # 300 + 2 x batch crosses it at batch 350
-    assert _curves.predicted_out_of_memory(trials, {**CONFIG, "batch_size": 256}, limit) is None
-    assert _curves.predicted_out_of_memory(trials, {**CONFIG, "batch_size": 360}, limit) is None  # inside the margin
-    fit, peak = _curves.predicted_out_of_memory(trials, {**CONFIG, "batch_size": 512}, limit)
+    assert _curves.predicted_out_of_memory(fit, {**CONFIG, "batch_size": 256}, limit) is None
+    assert _curves.predicted_out_of_memory(fit, {**CONFIG, "batch_size": 360}, limit) is None  # inside the margin
+    fit, peak = _curves.predicted_out_of_memory(fit, {**CONFIG, "batch_size": 512}, limit)
     assert peak == pytest.approx((300 + 2 * 512) * MIB)
 
 
@@ -52,7 +52,8 @@ def test_memory_line_uses_only_trials_with_the_same_memory_relevant_knobs_that_r
     fit = _curves.memory_fit(trials, CONFIG)
     assert fit["trials"] == [0, 1]
     assert _curves.memory_fit(trials[:1], CONFIG) is None  # one batch size: no line
-    assert _curves.predicted_out_of_memory(trials, CONFIG, None) is None  # no limit: nothing predicted out
+    assert _curves.predicted_out_of_memory(fit, CONFIG, None) is None  # no limit: nothing predicted out
+    assert _curves.predicted_out_of_memory(None, CONFIG, 1) is None  # no line: nothing predicted out
 
 
 def test_throughput_fit_finds_the_ceiling_and_the_knee():
@@ -62,8 +63,9 @@ def test_throughput_fit_finds_the_ceiling_and_the_knee():
     assert fit["half_batch"] == pytest.approx(16.0)
     assert fit["knee_batch"] == pytest.approx(16.0 * 19)  # 95% of the ceiling
     assert _curves.predicted_rate(fit, 16) == pytest.approx(500.0)
-    assert _curves.past_the_knee(trials, {**CONFIG, "batch_size": 512}) is None  # under 2x the knee
-    assert _curves.past_the_knee(trials, {**CONFIG, "batch_size": 1024})["knee_batch"] == pytest.approx(304)
+    assert _curves.past_the_knee(fit, {**CONFIG, "batch_size": 512}) is None  # under 2x the knee
+    assert _curves.past_the_knee(fit, {**CONFIG, "batch_size": 1024})["knee_batch"] == pytest.approx(304)
+    assert _curves.past_the_knee(None, {**CONFIG, "batch_size": 1024}) is None
 
 
 def test_throughput_that_keeps_growing_has_no_knee_and_two_batches_no_fit():
