@@ -7,7 +7,7 @@ with the study for optuna-dashboard, and written as HTML) or matplotlib (PNG).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +56,10 @@ def throughput_figure(trials: Sequence[Any]) -> Figure:
         series.y.append(_records.rate(trial))
         series.labels.append(f"trial #{trial.number}")
         unit = _records.unit(trial)
-    curves = []
-    fit = _latest(trials, "throughput_fit")
-    if fit is not None:
-        xs = _span(trials)
-        curves.append(Series(
-            f"fitted: ceiling {fit['ceiling_per_second']:.1f}/s, knee at batch {fit['knee_batch']:.0f}",
-            xs, [_curves.predicted_rate(fit, x) for x in xs], [],
-        ))
+    curves = _fitted_curve(
+        trials, "throughput_fit", _curves.predicted_rate,
+        lambda fit: f"fitted: ceiling {fit['ceiling_per_second']:.1f}/s, knee at batch {fit['knee_batch']:.0f}",
+    )
     return Figure(
         id="throughput-vs-batch-size",
         title="Throughput against batch size, per precision",
@@ -75,9 +71,15 @@ def throughput_figure(trials: Sequence[Any]) -> Figure:
     )
 
 
-def _latest(trials: Sequence[Any], key: str) -> dict | None:
-    """The most recent fit of this kind stored with a trial."""
-    return next((t.user_attrs[key] for t in reversed(list(trials)) if t.user_attrs.get(key)), None)
+def _fitted_curve(trials: Sequence[Any], key: str, predict: Callable[[dict, float], float],
+                  name: Callable[[dict], str]) -> list[Series]:
+    """The most recent fit stored with a trial under ``key``, drawn over the trials' batch sizes
+    (none when no trial has one)."""
+    fit = next((t.user_attrs[key] for t in reversed(list(trials)) if t.user_attrs.get(key)), None)
+    if fit is None:
+        return []
+    xs = _span(trials)
+    return [Series(name(fit), xs, [predict(fit, x) for x in xs], [])]
 
 
 def _span(trials: Sequence[Any], points: int = 40) -> list[float]:
@@ -106,14 +108,10 @@ def memory_figure(trials: Sequence[Any], budgets: Budgets) -> Figure:
     if budgets.memory_budget_bytes is not None:
         lines.append(("budget", budgets.memory_budget_bytes / MIB))
         lines.append((f"limit ({budgets.memory_headroom:.0%} headroom)", (budgets.memory_limit_bytes or 0) / MIB))
-    curves = []
-    fit = _latest(trials, "memory_fit")
-    if fit is not None:
-        xs = _span(trials)
-        curves.append(Series(
-            f"fitted: {fit['bytes_per_sample'] / MIB:.2f} MiB per sample",
-            xs, [_curves.predicted_peak(fit, x) / MIB for x in xs], [],
-        ))
+    curves = _fitted_curve(
+        trials, "memory_fit", lambda fit, batch: _curves.predicted_peak(fit, batch) / MIB,
+        lambda fit: f"fitted: {fit['bytes_per_sample'] / MIB:.2f} MiB per sample",
+    )
     return Figure(
         id="peak-memory-vs-batch-size",
         title="Peak memory against batch size",
