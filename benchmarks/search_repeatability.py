@@ -15,24 +15,18 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
+from projected_vs_actual import run  # a command's wall seconds, its output in the log
 
 
 def one_search(workload: str, options: list[str], folder: Path, log: Path) -> dict:
     storage = f"sqlite:///{folder / 'study.db'}"
-    command = [sys.executable, "-m", "autotune.cli", "search", "--workload", workload, "--storage", storage, *options]
-    begin = time.perf_counter()
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(command)}\n")
-        out.flush()
-        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True, env={**os.environ, "COLUMNS": "160"})
-    wall = time.perf_counter() - begin
+    wall = run([sys.executable, "-m", "autotune.cli", "search", "--workload", workload, "--storage", storage, *options],
+               log)
     [summary] = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     paired = study.user_attrs.get("paired") or {}

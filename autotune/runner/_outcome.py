@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import statistics
 from typing import Any
 
 
@@ -73,10 +74,10 @@ class MeasureSettings:
             return False
         if count >= self.most_windows:
             return True
-        mean = sum(rates) / count
+        mean = statistics.fmean(rates)
         if count < 2 or mean <= 0:
             return False
-        spread = (sum((rate - mean) ** 2 for rate in rates) / (count - 1)) ** 0.5 / count**0.5
+        spread = statistics.stdev(rates) / count**0.5  # the standard error of the mean
         if spread / mean <= self.target_spread:
             return True
         return rank_against is not None and abs(mean - rank_against) > 2 * spread
