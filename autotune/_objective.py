@@ -100,9 +100,10 @@ class Objective:
         curves = _curves.fitted_curves(finished, config.to_dict())
         for key, value in curves.items():
             trial.set_user_attr(key, value)  # the machine's curves as known before this trial ran
-        predicted_oom = None if is_baseline else _curves.predicted_out_of_memory(
+        predicts = self.options.pruning and not is_baseline  # no pruning: every config is measured
+        predicted_oom = None if not predicts else _curves.predicted_out_of_memory(
             curves.get("memory_fit"), config.to_dict(), budgets.memory_limit_bytes)
-        saturated = None if is_baseline else _curves.past_the_knee(curves.get("throughput_fit"), config.to_dict())
+        saturated = None if not predicts else _curves.past_the_knee(curves.get("throughput_fit"), config.to_dict())
         if compile_failure is not None:
             outcome = _not_run(
                 trial, Status.ERROR,
@@ -160,7 +161,7 @@ class Objective:
                                      default=None),
                 ),
                 on_window=None if is_baseline else self._report_window(trial),
-                slow_below=None if is_baseline or best is None else self.options.slow_fraction * best,
+                slow_below=None if not predicts or best is None else self.options.slow_fraction * best,
                 deadline=self.deadline,
                 on_wait=self.listener.on_note,
             )

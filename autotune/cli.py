@@ -113,7 +113,13 @@ Examples:
               help="How the range test's starting point follows the effective batch (from base_lr).")
 @click.option("--divergence-factor", type=float, default=4.0, show_default=True,
               help="A trial whose loss rises above this times its first value ends as diverged.")
-@click.option("--seed", type=int, default=None, help="Seed of the TPE sampler and of each trial.")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default="tpe", show_default=True,
+              help="tpe: Optuna's TPE; random: uniform; grid: every config of the space once (each searched "
+              "knob a list of choices).")
+@click.option("--pruning/--no-pruning", default=True, show_default=True,
+              help="--no-pruning measures every trial in full: no median or --slow-fraction pruning, no batch "
+              "skipped on a fitted curve's prediction.")
+@click.option("--seed", type=int, default=None, help="Seed of the sampler and of each trial.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--warmup-steps", type=int, default=2, show_default=True, help="Untimed steps before the windows.")
 @click.option("--windows", type=int, default=3, show_default=True,
@@ -130,7 +136,7 @@ def search(workload_spec: str | None, study_name: str | None, storage: str | Non
            memory_headroom: str, effective_batch: str | None, epochs: float | None, steps: int | None,
            objective: str, deadline: str | None,
            safety_margin: str | None, slow_fraction: float, lr_find: bool, lr_scaling: str, divergence_factor: float,
-           seed: int | None, device: str, warmup_steps: int, windows: int, max_windows: int | None,
+           sampler: str, pruning: bool, seed: int | None, device: str, warmup_steps: int, windows: int, max_windows: int | None,
            target_spread: float, window_seconds: float) -> None:
     """Tune a workload: measure its baseline, then search the speed knobs."""
     from autotune._console import SearchPrinter, print_search_result
@@ -160,6 +166,8 @@ def search(workload_spec: str | None, study_name: str | None, storage: str | Non
         lr_find=lr_find,
         lr_scaling=lr_scaling,
         seed=seed,
+        sampler=sampler,  # type: ignore[arg-type]
+        pruning=pruning,
         device=device,
         measure=MeasureSettings(
             warmup_steps=warmup_steps, windows=windows, window_seconds=window_seconds, seed=seed or 0,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 from collections.abc import Mapping
 from importlib import resources
@@ -185,6 +186,25 @@ class SearchSpace:
                 values[name] = knob.fixed if knob.choices is None else knob.choices[0]
         self._derive_accumulation(values)
         return TrainConfig.from_dict(values, source=f"trial {trial.number}").normalized()
+
+    def grid_points(self, baseline: TrainConfig) -> list[dict[str, Any]]:
+        """Every distinct config of the space as Optuna params, for an exhaustive sweep. Each searched
+        knob must be a list of choices; the worker knobs only vary where num_workers > 0."""
+        ranges = [name for name in self.searched if self.knobs[name].choices is None]
+        if ranges:
+            raise SearchSpaceError(
+                f"{self.source}: an exhaustive grid needs a list of choices for every searched knob; "
+                f"{', '.join(ranges)} {'is a range' if len(ranges) == 1 else 'are ranges'}"
+            )
+        names = self.searched
+        points: list[dict[str, Any]] = []
+        for values in itertools.product(*(self.knobs[name].choices or () for name in names)):
+            point = dict(zip(names, values))
+            if point.get("num_workers", baseline.num_workers) == 0:
+                point = {name: value for name, value in point.items() if name not in WORKER_KNOBS}
+            if point not in points:
+                points.append(point)
+        return points
 
     def fixed_params(self, config: TrainConfig) -> dict[str, Any]:
         """The Optuna params that make the sampler record ``config`` (for enqueueing the baseline)."""

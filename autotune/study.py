@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 METRIC_NAME = "samples/s"  # the objective's name in a throughput study of a samples workload
 TIME_METRIC_NAME = "full run (s)"  # the objective's name when studies rank by the full run's time
 ObjectiveKind = Literal["time", "throughput"]
+SamplerKind = Literal["tpe", "random", "grid"]
+SAMPLERS = ("tpe", "random", "grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,11 @@ class SearchOptions:
     seed: int | None = None
     device: str = "auto"
     measure: MeasureSettings = MeasureSettings()
+    # tpe: Optuna's TPE; random: uniform sampling; grid: every config of the space once (choices only).
+    sampler: SamplerKind = "tpe"
+    # False: every trial measured in full: no median or slow-fraction pruning, no batch skipped on a
+    # fitted curve's prediction (a config already proven out of memory or crashing is still not run).
+    pruning: bool = True
 
     def __post_init__(self) -> None:
         """Every value is checked here, before anything is loaded, opened or run."""
@@ -80,6 +87,8 @@ class SearchOptions:
             raise ParameterError(f"slow_fraction must be in [0, 1), got {self.slow_fraction}", "slow_fraction")
         if self.objective not in ("time", "throughput"):
             raise ParameterError(f"objective must be time or throughput, got {self.objective!r}", "objective")
+        if self.sampler not in SAMPLERS:
+            raise ParameterError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}", "sampler")
         if self.lr_scaling not in ("linear", "sqrt", "none"):
             raise ParameterError(f"lr_scaling must be linear, sqrt or none, got {self.lr_scaling!r}", "lr_scaling")
         Budgets(  # the budgets' own checks (headroom, margin against deadline), before anything runs
@@ -162,6 +171,9 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     notes += dropped
     requested = space.baseline(workload.baseline_overrides())
     baseline = _runnable(requested, unsupported, notes)
+    if options.sampler == "grid":
+        grid = restricted.grid_points(baseline)  # a space with ranges is refused here, before anything runs
+        notes.append(f"exhaustive grid: {len(grid)} configs")
     epochs = float(options.epochs if options.epochs is not None else workload.epochs)
     budgets = Budgets(
         memory_budget_bytes=options.max_memory_bytes or device.total_memory_bytes,
@@ -251,8 +263,9 @@ def _search(
         storage=storage,
         direction="minimize" if plan.objective == "time" else "maximize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True, constant_liar=True),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        sampler=_sampler(options),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1) if options.pruning
+        else optuna.pruners.NopPruner(),
     )
     _check_or_record_setup(study, options, plan)
     listener.on_plan(plan)
@@ -260,9 +273,12 @@ def _search(
         objective = Objective(options, plan, listener, deadline, storage=storage, process=heartbeat.process)
         objective.recover(study)  # trials a dead search left running: ended as interrupted, run again
         _enqueue_baseline(study, plan, storage)
+        n_trials = options.n_trials
+        if options.sampler == "grid":
+            n_trials = min(n_trials or math.inf, _enqueue_grid(study, plan, storage))
         study.optimize(
             objective,
-            n_trials=options.n_trials,
+            n_trials=n_trials,
             timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
             catch=(TrialError,),
             callbacks=[objective.after_trial],
@@ -496,6 +512,26 @@ def _check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Se
         plan.notes.append("budgets or measurement settings differ from the study's last run; the new ones apply")
     current = ("torch_device", "budgets", "requested", "measure", "trial_timeout_seconds")
     _records.write_setup(study, {key: setup[key] for key in current})
+
+
+def _sampler(options: SearchOptions) -> Any:
+    import optuna
+
+    if options.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True, constant_liar=True)
+    # grid: every trial is an enqueued grid point; the sampler only records them.
+    return optuna.samplers.RandomSampler(seed=options.seed)
+
+
+def _enqueue_grid(study: optuna.Study, plan: SearchPlan, storage: Any) -> int:
+    """Every grid point not yet in the study is queued (once across the processes sharing it); the
+    number of trials left to run, the baseline's included."""
+    import optuna
+
+    with study_lock(storage, study.study_name):
+        for point in plan.space.grid_points(plan.baseline):
+            study.enqueue_trial(point, skip_if_exists=True)
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
 
 def _enqueue_baseline(study: optuna.Study, plan: SearchPlan, storage: Any) -> None:
