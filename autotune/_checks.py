@@ -28,8 +28,9 @@ def check_workload(
     *,
     on_wait: Callable[[str], None] | None = None,
     deadline: float | None = None,
-) -> None:
-    """Build the workload and train its first steps at the baseline's config, in a trial process.
+) -> int | None:
+    """Build the workload and train its first steps at the baseline's config, in a trial process;
+    the dataset's size in samples, as the trial saw it.
 
     A step that raises (or crashes the process) is a WorkloadError: every trial would fail the same
     way. Running out of memory, a hang or a NaN at the baseline are results the search records."""
@@ -51,6 +52,7 @@ def check_workload(
             f"workload {options.workload!r}: {reason} "
             f"(its first training step, at the baseline's batch_size {plan.baseline.batch_size})"
         )
+    return outcome.dataset_size
 
 
 class RepeatedErrors:

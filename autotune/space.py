@@ -206,6 +206,33 @@ class SearchSpace:
                 points.append(point)
         return points
 
+    def cap_batch(self, dataset_size: int, accumulation_steps: int = 1) -> tuple[SearchSpace, list[str]]:
+        """No batch_size larger than one epoch of the dataset allows: a batch that cannot fill one optimizer
+        step (batch_size x accumulation_steps > the dataset's samples) is never sampled."""
+        batch = self.knobs["batch_size"]
+        largest = dataset_size // max(1, accumulation_steps)
+        if batch.from_baseline or not batch.is_searched:
+            return self, []
+        if batch.choices is not None:
+            kept = tuple(c for c in batch.choices if c <= largest)
+            if len(kept) == len(batch.choices):
+                return self, []
+            if not kept:
+                raise SearchSpaceError(f"{self.source}: the dataset has {dataset_size} samples, fewer than every "
+                                       f"batch_size in {batch.describe()} (x{accumulation_steps} accumulation)")
+            capped = dataclasses.replace(batch, choices=kept, default=batch.default if batch.default in kept else None)
+        else:
+            assert batch.low is not None and batch.high is not None
+            if batch.high <= largest:
+                return self, []
+            if batch.low > largest:
+                raise SearchSpaceError(f"{self.source}: the dataset has {dataset_size} samples, fewer than the "
+                                       f"smallest batch_size {int(batch.low)} (x{accumulation_steps} accumulation)")
+            capped = dataclasses.replace(batch, high=largest)
+        note = (f"batch_size up to {largest}: the dataset has {dataset_size} samples"
+                + (f" and the recipe accumulates {accumulation_steps} micro-batches" if accumulation_steps > 1 else ""))
+        return dataclasses.replace(self, knobs={**self.knobs, "batch_size": capped}), [note]
+
     def fixed_params(self, config: TrainConfig) -> dict[str, Any]:
         """The Optuna params that make the sampler record ``config`` (for enqueueing the baseline)."""
         params = {}

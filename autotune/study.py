@@ -228,10 +228,12 @@ def search(options: SearchOptions, listener: SearchListener | None = None) -> Se
         sweep_stale_scratch()  # scratch folders of trials whose search died
         plan = plan_search(options)
         storage = open_storage(plan.storage) if storage_exists(plan.storage) else None
-        if storage is None or not _baseline_measured(storage, plan.study_name):
+        dataset_size = None if storage is None else _baseline_measured(storage, plan.study_name)
+        if dataset_size is None:
             # Before the study exists: a workload that cannot train is refused, and nothing is created.
             listener.on_workload_check(plan)
-            check_workload(options, plan, on_wait=listener.on_note, deadline=deadline)
+            dataset_size = check_workload(options, plan, on_wait=listener.on_note, deadline=deadline)
+        plan = _cap_batch(plan, dataset_size)
         storage = storage or open_storage(plan.storage)
         with warnings.catch_warnings(), _optuna_quiet():
             # TPE's group/multivariate modes and metric names are stable in practice but flagged experimental.
@@ -239,16 +241,32 @@ def search(options: SearchOptions, listener: SearchListener | None = None) -> Se
             return _search(options, plan, storage, listener, deadline)
 
 
-def _baseline_measured(storage: Any, study_name: str) -> bool:
-    """The study exists and its baseline ran fine: its workload was checked then."""
+def _baseline_measured(storage: Any, study_name: str) -> int | None:
+    """The study exists and its baseline ran fine (its workload was checked then): the dataset's
+    size it saw (0 where it was not recorded); else None."""
     import optuna
 
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        return False
+        return None
     baseline = _records.baseline_trial(study.get_trials(deepcopy=False))
-    return baseline is not None and _records.status(baseline) == "ok"
+    if baseline is None or _records.status(baseline) != "ok":
+        return None
+    return int(baseline.user_attrs.get("dataset_size") or 0)
+
+
+def _cap_batch(plan: SearchPlan, dataset_size: int | None) -> SearchPlan:
+    """The batch range follows the dataset: no batch_size above what one epoch of it can fill. Not where
+    the search varies the dataset itself (a dataset.* knob), whose size may then differ per trial."""
+    space = plan.space
+    if not dataset_size or any(name.startswith("dataset.") for name in space.searched):
+        return plan
+    accumulation = 1
+    if space.effective_batch is None and not space.knobs["accumulation_steps"].is_searched:
+        accumulation = plan.baseline.accumulation_steps
+    capped, notes = space.cap_batch(dataset_size, accumulation)
+    return dataclasses.replace(plan, space=capped, notes=plan.notes + notes) if notes else plan
 
 
 def _search(

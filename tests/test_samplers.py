@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from autotune import _records
 from autotune.cli import main
 from autotune.exceptions import ParameterError, SearchSpaceError
-from autotune.study import SearchOptions, search
+from autotune.study import SearchListener, SearchOptions, search
 
 from conftest import workload_spec
 
@@ -76,3 +77,42 @@ def test_a_grid_over_a_range_is_refused_before_anything_is_created(tmp_path, spa
 def test_an_unknown_sampler_is_refused():
     with pytest.raises(ParameterError, match="sampler must be one of tpe, random, grid"):
         SearchOptions(sampler="cmaes")  # type: ignore[arg-type]
+
+
+class _Plans(SearchListener):
+    def __init__(self) -> None:
+        self.plans = []
+
+    def on_plan(self, plan) -> None:
+        self.plans.append(plan)
+
+
+def test_the_batch_range_follows_the_dataset(storage_url, space_file, fast_measure, tiny_spec):
+    """tests/workloads/tiny.py has 512 samples: batch sizes above it are not sampled, with a note."""
+    space = space_file("knobs:\n  batch_size: {low: 256, high: 8192, log: true}\n")
+    listener = _Plans()
+    options = SearchOptions(workload=tiny_spec, storage=storage_url, space=str(space), measure=fast_measure, seed=0,
+                            lr_find=False, objective="throughput", sampler="random", pruning=False, n_trials=5)
+    result = search(options, listener)
+    assert "batch_size up to 512: the dataset has 512 samples" in listener.plans[0].notes
+    trials = optuna.load_study(study_name=result.study_name, storage=storage_url).get_trials(deepcopy=False)
+    sampled = [t.user_attrs["config"]["batch_size"] for t in trials if not t.user_attrs.get("baseline")]
+    assert len(sampled) == 4 and all(256 <= b <= 512 for b in sampled)
+    assert result.status_counts == {"ok": 5}
+    # Resumed (no workload check): the size comes from the baseline trial, the cap holds.
+    listener = _Plans()
+    search(dataclasses.replace(options, n_trials=2), listener)
+    assert "batch_size up to 512: the dataset has 512 samples" in listener.plans[0].notes
+
+
+def test_choices_above_the_dataset_are_dropped_and_none_left_is_refused(storage_url, space_file, fast_measure,
+                                                                       tiny_spec):
+    from autotune.space import load_space
+
+    space = load_space(space_file("knobs:\n  batch_size: [8, 64, 1024, 4096]\n"))
+    capped, notes = space.cap_batch(512)
+    assert capped.knobs["batch_size"].choices == (8, 64)
+    assert notes == ["batch_size up to 512: the dataset has 512 samples"]
+    assert space.cap_batch(512, accumulation_steps=16)[0].knobs["batch_size"].choices == (8,)
+    with pytest.raises(SearchSpaceError, match="the dataset has 4 samples, fewer than every batch_size"):
+        space.cap_batch(4)
