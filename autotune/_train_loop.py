@@ -26,7 +26,7 @@ from autotune.training import Training, backend_flags, evaluate
 
 # Untimed steps at each start, as a trial's warm-up (MeasureSettings.warmup_steps; compile adds one):
 # worker start, torch.compile, cuDNN autotune. The steady-state rate leaves them out, as the trial did.
-WARMUP_STEPS = 2
+WARMUP_STEPS = 1  # as a trial: MeasureSettings().warmup_steps
 FINAL_LOSS_STEPS = 20  # the record's final loss: the mean over the last this many steps
 
 

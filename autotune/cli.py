@@ -121,7 +121,9 @@ Examples:
               "skipped on a fitted curve's prediction.")
 @click.option("--seed", type=int, default=None, help="Seed of the sampler and of each trial.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--warmup-steps", type=int, default=2, show_default=True, help="Untimed steps before the windows.")
+@click.option("--warmup-steps", type=int, default=1, show_default=True,
+              help="Untimed optimizer steps before the windows (worker start, lazy init); torch.compile trials "
+              "take one more.")
 @click.option("--windows", type=int, default=3, show_default=True,
               help="Timed windows per trial, at least (median is reported).")
 @click.option("--max-windows", type=int, default=None,

@@ -328,7 +328,9 @@ def _search(
     )
 
 
-PAIRED_ROUNDS = 2
+PAIRED_ROUNDS = 2  # at least; more, up to PAIRED_MAX_ROUNDS, while the speedup's noise is above PAIRED_NOISE
+PAIRED_MAX_ROUNDS = 6
+PAIRED_NOISE = 0.10
 
 
 def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadline: float | None):
@@ -346,8 +348,12 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
         return None, ["the winner and the baseline were not re-measured side by side: the time budget is spent "
                       "(export-best --verify 1 does it)"]
     setup = _records.read_setup(study)
+
+    def settled(figures: list[Candidate]) -> bool:
+        return len(figures) == 2 and noise_margin(*figures) <= PAIRED_NOISE
+
     verification = verify([Candidate.from_trial(best), Candidate.from_trial(baseline)], setup,
-                          rounds=PAIRED_ROUNDS, deadline=deadline)
+                          rounds=PAIRED_ROUNDS, deadline=deadline, max_rounds=PAIRED_MAX_ROUNDS, enough=settled)
     measured = {c.number: c for c in verification.candidates}
     if best.number not in measured or baseline.number not in measured:
         return None, ["the side-by-side re-measurement of the winner and the baseline did not finish"]

@@ -26,18 +26,29 @@ def verify(
     rounds: int = 3,
     on_run: Callable[[int, int, Candidate, float | None], None] | None = None,
     deadline: float | None = None,
+    max_rounds: int | None = None,
+    enough: Callable[[list[Candidate]], bool] | None = None,
 ) -> Verification:
     """Run every candidate once per round, in the same order each round, so drift hits all alike.
 
     A candidate's figure is the median over rounds; its spread is the larger of the rounds'
-    coefficient of variation and its windows' typical one.
+    coefficient of variation and its windows' typical one. After ``rounds``, further rounds run
+    up to ``max_rounds`` until ``enough(figures so far)`` holds, while the deadline leaves time
+    for one more round.
     """
     started = time.monotonic()
     budgets = Budgets.from_json(setup.get("budgets"))
     measure = MeasureSettings(**setup.get("measure", {}))
     rates: dict[int, list[float | None]] = {c.number: [] for c in candidates}
     window_spreads: dict[int, list[float]] = {c.number: [] for c in candidates}
-    for round_index in range(rounds):
+    most = max(rounds, max_rounds or rounds)
+    round_index = 0
+    while round_index < most:
+        if round_index >= rounds:
+            per_round = (time.monotonic() - started) / round_index
+            if (enough is None or enough(_figures(candidates, rates, window_spreads))
+                    or deadline is not None and deadline - time.monotonic() < per_round):
+                break
         for candidate in candidates:
             outcome = run_trial(
                 TrialJob(
@@ -56,6 +67,14 @@ def verify(
                 window_spreads[candidate.number].append(outcome.throughput_cv)
             if on_run is not None:
                 on_run(round_index, rounds, candidate, rate)
+        round_index += 1
+    table = [{"trial": number, "samples_per_second": values} for number, values in rates.items()]
+    return Verification(candidates=_figures(candidates, rates, window_spreads), rounds=table,
+                        seconds=time.monotonic() - started)
+
+
+def _figures(candidates: Sequence[Candidate], rates: dict[int, list[float | None]],
+             window_spreads: dict[int, list[float]]) -> list[Candidate]:
     measured = []
     for candidate in candidates:
         good = [rate for rate in rates[candidate.number] if rate is not None]
@@ -66,5 +85,4 @@ def verify(
         measured.append(
             dataclasses.replace(candidate, samples_per_second=statistics.median(good), spread=max(rounds_cv, windows_cv))
         )
-    table = [{"trial": number, "samples_per_second": values} for number, values in rates.items()]
-    return Verification(candidates=measured, rounds=table, seconds=time.monotonic() - started)
+    return measured

@@ -499,3 +499,25 @@ def test_search_timeout_stops_a_hanging_trial(space_file, storage_url, fast_meas
     assert hung.user_attrs["reason"] == "stopped when the search's time budget ran out"
     assert result.status_counts == {"ok": 1, "timeout": 1}
     assert math.isclose(_records.read_setup(_study(storage, first.study_name))["trial_timeout_seconds"], 6)
+
+
+def test_verify_goes_on_past_its_rounds_until_enough(shared):
+    """The paired re-measurement's rule: at least `rounds`, then more up to `max_rounds` until `enough`."""
+    from autotune.selection import Candidate
+    from autotune.verify import verify
+
+    study = _study(shared["storage"])
+    candidates = [Candidate.from_trial(study.trials[0]), Candidate.from_trial(study.trials[1])]
+    setup = _records.read_setup(study)
+    seen = []
+
+    def never(figures):
+        seen.append([len(f.attrs) for f in figures])
+        return False
+
+    verification = verify(candidates, setup, rounds=1, max_rounds=3, enough=never)
+    assert [len(entry["samples_per_second"]) for entry in verification.rounds] == [3, 3]
+    assert len(seen) == 2  # asked after rounds 1 and 2; round 3 is the last allowed
+    settled = verify(candidates, setup, rounds=2, max_rounds=5, enough=lambda figures: len(figures) == 2)
+    assert [len(entry["samples_per_second"]) for entry in settled.rounds] == [2, 2]
+    assert {c.number for c in settled.candidates} == {0, 1}

@@ -202,7 +202,7 @@ def test_cli_search_warmup_steps_default_matches_the_library_and_readme():
     from autotune.runner import MeasureSettings
 
     option = next(p for p in main.commands["search"].params if p.name == "warmup_steps")
-    assert option.default == MeasureSettings().warmup_steps == 2
+    assert option.default == MeasureSettings().warmup_steps == 1
 
 
 def test_cli_export_best_format_hf_writes_training_arguments(searched):

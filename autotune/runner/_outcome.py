@@ -23,7 +23,7 @@ class Status(str, enum.Enum):
 class MeasureSettings:
     """How long a trial runs: warm-up steps, then timed windows (data loading included)."""
 
-    warmup_steps: int = 2  # torch.compile trials get one more
+    warmup_steps: int = 1  # torch.compile trials get one more (its first step compiles)
     windows: int = 3
     window_seconds: float = 1.0
     max_window_steps: int = 50
