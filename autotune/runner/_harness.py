@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 
 from autotune.config import TrainConfig
+from autotune.runner._memory import process_peak_rss
 from autotune.runner._outcome import TrialJob
 from autotune.training import Training, backend_flags, evaluate
 from autotune.workload import Workload
@@ -134,7 +133,7 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
             "loss_end": loss_end,
             "scaler_skipped_steps": skipped_steps if training.scaler is not None else None,
             "device_peak_memory_bytes": _device_peak_memory(device),
-            "process_peak_rss_bytes": _process_peak_rss(),
+            "process_peak_rss_bytes": process_peak_rss(),
         }
     )
 
@@ -192,17 +191,3 @@ def _device_peak_memory(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_reserved(device))  # allocator's peak, what must fit the card
     return None
-
-
-def _process_peak_rss() -> int:
-    """This process's own peak resident memory. On Linux, VmHWM: ru_maxrss survives exec(), so
-    it would report the parent's peak when the parent was bigger."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, others KiB

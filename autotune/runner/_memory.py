@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import sys
 
 import psutil
 
@@ -68,3 +70,17 @@ class ProcessTree:
             except psutil.Error:
                 continue
         return alive
+
+
+def process_peak_rss() -> int:
+    """This process's own peak resident memory. On Linux, VmHWM: ru_maxrss survives exec(), so
+    it would report the parent's peak when the parent was bigger."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, others KiB

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import signal
 import subprocess
 import sys
@@ -75,6 +74,7 @@ import torch
 from torch import nn
 
 from autotune.config import TrainConfig
+from autotune.runner._memory import process_peak_rss
 from autotune.workload import Workload, load_workload
 
 METHODS = ("pytorch-autotune", "lightning", "hf-largest")
@@ -86,16 +86,8 @@ PA_PRECISION = {"fp32_default": "fp32", "tf32": "fp32", "amp_bf16": "bf16", "amp
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory in bytes."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
+    """This process's peak resident memory in bytes, read as autotune's trial harness reads it."""
+    return process_peak_rss()
 
 
 def cpu_oom_error(peak: int, budget: int) -> RuntimeError:
