@@ -160,7 +160,9 @@ def measure(spec: str, picks: list[dict[str, Any]], rounds: int, seconds: float,
                 errors[i] = f"no result within {timeout:.0f}s"
                 continue
             if done.returncode != 0:
-                errors[i] = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                # The exception's own line: the last one a traceback does not indent.
+                lines = [line for line in done.stderr.splitlines() if line.strip() and not line[0].isspace()]
+                errors[i] = lines[-1] if lines else f"exit {done.returncode}"
                 continue
             run = json.loads(done.stdout.strip().splitlines()[-1])
             results[i].append(run)
