@@ -293,3 +293,41 @@ def test_export_best_payoff_of_trials_without_duration(storage_url):
     payoff = export_best("imported", storage_url).document["payoff"]
     assert payoff["speedup_over_baseline"] == 4.0
     assert payoff["search_seconds"] == 0.0
+
+
+def _paired_study(storage: str, name: str, challenger_rate: float) -> optuna.Study:
+    """Baseline #0, a challenger #1 measured once, and #2, the search's winner re-measured beside the baseline."""
+    study = _recorded_study(
+        storage, name,
+        (TrialState.COMPLETE, _attrs(8, 1000.0, 0.05, baseline=True)),
+        (TrialState.COMPLETE, _attrs(16, challenger_rate, 0.05)),
+        (TrialState.COMPLETE, _attrs(32, 1320.0, 0.05)),
+    )
+    study.set_user_attr("paired", {
+        "trial": 2, "baseline_trial": 0, "samples_per_second": 1280.0, "spread": 0.03,
+        "baseline_samples_per_second": 1000.0, "baseline_spread": 0.03, "speedup": 1.28, "noise": 0.085,
+        "rounds": [{"trial": 2, "samples_per_second": [1270.0, 1290.0]},
+                   {"trial": 0, "samples_per_second": [990.0, 1010.0]}],
+        "unit": "samples", "seconds": 4.0,
+    })
+    return study
+
+
+def test_export_best_keeps_the_re_measured_winner_over_a_single_figure_within_noise(storage_url):
+    # #1's one figure (1300) is above #2's re-measured one (1280) by less than their noise.
+    _paired_study(storage_url, "incumbent", 1300.0)
+    export = export_best("incumbent", storage_url)
+    assert export.document["provenance"]["trial"] == 2
+    assert export.document["measured"]["samples_per_second"] == 1280.0
+    assert export.explanation[1] == (
+        "trial #1 (+1.6%) measured faster than trial #2 once, within the noise of the two; #2, re-measured "
+        "beside the baseline at the end of the search, is kept"
+    )
+
+
+def test_export_best_takes_a_single_figure_beyond_the_noise_of_the_re_measured_winner(storage_url):
+    _paired_study(storage_url, "challenger", 1600.0)
+    export = export_best("challenger", storage_url)
+    assert export.document["provenance"]["trial"] == 1
+    assert not any("re-measured beside the baseline at the end of the search, is kept" in line
+                   for line in export.explanation)
