@@ -1,0 +1,39 @@
+"""benchmarks/suite/measure.py: the suite's independent measurement, on the tiny workload."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+from pathlib import Path
+
+from conftest import workload_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _measure_module():
+    spec = importlib.util.spec_from_file_location("suite_measure", ROOT / "benchmarks" / "suite" / "measure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_pick_is_measured_each_round_in_a_rotated_order_and_a_failure_is_one_line():
+    measure = _measure_module()
+    picks = [
+        {"label": "small", "config": {"batch_size": 8}},
+        {"label": "accumulating", "config": {"batch_size": 16, "accumulation_steps": 2}},
+        {"label": "broken", "config": {"batch_size": 8, "precision": "no-such-precision", "compile": "bogus"}},
+    ]
+    log = io.StringIO()
+    measured = measure.measure(workload_spec(), picks, rounds=2, seconds=0.2, warmup_steps=1, timeout=120, log=log)
+    small, accumulating, broken = measured
+    for entry in (small, accumulating):
+        assert len(entry["runs"]) == 2 and entry["error"] is None
+        assert entry["samples_per_second"]["median"] > 0 and len(entry["samples_per_second"]["rounds"]) == 2
+        assert entry["units_per_second"] == entry["samples_per_second"]  # tiny counts samples
+        assert all(run["steps"] >= 1 for run in entry["runs"])
+    # Round 2 starts one pick later than round 1 (the broken pick is not run again after it failed).
+    order = [line.split(": ")[1] for line in log.getvalue().splitlines()]
+    assert order == ["small", "accumulating", "accumulating", "small"]
+    assert broken["runs"] == [] and "bogus" in broken["error"] and "\n" not in broken["error"]
