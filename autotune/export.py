@@ -16,7 +16,7 @@ from autotune.budget import Budgets
 from autotune.config import TrainConfig
 from autotune.exceptions import NoFeasibleTrialError, UsageError
 from autotune.lr_find import stored_result
-from autotune.selection import Candidate, Preference, Selection, select
+from autotune.selection import Candidate, Preference, Selection, hold_off, select
 from autotune.storage import DEFAULT_STORAGE, load_study, redact
 from autotune.verify import verify
 
@@ -109,7 +109,8 @@ def export_best(
     if verification is None and paired:
         feasible = _with_paired(feasible, paired)
         if prefer == "fastest":
-            feasible, held_off = _incumbent(feasible, paired, budgets, setup.get("objective", "throughput"))
+            feasible, held_off = hold_off(feasible, paired["trial"], paired["baseline_trial"], budgets,
+                                          setup.get("objective", "throughput"))
     baseline = next((c for c in feasible if c.is_baseline), None)
     selection = select(
         feasible,
@@ -187,32 +188,6 @@ def export_format(path: Path | None, fmt: str | None) -> ExportFormat:
 def default_out(fmt: str | None) -> str:
     """The file export-best writes when --out is not given: best.yaml, or best_hf.yaml, best_train.py..."""
     return DEFAULT_OUT.get(fmt or "yaml", "best.yaml")
-
-
-def _incumbent(feasible: list[Candidate], paired: dict[str, Any], budgets: Budgets,
-               objective: str) -> tuple[list[Candidate], list[str]]:
-    """The search's winner, re-measured beside the baseline, stays the one to beat: a trial measured once
-    replaces it only beyond the noise of the two (the best of many single figures reads high by chance,
-    and a re-measured figure no longer does). The trials it holds off, with a line saying so."""
-    from autotune.selection import noise_margin
-
-    winner = next((c for c in feasible if c.number == paired["trial"]), None)
-    if winner is None:
-        return feasible, []
-    timed = objective == "time" and all(c.projected(budgets) is not None for c in feasible)
-
-    def gain(c: Candidate) -> float:
-        return winner.projected(budgets) / c.projected(budgets) - 1.0 if timed else c.rate / winner.rate - 1.0
-
-    held = [c for c in feasible if c.number not in (winner.number, paired["baseline_trial"])
-            and 0.0 < gain(c) <= noise_margin(c, winner)]
-    if not held:
-        return feasible, []
-    line = (f"{', '.join(f'trial #{c.number} ({gain(c):+.1%})' for c in held)} measured faster than trial "
-            f"#{winner.number} once, within the noise of the two; #{winner.number}, re-measured beside the "
-            "baseline at the end of the search, is kept")
-    held_numbers = {c.number for c in held}
-    return [c for c in feasible if c.number not in held_numbers], [line]
 
 
 def _with_paired(feasible: list[Candidate], paired: dict[str, Any]) -> list[Candidate]:

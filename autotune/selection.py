@@ -88,7 +88,7 @@ def select(
     if not feasible:
         return _closest_miss(deadline_misses, budgets, study_name)
     recipe = dict(recipe or {})
-    timed = objective == "time" and all(c.projected(budgets) is not None for c in feasible)
+    timed = _timed(feasible, budgets, objective)
     if prefer == "recipe":
         keeping = [c for c in feasible if not recipe_changes(c, recipe)]
         chosen, line = _by_preference(keeping or feasible, budgets, "fastest", timed)
@@ -100,10 +100,7 @@ def select(
     if timed:
         explanation += _time_against_throughput(chosen, feasible, budgets)
     if baseline is not None and not chosen.is_baseline:
-        if timed:
-            gain = baseline.projected(budgets) / chosen.projected(budgets) - 1.0
-        else:
-            gain = chosen.rate / baseline.rate - 1.0
+        gain = _gain(chosen, baseline, budgets, timed)
         margin = noise_margin(chosen, baseline)
         if gain <= margin:
             explanation.append(
@@ -123,6 +120,39 @@ def select(
             "not only its speed (--prefer recipe keeps it)"
         )
     return Selection(chosen=chosen, baseline=baseline, fits_deadline=True, explanation=explanation)
+
+
+def hold_off(feasible: list[Candidate], incumbent: int, baseline: int, budgets: Budgets,
+             objective: str) -> tuple[list[Candidate], list[str]]:
+    """Trial ``incumbent``, re-measured beside the baseline, stays the one to beat: a trial measured once
+    replaces it only beyond the noise of the two (the best of many single figures reads high by chance,
+    and a re-measured figure no longer does). ``feasible`` without the trials it holds off, and a line
+    saying so."""
+    winner = next((c for c in feasible if c.number == incumbent), None)
+    if winner is None:
+        return feasible, []
+    timed = _timed(feasible, budgets, objective)
+    gains = {c.number: _gain(c, winner, budgets, timed) for c in feasible if c.number not in (incumbent, baseline)}
+    held = [c for c in feasible if 0.0 < gains.get(c.number, 0.0) <= noise_margin(c, winner)]
+    if not held:
+        return feasible, []
+    line = (f"{', '.join(f'trial #{c.number} ({gains[c.number]:+.1%})' for c in held)} measured faster than trial "
+            f"#{incumbent} once, within the noise of the two; #{incumbent}, re-measured beside the "
+            "baseline at the end of the search, is kept")
+    held_numbers = {c.number for c in held}
+    return [c for c in feasible if c.number not in held_numbers], [line]
+
+
+def _timed(feasible: Sequence[Candidate], budgets: Budgets, objective: str) -> bool:
+    """Ranked by the full run's projected time: the study's objective, and every candidate has a projection."""
+    return objective == "time" and all(c.projected(budgets) is not None for c in feasible)
+
+
+def _gain(challenger: Candidate, reference: Candidate, budgets: Budgets, timed: bool) -> float:
+    """How much faster ``challenger`` is than ``reference``: by projected time, else by throughput."""
+    if timed:
+        return reference.projected(budgets) / challenger.projected(budgets) - 1.0
+    return challenger.rate / reference.rate - 1.0
 
 
 def recipe_changes(candidate: Candidate, recipe: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
