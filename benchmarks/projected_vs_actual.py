@@ -29,6 +29,15 @@ import yaml
 DEFAULT_WORKLOADS = ["autotune.demo:workload", "examples/multitask.py:workload"]
 
 
+def outputs(out: str) -> tuple[Path, Path]:
+    """The results file and its log beside it (``.log``, emptied), their folder made."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = path.with_suffix(".log")
+    log.write_text("")
+    return path, log
+
+
 def run(command: list[str], log: Path) -> float:
     """Run an autotune command, its output appended to ``log``; its wall seconds."""
     begin = time.perf_counter()
@@ -99,10 +108,7 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=60.0)
     parser.add_argument("--out", default="benchmarks/results/projected_vs_actual.md")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".log")
-    log.write_text("")
+    out, log = outputs(args.out)
     rows = []
     for spec in args.workloads:
         with tempfile.TemporaryDirectory(prefix="autotune-bench-") as folder:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import optuna
-from projected_vs_actual import run  # a command's wall seconds, its output in the log
+from projected_vs_actual import outputs, run  # the results' files; a command's wall seconds, its output in the log
 
 
 def one_search(workload: str, options: list[str], folder: Path, log: Path) -> dict:
@@ -49,10 +49,7 @@ def main() -> None:
     parser.add_argument("--timeout", default="2m")
     parser.add_argument("--out", default="benchmarks/results/search_repeatability.md")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".log")
-    log.write_text("")
+    out, log = outputs(args.out)
     runs = []
     for attempt in (1, 2):
         with tempfile.TemporaryDirectory(prefix="autotune-repeat-") as folder:

@@ -85,11 +85,6 @@ PA_PRECISION = {"fp32_default": "fp32", "tf32": "fp32", "amp_bf16": "bf16", "amp
 # --------------------------------------------------------------------------- helpers
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory in bytes, read as autotune's trial harness reads it."""
-    return process_peak_rss()
-
-
 def cpu_oom_error(peak: int, budget: int) -> RuntimeError:
     """The error torch raises when a CPU allocation fails, as Lightning and accelerate recognise it."""
     return RuntimeError(
@@ -237,7 +232,7 @@ def run_lightning(workload: Workload, args: argparse.Namespace) -> dict[str, Any
             return make_loader(workload, self.dataset, self.batch_size, num_workers=config["num_workers"])
 
         def check_memory(self) -> None:
-            peak = peak_rss_bytes()
+            peak = process_peak_rss()
             row = tried.setdefault(self.batch_size, {"batch_size": self.batch_size, "peak_memory_bytes": 0, "fits": True})
             row["peak_memory_bytes"] = peak
             if peak > budget:
@@ -262,7 +257,7 @@ def run_lightning(workload: Workload, args: argparse.Namespace) -> dict[str, Any
         )
         seconds = time.perf_counter() - started
 
-    rows = [tried[size] for size in tried]
+    rows = list(tried.values())
     sizes = ", ".join(f"{r['batch_size']} {'ok' if r['fits'] else 'over budget'}" for r in rows)
     notes = [f"power mode from {config['batch_size']}, {STEPS_PER_TRIAL} steps a trial: {sizes}"]
     failed = [r for r in rows if not r["fits"]]
@@ -302,7 +297,7 @@ def probe(workload: Workload, batch_size: int) -> dict[str, Any]:
         out_of_memory = True
     return {
         "batch_size": batch_size,
-        "peak_memory_bytes": peak_rss_bytes(),
+        "peak_memory_bytes": process_peak_rss(),
         "steps": steps,
         "out_of_memory": out_of_memory,
         "seconds": time.perf_counter() - started,
