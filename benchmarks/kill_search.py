@@ -43,7 +43,7 @@ SPACE = "knobs:\n  batch_size: [8, 16, 32, 64]\n  num_workers: [0, 1, 2]\n"
 MEASURE = ["--window-seconds", "0.2", "--windows", "2", "--warmup-steps", "1", "--no-lr-find", "--slow-fraction", "0"]
 MARK_VARIABLE = "AUTOTUNE_KILL_BENCHMARK"
 ORPHAN_WAIT_SECONDS = 5.0
-MAX_KILL_DELAY_SECONDS = 12.0  # a run is killed this long after its start at most (it starts up in about 4 s)
+MAX_KILL_DELAY_SECONDS = 12.0  # a run is killed this long after its start at most (it starts up in about 2-4 s)
 
 
 def main() -> None:
@@ -72,15 +72,18 @@ def main() -> None:
         owed = args.trials - len(_measured(database))
         if owed <= 0:
             break
-        kill = len([run for run in runs if run["killed"]]) < args.kills
-        delay = rng.uniform(0.5, MAX_KILL_DELAY_SECONDS) if kill else None
+        kills_left = args.kills - len([run for run in runs if run["killed"]])
+        delay = rng.uniform(0.5, _longest_delay(runs, args.trials - owed, owed, kills_left)) if kills_left > 0 else None
         with open(folder / f"run-{len(runs)}.log", "w") as log:
             search = subprocess.Popen([*command, "--trials", str(owed)], env=env, cwd=folder, stdout=log,
                                       stderr=subprocess.STDOUT)
             run = {"trials_owed": owed, "kill_after_seconds": delay, "killed": False}
+            begun = time.monotonic()
             try:
                 search.wait(timeout=delay)
+                run["seconds"] = round(time.monotonic() - begun, 2)
             except subprocess.TimeoutExpired:
+                run["seconds"] = round(time.monotonic() - begun, 2)  # its life, less the wait after a kill
                 if len(_measured(database)) >= args.trials:
                     search.wait()  # its trials are all measured: the search is over, no kill
                 else:
@@ -127,6 +130,16 @@ def main() -> None:
         print(f"only {result['kills']} of {args.kills} kills fell before the search's trials were done")
     if result["trials_lost"] or result["orphan_processes"] or result["scratch_folders_left"]:
         sys.exit(1)
+
+
+def _longest_delay(runs: list[dict], measured: int, owed: int, kills_left: int) -> float:
+    """The longest kill delay of the next run, so that the kills left spread over the trials owed:
+    on average a run lives long enough for its share of them (the search's pace so far decides)."""
+    if not runs or not measured:
+        return MAX_KILL_DELAY_SECONDS
+    seconds_per_trial = sum(run["seconds"] for run in runs) / measured  # start-up included
+    share = owed / (kills_left + 1)
+    return min(MAX_KILL_DELAY_SECONDS, max(1.0, 2 * seconds_per_trial * share))
 
 
 def _kill(search: subprocess.Popen, database: Path, mark: str, scratch_root: Path, run: dict) -> None:
