@@ -10,6 +10,7 @@ import time
 import psutil
 import pytest
 
+from autotune.runner import _memory
 from autotune.runner._memory import ProcessTree
 
 MB = 1000**2
@@ -114,6 +115,49 @@ def test_process_tree_sample_counts_descendants(started):
     assert tree.peak_bytes > 100 * MB
     assert psutil.Process(process.pid).memory_info().rss < 100 * MB  # the child's memory made the peak
     assert child in tree.seen
+
+
+_TREE = textwrap.dedent(
+    """
+    import subprocess, sys, threading, time
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    parent = [sys.executable, "-c", "import subprocess, sys, time; "
+              "child = subprocess.Popen(sys.argv[1:]); print(child.pid, flush=True); time.sleep(120)", *sleeper]
+    middle = subprocess.Popen(parent, stdout=subprocess.PIPE, text=True)
+    grandchild = int(middle.stdout.readline())
+    from_thread = []
+    thread = threading.Thread(target=lambda: from_thread.append(subprocess.Popen(sleeper)))
+    thread.start()
+    thread.join()
+    print(middle.pid, grandchild, from_thread[0].pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+@pytest.mark.skipif(not _memory._PROC_CHILDREN, reason="this kernel keeps no /proc/PID/task/TID/children lists")
+def test_process_tree_descendants_from_the_kernel_lists_match_a_scan_of_every_process(started):
+    # A child, its own child, and a child started from another thread of the process.
+    process = started(_TREE)
+    pids = [int(value) for value in process.stdout.readline().split()]
+
+    found = _memory._descendants(process.pid)
+
+    assert sorted(found) == sorted(pids)
+    assert sorted(found) == sorted(child.pid for child in psutil.Process(process.pid).children(recursive=True))
+
+
+@pytest.mark.parametrize("kernel_lists", [True, False])
+def test_process_tree_sample_sees_every_descendant_either_way(started, monkeypatch, kernel_lists):
+    if kernel_lists and not _memory._PROC_CHILDREN:
+        pytest.skip("this kernel keeps no /proc/PID/task/TID/children lists")
+    monkeypatch.setattr(_memory, "_PROC_CHILDREN", kernel_lists)
+    process = started(_TREE)
+    pids = [int(value) for value in process.stdout.readline().split()]
+    tree = ProcessTree(process.pid)
+
+    assert tree.sample() > 0
+    assert set(tree.seen) == {process.pid, *pids}
 
 
 def test_process_tree_sample_after_process_ended_is_zero_without_descendants(started):
