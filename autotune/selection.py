@@ -27,6 +27,9 @@ class Candidate:
     spread: float  # coefficient of variation of the measurement
     peak_memory_bytes: int | None
     is_baseline: bool = False
+    # Re-measured over rounds: the windows' typical spread inside one run, the part of ``spread``
+    # that more rounds do not lower. None for a trial's own figure.
+    window_spread: float | None = None
 
     @property
     def rate(self) -> float:

@@ -329,8 +329,30 @@ def _search(
 
 
 PAIRED_ROUNDS = 2  # at least; more, up to PAIRED_MAX_ROUNDS, while the speedup's noise is above PAIRED_NOISE
-PAIRED_MAX_ROUNDS = 6
+PAIRED_MAX_ROUNDS = 6  # and while more rounds could still lower it enough to change the verdict
 PAIRED_NOISE = 0.10
+
+
+def paired_settled(figures: list[Any]) -> bool:
+    """Whether the side-by-side rounds so far (the winner's figure, then the baseline's) are enough.
+
+    Enough once the speedup's noise is within PAIRED_NOISE. Where the windows' own spread keeps
+    the noise above it whatever the rounds (a workload whose steps vary: boxes per image, sequence
+    lengths), more rounds are run only while they could still change the verdict: the gain is
+    beyond that floor yet still within the noise."""
+    from autotune.selection import NOISE_SIGMAS, noise_margin
+
+    if len(figures) != 2:
+        return False
+    winner, baseline = figures
+    noise = noise_margin(winner, baseline)
+    if noise <= PAIRED_NOISE:
+        return True
+    floor = NOISE_SIGMAS * math.hypot(winner.window_spread or 0.0, baseline.window_spread or 0.0)
+    if floor <= PAIRED_NOISE:
+        return False
+    gain = abs(winner.rate / baseline.rate - 1)
+    return gain <= floor or gain > noise
 
 
 def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadline: float | None):
@@ -349,11 +371,8 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
                       "(export-best --verify 1 does it)"]
     setup = _records.read_setup(study)
 
-    def settled(figures: list[Candidate]) -> bool:
-        return len(figures) == 2 and noise_margin(*figures) <= PAIRED_NOISE
-
     verification = verify([Candidate.from_trial(best), Candidate.from_trial(baseline)], setup,
-                          rounds=PAIRED_ROUNDS, deadline=deadline, max_rounds=PAIRED_MAX_ROUNDS, enough=settled)
+                          rounds=PAIRED_ROUNDS, deadline=deadline, max_rounds=PAIRED_MAX_ROUNDS, enough=paired_settled)
     measured = {c.number: c for c in verification.candidates}
     if best.number not in measured or baseline.number not in measured:
         return None, ["the side-by-side re-measurement of the winner and the baseline did not finish"]
@@ -366,6 +385,8 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
         "spread": winner.spread,
         "baseline_samples_per_second": reference.samples_per_second,
         "baseline_spread": reference.spread,
+        "window_spread": winner.window_spread,  # the part of each spread that rounds do not lower
+        "baseline_window_spread": reference.window_spread,
         "speedup": winner.rate / reference.rate,
         "noise": noise_margin(winner, reference),
         "unit": winner.unit,

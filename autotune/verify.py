@@ -83,6 +83,7 @@ def _figures(candidates: Sequence[Candidate], rates: dict[int, list[float | None
         rounds_cv = statistics.pstdev(good) / statistics.fmean(good) if len(good) > 1 else 0.0
         windows_cv = statistics.fmean(window_spreads[candidate.number]) if window_spreads[candidate.number] else 0.0
         measured.append(
-            dataclasses.replace(candidate, samples_per_second=statistics.median(good), spread=max(rounds_cv, windows_cv))
+            dataclasses.replace(candidate, samples_per_second=statistics.median(good), spread=max(rounds_cv, windows_cv),
+                                window_spread=windows_cv)
         )
     return measured

@@ -290,3 +290,36 @@ def test_select_by_throughput_ignores_compile_time():
     eager, compiled = _timed(1, 120.0, 2.0), _timed(2, 144.0, 54.0, compile_seconds=52.0)
     selection = select([baseline, eager, compiled], baseline, Budgets(epochs=1), objective="throughput")
     assert selection.chosen.number == 2
+
+
+def _figure(rate: float, spread: float, window_spread: float) -> Candidate:
+    return Candidate(number=0, attrs={}, samples_per_second=rate, spread=spread, peak_memory_bytes=None,
+                     window_spread=window_spread)
+
+
+@pytest.mark.parametrize(
+    ("winner", "baseline", "settled"),
+    [
+        # Noise 2 x hypot(3%, 3%) = 8.5%: within the 10% target.
+        ((150, 0.03, 0.02), (100, 0.03, 0.02), True),
+        # Rounds disagree (10% each) but the windows are steady: more rounds can lower the noise.
+        ((150, 0.10, 0.02), (100, 0.10, 0.02), False),
+        ((105, 0.10, 0.02), (100, 0.10, 0.02), False),
+        # Steps vary (windows 10%: a floor of 28%): a 5% gain cannot be told from noise, however many rounds.
+        ((105, 0.12, 0.10), (100, 0.12, 0.10), True),
+        # ... a 50% gain already beats the noise (34%): more rounds would not change the verdict.
+        ((150, 0.12, 0.10), (100, 0.12, 0.10), True),
+        # ... a 30% gain is above the floor (28%) but within the noise (34%): more rounds may confirm it.
+        ((130, 0.12, 0.10), (100, 0.12, 0.10), False),
+    ],
+)
+def test_paired_settled_goes_on_only_while_more_rounds_can_change_the_verdict(winner, baseline, settled):
+    from autotune.study import paired_settled
+
+    assert paired_settled([_figure(*winner), _figure(*baseline)]) is settled
+
+
+def test_paired_settled_needs_both_figures():
+    from autotune.study import paired_settled
+
+    assert paired_settled([_figure(150, 0.01, 0.01)]) is False
