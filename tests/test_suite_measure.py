@@ -6,6 +6,7 @@ import importlib.util
 import io
 from pathlib import Path
 
+import pytest
 from conftest import workload_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,3 +38,31 @@ def test_every_pick_is_measured_each_round_in_a_rotated_order_and_a_failure_is_o
     order = [line.split(": ")[1] for line in log.getvalue().splitlines()]
     assert order == ["small", "accumulating", "accumulating", "small"]
     assert broken["runs"] == [] and "bogus" in broken["error"] and "\n" not in broken["error"]
+
+
+def _suite_module():
+    spec = importlib.util.spec_from_file_location("suite_run", ROOT / "benchmarks" / "suite" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fidelity_interleaves_short_trials_and_long_runs_of_the_exported_pick(tmp_path):
+    run = _suite_module()
+    log = run.Log(tmp_path / "log.txt")
+    pick = run.search_method("autotune", workload_spec(), tmp_path, log, 1, 2 * 1024**3,
+                             ["--window-seconds", "0.2", "--windows", "2"])
+    assert "error" not in pick, pick
+
+    fid = run.fidelity(workload_spec(), pick, tmp_path, log, rounds=2, long_seconds=0.5)
+
+    assert "error" not in fid, fid
+    assert len(fid["short_samples_per_second"]) == len(fid["long_samples_per_second"]) == 2
+    # Medians of two: their means.
+    assert fid["long_over_short"] == pytest.approx(sum(fid["long_samples_per_second"]) / sum(fid["short_samples_per_second"]))
+    assert fid["long_over_stated"] * fid["stated_samples_per_second"] == pytest.approx(sum(fid["long_samples_per_second"]) / 2)
+    assert len(fid["actual_seconds"]) == len(fid["projected_seconds"]) == 2
+    # Interleaved: the second round runs the long one first.
+    commands = [line for line in (tmp_path / "log.txt").read_text().splitlines() if line.startswith("$")]
+    kinds = ["short" if "short_trial.py" in line else "long" for line in commands if "fidelity-" in line]
+    assert kinds == ["short", "long", "long", "short"]
