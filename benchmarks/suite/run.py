@@ -1,6 +1,6 @@
 """autotune against the oracle and its peers: one command, one committed table.
 
-    python benchmarks/suite/run.py                 # every workload, about 40 minutes on 2 CPU cores
+    python benchmarks/suite/run.py                 # every workload, about 65 minutes on 2 CPU cores
     python benchmarks/suite/run.py --workloads demo --trials 6
 
 For each workload, each method picks a config, with its search cost timed from outside:
