@@ -14,7 +14,7 @@ alive; at the end it reads the study. Counted:
 
 A kill falls while the study still owes trials; the run that measures the last one is not killed.
 
-All three must be 0. Run: ``python benchmarks/kill_search.py`` (about 5 minutes on 2 CPU cores);
+All three must be 0. Run: ``python benchmarks/kill_search.py`` (about 4 minutes on 2 CPU cores);
 writes ``benchmarks/results/kill_search.json``.
 """
 
