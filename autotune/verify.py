@@ -37,8 +37,6 @@ def verify(
     for one more round.
     """
     started = time.monotonic()
-    budgets = Budgets.from_json(setup.get("budgets"))
-    measure = MeasureSettings(**setup.get("measure", {}))
     rates: dict[int, list[float | None]] = {c.number: [] for c in candidates}
     window_spreads: dict[int, list[float]] = {c.number: [] for c in candidates}
     most = max(rounds, max_rounds or rounds)
@@ -51,14 +49,7 @@ def verify(
                 break
         for candidate in candidates:
             outcome = run_trial(
-                TrialJob(
-                    workload=setup["workload"],
-                    config=candidate.attrs["config"],
-                    device=setup.get("torch_device", "cpu"),
-                    measure=measure,
-                    memory_budget_bytes=budgets.memory_budget_bytes,
-                    timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
-                ),
+                trial_job(setup, candidate.attrs["config"]),
                 deadline=deadline,  # time.monotonic(): a run still going then ends as a timeout
             )
             rate = outcome.samples_per_second if outcome.status.value == "ok" else None
@@ -71,6 +62,19 @@ def verify(
     table = [{"trial": number, "samples_per_second": values} for number, values in rates.items()]
     return Verification(candidates=_figures(candidates, rates, window_spreads), rounds=table,
                         seconds=time.monotonic() - started)
+
+
+def trial_job(setup: dict[str, Any], config: dict[str, Any]) -> TrialJob:
+    """A trial of ``config`` measured as the study's trials were: its recorded workload, device,
+    measure settings, memory budget and trial timeout."""
+    return TrialJob(
+        workload=setup["workload"],
+        config=config,
+        device=setup.get("torch_device", "cpu"),
+        measure=MeasureSettings(**setup.get("measure", {})),
+        memory_budget_bytes=Budgets.from_json(setup.get("budgets")).memory_budget_bytes,
+        timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
+    )
 
 
 def _figures(candidates: Sequence[Candidate], rates: dict[int, list[float | None]],

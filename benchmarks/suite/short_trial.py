@@ -16,8 +16,8 @@ import json
 import optuna
 import yaml
 
-from autotune.budget import Budgets
-from autotune.runner import MeasureSettings, TrialJob, run_trial
+from autotune.runner import run_trial
+from autotune.verify import trial_job
 
 
 def main() -> None:
@@ -31,14 +31,7 @@ def main() -> None:
     setup = optuna.load_study(study_name=args.study, storage=args.storage).user_attrs
     with open(args.config) as file:
         config = yaml.safe_load(file)["config"]
-    outcome = run_trial(TrialJob(
-        workload=setup["workload"],
-        config=config,
-        device=setup.get("torch_device", "cpu"),
-        measure=MeasureSettings(**setup["measure"]),
-        memory_budget_bytes=Budgets.from_json(setup.get("budgets")).memory_budget_bytes,
-        timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
-    ))
+    outcome = run_trial(trial_job(setup, config))
     if outcome.status.value != "ok":
         raise SystemExit(f"short_trial.py: the trial ended {outcome.status.value}: {outcome.reason}")
     figures = json.dumps({
