@@ -190,28 +190,22 @@ def fidelity(spec: str, pick: dict[str, Any], folder: Path, log: Log, rounds: in
                 what = "short_trial.py" if kind == "short" else "autotune train"
                 return {"error": f"{what} exited {code} in round {index + 1}"}
             (shorts if kind == "short" else longs).append(json.loads(out.read_text()))
-    short = statistics.median(run["samples_per_second"] for run in shorts)
-    long = statistics.median(run["samples_per_second"] for run in longs)
-    ratios = [run["time_ratio"] for run in longs]
+    short = independent.summarise([run["samples_per_second"] for run in shorts])
+    long = independent.summarise([run["samples_per_second"] for run in longs])
     return {
         "rounds": rounds,
         "steps": steps,
         "trial_timed_seconds": pick.get("timed_seconds"),
         "stated_samples_per_second": pick["search_samples_per_second"],
-        "short_samples_per_second": [run["samples_per_second"] for run in shorts],
-        "long_samples_per_second": [run["samples_per_second"] for run in longs],
-        "long_over_short": long / short,
-        "long_over_short_spread": _half_range([r["samples_per_second"] for r in longs], long)
-                                  + _half_range([r["samples_per_second"] for r in shorts], short),
-        "long_over_stated": long / pick["search_samples_per_second"],
+        "short_samples_per_second": short["rounds"],
+        "long_samples_per_second": long["rounds"],
+        "long_over_short": long["median"] / short["median"],
+        "long_over_short_spread": long["spread"] + short["spread"],
+        "long_over_stated": long["median"] / pick["search_samples_per_second"],
         "projected_seconds": [run["projected_seconds"] for run in longs],
         "actual_seconds": [run["seconds"] for run in longs],
-        "actual_over_projected": statistics.median(ratios),
+        "actual_over_projected": statistics.median(run["time_ratio"] for run in longs),
     }
-
-
-def _half_range(values: list[float], median: float) -> float:
-    return (max(values) - min(values)) / 2 / median if median else 0.0
 
 
 def one_workload(name: str, spec: str, args: argparse.Namespace, folder: Path, log: Log) -> dict[str, Any]:
