@@ -81,9 +81,10 @@ def main() -> None:
             begun = time.monotonic()
             try:
                 search.wait(timeout=delay)
-                run["seconds"] = round(time.monotonic() - begun, 2)
             except subprocess.TimeoutExpired:
-                run["seconds"] = round(time.monotonic() - begun, 2)  # its life, less the wait after a kill
+                pass
+            run["seconds"] = round(time.monotonic() - begun, 2)  # its life, less any wait after a kill
+            if search.returncode is None:  # still running at its kill delay
                 if len(_measured(database)) >= args.trials:
                     search.wait()  # its trials are all measured: the search is over, no kill
                 else:
