@@ -16,7 +16,7 @@ from autotune.budget import Budgets
 from autotune.config import TrainConfig
 from autotune.exceptions import NoFeasibleTrialError, UsageError
 from autotune.lr_find import stored_result
-from autotune.selection import Candidate, Preference, Selection, hold_off, select
+from autotune.selection import Candidate, Preference, Selection, paired_pool, select
 from autotune.storage import DEFAULT_STORAGE, load_study, redact
 from autotune.verify import verify
 
@@ -107,10 +107,7 @@ def export_best(
     paired = study.user_attrs.get("paired")
     held_off: list[str] = []
     if verification is None and paired:
-        feasible = _with_paired(feasible, paired)
-        if prefer == "fastest":
-            feasible, held_off = hold_off(feasible, paired["trial"], paired["baseline_trial"], budgets,
-                                          setup.get("objective", "throughput"))
+        feasible, held_off = paired_pool(feasible, paired, budgets, setup.get("objective", "throughput"), prefer)
     baseline = next((c for c in feasible if c.is_baseline), None)
     selection = select(
         feasible,
@@ -128,6 +125,13 @@ def export_best(
         selection.explanation.append(
             f"measured side by side at the end of the search ({len(paired['rounds'][0]['samples_per_second'])} "
             f"interleaved rounds each): {paired['speedup']:.2f}x the baseline, ±{paired['noise']:.1%} noise"
+        )
+    if verification is None and paired and paired.get("challengers"):
+        figures = {row["trial"]: row for row in paired["figures"]}
+        selection.explanation.append(
+            "measured faster than the search's first pick once, beyond the noise, and so re-measured beside it and "
+            "the baseline: " + ", ".join(f"trial #{n} ({figures[n]['samples_per_second']:.1f} samples/s)"
+                                         for n in paired["challengers"])
         )
     config, lr_section, lr_line = _learning_rate(study, chosen)
     selection.explanation.append(lr_line)
@@ -188,19 +192,6 @@ def export_format(path: Path | None, fmt: str | None) -> ExportFormat:
 def default_out(fmt: str | None) -> str:
     """The file export-best writes when --out is not given: best.yaml, or best_hf.yaml, best_train.py..."""
     return DEFAULT_OUT.get(fmt or "yaml", "best.yaml")
-
-
-def _with_paired(feasible: list[Candidate], paired: dict[str, Any]) -> list[Candidate]:
-    """The winner and the baseline with the figures of their side-by-side re-measurement."""
-    figures = {
-        paired["trial"]: (paired["samples_per_second"], paired["spread"]),
-        paired["baseline_trial"]: (paired["baseline_samples_per_second"], paired["baseline_spread"]),
-    }
-    return [
-        dataclasses.replace(c, samples_per_second=figures[c.number][0], spread=figures[c.number][1])
-        if c.number in figures else c
-        for c in feasible
-    ]
 
 
 def render(document: dict[str, Any], fmt: ExportFormat, *, as_json: bool = False, name: str = "best_train.py") -> str:

@@ -146,6 +146,36 @@ def hold_off(feasible: list[Candidate], incumbent: int, baseline: int, budgets: 
     return [c for c in feasible if c.number not in held_numbers], [line]
 
 
+def with_paired(feasible: list[Candidate], paired: Mapping[str, Any]) -> list[Candidate]:
+    """``feasible`` with the figures of the search's side-by-side re-measurement (study user attribute
+    ``paired``): every trial re-measured there (the winner, the baseline, and any challenger), its
+    latest figure."""
+    figures = {row["trial"]: row for row in paired.get("figures") or ()}
+    if not figures:  # recorded before challengers were re-measured: the winner and the baseline
+        figures = {
+            paired["trial"]: {"samples_per_second": paired["samples_per_second"], "spread": paired["spread"]},
+            paired["baseline_trial"]: {"samples_per_second": paired["baseline_samples_per_second"],
+                                       "spread": paired["baseline_spread"]},
+        }
+    return [
+        dataclasses.replace(c, samples_per_second=figures[c.number]["samples_per_second"],
+                            spread=figures[c.number]["spread"], window_spread=figures[c.number].get("window_spread"))
+        if c.number in figures else c
+        for c in feasible
+    ]
+
+
+def paired_pool(feasible: list[Candidate], paired: Mapping[str, Any], budgets: Budgets, objective: str,
+                prefer: Preference = "fastest") -> tuple[list[Candidate], list[str]]:
+    """The candidates export-best chooses among after a search's side-by-side re-measurement: the
+    re-measured figures in place of single ones, and for "fastest" the single figures within the
+    noise of the re-measured winner held off (``hold_off``); with the line saying so."""
+    feasible = with_paired(feasible, paired)
+    if prefer != "fastest":
+        return feasible, []
+    return hold_off(feasible, paired["trial"], paired["baseline_trial"], budgets, objective)
+
+
 def _timed(feasible: Sequence[Candidate], budgets: Budgets, objective: str) -> bool:
     """Ranked by the full run's projected time: the study's objective, and every candidate has a projection."""
     return objective == "time" and all(c.projected(budgets) is not None for c in feasible)

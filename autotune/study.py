@@ -307,9 +307,11 @@ def _search(
             raise repeated
         trials = study.get_trials(deepcopy=False)
         best = _records.best_trial(trials, plan.objective)
-        lr_result, notes = _run_lr_find(study, storage, best, options, listener, deadline, heartbeat.process)
-        paired, paired_notes = _paired(study, best, _records.baseline_trial(trials), options, deadline)
-        notes += paired_notes
+        paired, notes = _paired(study, best, _records.baseline_trial(trials), options, deadline)
+        if paired is not None:  # the range test follows the trial the re-measurement settled on
+            best = next(t for t in trials if t.number == paired["trial"])
+        lr_result, lr_notes = _run_lr_find(study, storage, best, options, listener, deadline, heartbeat.process)
+        notes += lr_notes
     seconds = time.monotonic() - started
     # Everything every search on this study did, for the export's payoff.
     study.set_user_attr("search_seconds", float(study.user_attrs.get("search_seconds") or 0.0) + seconds)
@@ -331,10 +333,12 @@ def _search(
 PAIRED_ROUNDS = 2  # at least; more, up to PAIRED_MAX_ROUNDS, while the speedup's noise is above PAIRED_NOISE
 PAIRED_MAX_ROUNDS = 6  # and while more rounds could still lower it enough to change the verdict
 PAIRED_NOISE = 0.10
+PAIRED_CHALLENGERS = 2  # trials measured once re-measured in turn, where export-best would take them
 
 
 def paired_settled(figures: list[Any]) -> bool:
-    """Whether the side-by-side rounds so far (the winner's figure, then the baseline's) are enough.
+    """Whether the side-by-side rounds so far (the challengers' and the winner's figures, then the
+    baseline's) are enough: judged on the fastest of them against the baseline.
 
     Enough once the speedup's noise is within PAIRED_NOISE. Where the windows' own spread keeps
     the noise above it whatever the rounds (a workload whose steps vary: boxes per image, sequence
@@ -342,9 +346,10 @@ def paired_settled(figures: list[Any]) -> bool:
     beyond that floor yet still within the noise."""
     from autotune.selection import NOISE_SIGMAS, noise_margin
 
-    if len(figures) != 2:
+    if len(figures) < 2:
         return False
-    winner, baseline = figures
+    *others, baseline = figures
+    winner = max(others, key=lambda c: c.rate)
     noise = noise_margin(winner, baseline)
     if noise <= PAIRED_NOISE:
         return True
@@ -358,42 +363,87 @@ def paired_settled(figures: list[Any]) -> bool:
 def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadline: float | None):
     """The winner and the baseline re-measured in fresh processes, interleaved over rounds, so the
     speedup rests on figures taken side by side (a baseline measured once, first, can be off by the
-    machine's drift). Stored with the study (user attribute ``paired``); export-best uses it."""
+    machine's drift). Stored with the study (user attribute ``paired``); export-best uses it.
+
+    A trial measured once that export-best would still take over the re-measured winner (faster
+    beyond the noise of the two) is re-measured in turn beside the winner and the baseline, up to
+    PAIRED_CHALLENGERS times, so the search and the export name the same trial and the exported
+    figure is never a lone one that read high by chance."""
     if best is None or baseline is None or best.number == baseline.number or _records.status(baseline) != "ok":
         return None, []
-    from autotune.selection import Candidate, noise_margin
+    from autotune.selection import Candidate, paired_pool, select
+
+    setup = _records.read_setup(study)
+    budgets, objective = Budgets.from_json(setup.get("budgets")), setup.get("objective", "throughput")
+    feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(study.get_trials(deepcopy=False))]
+    singles = {c.number: c for c in feasible}  # each trial's own figure, measured once
+    reference = Candidate.from_trial(baseline)
+    measuring = [singles.get(best.number) or Candidate.from_trial(best), reference]
+    paired: dict[str, Any] | None = None
+    notes: list[str] = []
+    for _ in range(1 + PAIRED_CHALLENGERS):
+        measured, note = _side_by_side(measuring, setup, deadline, budgets, objective, paired)
+        if measured is None:
+            notes.append(note if paired is None else f"trial #{measuring[0].number} {note}")
+            break
+        paired = measured
+        pool, _held = paired_pool(feasible, paired, budgets, objective)
+        chosen = select(pool, next((c for c in pool if c.is_baseline), None), budgets, objective=objective).chosen
+        if chosen.number not in singles or any(row["trial"] == chosen.number for row in paired["figures"]):
+            break
+        winner = next(c for c in pool if c.number == paired["trial"])
+        notes.append(f"trial #{chosen.number} measured {chosen.rate:.1f} {chosen.unit}/s once, beyond the noise of "
+                     f"trial #{winner.number}'s {winner.rate:.1f} side by side: re-measured beside the two")
+        measuring = [singles[chosen.number], singles.get(winner.number) or measuring[-2], reference]
+    if paired is not None:
+        study.set_user_attr("paired", paired)
+    return paired, notes
+
+
+def _side_by_side(measuring: list[Any], setup: dict[str, Any], deadline: float | None, budgets: Budgets,
+                  objective: str, previous: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
+    """``measuring`` (challengers and the winner, then the baseline) re-measured over interleaved rounds;
+    the paired record with the fastest of them as the winner, the figures of ``previous`` kept for
+    trials not measured again. None and a note when the time budget or a run stops it."""
+    from autotune.selection import _gain, _timed, noise_margin
     from autotune.verify import verify
 
-    runs = 2 * PAIRED_ROUNDS
-    per_run = max((t.user_attrs.get("wall_seconds") or 0.0) for t in (best, baseline))
+    runs = len(measuring) * PAIRED_ROUNDS
+    per_run = max((c.attrs.get("wall_seconds") or 0.0) for c in measuring)
     if deadline is not None and deadline - time.monotonic() < runs * per_run + 5:
-        return None, ["the winner and the baseline were not re-measured side by side: the time budget is spent "
-                      "(export-best --verify 1 does it)"]
-    setup = _records.read_setup(study)
-
-    verification = verify([Candidate.from_trial(best), Candidate.from_trial(baseline)], setup,
-                          rounds=PAIRED_ROUNDS, deadline=deadline, max_rounds=PAIRED_MAX_ROUNDS, enough=paired_settled)
+        return None, ("the winner and the baseline were not re-measured side by side: the time budget is spent "
+                      "(export-best --verify 1 does it)") if previous is None else (
+                      "was not re-measured: the time budget is spent")
+    verification = verify(measuring, setup, rounds=PAIRED_ROUNDS, deadline=deadline, max_rounds=PAIRED_MAX_ROUNDS,
+                          enough=paired_settled)
     measured = {c.number: c for c in verification.candidates}
-    if best.number not in measured or baseline.number not in measured:
-        return None, ["the side-by-side re-measurement of the winner and the baseline did not finish"]
-    winner, reference = measured[best.number], measured[baseline.number]
-    paired = {
-        "trial": best.number,
-        "baseline_trial": baseline.number,
+    if any(c.number not in measured for c in measuring):
+        return None, ("the side-by-side re-measurement of the winner and the baseline did not finish"
+                      if previous is None else "was not re-measured: a run did not finish")
+    *others, reference = (measured[c.number] for c in measuring)
+    timed = _timed([*others, reference], budgets, objective)
+    winner = max(others, key=lambda c: _gain(c, reference, budgets, timed))
+    figures = {row["trial"]: row for row in (previous or {}).get("figures") or ()}
+    for c in measured.values():
+        figures[c.number] = {"trial": c.number, "samples_per_second": c.samples_per_second, "spread": c.spread,
+                             "window_spread": c.window_spread}  # the part of each spread rounds do not lower
+    return {
+        "trial": winner.number,
+        "baseline_trial": reference.number,
         "rounds": verification.rounds,
         "samples_per_second": winner.samples_per_second,
         "spread": winner.spread,
         "baseline_samples_per_second": reference.samples_per_second,
         "baseline_spread": reference.spread,
-        "window_spread": winner.window_spread,  # the part of each spread that rounds do not lower
+        "window_spread": winner.window_spread,
         "baseline_window_spread": reference.window_spread,
         "speedup": winner.rate / reference.rate,
         "noise": noise_margin(winner, reference),
         "unit": winner.unit,
-        "seconds": verification.seconds,
-    }
-    study.set_user_attr("paired", paired)
-    return paired, []
+        "figures": sorted(figures.values(), key=lambda row: row["trial"]),
+        "challengers": [*(previous or {}).get("challengers", []), *(c.number for c in others[:-1])],
+        "seconds": verification.seconds + (previous or {}).get("seconds", 0.0),
+    }, ""
 
 
 def _keep_study_objective(storage: Any, plan: SearchPlan) -> SearchPlan:

@@ -21,8 +21,7 @@ from autotune.exceptions import SearchSpaceError
 from autotune.export import export_best
 from autotune.runner import MeasureSettings
 from autotune.runner._harness import Diverged, _DivergenceGuard
-from autotune.selection import PREFERENCES, Candidate, noise_margin
-from autotune.export import _with_paired
+from autotune.selection import PREFERENCES, Candidate, noise_margin, with_paired
 from autotune.study import SearchOptions, plan_search, search
 
 from conftest import workload_spec
@@ -54,7 +53,7 @@ def _check_baseline_guarantee(export, study: optuna.Study) -> None:
     """The invariant: the baseline is exported unless the fastest config beats it beyond the stated noise."""
     feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(study.trials)]
     if study.user_attrs.get("paired"):  # the winner and the baseline re-measured side by side
-        feasible = _with_paired(feasible, study.user_attrs["paired"])
+        feasible = with_paired(feasible, study.user_attrs["paired"])
     fastest = max(feasible, key=lambda c: c.samples_per_second)
     baseline = next(c for c in feasible if c.is_baseline)
     explanation = export.explanation

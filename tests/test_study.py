@@ -598,6 +598,44 @@ def test_paired_remeasurement_is_skipped_when_the_time_budget_is_spent(storage_u
                      "(export-best --verify 1 does it)"]
 
 
+def test_a_single_figure_beyond_the_re_measured_winner_is_re_measured_beside_it(storage_url, space_file,
+                                                                               fast_measure):
+    """The search and the export name the same trial: one that export-best would take over the
+    re-measured winner on a lone figure is re-measured beside the winner and the baseline first."""
+    from autotune.export import export_best
+    from autotune.study import _paired
+
+    search(SearchOptions(workload=workload_spec(), storage=storage_url, space=space_file("knobs: {batch_size: [256]}\n"),
+                         n_trials=2, measure=fast_measure, lr_find=False, slow_fraction=0.0, objective="throughput"))
+    study = _load("tiny", storage_url)
+    baseline, winner = study.trials[0], study.trials[1]
+    # Trial #2 read 50x too high once (a lucky window): far beyond any noise.
+    lucky = dict(winner.user_attrs, config=TrainConfig(batch_size=64).to_dict())
+    for key in ("samples_per_second", "unit_per_second"):
+        if lucky.get(key):
+            lucky[key] *= 50
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=lucky["samples_per_second"],
+                                              user_attrs=lucky))
+    paired, notes = _paired(study, winner, baseline, SearchOptions(), deadline=None)
+
+    assert [row["trial"] for row in paired["rounds"]] == [2, 1, 0]  # side by side, the challenger first
+    assert paired["challengers"] == [2]
+    assert {row["trial"] for row in paired["figures"]} == {0, 1, 2}
+    assert paired["trial"] in (1, 2) and paired["baseline_trial"] == 0
+    again = next(row for row in paired["figures"] if row["trial"] == 2)["samples_per_second"]
+    assert again < lucky["samples_per_second"] / 5  # its own figure now, not the lucky one
+    assert len(notes) == 1 and re.fullmatch(
+        rf"trial #2 measured {_records.rate(study.trials[2]):.1f} samples/s once, beyond the noise of trial #1's "
+        r"[0-9.]+ side by side: re-measured beside the two", notes[0]), notes
+    export = export_best("tiny", storage_url)
+    exported = export.document["provenance"]["trial"]
+    assert exported in (paired["trial"], 0)  # never #2 on its lone figure
+    figures = {row["trial"]: row["samples_per_second"] for row in paired["figures"]}
+    assert export.document["measured"]["samples_per_second"] == figures[exported]
+    assert any(line.startswith("measured faster than the search's first pick once") and "trial #2" in line
+               for line in export.explanation)
+
+
 @pytest.fixture
 def study_with_a_winner(storage_url):
     """A study whose only trial (#0) finished fine with the default config."""
