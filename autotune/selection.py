@@ -176,6 +176,13 @@ def paired_pool(feasible: list[Candidate], paired: Mapping[str, Any], budgets: B
     return hold_off(feasible, paired["trial"], paired["baseline_trial"], budgets, objective)
 
 
+def fastest_against(challengers: Sequence[Candidate], reference: Candidate, budgets: Budgets,
+                    objective: str) -> Candidate:
+    """The challenger with the largest gain over ``reference``, by the study's objective."""
+    timed = _timed([*challengers, reference], budgets, objective)
+    return max(challengers, key=lambda c: _gain(c, reference, budgets, timed))
+
+
 def _timed(feasible: Sequence[Candidate], budgets: Budgets, objective: str) -> bool:
     """Ranked by the full run's projected time: the study's objective, and every candidate has a projection."""
     return objective == "time" and all(c.projected(budgets) is not None for c in feasible)

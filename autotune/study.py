@@ -405,7 +405,7 @@ def _side_by_side(measuring: list[Any], setup: dict[str, Any], deadline: float |
     """``measuring`` (challengers and the winner, then the baseline) re-measured over interleaved rounds;
     the paired record with the fastest of them as the winner, the figures of ``previous`` kept for
     trials not measured again. None and a note when the time budget or a run stops it."""
-    from autotune.selection import _gain, _timed, noise_margin
+    from autotune.selection import fastest_against, noise_margin
     from autotune.verify import verify
 
     runs = len(measuring) * PAIRED_ROUNDS
@@ -421,8 +421,7 @@ def _side_by_side(measuring: list[Any], setup: dict[str, Any], deadline: float |
         return None, ("the side-by-side re-measurement of the winner and the baseline did not finish"
                       if previous is None else "was not re-measured: a run did not finish")
     *others, reference = (measured[c.number] for c in measuring)
-    timed = _timed([*others, reference], budgets, objective)
-    winner = max(others, key=lambda c: _gain(c, reference, budgets, timed))
+    winner = fastest_against(others, reference, budgets, objective)
     figures = {row["trial"]: row for row in (previous or {}).get("figures") or ()}
     for c in measured.values():
         figures[c.number] = {"trial": c.number, "samples_per_second": c.samples_per_second, "spread": c.spread,
