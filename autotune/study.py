@@ -381,7 +381,7 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
     measuring = [singles.get(best.number) or Candidate.from_trial(best), reference]
     paired: dict[str, Any] | None = None
     notes: list[str] = []
-    for _ in range(1 + PAIRED_CHALLENGERS):
+    for attempt in range(1 + PAIRED_CHALLENGERS):
         measured, note = _side_by_side(measuring, setup, deadline, budgets, objective, paired)
         if measured is None:
             notes.append(note if paired is None else f"trial #{measuring[0].number} {note}")
@@ -389,11 +389,19 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
         paired = measured
         pool, _held = paired_pool(feasible, paired, budgets, objective)
         chosen = select(pool, next((c for c in pool if c.is_baseline), None), budgets, objective=objective).chosen
-        if chosen.number not in singles or any(row["trial"] == chosen.number for row in paired["figures"]):
+        # Settled once the export's pick was among the trials just measured side by side; a figure
+        # from an earlier round of re-measurement is re-measured again, as the machine may have drifted.
+        if chosen.number not in singles or any(c.number == chosen.number for c in measuring):
             break
         winner = next(c for c in pool if c.number == paired["trial"])
-        notes.append(f"trial #{chosen.number} measured {chosen.rate:.1f} {chosen.unit}/s once, beyond the noise of "
-                     f"trial #{winner.number}'s {winner.rate:.1f} side by side: re-measured beside the two")
+        how = "once" if chosen.window_spread is None else "in an earlier re-measurement"
+        line = (f"trial #{chosen.number} measured {chosen.rate:.1f} {chosen.unit}/s {how}, beyond the noise of "
+                f"trial #{winner.number}'s {winner.rate:.1f} side by side")
+        if attempt == PAIRED_CHALLENGERS:
+            notes.append(f"{line}; not re-measured, as {PAIRED_CHALLENGERS} challengers were already "
+                         "(export-best --verify 3 re-measures the top 3)")
+            break
+        notes.append(f"{line}: re-measured beside the two")
         measuring = [singles[chosen.number], singles.get(winner.number) or measuring[-2], reference]
     if paired is not None:
         study.set_user_attr("paired", paired)
@@ -440,7 +448,8 @@ def _side_by_side(measuring: list[Any], setup: dict[str, Any], deadline: float |
         "noise": noise_margin(winner, reference),
         "unit": winner.unit,
         "figures": sorted(figures.values(), key=lambda row: row["trial"]),
-        "challengers": [*(previous or {}).get("challengers", []), *(c.number for c in others[:-1])],
+        "challengers": list(dict.fromkeys([*(previous or {}).get("challengers", []),
+                                           *(c.number for c in others[:-1])])),
         "seconds": verification.seconds + (previous or {}).get("seconds", 0.0),
     }, ""
 

@@ -636,6 +636,81 @@ def test_a_single_figure_beyond_the_re_measured_winner_is_re_measured_beside_it(
                for line in export.explanation)
 
 
+def _recorded(storage_url: str, rates: dict[int, float]) -> optuna.Study:
+    """A study whose trials measured ``rates`` once (#0 the baseline), with a complete setup."""
+    study = optuna.create_study(study_name="challenged", storage=open_storage(storage_url), direction="maximize")
+    study.set_user_attr("objective", "throughput")
+    study.set_user_attr("workload", "tests/workloads/tiny.py:workload")
+    for number, rate in rates.items():
+        attrs = {"config": TrainConfig(batch_size=8 + number).to_dict(), "status": "ok", "samples_per_second": rate,
+                 "throughput_cv": 0.01, "peak_memory_bytes": 2**20, "wall_seconds": 1.0}
+        if number == 0:
+            attrs["baseline"] = True
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=rate, user_attrs=attrs))
+    return study
+
+
+def _fake_verify(monkeypatch, calls: list[list[int]], *rounds: dict[int, float]):
+    """``autotune.verify.verify`` answering each call with the next figures (spread 1%); the trials
+    each call re-measured, in order, go into ``calls``."""
+    import dataclasses
+
+    from autotune import verify as verify_module
+
+    answers = iter(rounds)
+
+    def fake(candidates, setup, **_kwargs):
+        figures = next(answers)
+        calls.append([c.number for c in candidates])
+        measured = [dataclasses.replace(c, samples_per_second=figures[c.number], spread=0.01, window_spread=0.01)
+                    for c in candidates]
+        table = [{"trial": c.number, "samples_per_second": [figures[c.number]] * 2} for c in candidates]
+        return verify_module.Verification(candidates=measured, rounds=table, seconds=1.0)
+
+    monkeypatch.setattr(verify_module, "verify", fake)
+
+
+def test_each_challenger_is_re_measured_beside_the_current_winner_and_the_baseline(storage_url, monkeypatch):
+    from autotune.study import _paired
+
+    # Measured once: #3 and #2 far above the rest.
+    study = _recorded(storage_url, {0: 1000.0, 1: 1200.0, 2: 2000.0, 3: 3000.0})
+    calls: list[list[int]] = []
+    _fake_verify(monkeypatch, calls,
+                 {1: 1200.0, 0: 1000.0},  # #3's lone 3000 is beyond #1's noise: re-measure it
+                 {3: 1300.0, 1: 1250.0, 0: 1000.0},  # #3 wins side by side; #2's lone 2000 is next
+                 {2: 1280.0, 3: 1310.0, 0: 1000.0})  # #3 stays ahead: settled
+    paired, notes = _paired(study, study.trials[1], study.trials[0], SearchOptions(), deadline=None)
+    assert calls == [[1, 0], [3, 1, 0], [2, 3, 0]]
+    assert (paired["trial"], paired["samples_per_second"], paired["challengers"]) == (3, 1310.0, [3, 2])
+    assert {row["trial"]: row["samples_per_second"] for row in paired["figures"]} == {
+        0: 1000.0, 1: 1250.0, 2: 1280.0, 3: 1310.0}
+    assert notes == [
+        "trial #3 measured 3000.0 samples/s once, beyond the noise of trial #1's 1200.0 side by side: "
+        "re-measured beside the two",
+        "trial #2 measured 2000.0 samples/s once, beyond the noise of trial #3's 1300.0 side by side: "
+        "re-measured beside the two",
+    ]
+    assert study.user_attrs["paired"] == paired
+
+
+def test_challengers_stop_at_the_cap_and_an_earlier_figure_counts_as_measured_once_more(storage_url, monkeypatch):
+    from autotune.study import PAIRED_CHALLENGERS, _paired
+
+    study = _recorded(storage_url, {0: 1000.0, 1: 1200.0, 2: 2000.0, 3: 3000.0})
+    calls: list[list[int]] = []
+    _fake_verify(monkeypatch, calls,
+                 {1: 1200.0, 0: 1000.0},
+                 {3: 1300.0, 1: 1250.0, 0: 1000.0},
+                 {2: 900.0, 3: 950.0, 0: 800.0})  # the machine slowed: #1's earlier 1250 now reads fastest
+    paired, notes = _paired(study, study.trials[1], study.trials[0], SearchOptions(), deadline=None)
+    assert len(calls) == 1 + PAIRED_CHALLENGERS == 3  # #1 would be next, but the cap is reached
+    assert paired["trial"] == 3 and paired["challengers"] == [3, 2]
+    assert notes[2] == ("trial #1 measured 1250.0 samples/s in an earlier re-measurement, beyond the noise of trial "
+                        "#3's 950.0 side by side; not re-measured, as 2 challengers were already (export-best "
+                        "--verify 3 re-measures the top 3)")
+
+
 @pytest.fixture
 def study_with_a_winner(storage_url):
     """A study whose only trial (#0) finished fine with the default config."""
