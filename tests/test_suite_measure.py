@@ -58,11 +58,46 @@ def test_fidelity_interleaves_short_trials_and_long_runs_of_the_exported_pick(tm
 
     assert "error" not in fid, fid
     assert len(fid["short_samples_per_second"]) == len(fid["long_samples_per_second"]) == 2
-    # Medians of two: their means.
-    assert fid["long_over_short"] == pytest.approx(sum(fid["long_samples_per_second"]) / sum(fid["short_samples_per_second"]))
+    # Round by round, then the median of two: their mean.
+    ratios = [b / a for a, b in zip(fid["short_samples_per_second"], fid["long_samples_per_second"])]
+    assert fid["long_over_short_rounds"] == pytest.approx(ratios)
+    assert fid["long_over_short"] == pytest.approx(sum(ratios) / 2)
     assert fid["long_over_stated"] * fid["stated_samples_per_second"] == pytest.approx(sum(fid["long_samples_per_second"]) / 2)
+    assert fid["actual_over_projected_rounds"] == pytest.approx(
+        [a / p for a, p in zip(fid["actual_seconds"], fid["projected_seconds"])], rel=1e-3)
     assert len(fid["actual_seconds"]) == len(fid["projected_seconds"]) == 2
     # Interleaved: the second round runs the long one first.
     commands = [line for line in (tmp_path / "log.txt").read_text().splitlines() if line.startswith("$")]
     kinds = ["short" if "short_trial.py" in line else "long" for line in commands if "fidelity-" in line]
     assert kinds == ["short", "long", "long", "short"]
+
+
+@pytest.mark.parametrize(("low", "high", "bounds", "expected"), [
+    (0.98, 1.03, {"at_least": 0.95, "at_most": 1.05}, "met"),
+    (1.06, 1.20, {"at_least": 0.95, "at_most": 1.05}, "not met"),
+    (0.80, 0.94, {"at_least": 0.95, "at_most": 1.05}, "not met"),
+    (0.99, 1.08, {"at_least": 0.95, "at_most": 1.05}, "not resolved: the rounds span 0.990 to 1.080"),
+    (0.97, 1.10, {"at_least": 0.97}, "met"),
+    (0.90, 1.01, {"at_least": 0.97}, "not resolved: the rounds span 0.900 to 1.010"),
+    (0.10, 0.20, {"at_most": 0.15}, "not resolved: the rounds span 0.100 to 0.200"),
+])
+def test_a_goal_is_met_only_when_every_round_meets_it(low, high, bounds, expected):
+    assert _suite_module().verdict(low, high, **bounds) == expected
+
+
+def test_goals_pair_the_picks_round_by_round():
+    run = _suite_module()
+
+    def pick(*rounds):
+        return {"measured": {"units_per_second": {"median": sorted(rounds)[len(rounds) // 2], "rounds": list(rounds)}}}
+
+    # The machine slowed in round 2: both picks read low there, their ratio holds.
+    picks = {"autotune": pick(110, 55, 112), "grid": pick(100, 50, 100), "baseline": pick(100, 50, 100),
+             **{peer: pick(120, 60, 120) for peer in run.PEERS}}
+    check = run.goals({"picks": {**picks, "grid": {**picks["grid"], "search_seconds": 10.0},
+                                 "autotune": {**picks["autotune"], "search_seconds": 5.0}}})
+    assert check["of_oracle_rounds"] == pytest.approx([1.1, 1.1, 1.12])
+    assert check["cost_of_grid"] == 0.5
+    assert all(ratios == pytest.approx([110 / 120, 55 / 60, 112 / 120]) for ratios in check["over_peers_rounds"].values())
+    assert run._goal("at least 0.97 of the oracle's throughput", check["of_oracle"], 0.97, check["of_oracle_rounds"]) \
+        == "- at least 0.97 of the oracle's throughput: 1.100 (met)"
