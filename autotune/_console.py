@@ -11,6 +11,7 @@ from rich.markup import escape
 from autotune import _records
 from autotune._units import format_duration, format_size
 from autotune.config import TrainConfig
+from autotune.selection import paired_lines
 from autotune.study import SearchListener, SearchPlan, SearchResult
 
 if TYPE_CHECKING:
@@ -158,11 +159,8 @@ def print_search_result(result: SearchResult) -> None:
     console.print(line)
     console.print(f"  {escape(describe_config(best.user_attrs['config']))}")
     if result.paired is not None:
-        paired = result.paired
-        console.print(
-            f"side by side ({len(paired['rounds'][0]['samples_per_second'])} interleaved rounds in fresh processes): "
-            f"[bold]{paired['speedup']:.2f}x the baseline[/], ±{paired['noise']:.1%} noise"
-        )
+        for line in paired_lines(result.paired):
+            console.print(escape(line))
     if result.lr_find is not None:
         print_lr_find(result.lr_find)
     for note in result.notes:
@@ -238,6 +236,9 @@ def print_report(report: Report) -> None:
     console.print(f"memory: {escape(report.memory)}")
     if report.overhead:
         console.print(escape(overhead_line(report.overhead)))
+    if report.paired:
+        for line in paired_lines(report.paired):
+            console.print(escape(line))
     if report.importances:
         ranked = ", ".join(f"{name} {share:.0%}" for name, share in report.importances.items())
         console.print(f"knobs that mattered (fANOVA importance of {escape(report.objective)}): {escape(ranked)}")

@@ -16,7 +16,7 @@ from autotune.budget import Budgets
 from autotune.config import TrainConfig
 from autotune.exceptions import NoFeasibleTrialError, UsageError
 from autotune.lr_find import stored_result
-from autotune.selection import Candidate, Preference, Selection, paired_pool, select
+from autotune.selection import Candidate, Preference, Selection, paired_lines, paired_pool, select
 from autotune.storage import DEFAULT_STORAGE, load_study, redact
 from autotune.verify import verify
 
@@ -121,18 +121,9 @@ def export_best(
     )
     selection.explanation[1:1] = held_off
     chosen = selection.chosen
-    if verification is None and paired and chosen.number == paired["trial"]:
-        selection.explanation.append(
-            f"measured side by side at the end of the search ({len(paired['rounds'][0]['samples_per_second'])} "
-            f"interleaved rounds each): {paired['speedup']:.2f}x the baseline, ±{paired['noise']:.1%} noise"
-        )
-    if verification is None and paired and paired.get("challengers"):
-        figures = {row["trial"]: row for row in paired["figures"]}
-        selection.explanation.append(
-            "measured faster than the search's first pick once, beyond the noise, and so re-measured beside it and "
-            "the baseline: " + ", ".join(f"trial #{n} ({figures[n]['samples_per_second']:.1f} samples/s)"
-                                         for n in paired["challengers"])
-        )
+    if verification is None and paired:
+        first, *challengers = paired_lines(paired)
+        selection.explanation.extend(([first] if chosen.number == paired["trial"] else []) + challengers)
     config, lr_section, lr_line = _learning_rate(study, chosen)
     selection.explanation.append(lr_line)
     trial_seconds = sum(

@@ -30,6 +30,7 @@ class Report:
     unit: str = "samples"  # the workload's unit: the rows' unit_per_second and speedup are in it
     objective: str = "samples/s"  # the study's objective, whose variance the importances split
     overhead: dict[str, Any] | None = None  # trial cost outside the timed windows, over the trials measured
+    paired: dict[str, Any] | None = None  # the search's side-by-side re-measurement (study user attribute)
 
 
     def to_json(self) -> dict[str, Any]:
@@ -62,6 +63,7 @@ def build_report(study_name: str | None = None, storage: str | None = None, top:
         unit=_records.unit(next((t for t in trials if "unit" in t.user_attrs), {})),
         objective=study.metric_names[0] if study.metric_names else "samples/s",
         overhead=trial_overhead(trials),
+        paired=study.user_attrs.get("paired"),
     )
 
 

@@ -176,6 +176,22 @@ def paired_pool(feasible: list[Candidate], paired: Mapping[str, Any], budgets: B
     return hold_off(feasible, paired["trial"], paired["baseline_trial"], budgets, objective)
 
 
+def paired_lines(paired: Mapping[str, Any]) -> list[str]:
+    """What a search's side-by-side re-measurement (study user attribute ``paired``) found, as
+    search, export-best and report say it: its rounds, the speedup and its noise; the challengers."""
+    rounds = len(paired["rounds"][0]["samples_per_second"])
+    lines = [f"measured side by side at the end of the search ({rounds} interleaved rounds in fresh processes): "
+             f"trial #{paired['trial']} {paired['speedup']:.2f}x the baseline (#{paired['baseline_trial']}), "
+             f"±{paired['noise']:.1%} noise"]
+    if paired.get("challengers"):
+        figures = {row["trial"]: row for row in paired["figures"]}
+        lines.append("measured faster than the search's first pick once, beyond the noise, and so re-measured "
+                     "beside it and the baseline: " + ", ".join(
+                         f"trial #{n} ({figures[n]['samples_per_second']:.1f} samples/s)"
+                         for n in paired["challengers"]))
+    return lines
+
+
 def fastest_against(challengers: Sequence[Candidate], reference: Candidate, budgets: Budgets,
                     objective: str) -> Candidate:
     """The challenger with the largest gain over ``reference``, by the study's objective."""

@@ -24,3 +24,24 @@ def test_build_report_lists_the_recorded_full_runs(storage_url, capsys):
     assert "full run of trial #0: projected 10.0s, actual 12.0s (1.20x); 90.0 samples/s, 0.90x the measured 100.0" in (
         capsys.readouterr().out
     )
+
+
+def test_report_shows_the_side_by_side_re_measurement_and_its_challengers(storage_url, capsys):
+    from autotune._console import print_report
+
+    study = optuna.create_study(study_name="s", storage=open_storage(storage_url), direction="maximize")
+    for rate in (100.0, 150.0, 400.0):
+        study.add_trial(optuna.trial.create_trial(value=rate, user_attrs={"status": "ok", "samples_per_second": rate}))
+    paired = {"trial": 1, "baseline_trial": 0, "speedup": 1.3, "noise": 0.08, "challengers": [2],
+              "rounds": [{"trial": n, "samples_per_second": [1.0, 1.0, 1.0]} for n in (2, 1, 0)],
+              "figures": [{"trial": 0, "samples_per_second": 100.0}, {"trial": 1, "samples_per_second": 130.0},
+                          {"trial": 2, "samples_per_second": 120.5}]}
+    study.set_user_attr("paired", paired)
+    report = build_report("s", storage_url)
+    assert report.to_json()["paired"] == paired
+    print_report(report)
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("measured side by side at the end of the search (3 interleaved rounds in fresh processes): trial #1 "
+            "1.30x the baseline (#0), ±8.0% noise") in out
+    assert ("measured faster than the search's first pick once, beyond the noise, and so re-measured beside it and "
+            "the baseline: trial #2 (120.5 samples/s)") in out
