@@ -49,7 +49,7 @@ def verify(
                 break
         for candidate in candidates:
             outcome = run_trial(
-                trial_job(setup, candidate.attrs["config"]),
+                round_job(setup, candidate.attrs["config"]),
                 deadline=deadline,  # time.monotonic(): a run still going then ends as a timeout
             )
             rate = outcome.samples_per_second if outcome.status.value == "ok" else None
@@ -75,6 +75,15 @@ def trial_job(setup: dict[str, Any], config: dict[str, Any]) -> TrialJob:
         memory_budget_bytes=Budgets.from_json(setup.get("budgets")).memory_budget_bytes,
         timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
     )
+
+
+def round_job(setup: dict[str, Any], config: dict[str, Any]) -> TrialJob:
+    """One round's run of ``config``: the study's trial with its windows fixed at the study's count.
+    Windows narrow a run's figure within its process; what a re-measurement has to narrow is the
+    spread between processes, and rounds do that: windows past the count would lengthen every run
+    (to twice its windows, by default, wherever they spread more than 2%) for little."""
+    job = trial_job(setup, config)
+    return dataclasses.replace(job, measure=dataclasses.replace(job.measure, max_windows=None))
 
 
 def _figures(candidates: Sequence[Candidate], rates: dict[int, list[float | None]],

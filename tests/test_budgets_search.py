@@ -500,6 +500,27 @@ def test_search_timeout_stops_a_hanging_trial(space_file, storage_url, fast_meas
     assert math.isclose(_records.read_setup(_study(storage, first.study_name))["trial_timeout_seconds"], 6)
 
 
+def test_verify_runs_each_round_with_the_studys_windows_and_no_more(shared, monkeypatch):
+    """Rounds, not longer runs, narrow the spread between processes: a round's run is the study's
+    trial with its windows fixed at the study's count."""
+    from autotune import verify as verify_module
+    from autotune.selection import Candidate
+
+    study = _study(shared["storage"])
+    setup = _records.read_setup(study)
+    # The search's trials may go on to 4 windows while theirs spread (the CLI's default: twice the count).
+    setup = {**setup, "measure": {**setup["measure"], "max_windows": 2 * setup["measure"]["windows"]}}
+    jobs = []
+    real = verify_module.run_trial
+    monkeypatch.setattr(verify_module, "run_trial", lambda job, **kwargs: jobs.append(job) or real(job, **kwargs))
+    verification = verify_module.verify([Candidate.from_trial(study.trials[0])], setup, rounds=1)
+    assert [job.measure.max_windows for job in jobs] == [None]
+    assert jobs[0].measure.windows == setup["measure"]["windows"]
+    assert jobs[0] == dataclasses.replace(verify_module.trial_job(setup, study.trials[0].user_attrs["config"]),
+                                          measure=jobs[0].measure)
+    assert len(verification.candidates) == 1
+
+
 def test_verify_goes_on_past_its_rounds_until_enough(shared):
     """The paired re-measurement's rule: at least `rounds`, then more up to `max_rounds` until `enough`."""
     from autotune.selection import Candidate
