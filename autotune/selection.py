@@ -102,7 +102,12 @@ def select(
     explanation = [line]
     if timed:
         explanation += _time_against_throughput(chosen, feasible, budgets)
-    if baseline is not None and not chosen.is_baseline:
+    if (baseline is not None and not chosen.is_baseline and chosen.attrs.get("config") is not None
+            and chosen.attrs.get("config") == baseline.attrs.get("config")):
+        explanation.append(f"trial #{chosen.number} ran the baseline's own config (a sampler may propose it again): "
+                           f"no faster config found; exporting the baseline (trial #{baseline.number})")
+        chosen = baseline
+    elif baseline is not None and not chosen.is_baseline:
         gain = _gain(chosen, baseline, budgets, timed)
         margin = noise_margin(chosen, baseline)
         if gain <= margin:

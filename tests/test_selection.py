@@ -264,7 +264,9 @@ def test_select_misses_without_a_deadline_raise_no_feasible_trial():
 
 def _timed(number, rate, warmup, compile_seconds=0.0, baseline=False) -> Candidate:
     return candidate(number, rate, spread=0.01, baseline=baseline, dataset_size=6000, warmup_seconds=warmup,
-                     compile_seconds=compile_seconds, config={"batch_size": 32, "accumulation_steps": 1})
+                     compile_seconds=compile_seconds,
+                     config={"batch_size": 32, "accumulation_steps": 1, "compile": "default" if compile_seconds else "off",
+                             "max_lr": 10.0 ** -(number + 1)})  # each trial its own config
 
 
 @pytest.mark.parametrize(("epochs", "winner"), [(1, 1), (100, 2)])
@@ -323,3 +325,17 @@ def test_paired_settled_needs_both_figures():
     from autotune.study import paired_settled
 
     assert paired_settled([_figure(150, 0.01, 0.01)]) is False
+
+
+def test_a_trial_of_the_baselines_own_config_is_no_speedup_however_it_measured():
+    config = {"batch_size": 16, "precision": "fp32"}
+    base = candidate(0, 1000.0, spread=0.01, baseline=True, config=config)
+    again = candidate(8, 1300.0, spread=0.01, config=dict(config))  # measured 30% faster by chance
+    other = candidate(3, 1100.0, spread=0.01, config={"batch_size": 32, "precision": "fp32"})
+    selection = select([base, again, other], base, Budgets())
+    assert selection.chosen is base
+    assert selection.explanation == [
+        "fastest: trial #8, the highest throughput (1300.0 samples/s)",
+        "trial #8 ran the baseline's own config (a sampler may propose it again): no faster config found; "
+        "exporting the baseline (trial #0)",
+    ]
