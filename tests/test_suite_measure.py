@@ -101,3 +101,37 @@ def test_goals_pair_the_picks_round_by_round():
     assert all(ratios == pytest.approx([110 / 120, 55 / 60, 112 / 120]) for ratios in check["over_peers_rounds"].values())
     assert run._goal("at least 0.97 of the oracle's throughput", check["of_oracle"], 0.97, check["of_oracle_rounds"]) \
         == "- at least 0.97 of the oracle's throughput: 1.100 (met)"
+
+
+def test_a_failed_run_is_named_by_its_exception_even_when_the_message_runs_over_many_lines():
+    measure = _measure_module()
+    stderr = "\n".join([
+        "W1201 warning: a compile fell back",
+        "Traceback (most recent call last):",
+        '  File "measure.py", line 209, in <module>',
+        "    main()",
+        "torch._inductor.exc.InductorError: LoweringException: ValueRangeError: Invalid ranges [0:-1]",
+        "  target: aten.convolution.default",
+        "  args[10]: [False, True, True]",
+        "Found from : ",
+        '   File "modeling_detr.py", line 1208, in forward',
+    ])
+    assert measure.exception_line(stderr) == \
+        "torch._inductor.exc.InductorError: LoweringException: ValueRangeError: Invalid ranges [0:-1]"
+    assert measure.exception_line("Killed\n") == "Killed"
+    assert measure.exception_line("") is None
+
+
+def test_a_peer_pick_that_fails_to_train_is_reported_with_its_error_and_autotune_meets_the_goal():
+    run = _suite_module()
+    trained = {"measured": {"units_per_second": {"median": 100.0, "rounds": [100.0, 100.0]}}}
+    failed = {"measured": {"units_per_second": None, "error": "round 1: InductorError: Invalid ranges"}}
+    picks = {"autotune": trained, "grid": trained, "baseline": trained,
+             **{peer: trained for peer in run.PEERS}, "pytorch-autotune": failed}
+    check = run.goals({"picks": picks})
+    assert check["peers_failed"] == {"pytorch-autotune": "round 1: InductorError: Invalid ranges"}
+    assert check["over_peers"]["pytorch-autotune"] is None
+
+    # Where autotune's own pick failed too, nothing is claimed.
+    check = run.goals({"picks": {**picks, "autotune": failed}})
+    assert check["peers_failed"] == {}

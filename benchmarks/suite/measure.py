@@ -131,6 +131,21 @@ def run_one(spec: str, config: dict[str, Any], seconds: float, warmup_steps: int
     }
 
 
+def exception_line(stderr: str) -> str | None:
+    """The exception a failed run ended with, in one line: the first line the last traceback does
+    not indent (an exception whose message runs over many lines, as torch.compile's do, keeps its
+    first line), else the last unindented line."""
+    lines = stderr.splitlines()
+    marker = "Traceback (most recent call last):"
+    starts = [i for i, line in enumerate(lines) if line.startswith(marker)]
+    after = lines[starts[-1] + 1:] if starts else []
+    for line in after:
+        if line.strip() and not line[0].isspace():
+            return line.strip()
+    unindented = [line for line in lines if line.strip() and not line[0].isspace()]
+    return unindented[-1].strip() if unindented else None
+
+
 def summarise(rates: list[float]) -> dict[str, Any]:
     median = statistics.median(rates)
     return {
@@ -160,9 +175,7 @@ def measure(spec: str, picks: list[dict[str, Any]], rounds: int, seconds: float,
                 errors[i] = f"no result within {timeout:.0f}s"
                 continue
             if done.returncode != 0:
-                # The exception's own line: the last one a traceback does not indent.
-                lines = [line for line in done.stderr.splitlines() if line.strip() and not line[0].isspace()]
-                errors[i] = lines[-1] if lines else f"exit {done.returncode}"
+                errors[i] = f"round {round_index + 1}: {exception_line(done.stderr) or f'exit {done.returncode}'}"
                 continue
             run = json.loads(done.stdout.strip().splitlines()[-1])
             results[i].append(run)
