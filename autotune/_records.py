@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,8 +43,12 @@ throughput = rate  # what trials are ranked by when their run's length is not kn
 
 def best_trial(trials: Iterable[FrozenTrial], objective: str) -> FrozenTrial | None:
     """The feasible trial the objective ranks first: the shortest projected full run ("time"),
-    or the highest throughput in the workload's unit ("throughput")."""
-    feasible = feasible_trials(trials)
+    or the highest throughput in the workload's unit ("throughput"). A trial that ran the
+    baseline's own config is a second measurement of the baseline, not a candidate."""
+    trials = list(trials)
+    baseline = baseline_trial(trials)
+    feasible = [t for t in feasible_trials(trials)
+                if baseline is None or not runs_baseline_config(t.user_attrs, baseline.user_attrs)]
     if not feasible:
         return None
     if objective == "time":
@@ -52,6 +56,13 @@ def best_trial(trials: Iterable[FrozenTrial], objective: str) -> FrozenTrial | N
         if timed:
             return min(timed, key=lambda t: t.user_attrs["projected_full_run_seconds"])
     return max(feasible, key=rate)
+
+
+def runs_baseline_config(attrs: Mapping[str, Any], baseline_attrs: Mapping[str, Any]) -> bool:
+    """Whether a trial (its user attributes) that is not the baseline ran the baseline's own config,
+    as a sampler may propose it again: its figure measures the baseline, never a speedup."""
+    config = attrs.get("config")
+    return not attrs.get("baseline") and config is not None and config == baseline_attrs.get("config")
 
 
 def feasible_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:

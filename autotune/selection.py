@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from autotune._records import runs_baseline_config
 from autotune._units import format_duration, format_size
 from autotune.budget import Budgets
 from autotune.exceptions import NoFeasibleTrialError
@@ -91,6 +92,9 @@ def select(
     if not feasible:
         return _closest_miss(deadline_misses, budgets, study_name)
     recipe = dict(recipe or {})
+    twins = [c for c in feasible if baseline is not None and not c.is_baseline
+             and runs_baseline_config(c.attrs, baseline.attrs)]
+    feasible = [c for c in feasible if c not in twins]
     timed = _timed(feasible, budgets, objective)
     if prefer == "recipe":
         keeping = [c for c in feasible if not recipe_changes(c, recipe)]
@@ -100,14 +104,13 @@ def select(
     else:
         chosen, line = _by_preference(feasible, budgets, prefer, timed)
     explanation = [line]
+    if twins:
+        numbers = ", ".join(f"#{c.number}" for c in twins)
+        explanation.insert(0, f"trial{'s' if len(twins) > 1 else ''} {numbers} ran the baseline's own config (a "
+                              "sampler may propose it again): a measurement of the baseline, not a candidate")
     if timed:
         explanation += _time_against_throughput(chosen, feasible, budgets)
-    if (baseline is not None and not chosen.is_baseline and chosen.attrs.get("config") is not None
-            and chosen.attrs.get("config") == baseline.attrs.get("config")):
-        explanation.append(f"trial #{chosen.number} ran the baseline's own config (a sampler may propose it again): "
-                           f"no faster config found; exporting the baseline (trial #{baseline.number})")
-        chosen = baseline
-    elif baseline is not None and not chosen.is_baseline:
+    if baseline is not None and not chosen.is_baseline:
         gain = _gain(chosen, baseline, budgets, timed)
         margin = noise_margin(chosen, baseline)
         if gain <= margin:

@@ -371,9 +371,6 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
     figure is never a lone one that read high by chance."""
     if best is None or baseline is None or best.number == baseline.number or _records.status(baseline) != "ok":
         return None, []
-    if best.user_attrs.get("config") == baseline.user_attrs.get("config"):
-        return None, [f"the best trial, #{best.number}, ran the baseline's own config: nothing to re-measure side "
-                      "by side"]
     from autotune.selection import Candidate, paired_pool, select
 
     setup = _records.read_setup(study)

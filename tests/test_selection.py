@@ -333,9 +333,13 @@ def test_a_trial_of_the_baselines_own_config_is_no_speedup_however_it_measured()
     again = candidate(8, 1300.0, spread=0.01, config=dict(config))  # measured 30% faster by chance
     other = candidate(3, 1100.0, spread=0.01, config={"batch_size": 32, "precision": "fp32"})
     selection = select([base, again, other], base, Budgets())
-    assert selection.chosen is base
+    # The duplicate is dropped, so the genuine second-best is judged against the baseline.
+    assert selection.chosen is other
     assert selection.explanation == [
-        "fastest: trial #8, the highest throughput (1300.0 samples/s)",
-        "trial #8 ran the baseline's own config (a sampler may propose it again): no faster config found; "
-        "exporting the baseline (trial #0)",
+        "trial #8 ran the baseline's own config (a sampler may propose it again): a measurement of the "
+        "baseline, not a candidate",
+        "fastest: trial #3, the highest throughput (1100.0 samples/s)",
+        "trial #3 beats the baseline by 10.0%, beyond the measured noise (±2.8%)",
     ]
+    # Without a faster config, the baseline is exported.
+    assert select([base, again], base, Budgets()).chosen is base
