@@ -336,20 +336,21 @@ PAIRED_NOISE = 0.10
 PAIRED_CHALLENGERS = 2  # trials measured once re-measured in turn, where export-best would take them
 
 
-def paired_settled(figures: list[Any]) -> bool:
+def paired_settled(figures: list[Any], budgets: Budgets | None = None, objective: str = "throughput") -> bool:
     """Whether the side-by-side rounds so far (the challengers' and the winner's figures, then the
-    baseline's) are enough: judged on the fastest of them against the baseline.
+    baseline's) are enough: judged on the fastest of them against the baseline, by the study's
+    objective, as the re-measurement then names its winner.
 
     Enough once the speedup's noise is within PAIRED_NOISE. Where the windows' own spread keeps
     the noise above it whatever the rounds (a workload whose steps vary: boxes per image, sequence
     lengths), more rounds are run only while they could still change the verdict: the gain is
     beyond that floor yet still within the noise."""
-    from autotune.selection import NOISE_SIGMAS, noise_margin
+    from autotune.selection import NOISE_SIGMAS, fastest_against, noise_margin
 
     if len(figures) < 2:
         return False
     *others, baseline = figures
-    winner = max(others, key=lambda c: c.rate)
+    winner = fastest_against(others, baseline, budgets or Budgets(), objective)
     noise = noise_margin(winner, baseline)
     if noise <= PAIRED_NOISE:
         return True
@@ -423,7 +424,7 @@ def _side_by_side(measuring: list[Any], setup: dict[str, Any], deadline: float |
                       "(export-best --verify 1 does it)") if previous is None else (
                       "was not re-measured: the time budget is spent")
     verification = verify(measuring, setup, rounds=PAIRED_ROUNDS, deadline=deadline, max_rounds=PAIRED_MAX_ROUNDS,
-                          enough=paired_settled)
+                          enough=lambda figures: paired_settled(figures, budgets, objective))
     measured = {c.number: c for c in verification.candidates}
     if any(c.number not in measured for c in measuring):
         return None, ("the side-by-side re-measurement of the winner and the baseline did not finish"

@@ -343,3 +343,18 @@ def test_a_trial_of_the_baselines_own_config_is_no_speedup_however_it_measured()
     ]
     # Without a faster config, the baseline is exported.
     assert select([base, again], base, Budgets()).chosen is base
+
+
+def test_paired_settled_judges_the_winner_by_the_studys_objective():
+    import dataclasses
+
+    from autotune.study import paired_settled
+
+    baseline = dataclasses.replace(_timed(0, 100.0, 2.0, baseline=True), spread=0.02, window_spread=0.01)
+    # Trial 1 reads twice as fast but noisily, and its compile makes the one-epoch run the longest;
+    # trial 2 is the shorter run, measured tightly.
+    compiled = dataclasses.replace(_timed(1, 200.0, 1002.0, compile_seconds=1000.0), spread=0.20, window_spread=0.01)
+    eager = dataclasses.replace(_timed(2, 120.0, 2.0), spread=0.01, window_spread=0.01)
+    figures = [compiled, eager, baseline]
+    assert paired_settled(figures) is False  # by throughput: trial 1, within ±40% of noise
+    assert paired_settled(figures, Budgets(epochs=1), "time") is True  # by run time: trial 2, ±4.5%
