@@ -29,7 +29,7 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 
 _STATUS_STYLE = {
     "ok": "green", "oom": "magenta", "slow": "yellow", "diverged": "red", "timeout": "red", "error": "red",
-    "interrupted": "cyan",
+    "interrupted": "cyan", "duplicate": "dim",
 }
 
 

@@ -94,6 +94,9 @@ class Objective:
 
         finished = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                    optuna.trial.TrialState.PRUNED))
+        measured = None if is_baseline else _records.measured_before(finished, config.to_dict())
+        if measured is not None:
+            return _answered_from(trial, measured, self.plan.unit)
         proof = _records.proven_out_of_memory(finished, config.to_dict(), budgets.memory_budget_bytes)
         crash = _records.crashed_before(finished, config.to_dict())
         compile_failure = _records.failed_compile(finished, config.compile)
@@ -256,6 +259,23 @@ class Objective:
         self.recover(study)  # before the next trial: a search beside this one may have died
         explain_study(study, figures=self.trials_run % FIGURE_EVERY == 0)
         self.listener.on_trial_end(trial, _records.best_trial(study.get_trials(deepcopy=False), self.plan.objective))
+
+
+def _answered_from(trial: optuna.Trial, measured: FrozenTrial, unit: str) -> float:
+    """A config the sampler proposed again: no process runs it. The trial takes the earlier
+    measurement's objective value and constraints, so the sampler learns what it would have; its
+    status is ``duplicate``, so it is never a candidate of its own (the earlier trial is)."""
+    trial.set_user_attr("skipped", True)
+    trial.set_user_attr("duplicate_of", measured.number)
+    trial.set_user_attr("status", "duplicate")
+    trial.set_user_attr(
+        "reason",
+        f"not run: the same config as trial #{measured.number} ({_records.rate(measured):.1f} {unit}/s); "
+        "a sampler may propose a config again",
+    )
+    for name, value in measured.constraints.items():
+        trial.set_constraint(name, value)
+    return measured.value
 
 
 def _not_run(trial: optuna.Trial, status: Status, why: str, *, peak_memory_bytes: int | None = None,

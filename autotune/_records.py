@@ -96,6 +96,17 @@ def proven_out_of_memory(
     return None
 
 
+def measured_before(trials: Iterable[FrozenTrial], config: dict[str, Any]) -> FrozenTrial | None:
+    """An earlier trial that ran exactly ``config`` and finished ok: a sampler proposing it again
+    (TPE and random sampling may) is answered from that measurement, not run a second time."""
+    for trial in trials:
+        attrs = trial.user_attrs
+        if (trial.state.name == "COMPLETE" and attrs.get("status") == "ok" and not attrs.get("skipped")
+                and attrs.get("config") == config):
+            return trial
+    return None
+
+
 def crashed_before(trials: Iterable[FrozenTrial], config: dict[str, Any]) -> FrozenTrial | None:
     """An earlier trial whose process crashed (a segfault, an abort) with exactly ``config``."""
     for trial in trials:

@@ -121,7 +121,9 @@ def test_search_two_concurrent_processes_share_one_postgresql_study(postgres, pg
     trials = load_study(pg_study, postgres).trials
     finished = [t for t in trials if t.state.is_finished()]
     assert len(finished) >= 4
-    assert all(t.user_attrs["status"] == "ok" for t in finished)
+    # A config the sampler proposes again (4 batch sizes, 4 trials) is answered from the trial that measured it.
+    measured = {t.number for t in finished if t.user_attrs["status"] == "ok"}
+    assert all(t.user_attrs["status"] == "ok" or t.user_attrs["duplicate_of"] in measured for t in finished)
     baselines = [t for t in trials if t.user_attrs.get("baseline")]
     assert len(baselines) == 1
     assert len({t.number for t in trials}) == len(trials)

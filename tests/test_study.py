@@ -499,6 +499,32 @@ def test_search_config_that_crashed_its_process_is_not_run_again(storage_url, sp
     assert _child_processes_with(marker) == []
 
 
+def test_search_a_config_proposed_again_is_answered_from_its_measurement_not_run(storage_url, space_file,
+                                                                                fast_measure):
+    options = SearchOptions(workload=workload_spec(), storage=storage_url, space=space_file(
+        "knobs: {batch_size: [8, 16]}\n"), n_trials=1, measure=fast_measure, seed=0, lr_find=False)
+    search(options)  # the baseline, batch 8
+    for batch in (16, 16, 8):  # 16 twice, then the baseline's own config
+        _load("tiny", storage_url).enqueue_trial({"batch_size": batch})
+    search(SearchOptions(**{**options.__dict__, "n_trials": 3}))
+
+    trials = _load("tiny", storage_url).trials
+    baseline, first, again, baselines_config = trials
+    assert baseline.user_attrs["baseline"] is True and baseline.user_attrs["status"] == "ok"
+    assert first.user_attrs["status"] == "ok" and first.user_attrs["samples_per_second"] > 0
+    for duplicate, measured in ((again, first), (baselines_config, baseline)):
+        assert duplicate.state == TrialState.COMPLETE
+        assert duplicate.user_attrs["config"] == measured.user_attrs["config"]
+        assert (duplicate.user_attrs["status"], duplicate.user_attrs["duplicate_of"]) == ("duplicate", measured.number)
+        assert duplicate.value == measured.value and duplicate.constraints == measured.constraints
+        assert duplicate.user_attrs["reason"] == (
+            f"not run: the same config as trial #{measured.number} ({measured.user_attrs['samples_per_second']:.1f} "
+            "samples/s); a sampler may propose a config again")
+        assert duplicate.user_attrs.get("wall_seconds") is None  # no process was started
+    # Only the measured trials are candidates.
+    assert [t.number for t in _records.feasible_trials(trials)] == [baseline.number, first.number]
+
+
 def test_search_dataloader_worker_killed_by_the_oom_killer_is_oom(storage_url, space_file, fast_measure):
     search(SearchOptions(workload=workload_spec("worker_killed", "faults.py"), storage=storage_url,
                          space=space_file("knobs: {batch_size: [4]}\n"), n_trials=1, measure=fast_measure,
