@@ -197,6 +197,11 @@ def paired_lines(paired: Mapping[str, Any]) -> list[str]:
                      "beside it and the baseline: " + ", ".join(
                          f"trial #{n} ({figures[n]['samples_per_second']:.1f} samples/s)"
                          for n in paired["challengers"]))
+    if paired.get("runners_up"):
+        figures = {row["trial"]: row for row in paired["figures"]}
+        lines.append("re-measured next, as the trials before them were no faster than the baseline side by side: "
+                     + ", ".join(f"trial #{n} ({figures[n]['samples_per_second']:.1f} samples/s)"
+                                 for n in paired["runners_up"]))
     return lines
 
 
@@ -205,6 +210,11 @@ def fastest_against(challengers: Sequence[Candidate], reference: Candidate, budg
     """The challenger with the largest gain over ``reference``, by the study's objective."""
     timed = _timed([*challengers, reference], budgets, objective)
     return max(challengers, key=lambda c: _gain(c, reference, budgets, timed))
+
+
+def gain_over(challenger: Candidate, reference: Candidate, budgets: Budgets, objective: str) -> float:
+    """How much faster ``challenger`` is than ``reference`` by the study's objective (0.1: 10%)."""
+    return _gain(challenger, reference, budgets, _timed([challenger, reference], budgets, objective))
 
 
 def _timed(feasible: Sequence[Candidate], budgets: Budgets, objective: str) -> bool:

@@ -720,6 +720,40 @@ def test_each_challenger_is_re_measured_beside_the_current_winner_and_the_baseli
     assert study.user_attrs["paired"] == paired
 
 
+def test_when_nothing_beats_the_baseline_side_by_side_the_next_faster_trial_is_re_measured(storage_url, monkeypatch):
+    from autotune.export import export_best
+    from autotune.selection import paired_lines
+    from autotune.study import _paired
+
+    # #1 read fastest once; #2 read 2% above the baseline once, within the noise (a slow process
+    # may have read it low).
+    study = _recorded(storage_url, {0: 1000.0, 1: 1300.0, 2: 1020.0, 3: 900.0})
+    calls: list[list[int]] = []
+    _fake_verify(monkeypatch, calls,
+                 {1: 1010.0, 0: 1000.0},  # #1 is no faster side by side
+                 {2: 1200.0, 0: 1000.0})  # #2 is, beyond the noise: settled
+    paired, notes = _paired(study, study.trials[1], study.trials[0], SearchOptions(), deadline=None)
+    assert calls == [[1, 0], [2, 0]]  # #3 read below the baseline: never re-measured
+    assert (paired["trial"], paired["speedup"], paired["runners_up"]) == (2, 1.2, [2])
+    assert {row["trial"]: row["samples_per_second"] for row in paired["figures"]} == {0: 1000.0, 1: 1010.0, 2: 1200.0}
+    assert notes == ["trial #1 was no faster than the baseline side by side; trial #2, 1020.0 samples/s once against "
+                     "the baseline's 1000.0, is next: re-measured beside the baseline"]
+    assert paired_lines(paired)[-1] == ("re-measured next, as the trials before them were no faster than the baseline "
+                                        "side by side: trial #2 (1200.0 samples/s)")
+    assert export_best("challenged", storage_url).document["provenance"]["trial"] == 2
+
+
+def test_no_trial_is_re_measured_next_when_none_read_faster_than_the_baseline(storage_url, monkeypatch):
+    from autotune.study import _paired
+
+    study = _recorded(storage_url, {0: 1000.0, 1: 1300.0, 2: 950.0})
+    calls: list[list[int]] = []
+    _fake_verify(monkeypatch, calls, {1: 1005.0, 0: 1000.0})
+    paired, notes = _paired(study, study.trials[1], study.trials[0], SearchOptions(), deadline=None)
+    assert (calls, notes, paired["trial"]) == ([[1, 0]], [], 1)
+    assert "runners_up" not in paired
+
+
 def test_the_searchs_best_is_never_a_trial_that_ran_the_baselines_config(storage_url):
     from autotune import _records
 
