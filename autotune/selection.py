@@ -147,8 +147,11 @@ def hold_off(feasible: list[Candidate], incumbent: int, baseline: int, budgets: 
     held = [c for c in feasible if 0.0 < gains.get(c.number, 0.0) <= noise_margin(c, winner)]
     if not held:
         return feasible, []
+    earlier = {c.window_spread is not None for c in held}
+    how = {frozenset({False}): "once", frozenset({True}): "in an earlier round of re-measurement"}.get(
+        frozenset(earlier), "once or in an earlier round of re-measurement")
     line = (f"{', '.join(f'trial #{c.number} ({gains[c.number]:+.1%})' for c in held)} measured faster than trial "
-            f"#{incumbent} once, within the noise of the two; #{incumbent}, re-measured beside the "
+            f"#{incumbent} {how}, within the noise of the two; #{incumbent}, re-measured beside the "
             "baseline at the end of the search, is kept")
     held_numbers = {c.number for c in held}
     return [c for c in feasible if c.number not in held_numbers], [line]
@@ -157,8 +160,11 @@ def hold_off(feasible: list[Candidate], incumbent: int, baseline: int, budgets: 
 def with_paired(feasible: list[Candidate], paired: Mapping[str, Any]) -> list[Candidate]:
     """``feasible`` with the figures of the search's side-by-side re-measurement (study user attribute
     ``paired``): every trial re-measured there (the winner, the baseline, and any challenger), its
-    latest figure."""
-    figures = {row["trial"]: row for row in paired.get("figures") or ()}
+    latest figure. A figure from an earlier round of re-measurement is taken as its speedup over
+    that round's baseline, times the latest baseline figure: the machine's drift between rounds
+    cancels, as it does within one."""
+    latest = paired.get("baseline_samples_per_second")
+    figures = {row["trial"]: _at_latest_baseline(row, latest) for row in paired.get("figures") or ()}
     if not figures:  # recorded before challengers were re-measured: the winner and the baseline
         figures = {
             paired["trial"]: {"samples_per_second": paired["samples_per_second"], "spread": paired["spread"]},
@@ -171,6 +177,13 @@ def with_paired(feasible: list[Candidate], paired: Mapping[str, Any]) -> list[Ca
         if c.number in figures else c
         for c in feasible
     ]
+
+
+def _at_latest_baseline(row: Mapping[str, Any], latest: float | None) -> Mapping[str, Any]:
+    measured_beside = row.get("baseline_samples_per_second")
+    if not latest or not measured_beside or measured_beside == latest:
+        return row
+    return {**row, "samples_per_second": row["samples_per_second"] * latest / measured_beside}
 
 
 def paired_pool(feasible: list[Candidate], paired: Mapping[str, Any], budgets: Budgets, objective: str,

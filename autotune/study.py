@@ -415,9 +415,14 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
         # from an earlier round of re-measurement is re-measured again, as the machine may have drifted.
         if chosen.number not in singles or any(c.number == chosen.number for c in measuring):
             break
-        how = "once" if chosen.window_spread is None else "in an earlier re-measurement"
-        line = (f"trial #{chosen.number} measured {chosen.rate:.1f} {chosen.unit}/s {how}, beyond the noise of "
-                f"trial #{winner.number}'s {winner.rate:.1f} side by side")
+        if chosen.window_spread is None:
+            line = (f"trial #{chosen.number} measured {chosen.rate:.1f} {chosen.unit}/s once, beyond the noise of "
+                    f"trial #{winner.number}'s {winner.rate:.1f} side by side")
+        else:  # compared as speedups over the baseline of each one's round
+            base = next(c for c in pool if c.is_baseline)
+            line = (f"trial #{chosen.number} measured {chosen.rate / base.rate:.2f}x the baseline in an earlier "
+                    f"re-measurement, beyond the noise of trial #{winner.number}'s {winner.rate / base.rate:.2f}x "
+                    "side by side")
         if attempt == PAIRED_CHALLENGERS:
             notes.append(f"{line}; not re-measured, as {PAIRED_CHALLENGERS} challengers were already "
                          "(export-best --verify 3 re-measures the top 3)")
@@ -454,7 +459,8 @@ def _side_by_side(measuring: list[Any], setup: dict[str, Any], deadline: float |
     figures = {row["trial"]: row for row in (previous or {}).get("figures") or ()}
     for c in measured.values():
         figures[c.number] = {"trial": c.number, "samples_per_second": c.samples_per_second, "spread": c.spread,
-                             "window_spread": c.window_spread}  # the part of each spread rounds do not lower
+                             "window_spread": c.window_spread,  # the part of each spread rounds do not lower
+                             "baseline_samples_per_second": reference.samples_per_second}  # of the same round
     return {
         "trial": winner.number,
         "baseline_trial": reference.number,

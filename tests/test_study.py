@@ -743,6 +743,22 @@ def test_when_nothing_beats_the_baseline_side_by_side_the_next_faster_trial_is_r
     assert export_best("challenged", storage_url).document["provenance"]["trial"] == 2
 
 
+def test_figures_from_different_rounds_compare_as_speedups_over_their_rounds_baseline(storage_url, monkeypatch):
+    from autotune.selection import Candidate, with_paired
+    from autotune.study import _paired
+
+    study = _recorded(storage_url, {0: 1300.0, 1: 1700.0, 2: 1450.0})
+    calls: list[list[int]] = []
+    _fake_verify(monkeypatch, calls,
+                 {1: 1605.0, 0: 1600.0},  # a fast spell of the machine: #1 1.00x
+                 {2: 1394.0, 0: 1160.0})  # a slow one: #2 1.20x, below #1's raw figure
+    paired, notes = _paired(study, study.trials[1], study.trials[0], SearchOptions(), deadline=None)
+    assert calls == [[1, 0], [2, 0]]  # #1's 1605 is not taken for faster than #2's 1394: no third round
+    assert paired["trial"] == 2 and len(notes) == 1
+    pool = {c.number: c.samples_per_second for c in with_paired([Candidate.from_trial(t) for t in study.trials], paired)}
+    assert pool == pytest.approx({0: 1160.0, 1: 1605.0 * 1160.0 / 1600.0, 2: 1394.0})
+
+
 def test_no_trial_is_re_measured_next_when_none_read_faster_than_the_baseline(storage_url, monkeypatch):
     from autotune.study import _paired
 
@@ -777,12 +793,12 @@ def test_challengers_stop_at_the_cap_and_an_earlier_figure_counts_as_measured_on
     _fake_verify(monkeypatch, calls,
                  {1: 1200.0, 0: 1000.0},
                  {3: 1300.0, 1: 1250.0, 0: 1000.0},
-                 {2: 900.0, 3: 950.0, 0: 800.0})  # the machine slowed: #1's earlier 1250 now reads fastest
+                 {2: 900.0, 3: 950.0, 0: 800.0})  # the machine slowed: #3 reads 1.19x, #1 read 1.25x before
     paired, notes = _paired(study, study.trials[1], study.trials[0], SearchOptions(), deadline=None)
     assert len(calls) == 1 + PAIRED_CHALLENGERS == 3  # #1 would be next, but the cap is reached
     assert paired["trial"] == 3 and paired["challengers"] == [3, 2]
-    assert notes[2] == ("trial #1 measured 1250.0 samples/s in an earlier re-measurement, beyond the noise of trial "
-                        "#3's 950.0 side by side; not re-measured, as 2 challengers were already (export-best "
+    assert notes[2] == ("trial #1 measured 1.25x the baseline in an earlier re-measurement, beyond the noise of trial "
+                        "#3's 1.19x side by side; not re-measured, as 2 challengers were already (export-best "
                         "--verify 3 re-measures the top 3)")
 
 
