@@ -335,7 +335,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, started: str
     lines = [
         f"# Benchmark suite, {started}",
         "",
-        f"Machine: {machine()}. Run: `python benchmarks/suite/run.py` ({seconds / 60:.0f} minutes; "
+        f"Machine: {machine()}. Run: `{' '.join(['python benchmarks/suite/run.py', *sys.argv[1:]])}` ({seconds / 60:.0f} minutes; "
         f"trial budget {args.trials} for autotune, random and tpe; every method's memory budget "
         f"{args.max_memory / 1024**3:.1f} GiB; independent measurement: {args.rounds} interleaved rounds of "
         f"{args.seconds:g} s per config, each a fresh process).",
