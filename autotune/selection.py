@@ -147,9 +147,9 @@ def hold_off(feasible: list[Candidate], incumbent: int, baseline: int, budgets: 
     held = [c for c in feasible if 0.0 < gains.get(c.number, 0.0) <= noise_margin(c, winner)]
     if not held:
         return feasible, []
-    earlier = {c.window_spread is not None for c in held}
-    how = {frozenset({False}): "once", frozenset({True}): "in an earlier round of re-measurement"}.get(
-        frozenset(earlier), "once or in an earlier round of re-measurement")
+    earlier = [c.window_spread is not None for c in held]  # re-measured in an earlier round, not once
+    how = ("in an earlier round of re-measurement" if all(earlier) else
+           "once or in an earlier round of re-measurement" if any(earlier) else "once")
     line = (f"{', '.join(f'trial #{c.number} ({gains[c.number]:+.1%})' for c in held)} measured faster than trial "
             f"#{incumbent} {how}, within the noise of the two; #{incumbent}, re-measured beside the "
             "baseline at the end of the search, is kept")
@@ -204,17 +204,17 @@ def paired_lines(paired: Mapping[str, Any]) -> list[str]:
     lines = [f"measured side by side at the end of the search ({rounds} interleaved rounds in fresh processes): "
              f"trial #{paired['trial']} {paired['speedup']:.2f}x the baseline (#{paired['baseline_trial']}), "
              f"±{paired['noise']:.1%} noise"]
+    figures = {row["trial"]: row for row in paired.get("figures") or ()}
+
+    def listed(numbers: Sequence[int]) -> str:
+        return ", ".join(f"trial #{n} ({figures[n]['samples_per_second']:.1f} samples/s)" for n in numbers)
+
     if paired.get("challengers"):
-        figures = {row["trial"]: row for row in paired["figures"]}
         lines.append("measured faster than the search's first pick once, beyond the noise, and so re-measured "
-                     "beside it and the baseline: " + ", ".join(
-                         f"trial #{n} ({figures[n]['samples_per_second']:.1f} samples/s)"
-                         for n in paired["challengers"]))
+                     "beside it and the baseline: " + listed(paired["challengers"]))
     if paired.get("runners_up"):
-        figures = {row["trial"]: row for row in paired["figures"]}
         lines.append("re-measured next, as the trials before them were no faster than the baseline side by side: "
-                     + ", ".join(f"trial #{n} ({figures[n]['samples_per_second']:.1f} samples/s)"
-                                 for n in paired["runners_up"]))
+                     + listed(paired["runners_up"]))
     return lines
 
 

@@ -403,32 +403,29 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
                 break
             line = (f"trial #{winner.number} was no faster than the baseline side by side; trial #{runner.number}, "
                     f"{runner.rate:.1f} {runner.unit}/s once against the baseline's {reference.rate:.1f}, is next")
-            if attempt == PAIRED_CHALLENGERS:
-                notes.append(f"{line}; not re-measured, as {PAIRED_CHALLENGERS} challengers were already "
-                             "(export-best --verify 3 re-measures the top 3)")
+            beside, runners = "the baseline", [*runners, runner.number]
+            following = [runner, reference]
+        else:
+            # Settled once the export's pick was among the trials just measured side by side; a figure from
+            # an earlier round of re-measurement is re-measured again, as the machine may have drifted.
+            if chosen.number not in singles or any(c.number == chosen.number for c in measuring):
                 break
-            notes.append(f"{line}: re-measured beside the baseline")
-            runners = [*runners, runner.number]
-            measuring = [runner, reference]
-            continue
-        # Settled once the export's pick was among the trials just measured side by side; a figure
-        # from an earlier round of re-measurement is re-measured again, as the machine may have drifted.
-        if chosen.number not in singles or any(c.number == chosen.number for c in measuring):
-            break
-        if chosen.window_spread is None:
-            line = (f"trial #{chosen.number} measured {chosen.rate:.1f} {chosen.unit}/s once, beyond the noise of "
-                    f"trial #{winner.number}'s {winner.rate:.1f} side by side")
-        else:  # compared as speedups over the baseline of each one's round
-            base = next(c for c in pool if c.is_baseline)
-            line = (f"trial #{chosen.number} measured {chosen.rate / base.rate:.2f}x the baseline in an earlier "
-                    f"re-measurement, beyond the noise of trial #{winner.number}'s {winner.rate / base.rate:.2f}x "
-                    "side by side")
+            if chosen.window_spread is None:
+                line = (f"trial #{chosen.number} measured {chosen.rate:.1f} {chosen.unit}/s once, beyond the noise "
+                        f"of trial #{winner.number}'s {winner.rate:.1f} side by side")
+            else:  # compared as speedups over the baseline of each one's round
+                base = next(c for c in pool if c.is_baseline)
+                line = (f"trial #{chosen.number} measured {chosen.rate / base.rate:.2f}x the baseline in an earlier "
+                        f"re-measurement, beyond the noise of trial #{winner.number}'s {winner.rate / base.rate:.2f}x "
+                        "side by side")
+            beside = "the two"
+            following = [singles[chosen.number], singles.get(winner.number) or measuring[-2], reference]
         if attempt == PAIRED_CHALLENGERS:
             notes.append(f"{line}; not re-measured, as {PAIRED_CHALLENGERS} challengers were already "
                          "(export-best --verify 3 re-measures the top 3)")
             break
-        notes.append(f"{line}: re-measured beside the two")
-        measuring = [singles[chosen.number], singles.get(winner.number) or measuring[-2], reference]
+        notes.append(f"{line}: re-measured beside {beside}")
+        measuring = following
     if paired is not None:
         study.set_user_attr("paired", paired)
     return paired, notes
