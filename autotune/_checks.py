@@ -7,12 +7,13 @@ trial process; and a search whose first trials all fail with one same error stop
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from autotune.exceptions import WorkloadError
-from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
+from autotune.runner import MeasureSettings, Status, TrialJob, TrialOutcome, run_trial
 
 if TYPE_CHECKING:
     from autotune.study import SearchOptions, SearchPlan
@@ -22,19 +23,49 @@ SAME_ERROR_TRIALS = 3  # the search stops when its first trials, this many, all 
 _ONE_STEP = dict(warmup_steps=0, windows=1, window_seconds=0.01, max_window_steps=1, divergence_factor=None)
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkloadCheck:
+    """What the workload's first steps found."""
+
+    dataset_size: int | None  # samples in the dataset, as the trial saw it
+    step_closure: bool | None = None  # True: its optimizer's step needs a closure the workload did not declare
+    note: str | None = None
+
+
 def check_workload(
     options: SearchOptions,
     plan: SearchPlan,
     *,
     on_wait: Callable[[str], None] | None = None,
     deadline: float | None = None,
-) -> int | None:
-    """Build the workload and train its first steps at the baseline's config, in a trial process;
-    the dataset's size in samples, as the trial saw it.
+) -> WorkloadCheck:
+    """Build the workload and train its first steps at the baseline's config, in a trial process.
 
     A step that raises (or crashes the process) is a WorkloadError: every trial would fail the same
-    way. Running out of memory, a hang or a NaN at the baseline are results the search records."""
-    outcome = run_trial(
+    way. Running out of memory, a hang or a NaN at the baseline are results the search records.
+    An optimizer whose step fails without a closure (SAM, as users write it, asserts that it got one)
+    and runs with one is stepped with one from then on, and the check says so."""
+    outcome = _first_steps(options, plan, plan.step_closure, on_wait, deadline)
+    if outcome.status is not Status.ERROR:
+        return WorkloadCheck(outcome.dataset_size)
+    reason = re.sub(r"^\w*(?:Workload|Config)Error: ", "", outcome.reason)  # already in the user's terms
+    hint = ""
+    if outcome.in_optimizer_step and not plan.step_closure:
+        with_closure = _first_steps(options, plan, True, on_wait, deadline)
+        if with_closure.status is not Status.ERROR:
+            return WorkloadCheck(with_closure.dataset_size, step_closure=True, note=(
+                f"the optimizer's step failed without a closure ({reason}) and ran with one: every trial and the "
+                "full run step it with a closure that re-evaluates the loss (as Workload(step_closure=True) does)"))
+        hint = "; it failed inside optimizer.step(), and with a closure too (Workload.step_closure)"
+    raise WorkloadError(
+        f"workload {options.workload!r}: {reason} "
+        f"(its first training step, at the baseline's batch_size {plan.baseline.batch_size}){hint}"
+    )
+
+
+def _first_steps(options: SearchOptions, plan: SearchPlan, step_closure: bool | None,
+                 on_wait: Callable[[str], None] | None, deadline: float | None) -> TrialOutcome:
+    return run_trial(
         TrialJob(
             workload=options.workload,
             config=plan.baseline.to_dict(),
@@ -42,17 +73,11 @@ def check_workload(
             measure=MeasureSettings(**_ONE_STEP, seed=options.measure.seed),
             memory_budget_bytes=plan.budgets.memory_budget_bytes,
             timeout_seconds=plan.trial_timeout_seconds,
+            step_closure=step_closure,
         ),
         deadline=deadline,
         on_wait=on_wait,
     )
-    if outcome.status is Status.ERROR:
-        reason = re.sub(r"^\w*(?:Workload|Config)Error: ", "", outcome.reason)  # already in the user's terms
-        raise WorkloadError(
-            f"workload {options.workload!r}: {reason} "
-            f"(its first training step, at the baseline's batch_size {plan.baseline.batch_size})"
-        )
-    return outcome.dataset_size
 
 
 class RepeatedErrors:

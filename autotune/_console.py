@@ -89,6 +89,12 @@ class SearchPrinter(SearchListener):
         self.close()
         console.print(f"running the LR range test on trial #{trial.number} ...")
 
+    def on_recipe_check_start(self, trial: FrozenTrial, max_lr: float, rule: str) -> None:
+        self.close()
+        config = TrainConfig.from_dict(trial.user_attrs["config"])
+        console.print(f"checking trial #{trial.number} (effective batch {config.effective_batch_size}, max_lr "
+                      f"{max_lr:.3g} by {escape(rule)}) against the recipe, both run to the recipe's progress ...")
+
     def on_workload_check(self, plan: SearchPlan) -> None:
         console.print(f"checking the workload: its first training step at the baseline (batch_size {plan.baseline.batch_size}) ...")
 
@@ -127,8 +133,18 @@ class SearchPrinter(SearchListener):
         console.print(line)
         if status != "ok" and trial.user_attrs.get("reason"):
             console.print(f"      [dim]{escape(trial.user_attrs['reason'])}[/]")
+        if trial.user_attrs.get("noise_scale") is not None:
+            console.print(f"      [dim]gradient noise scale {escape(noise_line(trial.user_attrs))}[/]")
         if best is not None and best.number == trial.number:
             console.print(f"      [bold green]new best[/] {_records.rate(best):.1f} {escape(_records.unit(best))}/s")
+
+
+def noise_line(attrs: dict) -> str:
+    """A trial's gradient noise scale, as its line shows it."""
+    stderr = attrs.get("noise_scale_stderr")
+    groups = (attrs.get("noise") or {}).get("groups")
+    return (f"{attrs['noise_scale']:.3g}" + (f" ± {stderr:.2g}" if stderr is not None else "") + " samples"
+            + (f" ({groups} groups of micro-batches)" if groups else ""))
 
 
 def print_lr_find(result: LRFindResult, picture: Path | None = None) -> None:
@@ -244,8 +260,12 @@ def print_report(report: Report) -> None:
         console.print(f"knobs that mattered (fANOVA importance of {escape(report.objective)}): {escape(ranked)}")
     elif report.importance_note:
         console.print(f"[dim]{escape(report.importance_note)}[/]")
+    if report.noise_scale:
+        console.print(f"gradient noise scale: {escape(report.noise_scale['line'])}")
     for result in report.lr_find:
         console.print(f"LR range test on trial #{result['trial']}: suggested max_lr {result['suggestion']:.3g}")
+    for check in report.recipe_checks:
+        console.print(f"recipe check ({'kept' if check['kept'] else 'not kept'}): {escape(check['reason'])}")
     for run in report.full_runs:
         console.print(escape(full_run_line(run)))
     for path in report.plots:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from autotune.study import SearchListener, SearchOptions, SearchPlan
 
 FIGURE_EVERY = 5  # trials between refreshes of the figures stored for optuna-dashboard
+NOISE_SECONDS = 1.0  # a trial's gradient-noise measurement after its windows, at least (or one window)
 
 
 _COMPILE_ERRORS = ("torch/_dynamo", "torch/_inductor", "torch._dynamo", "torch._inductor", "InductorError",
@@ -162,6 +163,8 @@ class Objective:
                     rank_against=max((t.user_attrs["samples_per_second"] for t in finished
                                       if _records.status(t) == "ok" and t.user_attrs.get("samples_per_second")),
                                      default=None),
+                    noise_seconds=self._noise_seconds(is_baseline),
+                    step_closure=self.plan.step_closure,
                 ),
                 on_window=None if is_baseline else self._report_window(trial),
                 slow_below=None if not predicts or best is None else self.options.slow_fraction * best,
@@ -176,19 +179,31 @@ class Objective:
                 trial.set_user_attr("crashed", True)
         return self._record(trial, outcome)
 
+    def _noise_seconds(self, is_baseline: bool) -> float | None:
+        """How long a trial measures the gradient noise scale after its windows: the baseline always
+        (the export states it), every trial where the effective batch is free (the ranking uses it)."""
+        if is_baseline or self.plan.space.effective_batch is None:
+            return max(NOISE_SECONDS, self.options.measure.window_seconds)
+        return None
+
+    def _budgets(self, trials: list[Any]) -> Any:
+        """The plan's budgets with the gradient noise scale the trials measured so far."""
+        return self.plan.budgets.with_noise_scale(trials)
+
     def _report_window(self, trial: optuna.Trial) -> Callable[[WindowResult], Any]:
         """Each window's figure for Optuna's pruner, in the objective's terms: the full run's steady
         time at the window's rate (the study's dataset size known from an earlier trial), or the
         window's throughput in the workload's unit."""
         config = trial.user_attrs.get("config") or {}
-        dataset_size = next((t.user_attrs["dataset_size"] for t in trial.study.get_trials(deepcopy=False)
-                             if t.user_attrs.get("dataset_size")), None)
+        trials = trial.study.get_trials(deepcopy=False)
+        dataset_size = next((t.user_attrs["dataset_size"] for t in trials if t.user_attrs.get("dataset_size")), None)
+        budgets = self._budgets(trials)
 
         def report(window: WindowResult) -> tuple[Status, str] | None:
             if self.plan.objective == "time":
                 if dataset_size is None:
                     return None
-                value = self.plan.budgets.project({"dataset_size": dataset_size, "config": config},
+                value = budgets.project({"dataset_size": dataset_size, "config": config},
                                                   window.samples_per_second)
             else:
                 value = window.units_per_second
@@ -236,7 +251,8 @@ class Objective:
 
     def _record_projection(self, trial: optuna.Trial, outcome: TrialOutcome) -> float | None:
         """The full run's projected time; past the deadline it is a constraint, not a failure."""
-        budgets = self.plan.budgets
+        # The trial's own figures are among its user attributes already: its noise figure counts too.
+        budgets = self._budgets(trial.study.get_trials(deepcopy=False))
         projection = budgets.projection({**outcome.user_attrs(), "config": trial.user_attrs.get("config")})
         projected = None if projection is None else projection["seconds"]
         trial.set_user_attr("projected_full_run_seconds", projected)

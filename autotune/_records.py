@@ -41,21 +41,36 @@ def unit(trial: FrozenTrial | dict[str, Any]) -> str:
 throughput = rate  # what trials are ranked by when their run's length is not known
 
 
-def best_trial(trials: Iterable[FrozenTrial], objective: str) -> FrozenTrial | None:
+def best_trial(trials: Iterable[FrozenTrial], objective: str, budgets: Any = None,
+               effective_batch: int | None = None) -> FrozenTrial | None:
     """The feasible trial the objective ranks first: the shortest projected full run ("time"),
     or the highest throughput in the workload's unit ("throughput"). A trial that ran the
-    baseline's own config is a second measurement of the baseline, not a candidate."""
+    baseline's own config is a second measurement of the baseline, not a candidate. ``budgets``
+    projects each trial again (with the study's latest noise scale) instead of taking the figure
+    recorded when it ran; ``effective_batch``: among the trials of that effective batch only."""
     trials = list(trials)
     baseline = baseline_trial(trials)
     feasible = [t for t in feasible_trials(trials)
                 if baseline is None or not runs_baseline_config(t.user_attrs, baseline.user_attrs)]
+    if effective_batch is not None:
+        feasible = [t for t in feasible if effective_batch_of(t) == effective_batch]
     if not feasible:
         return None
     if objective == "time":
-        timed = [t for t in feasible if t.user_attrs.get("projected_full_run_seconds") is not None]
+        def projected(t: FrozenTrial) -> float | None:
+            return budgets.project(t.user_attrs) if budgets is not None else t.user_attrs.get("projected_full_run_seconds")
+
+        timed = [(seconds, t) for t in feasible if (seconds := projected(t)) is not None]
         if timed:
-            return min(timed, key=lambda t: t.user_attrs["projected_full_run_seconds"])
+            return min(timed, key=lambda pair: pair[0])[1]
     return max(feasible, key=rate)
+
+
+def effective_batch_of(trial: FrozenTrial | Mapping[str, Any]) -> int:
+    """A trial's samples per optimizer step (batch_size x accumulation_steps)."""
+    attrs = trial if isinstance(trial, Mapping) else trial.user_attrs
+    config = attrs.get("config") or {}
+    return int(config.get("batch_size", 1)) * int(config.get("accumulation_steps", 1))
 
 
 def runs_baseline_config(attrs: Mapping[str, Any], baseline_attrs: Mapping[str, Any]) -> bool:
@@ -139,7 +154,7 @@ def status_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
 # and truncates long values, so one big attribute would not be readable there).
 SETUP_KEYS = (
     "workload", "space", "baseline", "device", "torch_device", "budgets", "requested", "measure",
-    "trial_timeout_seconds", "objective",
+    "trial_timeout_seconds", "objective", "step_closure", "lr_scaling",
 )
 
 

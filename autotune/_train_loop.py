@@ -28,6 +28,7 @@ from autotune.training import Training, backend_flags, evaluate
 # worker start, torch.compile, cuDNN autotune. The steady-state rate leaves them out, as the trial did.
 WARMUP_STEPS = 1  # as a trial: MeasureSettings().warmup_steps
 FINAL_LOSS_STEPS = 20  # the record's final loss: the mean over the last this many steps
+CURVE_POINTS = 200  # points of the record's loss curve, about
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +157,8 @@ class _Loop:
                                if workload.evaluate is not None else None)
         self.losses: collections.deque[torch.Tensor] = collections.deque(maxlen=FINAL_LOSS_STEPS)
         self.report_losses: list[torch.Tensor] = []
+        self.curve_losses: list[torch.Tensor] = []
+        self.curve_every = max(1, (length.target_steps or length.schedule_steps) // CURVE_POINTS)
         self.last_report = (self.start, counters.steps, 0, 0.0)  # time, steps, samples, units
         self.last_save = (self.start, counters.steps)
 
@@ -200,6 +203,9 @@ class _Loop:
             self.counters.steps += 1
             self.losses.append(loss)
             self.report_losses.append(loss)
+            self.curve_losses.append(loss)
+            if len(self.curve_losses) == self.curve_every:
+                self._curve_point()
             if steps_here == self.warmup_steps:
                 _check_finite(float(loss), self.counters.steps)  # .item(): a device sync, the warm-up is done
                 at = time.perf_counter()
@@ -221,6 +227,12 @@ class _Loop:
         final = float(torch.stack(list(self.losses)).float().mean())
         _check_finite(final, self.counters.steps)
         return final
+
+    def _curve_point(self) -> None:
+        """A point of the loss curve: the mean loss of the steps since the last one (a device sync)."""
+        loss = float(torch.stack(self.curve_losses).float().mean())
+        self.curve_losses = []
+        self.counters.curve.append({"step": self.counters.steps, "seconds": self.elapsed(), "loss": loss})
 
     def save(self) -> Path:
         """A checkpoint of the run as it stands (its counters brought up to date first)."""

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
+from autotune import noise_scale as _noise
 from autotune._units import format_duration, format_size
 from autotune.exceptions import ParameterError
 
@@ -24,6 +25,10 @@ class Budgets:
     safety_margin_seconds: float = 0.0  # kept free inside the window
     steps: int | None = None  # the full run in optimizer steps, instead of epochs
     evaluations: float = 0.0  # evaluations in the full run (Workload.evaluate every evaluate_every epochs)
+    # The recipe's samples per optimizer step: a trial at another effective batch is projected to the
+    # recipe's progress, its samples scaled by the gradient noise scale (None: as many samples).
+    baseline_effective_batch: int | None = None
+    noise_scale: float | None = None  # the study's gradient noise scale in samples, read from its trials
 
     def __post_init__(self) -> None:
         if not 0 <= self.memory_headroom < 1:
@@ -71,23 +76,31 @@ class Budgets:
 
     def projection(self, trial_attrs: dict[str, Any], samples_per_second: float | None = None) -> dict[str, Any] | None:
         """The full run's wall time at a trial's throughput, and what it is made of: its samples
-        (dataset x epochs, or steps x effective batch) over the steady rate, plus the trial's
-        warm-up (building, worker start, compile), paid once, plus its evaluations, each as long
-        as the trial's one evaluation."""
+        (dataset x epochs, or steps x the recipe's effective batch) over the steady rate, plus the
+        trial's warm-up (building, worker start, compile), paid once, plus its evaluations, each as
+        long as the trial's one evaluation. A trial at another effective batch than the recipe's
+        needs more (or fewer) samples to reach the recipe's progress: ``samples_factor`` of them."""
         rate = samples_per_second or trial_attrs.get("samples_per_second")
         dataset_size = trial_attrs.get("dataset_size")
         config = trial_attrs.get("config") or {}
         if not rate:
             return None
+        effective_batch = int(config.get("batch_size", 1)) * int(config.get("accumulation_steps", 1))
+        recipe_batch = self.baseline_effective_batch or effective_batch
         if self.steps is not None:
-            effective_batch = int(config.get("batch_size", 1)) * int(config.get("accumulation_steps", 1))
-            samples = self.steps * effective_batch
-            size = f"{self.steps} steps x {effective_batch} samples"
+            samples = float(self.steps * recipe_batch)
+            size = f"{self.steps} steps x {recipe_batch} samples"
         elif dataset_size:
-            samples = dataset_size * self.epochs
+            samples = float(dataset_size * self.epochs)
             size = f"{self.epochs:g} epochs x {dataset_size} samples"
         else:
             return None
+        factor = _noise.samples_factor(effective_batch, recipe_batch, self.noise_scale)
+        samples *= factor
+        if factor != 1.0:
+            noise = (f"gradient noise scale {self.noise_scale:.3g}" if self.noise_scale
+                     else "no gradient noise scale measured: as many steps as the recipe")
+            size += f" x {factor:.3g} to the recipe's progress (effective batch {effective_batch}, not {recipe_batch}; {noise})"
         steady = samples / rate
         warmup = float(trial_attrs.get("warmup_seconds") or 0.0)
         compile_seconds = float(trial_attrs.get("compile_seconds") or 0.0)
@@ -103,11 +116,23 @@ class Budgets:
             "warmup_seconds": warmup,
             "compile_seconds": compile_seconds,
             "evaluation_seconds": evaluation,
+            "samples": samples,
+            "effective_batch": effective_batch,
+            "optimizer_steps": samples / effective_batch,
+            "progress_factor": factor,
             "includes": includes,
         }
 
+    def with_noise_scale(self, trials: Any) -> Budgets:
+        """These budgets with the gradient noise scale pooled over ``trials`` (trials or their user attributes)."""
+        pooled = _noise.pooled(trials)
+        return dataclasses.replace(self, noise_scale=None if pooled is None else pooled.value)
+
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """What the study records; the noise scale is read from its trials, not stored."""
+        values = dataclasses.asdict(self)
+        del values["noise_scale"]
+        return values
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Budgets:

@@ -76,6 +76,7 @@ Examples:
   autotune search --workload mypkg.train:workload --max-memory 24GiB --space my_space.yaml
   autotune search --storage postgresql://user@db/autotune --study resnet50   # one of many workers
   autotune search --workload train.py:workload --effective-batch 256 --deadline 12h --safety-margin 30m
+  autotune search --workload train.py:workload --effective-batch free --timeout 10m   # a larger batch must earn it
 """
 )
 @click.option("--workload", "workload_spec", metavar="FILE.py:NAME|MODULE:NAME", default=None,
@@ -94,8 +95,10 @@ Examples:
 @click.option("--memory-headroom", metavar="FRACTION", default="10%", show_default=True,
               help="Feasible only below (1 - headroom) x --max-memory; 10% or 0.1.")
 @click.option("--effective-batch", metavar="N|free", default=None,
-              help="Fix batch_size x accumulation_steps; accumulation_steps is derived. Default: the baseline's "
-              "when it accumulates (or the workload's effective_batch); 'free': any.")
+              help="Samples per optimizer step (batch_size x accumulation_steps) every trial keeps; "
+              "accumulation_steps is derived. Default: the recipe's (the baseline's, or the workload's "
+              "effective_batch). 'free': any, each ranked by the time to the recipe's progress (gradient noise "
+              "scale), a changed one exported only once checked against the recipe.")
 @click.option("--epochs", type=float, default=None, help="Epochs of the full run. Default: the workload's.")
 @click.option("--steps", type=int, default=None, help="The full run in optimizer steps, instead of epochs.")
 @click.option("--objective", type=click.Choice(["time", "throughput"]), default="time", show_default=True,
@@ -109,8 +112,11 @@ Examples:
               help="Prune a trial whose first window is below this fraction of the best trial's throughput.")
 @click.option("--lr-find/--no-lr-find", default=True, show_default=True,
               help="After the speed search, run the LR range test on the best config.")
-@click.option("--lr-scaling", type=click.Choice(["linear", "sqrt", "none"]), default="linear", show_default=True,
-              help="How the range test's starting point follows the effective batch (from base_lr).")
+@click.option("--lr-scaling", type=click.Choice(["auto", "adascale", "linear", "sqrt", "none"]), default="auto",
+              show_default=True,
+              help="How max_lr follows a changed effective batch (and where the range test starts): AdaScale's "
+              "gain at the gradient noise scale, linear, square root or none; auto: sqrt for Adam-like optimizers, "
+              "adascale for SGD-like ones.")
 @click.option("--divergence-factor", type=float, default=4.0, show_default=True,
               help="A trial whose loss rises above this times its first value ends as diverged.")
 @click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default="tpe", show_default=True,
@@ -255,8 +261,10 @@ Examples:
 @storage_option
 @click.option("--trial", "trial_number", type=int, default=None,
               help="The trial whose config is tested. Default: the fastest feasible trial.")
-@click.option("--lr-scaling", type=click.Choice(["linear", "sqrt", "none"]), default="linear", show_default=True,
-              help="Centre the sweep on base_lr scaled by the effective batch against the baseline's.")
+@click.option("--lr-scaling", type=click.Choice(["auto", "adascale", "linear", "sqrt", "none"]), default="auto",
+              show_default=True,
+              help="Centre the sweep on base_lr scaled from the recipe's effective batch to the trial's (auto: "
+              "sqrt for Adam-like optimizers, AdaScale's gain for SGD-like ones).")
 @click.option("--steps", type=int, default=100, show_default=True, help="Optimizer steps in the sweep.")
 @click.option("--plot", metavar="FILE.png", default="lr_find.png", show_default=True,
               help="Where to draw the curve (loss against LR, log scale, the suggestion marked).")
@@ -335,6 +343,7 @@ Examples:
   autotune train --config best.yaml --time 2h --checkpoint-every 10m
   autotune train --config best.yaml --resume        # continue from the latest checkpoint in checkpoints/
   autotune train --workload train.py:workload --config best.yaml --epochs 3 --out run.json
+  autotune train --config best.yaml --epochs 3 --same-progress   # the recipe's 3 epochs, at the config's batch
 """
 )
 @click.option("--config", "config_path", metavar="FILE", default="best.yaml", show_default=True,
@@ -362,10 +371,14 @@ Examples:
               "Default: the export's (a storage whose password the export hides needs this).")
 @click.option("--write-back/--no-write-back", default=True, show_default=True,
               help="Record the run's actual figures with the study and trial the config came from.")
+@click.option("--same-progress", is_flag=True,
+              help="--epochs or --steps are the recipe's: scale them to the recipe's progress at the config's "
+              "effective batch (the export's progress: samples_factor). Without a length, the export's epochs "
+              "already do.")
 @_reports_errors
 def train(config_path: str, workload_spec: str | None, epochs: float | None, steps: int | None,
           time_limit: str | None, device: str, seed: int | None, checkpoint_dir: str, checkpoint_every: str,
-          resume: bool, out: str | None, storage: str | None, write_back: bool) -> None:
+          resume: bool, out: str | None, storage: str | None, write_back: bool, same_progress: bool) -> None:
     """Train with a config: the full run, with checkpoints, and its figures against the projection.
 
     SIGINT (Ctrl-C) and SIGTERM save a checkpoint and exit with 130 and 143; --resume continues.
@@ -381,6 +394,7 @@ def train(config_path: str, workload_spec: str | None, epochs: float | None, ste
         time_seconds=parse_duration(time_limit, what="--time") if time_limit else None,
         device=device, seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every_steps=every_steps,
         checkpoint_every_seconds=every_seconds, resume=resume, out=out, storage=storage, write_back=write_back,
+        same_progress=same_progress,
     )
     printer = TrainPrinter()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from autotune import _records
+from autotune import _records, noise_scale, recipe_check
 from autotune._units import format_duration, format_size
 from autotune.budget import Budgets
 from autotune.figures import study_figures, to_plotly
@@ -18,7 +18,11 @@ def explain_study(study: Any, *, figures: bool = True) -> str:
 
     trials = study.get_trials(deepcopy=False)
     budgets = Budgets.from_json(_records.read_setup(study).get("budgets"))
-    note = study_note(study.study_name, trials, budgets, study.user_attrs.get("lr_find", {}))
+    setup = _records.read_setup(study)
+    note = study_note(study.study_name, trials, budgets.with_noise_scale(trials), study.user_attrs.get("lr_find", {}),
+                      setup=setup, checks=recipe_check.stored_checks(study))
+    for check in recipe_check.stored_checks(study):
+        note += f"\n**Recipe check** ({'kept' if check.kept else 'not kept'}): {check.reason}\n"
     optuna_dashboard.save_note(study, note)
     if figures:
         for figure in study_figures(trials, budgets):
@@ -33,9 +37,12 @@ def explain_trial(trial: Any, status: str, reason: str) -> None:
     optuna_dashboard.save_note(trial, f"**{status}**: {reason}")
 
 
-def study_note(name: str, trials: Sequence[Any], budgets: Budgets, lr_results: dict[str, Any]) -> str:
+def study_note(name: str, trials: Sequence[Any], budgets: Budgets, lr_results: dict[str, Any], *,
+               setup: dict[str, Any] | None = None, checks: Sequence[Any] = ()) -> str:
     lines = [f"## autotune: {name}", ""]
     feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(trials)]
+    if setup is not None:  # a changed effective batch is a winner only once a recipe check kept it
+        feasible, _unchecked = recipe_check.exportable(feasible, setup, list(checks))
     baseline_trial = _records.baseline_trial(trials)
     baseline = next((c for c in feasible if c.is_baseline), None)
     if feasible:
@@ -60,6 +67,9 @@ def study_note(name: str, trials: Sequence[Any], budgets: Budgets, lr_results: d
     lines += ["", "| status | trials |", "|---|---|"]
     lines += [f"| {status} | {count} |" for status, count in _records.status_counts(trials).items()]
     lines += ["", f"**Memory:** feasible below {budgets.describe_memory_limit()}. {memory_limit_found(trials)}"]
+    noise = noise_scale.pooled(trials)
+    if noise is not None:
+        lines.append(f"\n**Gradient noise scale:** {noise.describe()}")
     for data in lr_results.values():
         lines.append(
             f"\n**LR range test** (trial #{data['trial']}): suggested max_lr {data['suggestion']:.3g}, "

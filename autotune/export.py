@@ -10,12 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from autotune import _records
+import math
+
+from autotune import _records, noise_scale, recipe_check
 from autotune._units import format_duration
 from autotune.budget import Budgets
 from autotune.config import TrainConfig
 from autotune.exceptions import NoFeasibleTrialError, UsageError
-from autotune.lr_find import stored_result
+from autotune.lr_find import scaled_lr, scaling_rule, stored_result
 from autotune.selection import Candidate, Preference, Selection, paired_lines, paired_pool, select
 from autotune.storage import DEFAULT_STORAGE, load_study, redact
 from autotune.verify import verify
@@ -83,9 +85,11 @@ def export_best(
         raise UsageError(f"--verify must be >= 0 and --rounds >= 1, got {verify_top} and {rounds}")
     study = load_study(study_name, storage)
     setup = _records.read_setup(study)
-    budgets = Budgets.from_json(setup.get("budgets"))
     trials = study.get_trials(deepcopy=False)
-    feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(trials)]
+    budgets = Budgets.from_json(setup.get("budgets")).with_noise_scale(trials)
+    checks = recipe_check.stored_checks(study)
+    candidates = [Candidate.from_trial(t) for t in _records.feasible_trials(trials)]
+    feasible, unchecked = recipe_check.exportable(candidates, setup, checks)
     baseline_trial = _records.baseline_trial(trials)
     misses = _deadline_misses(trials)
     if not feasible and not misses:
@@ -119,13 +123,17 @@ def export_best(
         recipe=_recipe(setup),
         objective=setup.get("objective", "throughput"),
     )
-    selection.explanation[1:1] = held_off
+    selection.explanation[1:1] = held_off + _unchecked_lines(selection, unchecked, candidates, baseline, budgets,
+                                                             prefer, setup)
     chosen = selection.chosen
     if verification is None and paired:
         first, *challengers = paired_lines(paired)
         selection.explanation.extend(([first] if chosen.number == paired["trial"] else []) + challengers)
-    config, lr_section, lr_line = _learning_rate(study, chosen)
+    config, lr_section, lr_line = _learning_rate(study, chosen, budgets, setup)
     selection.explanation.append(lr_line)
+    progress = _progress(chosen, config, budgets, setup, trials, checks)
+    if progress is not None:
+        selection.explanation.append(progress["line"])
     trial_seconds = sum(
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
@@ -140,6 +148,7 @@ def export_best(
         "measured": _measured(chosen),
         "one_cycle": _one_cycle(config, chosen, budgets),
         "lr_find": lr_section,
+        "progress": progress,
         "full_run": _full_run(selection, budgets),
         "payoff": _payoff(selection, budgets, baseline_trial, search_seconds),
         "selection": {
@@ -160,12 +169,24 @@ def export_best(
             "baseline_trial": baseline_trial.number if baseline_trial is not None else None,
             "baseline_samples_per_second": _baseline_rate(selection, baseline_trial),
             "speedup_over_baseline": _speedup(selection, baseline_trial),
+            # The optimizer's step takes a closure the workload did not declare (found by the search).
+            "step_closure": setup.get("step_closure"),
         },
     }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(document, fmt, as_json=path.suffix == ".json", name=path.name))
     return Export(document=document, path=path)
+
+
+def _unchecked_lines(selection: Selection, unchecked: list[str], candidates: list[Candidate],
+                     baseline: Candidate | None, budgets: Budgets, prefer: Preference, setup: dict[str, Any]) -> list[str]:
+    """The lines on trials at a changed effective batch left out for want of a kept recipe check, where
+    one of them would have been chosen otherwise."""
+    if not unchecked or not candidates:
+        return []
+    unchecked_pick = select(candidates, baseline, budgets, prefer=prefer, objective=setup.get("objective", "throughput"))
+    return unchecked if unchecked_pick.chosen.number != selection.chosen.number else []
 
 
 def export_format(path: Path | None, fmt: str | None) -> ExportFormat:
@@ -223,17 +244,14 @@ def _deadline_misses(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     ]
 
 
-def _learning_rate(study: Any, chosen: Candidate) -> tuple[TrainConfig, dict | None, str]:
-    """The chosen config with max_lr from a range test of the same effective batch and precision."""
+def _learning_rate(study: Any, chosen: Candidate, budgets: Budgets,
+                   setup: dict[str, Any]) -> tuple[TrainConfig, dict | None, str]:
+    """The chosen config with the max_lr to export: one a recipe check kept; else the recipe's base_lr,
+    scaled by the study's rule where the effective batch changed; a searched max_lr as the trial ran it
+    unless the LR range test finds it too close to the edge. The range test's own figures go along."""
     config = TrainConfig.from_dict(chosen.attrs["config"])
     result = stored_result(study, chosen.attrs["config"])
-    if result is None:
-        return config, None, (
-            f"max_lr {config.max_lr:g} as the trial ran it: no LR range test covers this effective batch and "
-            f"precision (run 'autotune lr-find --study {study.study_name} --trial {chosen.number}')"
-        )
-    searched = "max_lr" in _searched_knobs(study)
-    section = {
+    section = None if result is None else {
         "trial": result.trial,
         "suggestion": result.suggestion,
         "lr_at_min_loss": result.lr_at_min_loss,
@@ -242,23 +260,96 @@ def _learning_rate(study: Any, chosen: Candidate) -> tuple[TrainConfig, dict | N
         "check": _check_section(result.check),
         "exported_max_lr": result.max_lr,
     }
-    if searched and config.max_lr <= result.lr_at_min_loss / 2:
-        return config, section, (
-            f"max_lr {config.max_lr:g} as searched: the LR range test finds it clear of the edge "
-            f"(minimum loss at {result.lr_at_min_loss:.3g})"
-        )
-    if result.check is not None and not result.check["kept"]:
-        line = (
-            f"max_lr {result.max_lr:.3g}, the workload's base_lr scaled to the effective batch: the LR range "
-            f"test's {result.suggestion:.3g} was not kept ({result.check['reason']})"
-        )
+    kept = [check for check in recipe_check.stored_checks(study, chosen.number) if check.kept]
+    if kept:
+        max_lr = float(kept[-1].config["max_lr"])
+        if section is not None:
+            section["exported_max_lr"] = max_lr
+        return dataclasses.replace(config, max_lr=max_lr), section, (
+            f"max_lr {max_lr:.3g}, checked against the recipe: {kept[-1].reason}")
+    if "max_lr" in _searched_knobs(study):
+        if result is None:
+            return config, None, (f"max_lr {config.max_lr:g} as searched: no LR range test covers this effective "
+                                  f"batch and precision (run 'autotune lr-find --study {study.study_name} --trial "
+                                  f"{chosen.number}')")
+        if config.max_lr <= result.lr_at_min_loss / 2:
+            return config, section, (f"max_lr {config.max_lr:g} as searched: the LR range test finds it clear of the "
+                                     f"edge (minimum loss at {result.lr_at_min_loss:.3g})")
+        return dataclasses.replace(config, max_lr=result.max_lr), section, (
+            f"max_lr {result.max_lr:.3g} from the LR range test (minimum loss at {result.lr_at_min_loss:.3g}); the "
+            f"trial's searched {config.max_lr:g} is too close to the edge")
+    recipe_lr = float(setup["baseline"]["max_lr"])
+    recipe_batch = budgets.baseline_effective_batch or TrainConfig.from_dict(setup["baseline"]).effective_batch_size
+    scaling = setup.get("lr_scaling", "auto")
+    rule = scaling_rule(scaling, chosen.attrs.get("adaptive_optimizer"))
+    max_lr = scaled_lr(recipe_lr, config.effective_batch_size, recipe_batch, scaling, budgets.noise_scale,
+                       chosen.attrs.get("adaptive_optimizer"))
+    failed = [check for check in recipe_check.stored_checks(study, chosen.number)]
+    why = f"the recipe check did not keep it: {failed[-1].reason}" if failed else "no recipe check ran on it"
+    if config.effective_batch_size == recipe_batch:
+        line = f"max_lr {recipe_lr:g}, the recipe's"
+        if result is not None and not math.isclose(result.max_lr, recipe_lr, rel_tol=1e-9):
+            line += f": the LR range test's {result.max_lr:.3g} is not exported, as {why}"
     else:
-        line = f"max_lr {result.suggestion:.3g} from the LR range test (minimum loss at {result.lr_at_min_loss:.3g})"
-        if result.check is not None:
-            line += f"; checked: {result.check['reason']}"
-    if searched:
-        line += f"; the trial's searched {config.max_lr:g} is too close to the edge"
-    return dataclasses.replace(config, max_lr=result.max_lr), section, line
+        line = (f"max_lr {max_lr:.3g}, the recipe's {recipe_lr:g} scaled by {rule} to effective batch "
+                f"{config.effective_batch_size} (the recipe's {recipe_batch}); {why}")
+    if section is not None:
+        section["exported_max_lr"] = max_lr
+    return dataclasses.replace(config, max_lr=max_lr), section, line
+
+
+def _progress(chosen: Candidate, config: TrainConfig, budgets: Budgets, setup: dict[str, Any], trials: list[Any],
+              checks: list[recipe_check.RecipeCheck]) -> dict[str, Any] | None:
+    """What the chosen config changes of the recipe's progress: the effective batch and optimizer steps,
+    before and after, the gradient noise scale, the projection to the recipe's progress against the one
+    at the recipe's samples, the max_lr and its rule, and the recipe check."""
+    recipe_batch = budgets.baseline_effective_batch
+    if recipe_batch is None:
+        return None
+    projection = budgets.projection(chosen.attrs, chosen.samples_per_second) or {}
+    same_samples = dataclasses.replace(budgets, baseline_effective_batch=None).projection(
+        chosen.attrs, chosen.samples_per_second) or {}
+    noise = noise_scale.pooled(trials)
+    factor = projection.get("progress_factor", 1.0)
+    recipe_samples = (projection["samples"] / factor) if projection.get("samples") else None
+    batch = config.effective_batch_size
+    check = next((c for c in reversed(checks) if c.trial == chosen.number and c.config["max_lr"] == config.max_lr),
+                 None)
+    recipe_lr = float(setup["baseline"]["max_lr"])
+    changes = recipe_check.changes_recipe(config.to_dict(), setup["baseline"], recipe_batch)
+    section: dict[str, Any] = {
+        "recipe_effective_batch": recipe_batch,
+        "effective_batch": batch,
+        "noise_scale": None if noise is None else noise.value,
+        "noise_scale_stderr": None if noise is None else noise.stderr,
+        "noise_scale_groups": 0 if noise is None else noise.groups,
+        "samples_factor": factor,
+        "recipe_samples": recipe_samples,
+        "samples": projection.get("samples"),
+        "recipe_steps": None if recipe_samples is None else int(recipe_samples // recipe_batch),
+        "steps": None if projection.get("samples") is None else int(projection["samples"] // batch),
+        "epochs": budgets.epochs * factor if budgets.steps is None else None,
+        "projected_seconds": projection.get("seconds"),
+        "same_samples_projected_seconds": same_samples.get("seconds"),
+        "recipe_max_lr": recipe_lr,
+        "max_lr": config.max_lr,
+        "lr_rule": scaling_rule(setup.get("lr_scaling", "auto"), chosen.attrs.get("adaptive_optimizer")),
+        "changes": changes,
+        "recipe_check": None if check is None else {
+            key: value for key, value in check.to_json().items() if key not in ("config", "recipe_config")},
+    }
+    noise_text = "no gradient noise scale measured" if noise is None else f"gradient noise scale {noise.describe()}"
+    if batch == recipe_batch:
+        section["line"] = (f"the recipe's effective batch {batch} is kept: {section['recipe_steps']} optimizer steps, "
+                           f"as the recipe makes ({noise_text})")
+    else:
+        section["line"] = (
+            f"effective batch {batch} instead of the recipe's {recipe_batch}: {factor:.3g}x the samples to the "
+            f"recipe's progress ({noise_text}), {section['steps']} optimizer steps instead of "
+            f"{section['recipe_steps']}; the full run to that progress projects "
+            f"{format_duration(section['projected_seconds'])} ({format_duration(section['same_samples_projected_seconds'])} "
+            "for the recipe's samples alone)")
+    return section
 
 
 def _check_section(check: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -284,14 +375,14 @@ def _searched_knobs(study: Any) -> list[str]:
 
 
 def _one_cycle(config: TrainConfig, chosen: Candidate, budgets: Budgets) -> dict[str, Any]:
-    """Arguments for torch.optim.lr_scheduler.OneCycleLR over the full run, as
+    """Arguments for torch.optim.lr_scheduler.OneCycleLR over the full run (to the recipe's progress), as
     ``autotune.training.one_cycle(optimizer, config, **one_cycle)`` takes them."""
     from autotune.training import ONE_CYCLE_DEFAULTS, steps_per_epoch
 
     dataset_size = chosen.attrs.get("dataset_size")
     total_steps = None
     if dataset_size:
-        total_steps = max(1, int(steps_per_epoch(dataset_size, config) * budgets.epochs))
+        total_steps = max(1, int(steps_per_epoch(dataset_size, config) * _epochs(budgets, chosen)))
     return {
         "max_lr": config.max_lr,
         "total_steps": total_steps,
@@ -310,12 +401,23 @@ def _measured(chosen: Candidate) -> dict[str, Any]:
     return measured
 
 
+def _epochs(budgets: Budgets, chosen: Candidate) -> float:
+    """The full run's epochs at the chosen config: the recipe's, times the samples it needs to reach
+    the recipe's progress at its effective batch."""
+    projection = budgets.projection(chosen.attrs, chosen.samples_per_second) or {}
+    return budgets.epochs * projection.get("progress_factor", 1.0)
+
+
 def _full_run(selection: Selection, budgets: Budgets) -> dict[str, Any]:
     chosen = selection.chosen
     projection = budgets.projection(chosen.attrs, chosen.samples_per_second) or {}
+    factor = projection.get("progress_factor", 1.0)
     return {
-        "epochs": budgets.epochs,
-        "steps": budgets.steps,
+        "epochs": _epochs(budgets, chosen),  # to the recipe's progress: autotune train's default length
+        "recipe_epochs": budgets.epochs,
+        "steps": None if budgets.steps is None else round(projection.get("optimizer_steps") or budgets.steps),
+        "recipe_steps": budgets.steps,
+        "samples_factor": factor,
         "dataset_size": chosen.attrs.get("dataset_size"),
         "projected_seconds": projection.get("seconds"),
         "includes": projection.get("includes"),
@@ -360,8 +462,12 @@ def _payoff(
         budgets.project(baseline_trial.user_attrs, baseline_rate) if baseline_trial is not None and baseline_rate else None
     )
     saved = baseline_seconds - chosen_seconds if baseline_seconds is not None and chosen_seconds is not None else None
+    projection = budgets.projection(selection.chosen.attrs, selection.chosen.samples_per_second) or {}
     payoff = {
         "speedup_over_baseline": _speedup(selection, baseline_trial),
+        # The full run to the recipe's progress, against the recipe's: what the user's run gains.
+        "time_speedup": baseline_seconds / chosen_seconds if baseline_seconds and chosen_seconds else None,
+        "samples_factor": projection.get("progress_factor", 1.0),
         "unit_per_second": selection.chosen.rate,  # the chosen config's (re-measured with --verify), in its unit
         "unit": _records.unit(selection.chosen.attrs),
         "projected_seconds": chosen_seconds,
@@ -379,10 +485,18 @@ def payoff_line(payoff: dict[str, Any]) -> str:
     if speedup is None or saved is None:
         return f"no baseline measurement to compare with; the search took {format_duration(search)}"
     rate = f" at {payoff['unit_per_second']:.1f} {payoff.get('unit', 'samples')}/s" if payoff.get("unit_per_second") else ""
-    line = (
-        f"{speedup:.2f}x the baseline{rate}: the full run projects {format_duration(payoff['projected_seconds'])} "
-        f"instead of {format_duration(payoff['baseline_projected_seconds'])}"
-    )
+    factor = payoff.get("samples_factor") or 1.0
+    if factor != 1.0:  # a changed effective batch: throughput alone would not say what the run gains
+        line = (
+            f"{speedup:.2f}x the baseline's throughput{rate}, with {factor:.3g}x its samples to the recipe's "
+            f"progress: the full run projects {format_duration(payoff['projected_seconds'])} instead of "
+            f"{format_duration(payoff['baseline_projected_seconds'])}"
+        )
+    else:
+        line = (
+            f"{speedup:.2f}x the baseline{rate}: the full run projects {format_duration(payoff['projected_seconds'])} "
+            f"instead of {format_duration(payoff['baseline_projected_seconds'])}"
+        )
     if saved <= 0:
         return line + f"; the search took {format_duration(search)} and saves nothing"
     if saved <= search:

@@ -54,6 +54,9 @@ class TrainOptions:
     out: str | Path | None = None  # None: run_record.json in checkpoint_dir
     storage: str | None = None  # None: the export's provenance.storage
     write_back: bool = True  # record the actual figures with the study the config came from
+    # --epochs or --steps in the recipe's terms, scaled to the recipe's progress at the config's
+    # effective batch (the export's progress: samples_factor).
+    same_progress: bool = False
 
     def __post_init__(self) -> None:
         given = [name for name, value in (("--epochs", self.epochs), ("--steps", self.steps),
@@ -66,6 +69,8 @@ class TrainOptions:
             raise UsageError(f"--epochs must be > 0, got {self.epochs}")
         if self.time_seconds is not None and not self.time_seconds > 0:
             raise UsageError(f"--time must be more than 0 seconds, got {self.time_seconds}")
+        if self.same_progress and self.time_seconds is not None:
+            raise UsageError("--same-progress scales --epochs or --steps to the recipe's progress, not --time")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
             raise UsageError(f"--checkpoint-every must be >= 1 step, got {self.checkpoint_every_steps}")
 
@@ -104,6 +109,7 @@ class RunPlan:
     storage: str | None  # where to record the run (None: nowhere)
     resume_from: Path | None
     notes: list[str]
+    progress: dict[str, Any] = dataclasses.field(default_factory=dict)  # the export's progress: section
 
 
 def plan_run(options: TrainOptions) -> RunPlan:
@@ -114,9 +120,12 @@ def plan_run(options: TrainOptions) -> RunPlan:
     config = TrainConfig.load(options.config)
     document = _read_document(Path(options.config))
     section = {name: document.get(name) if isinstance(document.get(name), dict) else {}
-               for name in ("measured", "one_cycle", "full_run", "provenance")}
+               for name in ("measured", "one_cycle", "full_run", "provenance", "progress")}
     provenance, measured = section["provenance"], section["measured"]
     notes: list[str] = []
+    if options.same_progress and not section["progress"].get("samples_factor"):
+        raise UsageError(f"--same-progress needs the export's progress: section, and {options.config} has none "
+                         "(write it with autotune export-best)")
     if options.time_seconds is not None and not measured.get("samples_per_second"):
         raise UsageError(
             f"--time sizes the OneCycle schedule from the measured throughput, and {options.config} has no "
@@ -124,6 +133,9 @@ def plan_run(options: TrainOptions) -> RunPlan:
         )
     spec = options.workload or provenance.get("workload") or DEMO_SPEC
     workload = load_workload(spec)
+    if provenance.get("step_closure") and not workload.step_closure:
+        workload = dataclasses.replace(workload, step_closure=True)
+        notes.append("the optimizer steps with a closure, as the search found it must (Workload.step_closure)")
     device = detect_device(options.device).torch_device
     measured_on = str(provenance.get("device") or "").split(" ")[0]
     if measured_on and measured_on.split(":")[0] != device.split(":")[0]:
@@ -141,10 +153,19 @@ def plan_run(options: TrainOptions) -> RunPlan:
             f"{folder} already holds a run's checkpoints ({latest.name}); continue it with --resume, "
             "or give another --checkpoint-dir"
         )
+    factor = float(section["progress"].get("samples_factor") or 1.0)
+    if options.same_progress and (options.epochs is None and options.steps is None or factor == 1.0):
+        notes.append("--same-progress changes nothing: " + (
+            "the config keeps the recipe's effective batch" if factor == 1.0
+            else "the export's epochs already reach the recipe's progress"))
+    elif options.same_progress and epochs is not None:
+        epochs *= factor
+        notes.append(f"--same-progress: {options.epochs:g} of the recipe's epochs are {epochs:g} at effective batch "
+                     f"{config.effective_batch_size} ({factor:.3g}x the samples to the recipe's progress)")
     return RunPlan(options=options, config=config, workload_spec=spec, workload=workload, device=device,
                    measured=measured, one_cycle=section["one_cycle"], full_run=section["full_run"],
                    provenance=provenance, epochs=epochs, storage=storage,
-                   resume_from=latest if options.resume else None, notes=notes)
+                   resume_from=latest if options.resume else None, notes=notes, progress=section["progress"])
 
 
 def train(options: TrainOptions, listener: TrainListener | None = None) -> RunRecord:
@@ -193,6 +214,7 @@ class RunLength:
     time_limit_seconds: float | None
     schedule_steps: int  # the OneCycle schedule
     full_run_steps: int | None  # the export's full run (its epochs), for the deadline
+    samples_factor: float | None = None  # --same-progress: the recipe's length scaled by this many samples
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,10 +240,17 @@ def run_length(plan: RunPlan, dataset_size: int) -> RunLength:
         scheduled = max(1, int((options.time_seconds - warmup) * rate / config.effective_batch_size))
         return RunLength("time", None, options.time_seconds, scheduled, full_run_steps)
     if options.steps is not None:
-        return RunLength("steps", options.steps, None, options.steps, full_run_steps)
+        factor = float(plan.progress.get("samples_factor") or 1.0) if options.same_progress else 1.0
+        steps = options.steps
+        if factor != 1.0:  # the recipe's steps, at its effective batch, to the same progress at this one
+            recipe_batch = int(plan.progress.get("recipe_effective_batch") or config.effective_batch_size)
+            steps = max(1, round(options.steps * recipe_batch * factor / config.effective_batch_size))
+        return RunLength("steps", steps, None, steps, full_run_steps, samples_factor=factor if factor != 1.0 else None)
     assert plan.epochs is not None
     steps = max(1, int(per_epoch * plan.epochs))  # as export-best's one_cycle.total_steps counts them
-    return RunLength("epochs", steps, None, steps, full_run_steps)
+    scaled = options.same_progress and options.epochs is not None
+    return RunLength("epochs", steps, None, steps, full_run_steps,
+                     samples_factor=float(plan.progress.get("samples_factor") or 1.0) if scaled else None)
 
 
 def check_resumed_length(path: Path, saved: dict[str, Any], length: RunLength, options: TrainOptions) -> RunLength:
@@ -293,6 +322,8 @@ def make_record(plan: RunPlan, length: RunLength, counters: RunCounters, *, data
         fits_deadline=None if deadline is None or full_estimate is None else full_estimate <= deadline - margin,
         final_loss=final_loss,
         evaluations=counters.evaluations,
+        curve=counters.curve,
+        samples_factor=length.samples_factor,
         checkpoint=None if checkpoint is None else str(checkpoint),
         record_path=None,
         study=plan.provenance.get("study"),

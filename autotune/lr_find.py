@@ -29,7 +29,8 @@ from autotune.config import TrainConfig
 from autotune.exceptions import AutotuneError, StudyError
 from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
 
-Scaling = Literal["linear", "sqrt", "none"]
+Scaling = Literal["auto", "adascale", "linear", "sqrt", "none"]
+SCALINGS: tuple[str, ...] = ("auto", "adascale", "linear", "sqrt", "none")
 MIN_LOSS_DIVISOR = 4.0
 FLOOR_DIVISOR = 10.0
 DEFAULT_STEPS = 100
@@ -56,6 +57,7 @@ class LRFindResult:
     centre_lr: float
     trial: int | None = None
     check: dict[str, Any] | None = None  # the suggestion against the scaled base_lr (see LRCheck)
+    rule: str | None = None  # how base_lr was scaled to the effective batch for the sweep's centre
 
     @property
     def max_lr(self) -> float:
@@ -91,10 +93,26 @@ def suggest_max_lr(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[flo
     return suggestion, lr_min, lr_steep
 
 
-def scaled_lr(base_lr: float, effective_batch: int, baseline_effective_batch: int, scaling: Scaling) -> float:
-    """base_lr moved to a new effective batch: linearly, by the square root, or not at all."""
+def scaling_rule(scaling: str, adaptive_optimizer: bool | None) -> str:
+    """The rule ``auto`` stands for: the square root for Adam's kind (optimizers with betas; Malladi et
+    al., 2022), AdaScale's gain for SGD's (Johnson et al., 2020); any other name is itself."""
+    if scaling != "auto":
+        return scaling
+    return "sqrt" if adaptive_optimizer else "adascale"
+
+
+def scaled_lr(base_lr: float, effective_batch: int, baseline_effective_batch: int, scaling: str,
+              noise_scale: float | None = None, adaptive_optimizer: bool | None = None) -> float:
+    """base_lr moved to a new effective batch: by AdaScale's gain at the gradient noise scale
+    (``adascale``: linear far below it, flat far above it; with no noise scale measured, no change),
+    linearly, by the square root, or not at all; ``auto`` picks by the optimizer (scaling_rule)."""
+    from autotune import noise_scale as noise
+
     ratio = effective_batch / baseline_effective_batch
-    return base_lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[scaling]
+    rule = scaling_rule(scaling, adaptive_optimizer)
+    if rule == "adascale":
+        return base_lr * (noise.gain(effective_batch, baseline_effective_batch, noise_scale) if noise_scale else 1.0)
+    return base_lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[rule]
 
 
 def lr_find(
@@ -109,6 +127,7 @@ def lr_find(
     timeout_seconds: float = 600.0,
     seed: int = 0,
     deadline: float | None = None,
+    step_closure: bool | None = None,
 ) -> LRFindResult:
     """Run the range test for ``config`` in a fresh process, sweeping centre_lr / span .. centre_lr x span.
 
@@ -117,7 +136,7 @@ def lr_find(
     for attempt in range(1 + MAX_SHIFTS):
         last = attempt == MAX_SHIFTS
         curve = _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed,
-                       deadline)
+                       deadline, step_closure)
         if curve["stopped_early"] and len(curve["smoothed"]) < 5 and not last:
             centre_lr /= span  # blew up at once: the edge lies below this sweep
             continue
@@ -172,6 +191,7 @@ def check_suggestion(
     timeout_seconds: float = 600.0,
     seed: int = 0,
     deadline: float | None = None,
+    step_closure: bool | None = None,
 ) -> LRCheck:
     """Run the exported schedule at ``suggested_lr`` and at ``scaled_base_lr`` (each in a fresh
     process, same seed and batches) and keep the suggestion only if it does not diverge and ends
@@ -186,6 +206,7 @@ def check_suggestion(
             memory_budget_bytes=memory_budget_bytes,
             timeout_seconds=timeout_seconds,
             lr_sweep={"mode": "check", "steps": steps},
+            step_closure=step_closure,
         )
         outcome = run_trial(job, deadline=deadline)
         if outcome.status is not Status.OK or outcome.lr_curve is None:
@@ -227,7 +248,7 @@ def _ending_loss(losses: Sequence[float], steps: int, divergence_factor: float |
 
 
 def _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed,
-           deadline=None) -> dict:
+           deadline=None, step_closure=None) -> dict:
     job = TrialJob(
         workload=workload,
         config=config.to_dict(),
@@ -236,6 +257,7 @@ def _sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes
         memory_budget_bytes=memory_budget_bytes,
         timeout_seconds=timeout_seconds,
         lr_sweep={"min_lr": centre_lr / span, "max_lr": centre_lr * span, "steps": steps},
+        step_closure=step_closure,
     )
     outcome = run_trial(job, deadline=deadline)
     if outcome.status is not Status.OK or outcome.lr_curve is None:
@@ -247,7 +269,7 @@ def lr_find_for_trial(
     study: Any,
     trial_number: int | None = None,
     *,
-    scaling: Scaling = "linear",
+    scaling: Scaling = "auto",
     steps: int = DEFAULT_STEPS,
     check_steps: int = CHECK_STEPS,
     deadline: float | None = None,
@@ -272,8 +294,11 @@ def lr_find_for_trial(
     setup = _records.read_setup(study)
     config = TrainConfig.from_dict(trial.user_attrs["config"])
     baseline = TrainConfig.from_dict(setup["baseline"])
-    centre = scaled_lr(baseline.max_lr, config.effective_batch_size, baseline.effective_batch_size, scaling)
-    budgets = Budgets.from_json(setup.get("budgets"))
+    budgets = Budgets.from_json(setup.get("budgets")).with_noise_scale(trials)
+    # The recipe's own effective batch and base_lr are where the scaling starts from.
+    recipe_batch = budgets.baseline_effective_batch or baseline.effective_batch_size
+    adaptive = trial.user_attrs.get("adaptive_optimizer")
+    centre = scaled_lr(baseline.max_lr, config.effective_batch_size, recipe_batch, scaling, budgets.noise_scale, adaptive)
     result = lr_find(
         setup["workload"],
         config,
@@ -284,6 +309,7 @@ def lr_find_for_trial(
         timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
         seed=setup.get("measure", {}).get("seed", 0),
         deadline=deadline,
+        step_closure=setup.get("step_closure"),
     )
     measure = setup.get("measure", {})
     check = check_suggestion(
@@ -298,8 +324,9 @@ def lr_find_for_trial(
         timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
         seed=measure.get("seed", 0),
         deadline=deadline,
+        step_closure=setup.get("step_closure"),
     )
-    result = dataclasses.replace(result, trial=trial.number, check=check.to_json())
+    result = dataclasses.replace(result, trial=trial.number, check=check.to_json(), rule=scaling_rule(scaling, adaptive))
     stored = dict(study.user_attrs.get("lr_find", {}))
     stored[str(trial.number)] = result.to_json()
     study.set_user_attr("lr_find", stored)

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from autotune import _records
+from autotune import _records, noise_scale, recipe_check
 from autotune.budget import Budgets
 from autotune.explain import memory_limit_found
 from autotune.figures import study_figures, write_files
@@ -31,6 +31,8 @@ class Report:
     objective: str = "samples/s"  # the study's objective, whose variance the importances split
     overhead: dict[str, Any] | None = None  # trial cost outside the timed windows, over the trials measured
     paired: dict[str, Any] | None = None  # the search's side-by-side re-measurement (study user attribute)
+    noise_scale: dict[str, Any] | None = None  # the gradient noise scale pooled over the trials, with a line
+    recipe_checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # changed recipes checked
 
 
     def to_json(self) -> dict[str, Any]:
@@ -64,7 +66,19 @@ def build_report(study_name: str | None = None, storage: str | None = None, top:
         objective=study.metric_names[0] if study.metric_names else "samples/s",
         overhead=trial_overhead(trials),
         paired=study.user_attrs.get("paired"),
+        noise_scale=_noise_scale(trials),
+        recipe_checks=[check.to_json() for check in recipe_check.stored_checks(study)],
     )
+
+
+def _noise_scale(trials: list[Any]) -> dict[str, Any] | None:
+    """The study's gradient noise scale, over every trial that measured one."""
+    pooled = noise_scale.pooled(trials)
+    if pooled is None:
+        return None
+    measured = sum(1 for t in trials if (t.user_attrs.get("noise") or {}).get("gradient_sq"))
+    return {**pooled.to_json(), "trials": measured,
+            "line": f"{pooled.describe()}, from {measured} trial{'s' if measured != 1 else ''}"}
 
 
 def trial_overhead(trials: list[Any]) -> dict[str, Any] | None:
@@ -99,6 +113,7 @@ def _row(trial: Any, baseline_rate: float | None) -> dict[str, Any]:
         "overhead_fraction": attrs.get("overhead_fraction"),
         "peak_memory_bytes": attrs.get("peak_memory_bytes"),
         "projected_full_run_seconds": attrs.get("projected_full_run_seconds"),
+        "noise_scale": attrs.get("noise_scale"),
         "reason": attrs.get("reason") or "",
         "config": attrs.get("config"),
     }

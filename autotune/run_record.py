@@ -38,13 +38,15 @@ class RunCounters:
     passes: int = 0  # passes over the dataset the DataLoader completed (counted as the next one begins)
     starts: int = 0  # 1 + resumes
     evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {step, epoch, metrics}
+    # The training loss as the run went: {step, seconds (training wall time), loss (mean since the last point)}.
+    curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunCounters:
-        return cls(**{**data, "evaluations": list(data.get("evaluations", []))})
+        return cls(**{**data, "evaluations": list(data.get("evaluations", [])), "curve": list(data.get("curve", []))})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,9 @@ class RunRecord:
     trial: int | None
     started_at: str
     finished_at: str
+    curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # RunCounters.curve
+    # The run's length against the recipe's progress (train --same-progress): the samples factor applied.
+    samples_factor: float | None = None
 
     @property
     def exit_code(self) -> int:

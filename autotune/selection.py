@@ -295,9 +295,17 @@ def _time_against_throughput(chosen: Candidate, feasible: Sequence[Candidate], b
     if quickest is chosen or quickest.rate <= chosen.rate:
         return []
     parts = budgets.projection(quickest.attrs, quickest.samples_per_second) or {}
+    chosen_parts = budgets.projection(chosen.attrs, chosen.samples_per_second) or {}
     overhead = parts.get("warmup_seconds", 0.0) + parts.get("evaluation_seconds", 0.0)
     compile_seconds = parts.get("compile_seconds", 0.0)
-    cost = f"compile {format_duration(compile_seconds)}" if compile_seconds else f"warm-up {format_duration(overhead)}"
+    factor = parts.get("progress_factor", 1.0)
+    if factor > chosen_parts.get("progress_factor", 1.0):
+        # Faster per sample, slower to the same model: its effective batch buys less progress per sample.
+        noise = f"gradient noise scale {budgets.noise_scale:.3g}" if budgets.noise_scale else "no noise scale measured"
+        cost = (f"effective batch {parts.get('effective_batch')} needing {factor:.3g}x the recipe's samples to reach "
+                f"its progress ({noise})")
+    else:
+        cost = f"compile {format_duration(compile_seconds)}" if compile_seconds else f"warm-up {format_duration(overhead)}"
     return [
         f"trial #{quickest.number} has the highest steady throughput ({quickest.rate:.1f} {quickest.unit}/s, "
         f"{quickest.rate / chosen.rate - 1:+.0%}), but with its {cost} the full run projects "

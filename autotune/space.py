@@ -154,6 +154,10 @@ class SearchSpace:
             notes.append("accumulation_steps is no longer searched: the effective batch fixes it")
         return dataclasses.replace(self, knobs=knobs, effective_batch=effective_batch), notes
 
+    def pinned(self, name: str, value: Any) -> SearchSpace:
+        """The space with knob ``name`` fixed at ``value``."""
+        return dataclasses.replace(self, knobs={**self.knobs, name: Knob(name, fixed=value, default=value)})
+
     def _derive_accumulation(self, values: dict[str, Any]) -> None:
         if self.effective_batch is not None:
             values["accumulation_steps"] = self.effective_batch // values["batch_size"]

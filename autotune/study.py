@@ -20,7 +20,7 @@ from autotune.device import DeviceInfo, detect_device, unsupported_values
 from autotune.exceptions import ParameterError, StudyError
 from autotune._objective import Objective, TrialError
 from autotune.explain import explain_study
-from autotune.lr_find import LRFindError, LRFindResult, lr_find_for_trial, stored_result
+from autotune.lr_find import SCALINGS, LRFindError, LRFindResult, lr_find_for_trial, stored_result
 from autotune.runner import MeasureSettings
 from autotune.runner._scratch import sweep_stale_scratch
 from autotune.space import SearchSpace, diff_spaces, load_space
@@ -62,7 +62,9 @@ class SearchOptions:
     safety_margin_seconds: float = 0.0
     slow_fraction: float = 0.5
     lr_find: bool = True  # run the LR range test on the best config after the speed search
-    lr_scaling: str = "linear"  # how the range test's centre follows the effective batch
+    # How max_lr follows a changed effective batch (and the range test's centre): auto, adascale,
+    # linear, sqrt or none (autotune.lr_find.scaled_lr).
+    lr_scaling: str = "auto"
     seed: int | None = None
     device: str = "auto"
     measure: MeasureSettings = MeasureSettings()
@@ -89,8 +91,9 @@ class SearchOptions:
             raise ParameterError(f"objective must be time or throughput, got {self.objective!r}", "objective")
         if self.sampler not in SAMPLERS:
             raise ParameterError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}", "sampler")
-        if self.lr_scaling not in ("linear", "sqrt", "none"):
-            raise ParameterError(f"lr_scaling must be linear, sqrt or none, got {self.lr_scaling!r}", "lr_scaling")
+        if self.lr_scaling not in SCALINGS:
+            raise ParameterError(f"lr_scaling must be one of {', '.join(SCALINGS)}, got {self.lr_scaling!r}",
+                                 "lr_scaling")
         Budgets(  # the budgets' own checks (headroom, margin against deadline), before anything runs
             memory_headroom=self.memory_headroom,
             deadline_seconds=self.deadline_seconds,
@@ -113,6 +116,7 @@ class SearchPlan:
     notes: list[str]
     objective: ObjectiveKind = "time"
     unit: str = "samples"
+    step_closure: bool | None = None  # True: the optimizer steps with a closure the workload did not declare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +144,9 @@ class SearchListener:
 
     def on_lr_find_start(self, trial: optuna.trial.FrozenTrial) -> None: ...
 
+    def on_recipe_check_start(self, trial: optuna.trial.FrozenTrial, max_lr: float, rule: str) -> None:
+        """Trial ``trial``'s config at ``max_lr`` (from ``rule``) is about to be run beside the recipe."""
+
     def on_workload_check(self, plan: SearchPlan) -> None:
         """The workload's first step at the baseline is about to run (a new study only)."""
 
@@ -152,7 +159,13 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     """Load the workload and the space, restrict the space to the device: every input error is raised here."""
     workload = workload or load_workload(options.workload)
     space = load_space(options.space if options.space is not None else workload.space)
-    space, notes = space.with_effective_batch(_effective_batch(options, workload, space))
+    recipe_batch = recipe_effective_batch(workload, space)
+    held, notes = _effective_batch(options, workload, space, recipe_batch)
+    if held is not None and not space.knobs["batch_size"].is_searched:
+        # A batch the space does not search stays the baseline's; accumulation follows the held batch.
+        space = space.pinned("batch_size", _baseline_batch(workload, space))
+    space, fixed = space.with_effective_batch(held)
+    notes += fixed
     device = detect_device(options.device)
     unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
     if not _supports_gradient_checkpointing(workload):
@@ -184,6 +197,7 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
         steps=options.steps,
         # autotune train evaluates every evaluate_every epochs: as many times in the full run.
         evaluations=float(max(1, math.floor(epochs / workload.evaluate_every))) if workload.evaluate else 0.0,
+        baseline_effective_batch=recipe_batch,
     )
     trial_timeout = options.trial_timeout_seconds or derive_trial_timeout(options.timeout_seconds, options.n_trials)
     return SearchPlan(
@@ -201,21 +215,37 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     )
 
 
-def _effective_batch(options: SearchOptions, workload: Workload, space: SearchSpace) -> int | None:
-    """The effective batch every trial keeps: --effective-batch, the space file's, or the user's
-    recipe (a baseline that accumulates, or Workload.effective_batch); None: free."""
-    if options.effective_batch == "free":
-        return None
-    if options.effective_batch is not None:
-        return options.effective_batch
-    if space.effective_batch is not None:
-        return space.effective_batch
+def recipe_effective_batch(workload: Workload, space: SearchSpace) -> int:
+    """The recipe's samples per optimizer step: Workload.effective_batch, else the baseline's
+    batch_size (the space's default where the baseline names none) x accumulation_steps."""
     if workload.effective_batch is not None:
         return workload.effective_batch
     baseline = workload.baseline
-    if int(baseline.get("accumulation_steps", 1)) > 1:
-        return int(baseline.get("batch_size", TrainConfig.batch_size)) * int(baseline["accumulation_steps"])
-    return None
+    return int(_baseline_batch(workload, space)) * int(baseline.get("accumulation_steps", 1))
+
+
+def _baseline_batch(workload: Workload, space: SearchSpace) -> Any:
+    """The baseline's batch_size: the workload's, else the space's default, else TrainConfig's."""
+    return workload.baseline.get("batch_size", space.knobs["batch_size"].default or TrainConfig.batch_size)
+
+
+def _effective_batch(options: SearchOptions, workload: Workload, space: SearchSpace,
+                     recipe_batch: int) -> tuple[int | None, list[str]]:
+    """The effective batch every trial keeps, and a note saying why: --effective-batch N, the space
+    file's, else the recipe's own; None (--effective-batch free): any, each ranked by the time to the
+    recipe's progress."""
+    if options.effective_batch == "free":
+        return None, [f"--effective-batch free: trials may change the recipe's {recipe_batch} samples per optimizer "
+                      "step; one that does is ranked by the time to the recipe's progress (gradient noise scale) and "
+                      "exported only once a run to that progress is checked against the recipe's"]
+    for held, source in ((options.effective_batch, "--effective-batch"), (space.effective_batch, space.source)):
+        if held is not None:
+            changes = [] if held == recipe_batch else [
+                f"{source}: effective batch {held}, not the recipe's {recipe_batch}: every trial is projected to the "
+                "recipe's progress (gradient noise scale), and max_lr follows the batch"]
+            return held, changes
+    return recipe_batch, [f"the recipe's effective batch {recipe_batch} is kept in every trial (--effective-batch "
+                          "free releases it)"]
 
 
 def search(options: SearchOptions, listener: SearchListener | None = None) -> SearchResult:
@@ -228,11 +258,16 @@ def search(options: SearchOptions, listener: SearchListener | None = None) -> Se
         sweep_stale_scratch()  # scratch folders of trials whose search died
         plan = plan_search(options)
         storage = open_storage(plan.storage) if storage_exists(plan.storage) else None
-        dataset_size = None if storage is None else _baseline_measured(storage, plan.study_name)
-        if dataset_size is None:
+        measured = None if storage is None else _baseline_measured(storage, plan.study_name)
+        if measured is None:
             # Before the study exists: a workload that cannot train is refused, and nothing is created.
             listener.on_workload_check(plan)
-            dataset_size = check_workload(options, plan, on_wait=listener.on_note, deadline=deadline)
+            check = check_workload(options, plan, on_wait=listener.on_note, deadline=deadline)
+            dataset_size, step_closure, note = check.dataset_size, check.step_closure, check.note
+        else:
+            (dataset_size, step_closure), note = measured, None
+        if step_closure and not plan.step_closure:
+            plan = _with_closure(options, note)
         plan = _cap_batch(plan, dataset_size)
         storage = storage or open_storage(plan.storage)
         with warnings.catch_warnings(), _optuna_quiet():
@@ -241,9 +276,17 @@ def search(options: SearchOptions, listener: SearchListener | None = None) -> Se
             return _search(options, plan, storage, listener, deadline)
 
 
-def _baseline_measured(storage: Any, study_name: str) -> int | None:
+def _with_closure(options: SearchOptions, note: str | None) -> SearchPlan:
+    """The plan again for a workload whose optimizer's step needs a closure it did not declare."""
+    workload = dataclasses.replace(load_workload(options.workload), step_closure=True)
+    plan = plan_search(options, workload)
+    return dataclasses.replace(plan, step_closure=True, notes=plan.notes + ([note] if note else []))
+
+
+def _baseline_measured(storage: Any, study_name: str) -> tuple[int, bool | None] | None:
     """The study exists and its baseline ran fine (its workload was checked then): the dataset's
-    size it saw (0 where it was not recorded); else None."""
+    size it saw (0 where it was not recorded), and whether its optimizer steps with a closure the
+    workload did not declare; else None."""
     import optuna
 
     try:
@@ -253,7 +296,7 @@ def _baseline_measured(storage: Any, study_name: str) -> int | None:
     baseline = _records.baseline_trial(study.get_trials(deepcopy=False))
     if baseline is None or _records.status(baseline) != "ok":
         return None
-    return int(baseline.user_attrs.get("dataset_size") or 0)
+    return int(baseline.user_attrs.get("dataset_size") or 0), _records.read_setup(study).get("step_closure")
 
 
 def _cap_batch(plan: SearchPlan, dataset_size: int | None) -> SearchPlan:
@@ -297,7 +340,7 @@ def _search(
         study.optimize(
             objective,
             n_trials=n_trials,
-            timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
+            timeout=None if deadline is None else max(0.0, _trials_deadline(plan, options, deadline) - time.monotonic()),
             catch=(TrialError,),
             callbacks=[objective.after_trial],
         )
@@ -306,12 +349,19 @@ def _search(
             explain_study(study)
             raise repeated
         trials = study.get_trials(deepcopy=False)
-        best = _records.best_trial(trials, plan.objective)
-        paired, notes = _paired(study, best, _records.baseline_trial(trials), options, deadline)
+        budgets = plan.budgets.with_noise_scale(trials)
+        baseline = _records.baseline_trial(trials)
+        best = _records.best_trial(trials, plan.objective, budgets)
+        best, notes = _check_changed_batch(study, best, baseline, plan, budgets, options, listener, deadline)
+        paired, paired_notes = _paired(study, best, baseline, options, deadline)
+        notes += paired_notes
         if paired is not None:  # the range test follows the trial the re-measurement settled on
             best = next(t for t in trials if t.number == paired["trial"])
-        lr_result, lr_notes = _run_lr_find(study, storage, best, options, listener, deadline, heartbeat.process)
-        notes += lr_notes
+        if best is not None and _records.effective_batch_of(best) == budgets.baseline_effective_batch:
+            lr_result, lr_notes = _run_lr_find(study, storage, best, options, listener, deadline, heartbeat.process)
+            notes += lr_notes + _check_suggested_lr(study, best, baseline, lr_result, budgets, listener, deadline)
+        else:  # max_lr follows a changed batch by its scaling rule, checked against the recipe above
+            lr_result = None
     seconds = time.monotonic() - started
     # Everything every search on this study did, for the export's payoff.
     study.set_user_attr("search_seconds", float(study.user_attrs.get("search_seconds") or 0.0) + seconds)
@@ -328,6 +378,78 @@ def _search(
         paired=paired,
         seconds=seconds,
     )
+
+
+RESERVED_SHARE = 0.35  # of --timeout, kept from the trials for the recipe check where the effective batch is free
+
+
+def _trials_deadline(plan: SearchPlan, options: SearchOptions, deadline: float) -> float:
+    """When trials stop: where the effective batch is free, a share of the budget is kept for the
+    checks that follow (a changed batch is exported only once checked against the recipe)."""
+    if plan.space.effective_batch is not None or options.timeout_seconds is None:
+        return deadline
+    return deadline - RESERVED_SHARE * options.timeout_seconds
+
+
+def _check_changed_batch(study: Any, best: Any, baseline: Any, plan: SearchPlan, budgets: Budgets,
+                         options: SearchOptions, listener: SearchListener, deadline: float | None) -> tuple[Any, list[str]]:
+    """A best trial at another effective batch than the recipe's: its max_lr by the scaling rule, run to the
+    recipe's progress beside the recipe (recipe_check). Where the effective batch is free and the check
+    does not keep it (or cannot run), the best trial at the recipe's effective batch goes on instead."""
+    from autotune import recipe_check
+    from autotune.lr_find import scaled_lr, scaling_rule
+
+    recipe_batch = budgets.baseline_effective_batch
+    if best is None or baseline is None or _records.status(baseline) != "ok" or recipe_batch is None:
+        return best, []
+    batch = _records.effective_batch_of(best)
+    if batch == recipe_batch:
+        return best, []
+    adaptive = best.user_attrs.get("adaptive_optimizer")
+    rule = scaling_rule(options.lr_scaling, adaptive)
+    max_lr = scaled_lr(plan.baseline.max_lr, batch, recipe_batch, options.lr_scaling, budgets.noise_scale, adaptive)
+    listener.on_recipe_check_start(best, max_lr, rule)
+    check = recipe_check.run_check(_records.read_setup(study), best, baseline, max_lr, budgets, deadline=deadline)
+    if isinstance(check, str):
+        verdict, kept = f"the recipe check could not run: {check}", False
+    else:
+        recipe_check.store(study, check)
+        verdict, kept = f"recipe check ({rule} max_lr {max_lr:.3g}): {check.reason}", check.kept
+    notes = [verdict]
+    if kept or plan.space.effective_batch is not None:  # --effective-batch N: the user's own change
+        return best, notes
+    held = _records.best_trial(study.get_trials(deepcopy=False), plan.objective, budgets, effective_batch=recipe_batch)
+    held = held or baseline
+    notes.append(f"trial #{best.number} (effective batch {batch}) is not exported; the best at the recipe's "
+                 f"effective batch {recipe_batch}, trial #{held.number}, goes on")
+    return held, notes
+
+
+def _check_suggested_lr(study: Any, best: Any, baseline: Any, lr_result: LRFindResult | None, budgets: Budgets,
+                        listener: SearchListener, deadline: float | None) -> list[str]:
+    """The range test's max_lr changes the recipe's: it is exported only once a run to the recipe's
+    progress is no worse than the recipe's (recipe_check). A searched max_lr is the trial's own."""
+    from autotune import recipe_check
+
+    setup = _records.read_setup(study)
+    if lr_result is None or baseline is None or _records.status(baseline) != "ok" or _max_lr_searched(setup):
+        return []
+    recipe_lr = float(setup["baseline"]["max_lr"])
+    if math.isclose(lr_result.max_lr, recipe_lr, rel_tol=1e-9):
+        return []
+    if recipe_check.stored_check(study, {**best.user_attrs["config"], "max_lr": lr_result.max_lr}) is not None:
+        return []
+    listener.on_recipe_check_start(best, lr_result.max_lr, "the LR range test")
+    check = recipe_check.run_check(setup, best, baseline, lr_result.max_lr, budgets, deadline=deadline)
+    if isinstance(check, str):
+        return [f"the range test's max_lr {lr_result.max_lr:.3g} is not exported: the recipe check could not run "
+                f"({check})"]
+    recipe_check.store(study, check)
+    return [f"recipe check (the range test's max_lr {lr_result.max_lr:.3g}): {check.reason}"]
+
+
+def _max_lr_searched(setup: dict[str, Any]) -> bool:
+    return isinstance((setup.get("space") or {}).get("max_lr"), (list, dict))
 
 
 PAIRED_ROUNDS = 2  # at least; more, up to PAIRED_MAX_ROUNDS, while the speedup's noise is above PAIRED_NOISE
@@ -374,9 +496,13 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
         return None, []
     from autotune.selection import Candidate, fastest_against, gain_over, paired_pool, select
 
+    from autotune import recipe_check
+
     setup = _records.read_setup(study)
-    budgets, objective = Budgets.from_json(setup.get("budgets")), setup.get("objective", "throughput")
-    feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(study.get_trials(deepcopy=False))]
+    trials = study.get_trials(deepcopy=False)
+    budgets, objective = Budgets.from_json(setup.get("budgets")).with_noise_scale(trials), setup.get("objective", "throughput")
+    feasible, _dropped = recipe_check.exportable([Candidate.from_trial(t) for t in _records.feasible_trials(trials)],
+                                                 setup, recipe_check.stored_checks(study))
     singles = {c.number: c for c in feasible}  # each trial's own figure, measured once
     reference = Candidate.from_trial(baseline)
     measuring = [singles.get(best.number) or Candidate.from_trial(best), reference]
@@ -615,6 +741,8 @@ def _check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Se
         "measure": dataclasses.asdict(options.measure),
         "trial_timeout_seconds": plan.trial_timeout_seconds,
         "objective": plan.objective,
+        "step_closure": plan.step_closure,
+        "lr_scaling": options.lr_scaling,
     }
     recorded = _records.read_setup(study)
     if not recorded:
@@ -637,7 +765,7 @@ def _check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Se
     if recorded.get("requested") != setup["requested"] or recorded.get("measure") != setup["measure"]:
         # export-best selects with the latest budgets; earlier trials keep the verdicts they were given.
         plan.notes.append("budgets or measurement settings differ from the study's last run; the new ones apply")
-    current = ("torch_device", "budgets", "requested", "measure", "trial_timeout_seconds")
+    current = ("torch_device", "budgets", "requested", "measure", "trial_timeout_seconds", "lr_scaling")
     _records.write_setup(study, {key: setup[key] for key in current})
 
 

@@ -328,22 +328,7 @@ class TrainStep:
         self.after_step = after_step
 
     def __call__(self, micro_batches: Iterable[Any]) -> torch.Tensor:
-        accumulation = self.config.accumulation_steps
-        self.optimizer.zero_grad(set_to_none=True)
-        kept: list[Any] = []  # the micro-batches a closure replays
-        total: torch.Tensor | None = None
-        seen = 0
-        for batch in micro_batches:
-            batch = to_device(batch, self.device, self.config)
-            if self.closure:
-                kept.append(batch)
-            loss = self._forward_backward(batch)
-            total = loss if total is None else total + loss
-            seen += 1
-            if seen == accumulation:
-                break
-        if seen < accumulation:
-            raise ValueError(f"an optimizer step takes {accumulation} micro-batches (accumulation_steps), got {seen}")
+        total, kept = self.accumulate(micro_batches)
         if self.closure:
             self.optimizer.step(lambda: self._replay(kept))
         elif self.scaler is not None:
@@ -355,15 +340,46 @@ class TrainStep:
             self.scheduler.step()
         if self.after_step is not None:
             self.after_step(self.model, self.optimizer)
-        assert total is not None
-        return total.float()
+        return total
 
-    def _forward_backward(self, batch: Any) -> torch.Tensor:
-        """Forward and loss under autocast, backward of loss / accumulation_steps; that share, detached."""
+    def accumulate(
+        self,
+        micro_batches: Iterable[Any],
+        count: int | None = None,
+        *,
+        after_backward: Callable[[], None] | None = None,
+    ) -> tuple[torch.Tensor, list[Any]]:
+        """The step's gradients without the step: zeroed, then forward and backward over ``count``
+        micro-batches (default ``accumulation_steps``), each loss divided by the count, so the
+        gradients are their mean. Returns the mean loss (detached) and, for a closure, the batches
+        kept on the device. ``after_backward`` runs after each micro-batch's backward."""
+        count = count or self.config.accumulation_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        kept: list[Any] = []  # the micro-batches a closure replays
+        total: torch.Tensor | None = None
+        seen = 0
+        for batch in micro_batches:
+            batch = to_device(batch, self.device, self.config)
+            if self.closure:
+                kept.append(batch)
+            loss = self._forward_backward(batch, count)
+            if after_backward is not None:
+                after_backward()
+            total = loss if total is None else total + loss
+            seen += 1
+            if seen == count:
+                break
+        if seen < count:
+            raise ValueError(f"an optimizer step takes {count} micro-batches (accumulation_steps), got {seen}")
+        assert total is not None
+        return total.float(), kept
+
+    def _forward_backward(self, batch: Any, count: int | None = None) -> torch.Tensor:
+        """Forward and loss under autocast, backward of loss / count (default accumulation_steps); that share, detached."""
         with autocast(self.config, self.device):
             loss = self.loss(self.model, batch)
         check_loss(loss)
-        scaled = loss / self.config.accumulation_steps
+        scaled = loss / (count or self.config.accumulation_steps)
         if self.scaler is not None:
             self.scaler.scale(scaled).backward()
         else:

@@ -74,6 +74,7 @@ def trial_job(setup: dict[str, Any], config: dict[str, Any]) -> TrialJob:
         measure=MeasureSettings(**setup.get("measure", {})),
         memory_budget_bytes=Budgets.from_json(setup.get("budgets")).memory_budget_bytes,
         timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
+        step_closure=setup.get("step_closure"),
     )
 
 

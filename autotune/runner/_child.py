@@ -51,7 +51,8 @@ def run(channel_fd: int, watchdog_fd: int | None, job_text: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - the trial's outcome is data; the traceback goes to the log
         traceback.print_exc()
         status = Status.OOM if is_oom_error(exc) else Status.ERROR
-        emit({"event": "failed", "status": status.value, "reason": _reason(exc)})
+        emit({"event": "failed", "status": status.value, "reason": _reason(exc),
+              "in_optimizer_step": _in_optimizer_step(exc)})
     channel.close()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -88,6 +89,16 @@ def _watch(watchdog_fd: int) -> None:
     while os.read(watchdog_fd, 1):
         pass
     os.killpg(os.getpgrp(), signal.SIGKILL)  # the trial leads its own process group: workers included
+
+
+def _in_optimizer_step(exc: BaseException) -> bool:
+    """Whether the exception came out of the optimizer's step, as autotune.training.TrainStep calls it."""
+    training = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training.py")
+    return any(
+        os.path.abspath(frame.filename) == training and frame.name == "__call__" and "optimizer" in (frame.line or "")
+        and ".step(" in (frame.line or "")
+        for frame in traceback.extract_tb(exc.__traceback__)
+    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ measures. Every figure sent back is measured here; the parent only decides (prun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from autotune import noise_scale
 from autotune.config import TrainConfig
 from autotune.runner._memory import process_peak_rss
 from autotune.runner._outcome import TrialJob
@@ -32,6 +34,8 @@ def trial_training(job: TrialJob, workload: Workload, emit: Emit, *, one_cycle_s
     """The workload built with the job's config, inside the config's backend flags, on a device
     held to the trial's memory budget."""
     config = TrainConfig.from_dict(job.config)
+    if job.step_closure is not None and job.step_closure != workload.step_closure:
+        workload = dataclasses.replace(workload, step_closure=job.step_closure)
     torch.manual_seed(job.measure.seed)
     device = torch.device(job.device)
     _configure_device(device, job.memory_budget_bytes)
@@ -80,6 +84,8 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
             "loss_start": loss_start,
             "dataset_size": training.dataset_size,
             "cycle_momentum": training.cycle_momentum,
+            # Adam's kind (betas) takes the square-root LR rule for a larger batch; SGD's AdaScale's gain.
+            "adaptive_optimizer": "betas" in training.optimizer.defaults,
         }
     )
 
@@ -126,13 +132,22 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
         evaluate(training.workload.evaluate, training.model, config, device)
         _synchronize(device)
         evaluation_seconds = time.perf_counter() - begin
+    device_peak = _device_peak_memory(device)  # what the run measured needs, before the noise groups
+    noise = None
+    if job.noise_seconds:
+        # After everything timed: groups of the config's micro-batches that do not step (noise_scale).
+        try:
+            noise = noise_scale.measure(training, job.noise_seconds)
+        except Exception as exc:  # noqa: BLE001 - the speed was measured; the noise figure is recorded as missing
+            noise = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
     emit(
         {
             "event": "done",
+            "noise": noise,
             "evaluation_seconds": evaluation_seconds,
             "loss_end": loss_end,
             "scaler_skipped_steps": skipped_steps if training.scaler is not None else None,
-            "device_peak_memory_bytes": _device_peak_memory(device),
+            "device_peak_memory_bytes": device_peak,
             "process_peak_rss_bytes": process_peak_rss(),
         }
     )

@@ -95,6 +95,11 @@ class TrialJob:
     timeout_seconds: float = 600.0
     lr_sweep: dict[str, Any] | None = None  # set for an LR range test: min_lr, max_lr, steps[, beta, stop_factor]
     rank_against: float | None = None  # samples/s of the best trial so far: the windows stop once it is told apart
+    # Seconds of gradient-noise measurement after the windows (autotune.noise_scale.measure); None: none.
+    noise_seconds: float | None = None
+    # True: the optimizer steps with a closure whatever the workload says (found when its first step
+    # failed inside optimizer.step() without one and ran with one); None: as the workload says.
+    step_closure: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,27 +149,34 @@ class TrialOutcome:
     scaler_skipped_steps: int | None = None  # fp16: optimizer steps the GradScaler skipped while timed
     dataset_size: int | None = None  # samples in one epoch of the workload's dataset
     cycle_momentum: bool | None = None  # whether OneCycle cycles the workload optimizer's momentum
+    adaptive_optimizer: bool | None = None  # the workload's optimizer has Adam's betas
     evaluation_seconds: float | None = None  # one run of Workload.evaluate, when the workload has one
     device: str | None = None
     torch_version: str | None = None
     windows: list[WindowResult] = dataclasses.field(default_factory=list)
     lr_curve: dict[str, Any] | None = None  # an LR range test's lrs, losses, smoothed losses
+    # The gradient noise scale measured after the windows (autotune.noise_scale.measure's record).
+    noise: dict[str, Any] | None = None
     wall_seconds: float | None = None  # the whole trial, process start to end
     startup_seconds: float | None = None  # process start to the trial's first event (imports, workload loading)
     overhead_seconds: float | None = None  # wall time outside the timed windows and the evaluation, compile aside
     overhead_fraction: float | None = None  # overhead_seconds / (wall_seconds - compile_seconds)
     log_tail: str = ""
+    in_optimizer_step: bool = False  # an error raised by the optimizer's step (see _checks: a closure it wants)
 
     def user_attrs(self) -> dict[str, Any]:
         attrs = {
             key: value
             for key, value in dataclasses.asdict(self).items()
-            if key not in ("windows", "log_tail", "status", "lr_curve")
+            if key not in ("windows", "log_tail", "status", "lr_curve", "in_optimizer_step")
         }
         attrs["status"] = self.status.value
         if self.loss_start is not None and self.loss_end is not None:
             attrs["loss_decrease"] = self.loss_start - self.loss_end  # with the trial's max_lr, over its steps
         attrs["window_samples_per_second"] = [round(w.samples_per_second, 3) for w in self.windows]
+        if self.noise is not None:  # the figure on its own, as optuna-dashboard lists it
+            attrs["noise_scale"] = self.noise.get("value")
+            attrs["noise_scale_stderr"] = self.noise.get("stderr")
         if self.log_tail and self.status is not Status.OK:
             attrs["log_tail"] = self.log_tail[-2000:]
         return attrs

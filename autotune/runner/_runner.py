@@ -215,6 +215,7 @@ class _Follower:
         self.lr_curve: dict | None = None
         self.info: dict = {}
         self.failure: tuple[Status, str] | None = None
+        self.in_optimizer_step = False  # the failure came out of optimizer.step()
         self.stop: tuple[Status, str] | None = None  # set when the parent ends the trial
         self.finished = False
         self.started = started  # time.monotonic() when the trial process was asked for
@@ -243,6 +244,7 @@ class _Follower:
             self.lr_curve = event
         elif kind == "failed":
             self.failure = (Status(event["status"]), event["reason"])
+            self.in_optimizer_step = bool(event.get("in_optimizer_step"))
             self.finished = True
         else:
             if kind == "started" and self.started is not None:
@@ -280,6 +282,7 @@ class _Follower:
             outcome.status, outcome.reason = self.stop
         elif self.failure is not None:
             outcome.status, outcome.reason = self.failure
+            outcome.in_optimizer_step = self.in_optimizer_step
             killed_worker = _WORKER_KILLED.search(outcome.reason)
             if outcome.status is Status.ERROR and killed_worker:
                 outcome.status = Status.OOM
@@ -307,12 +310,14 @@ class _Follower:
             "unit": info.get("unit"),
             "dataset_size": info.get("dataset_size"),
             "cycle_momentum": info.get("cycle_momentum"),
+            "adaptive_optimizer": info.get("adaptive_optimizer"),
             "evaluation_seconds": info.get("evaluation_seconds"),
             "warmup_seconds": info.get("warmup_seconds"),
             "compile_seconds": info.get("compile_seconds"),
             "loss_start": info.get("loss_start"),
             "loss_end": self.windows[-1].loss if self.windows else None,
             "scaler_skipped_steps": info.get("scaler_skipped_steps"),
+            "noise": info.get("noise"),
         }
         if self.job.device == "cpu":
             # CPU: the sampled tree peak, never below the kernel's record of the trial process's own peak.

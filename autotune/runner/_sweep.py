@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from typing import Any
 
 from autotune.runner._harness import Emit, trial_training
 from autotune.runner._outcome import TrialJob
-from autotune.training import Training
+from autotune.training import Training, to_device
 from autotune.workload import Workload
 
 
@@ -16,9 +18,9 @@ def run_lr_sweep(job: TrialJob, workload: Workload, emit: Emit) -> None:
     the loss and its bias-corrected exponential moving average; stops once the average exceeds
     ``stop_factor`` x its best (as Lightning's lr_find and torch-lr-finder do)."""
     sweep: dict[str, Any] = job.lr_sweep or {}
-    if sweep.get("mode") == "check":
+    if sweep.get("mode") in ("check", "progress"):
         with trial_training(job, workload, emit, one_cycle_steps=sweep["steps"]) as training:
-            _check(training, sweep["steps"], emit)
+            _check(training, sweep["steps"], emit, sweep.get("eval_samples"))
         return
     min_lr, max_lr, steps = sweep["min_lr"], sweep["max_lr"], sweep["steps"]
     beta, stop_factor = sweep.get("beta", 0.98), sweep.get("stop_factor", 4.0)
@@ -52,15 +54,66 @@ def _sweep(training: Training, min_lr: float, max_lr: float, steps: int, beta: f
     emit({"event": "done"})
 
 
-def _check(training: Training, steps: int, emit: Emit) -> None:
+def _check(training: Training, steps: int, emit: Emit, eval_samples: int | None = None) -> None:
     """A short run on the exported schedule (OneCycle compressed to ``steps``, peaking at the
-    config's max_lr): each step's LR and loss, stopped at a NaN or infinite loss."""
+    config's max_lr): each step's LR and loss, stopped at a NaN or infinite loss; with
+    ``eval_samples``, then the loss over that many fixed samples of the dataset (``fixed_loss``)."""
     lrs: list[float] = []
     losses: list[float] = []
+    began = time.perf_counter()
     for _ in range(steps):
         lrs.append(training.optimizer.param_groups[0]["lr"])
         losses.append(float(training.step()))  # .item(): one value per step, synchronised
         if not math.isfinite(losses[-1]):
             break
-    emit({"event": "lr_curve", "lrs": lrs, "losses": losses, "smoothed": [], "stopped_early": len(losses) < steps})
+    seconds = time.perf_counter() - began
+    curve = {"lrs": lrs, "losses": losses, "smoothed": [], "stopped_early": len(losses) < steps, "seconds": seconds}
+    if eval_samples and len(losses) == steps:
+        curve["eval_loss"] = fixed_loss(training, eval_samples)
+    emit({"event": "lr_curve", **curve})
     emit({"event": "done"})
+
+
+EVAL_SEED = 12345  # the fixed samples are the same in every run of every config
+
+
+def fixed_loss(training: Training, samples: int) -> float:
+    """The workload's loss over the same ``samples`` samples of its dataset (drawn with a fixed seed,
+    whatever the run's), the model in eval mode, in fp32, under no_grad: what two runs of different
+    configs reached, compared on the same data."""
+    import torch
+
+    dataset = training.dataset
+    count = min(samples, len(dataset))
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(EVAL_SEED))[:count].tolist()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=training.config.batch_size,
+                                         shuffle=False, collate_fn=training.workload.collate_fn)
+    fp32 = dataclasses.replace(training.config, precision="fp32")
+    model = training.model
+    model.eval()
+    total, seen = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                size = _batch_length(batch)
+                loss = training.workload.loss(model, to_device(batch, training.device, fp32))
+                total += float(loss) * size  # .item(): one sync per batch
+                seen += size
+    finally:
+        model.train()
+    return total / max(1, seen)
+
+
+def _batch_length(batch: Any) -> int:
+    """Samples in a collated batch: the first dimension of its first tensor (a list's length)."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, dict):
+        return _batch_length(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)) and batch:
+        first = batch[0]
+        return _batch_length(first) if isinstance(first, (torch.Tensor, dict, list, tuple)) and not (
+            isinstance(batch, list) and isinstance(first, dict)) else len(batch)
+    return 1
