@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from autotune.study import SearchListener, SearchOptions, SearchPlan
 
 FIGURE_EVERY = 5  # trials between refreshes of the figures stored for optuna-dashboard
-NOISE_SECONDS = 1.0  # a trial's gradient-noise measurement after its windows, at least (or one window)
 
 
 _COMPILE_ERRORS = ("torch/_dynamo", "torch/_inductor", "torch._dynamo", "torch._inductor", "InductorError",
@@ -180,10 +179,11 @@ class Objective:
         return self._record(trial, outcome)
 
     def _noise_seconds(self, is_baseline: bool) -> float | None:
-        """How long a trial measures the gradient noise scale after its windows: the baseline always
-        (the export states it), every trial where the effective batch is free (the ranking uses it)."""
+        """How long a trial measures the gradient noise scale after its windows (one window's time): the
+        baseline always (the export states it), every trial where the effective batch is free (the
+        ranking uses it)."""
         if is_baseline or self.plan.space.effective_batch is None:
-            return max(NOISE_SECONDS, self.options.measure.window_seconds)
+            return self.options.measure.window_seconds
         return None
 
     def _budgets(self, trials: list[Any]) -> Any:

@@ -123,17 +123,17 @@ def export_best(
         recipe=_recipe(setup),
         objective=setup.get("objective", "throughput"),
     )
-    selection.explanation[1:1] = held_off + _unchecked_lines(selection, unchecked, candidates, baseline, budgets,
-                                                             prefer, setup)
+    selection.explanation[1:1] = held_off
+    selection.explanation.extend(_unchecked_lines(selection, unchecked, candidates, baseline, budgets, prefer, setup))
     chosen = selection.chosen
     if verification is None and paired:
         first, *challengers = paired_lines(paired)
         selection.explanation.extend(([first] if chosen.number == paired["trial"] else []) + challengers)
     config, lr_section, lr_line = _learning_rate(study, chosen, budgets, setup)
-    selection.explanation.append(lr_line)
     progress = _progress(chosen, config, budgets, setup, trials, checks)
     if progress is not None:
         selection.explanation.append(progress["line"])
+    selection.explanation.append(lr_line)
     trial_seconds = sum(
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
@@ -278,8 +278,9 @@ def _learning_rate(study: Any, chosen: Candidate, budgets: Budgets,
         return dataclasses.replace(config, max_lr=result.max_lr), section, (
             f"max_lr {result.max_lr:.3g} from the LR range test (minimum loss at {result.lr_at_min_loss:.3g}); the "
             f"trial's searched {config.max_lr:g} is too close to the edge")
-    recipe_lr = float(setup["baseline"]["max_lr"])
-    recipe_batch = budgets.baseline_effective_batch or TrainConfig.from_dict(setup["baseline"]).effective_batch_size
+    recipe = _recipe_config(setup, config)
+    recipe_lr = recipe.max_lr
+    recipe_batch = budgets.baseline_effective_batch or recipe.effective_batch_size
     scaling = setup.get("lr_scaling", "auto")
     rule = scaling_rule(scaling, chosen.attrs.get("adaptive_optimizer"))
     max_lr = scaled_lr(recipe_lr, config.effective_batch_size, recipe_batch, scaling, budgets.noise_scale,
@@ -296,6 +297,11 @@ def _learning_rate(study: Any, chosen: Candidate, budgets: Budgets,
     if section is not None:
         section["exported_max_lr"] = max_lr
     return dataclasses.replace(config, max_lr=max_lr), section, line
+
+
+def _recipe_config(setup: dict[str, Any], trial_config: TrainConfig) -> TrainConfig:
+    """The recipe's config as the study recorded it (its baseline); a trial's own where none was recorded."""
+    return TrainConfig.from_dict(setup["baseline"]) if setup.get("baseline") else trial_config
 
 
 def _progress(chosen: Candidate, config: TrainConfig, budgets: Budgets, setup: dict[str, Any], trials: list[Any],
@@ -315,8 +321,8 @@ def _progress(chosen: Candidate, config: TrainConfig, budgets: Budgets, setup: d
     batch = config.effective_batch_size
     check = next((c for c in reversed(checks) if c.trial == chosen.number and c.config["max_lr"] == config.max_lr),
                  None)
-    recipe_lr = float(setup["baseline"]["max_lr"])
-    changes = recipe_check.changes_recipe(config.to_dict(), setup["baseline"], recipe_batch)
+    recipe_lr = _recipe_config(setup, TrainConfig.from_dict(chosen.attrs["config"])).max_lr
+    changes = recipe_check.changes_recipe(config.to_dict(), {"max_lr": recipe_lr}, recipe_batch)
     section: dict[str, Any] = {
         "recipe_effective_batch": recipe_batch,
         "effective_batch": batch,

@@ -181,8 +181,8 @@ def measure(training: Training, seconds: float, *, min_groups: int = MIN_GROUPS,
                 skipped += 1  # an overflowed fp16 step: the GradScaler would skip it too
                 continue
             g, s = group_estimates(small_sq, big_sq, config.batch_size, count)
-            gradient_sq.append(g)
-            trace.append(s)
+            gradient_sq.append(float(f"{g:.6g}"))  # six digits: the record stays small, the estimate unchanged
+            trace.append(float(f"{s:.6g}"))
     finally:
         for handle in handles:
             handle.remove()

@@ -23,10 +23,11 @@ from autotune.config import TrainConfig
 from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
 
 SEEDS = 3  # runs of each side; the verdict allows their spread
-RUN_SECONDS = 20.0  # about how long a run of the recipe lasts, without a time budget to size it by
+RUN_WINDOWS = 20  # without a time budget, a run of the recipe lasts about this many of the study's windows
 MIN_RECIPE_STEPS = 20  # fewer optimizer steps of the recipe say nothing of where it is going
 EVAL_SAMPLES = 512  # the fixed samples each run's loss is taken over
-STORED = "recipe_check"  # the study user attribute, {trial number: check}
+BUDGET_SHARE = 0.75  # of the time left; the side-by-side re-measurement after it needs some too
+STORED = "recipe_check"  # study user attributes recipe_check.<trial>@<max_lr>, one per check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,8 @@ class RecipeCheck:
     kept: bool
     reason: str
     seconds: float
+    recipe_trial: int = 0  # the baseline trial whose config ran as the recipe
+    finished: float = 0.0  # time.time() at the end: the order checks ran in
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,9 +72,9 @@ def changes_recipe(config: dict[str, Any], recipe: dict[str, Any], recipe_effect
 
 
 def plan_steps(trial_attrs: dict[str, Any], recipe_attrs: dict[str, Any], budgets: Budgets, *,
-               seconds_left: float | None, seeds: int = SEEDS) -> tuple[int, int] | str:
+               seconds_left: float | None, run_seconds: float = 20.0, seeds: int = SEEDS) -> tuple[int, int] | str:
     """(the recipe's steps, the candidate's steps) for a check that fits: each run of the recipe about
-    RUN_SECONDS long, or all 2 x seeds runs within ``seconds_left``, and no longer than the full run.
+    ``run_seconds`` long, or all 2 x seeds runs within ``seconds_left``, and no longer than the full run.
     A sentence saying why not when even MIN_RECIPE_STEPS do not fit."""
     recipe_batch = budgets.baseline_effective_batch or _effective_batch(recipe_attrs)
     batch = _effective_batch(trial_attrs)
@@ -81,7 +84,7 @@ def plan_steps(trial_attrs: dict[str, Any], recipe_attrs: dict[str, Any], budget
         return "a side has no measured throughput to size the runs by"
     per_recipe_step = recipe_batch / recipe_rate + factor * recipe_batch / rate  # seconds, both sides
     if seconds_left is None:
-        steps = int(RUN_SECONDS * recipe_rate / recipe_batch)
+        steps = int(run_seconds * recipe_rate / recipe_batch)
     else:
         fixed = _start_seconds(trial_attrs) + _start_seconds(recipe_attrs)  # process start, build, compile
         steps = int((seconds_left / seeds - fixed) / per_recipe_step)
@@ -101,8 +104,9 @@ def run_check(setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, bud
     saying why when it cannot run within ``deadline``."""
     began = time.monotonic()
     attrs, recipe_attrs = dict(trial.user_attrs), dict(recipe.user_attrs)
-    left = None if deadline is None else deadline - began
-    steps = plan_steps(attrs, recipe_attrs, budgets, seconds_left=left, seeds=seeds)
+    left = None if deadline is None else (deadline - began) * BUDGET_SHARE
+    run_seconds = RUN_WINDOWS * float((setup.get("measure") or {}).get("window_seconds", 1.0))
+    steps = plan_steps(attrs, recipe_attrs, budgets, seconds_left=left, run_seconds=run_seconds, seeds=seeds)
     if isinstance(steps, str):
         return steps
     recipe_steps, candidate_steps = steps
@@ -116,7 +120,7 @@ def run_check(setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, bud
     for seed in numbers:
         for side, run_config, run_steps, into in (("recipe", recipe_config, recipe_steps, recipe_losses),
                                                     ("candidate", config, candidate_steps, losses)):
-            loss, failure = _run(setup, run_config, run_steps, seed, deadline)
+            loss, failure = _run(setup, run_config, run_steps, seed, deadline, 3 * run_seconds)
             into.append(loss)
             if failure:
                 failures.append(f"the {side}'s run with seed {seed} {failure}")
@@ -128,21 +132,34 @@ def run_check(setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, bud
         recipe_effective_batch=recipe_batch, noise_scale=budgets.noise_scale,
         samples_factor=_factor(batch, recipe_batch, budgets), steps=candidate_steps, recipe_steps=recipe_steps,
         seeds=numbers, losses=losses, recipe_losses=recipe_losses, kept=kept, reason=reason,
-        seconds=time.monotonic() - began,
+        seconds=time.monotonic() - began, recipe_trial=recipe.number, finished=time.time(),
     )
 
 
 def store(study: Any, check: RecipeCheck) -> None:
-    """Keep the check with the study: one per trial and max_lr (``"<trial>@<max_lr>"``)."""
-    stored = dict(study.user_attrs.get(STORED) or {})
-    stored[f"{check.trial}@{check.config['max_lr']:.6g}"] = check.to_json()
-    study.set_user_attr(STORED, stored)
+    """Keep the check with the study, as its own user attribute ``recipe_check.<trial>@<max_lr>`` (short
+    enough for optuna-dashboard to show whole: the configs are the trial's and the baseline's)."""
+    record = {key: value for key, value in check.to_json().items() if key not in ("config", "recipe_config")}
+    record["max_lr"] = check.config["max_lr"]
+    record["recipe_max_lr"] = check.recipe_config["max_lr"]
+    study.set_user_attr(f"{STORED}.{check.trial}@{check.config['max_lr']:.6g}", record)
 
 
 def stored_checks(study: Any, trial: int | None = None) -> list[RecipeCheck]:
     """The study's checks (of one trial), in the order they ran."""
-    checks = [RecipeCheck.from_json(data) for data in (study.user_attrs.get(STORED) or {}).values()]
-    return [check for check in checks if trial is None or check.trial == trial]
+    attrs = study.user_attrs
+    configs = {t.number: t.user_attrs.get("config") for t in study.get_trials(deepcopy=False)}
+    checks = []
+    for key, data in attrs.items():
+        if not key.startswith(STORED + ".") or not isinstance(data, dict) or configs.get(data["trial"]) is None:
+            continue
+        if trial is not None and data["trial"] != trial:
+            continue
+        recipe = next((c for n, c in configs.items() if c and n == data.get("recipe_trial")), None) or {}
+        values = {key: value for key, value in data.items() if key not in ("max_lr", "recipe_max_lr")}
+        checks.append(RecipeCheck(config={**configs[data["trial"]], "max_lr": data["max_lr"]},
+                                  recipe_config={**recipe, "max_lr": data.get("recipe_max_lr")}, **values))
+    return sorted(checks, key=lambda check: check.finished)
 
 
 def stored_check(study: Any, config: dict[str, Any]) -> RecipeCheck | None:
@@ -151,15 +168,15 @@ def stored_check(study: Any, config: dict[str, Any]) -> RecipeCheck | None:
     return found[-1] if found else None
 
 
-def _run(setup: dict[str, Any], config: dict[str, Any], steps: int, seed: int,
-         deadline: float | None) -> tuple[float | None, str]:
+def _run(setup: dict[str, Any], config: dict[str, Any], steps: int, seed: int, deadline: float | None,
+         least_timeout: float) -> tuple[float | None, str]:
     job = TrialJob(
         workload=setup["workload"],
         config=config,
         device=setup.get("torch_device", "cpu"),
         measure=MeasureSettings(seed=seed),
         memory_budget_bytes=Budgets.from_json(setup.get("budgets")).memory_budget_bytes,
-        timeout_seconds=max(float(setup.get("trial_timeout_seconds", 600.0)), 3 * RUN_SECONDS),
+        timeout_seconds=max(float(setup.get("trial_timeout_seconds", 600.0)), least_timeout),
         lr_sweep={"mode": "progress", "steps": steps, "eval_samples": EVAL_SAMPLES},
         step_closure=setup.get("step_closure"),
     )
@@ -205,15 +222,16 @@ def _start_seconds(attrs: dict[str, Any]) -> float:
     return float(attrs.get("startup_seconds") or 0.0) + float(attrs.get("warmup_seconds") or 0.0)
 
 
-def exportable(candidates: list[Any], setup: dict[str, Any], checks: list[RecipeCheck]) -> tuple[list[Any], list[str]]:
+def exportable(candidates: list[Any], setup: dict[str, Any], checks: list[RecipeCheck],
+               keep_trials: tuple[int, ...] = ()) -> tuple[list[Any], list[str]]:
     """The candidates (selection.Candidate) a study may export where the effective batch is free: those
     at the recipe's effective batch, and those at another that a recipe check kept; with a line on the
-    rest. Where the space fixes the effective batch (the recipe's, or the user's --effective-batch N),
-    or the study recorded no recipe batch, every candidate."""
+    rest (``keep_trials`` are kept whatever). Where the space fixes the effective batch (the recipe's, or
+    the user's --effective-batch N), or the study recorded no recipe batch, every candidate."""
     recipe_batch = (setup.get("budgets") or {}).get("baseline_effective_batch")
     if recipe_batch is None or "effective_batch" in (setup.get("space") or {}):
         return list(candidates), []
-    kept_trials = {check.trial for check in checks if check.kept}
+    kept_trials = {check.trial for check in checks if check.kept} | set(keep_trials)
     keep, dropped = [], []
     for candidate in candidates:
         batch = TrainConfig.from_dict(candidate.attrs["config"]).effective_batch_size

@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from autotune.config import KNOB_NAMES, WORKLOAD_KNOB, TrainConfig, check_workload_knob
 from autotune.exceptions import ConfigError, SearchSpaceError
@@ -38,6 +38,7 @@ INT_KNOBS = ("batch_size", "accumulation_steps", "num_workers", "prefetch_factor
 FLOAT_KNOBS = ("max_lr",)
 WORKER_KNOBS = ("prefetch_factor", "persistent_workers")  # searched only when num_workers > 0
 BASELINE = "baseline"
+FREE = "free"  # effective_batch: free, in a space file
 _KNOB_KEYS = ("choices", "low", "high", "log", "step", "default")
 _WORKLOAD_KNOB_KEYS = (*_KNOB_KEYS, "changes_recipe")
 _TOP_KEYS = ("knobs", "effective_batch")
@@ -110,7 +111,9 @@ class SearchSpace:
 
     knobs: Mapping[str, Knob]
     source: str = "<space>"
-    effective_batch: int | None = None  # batch_size x accumulation_steps, when the recipe fixes it
+    # batch_size x accumulation_steps every trial keeps; "free" (a file's): any, as --effective-batch free;
+    # None: not set by the file (the search then keeps the recipe's).
+    effective_batch: int | Literal["free"] | None = None
 
     @property
     def searched(self) -> list[str]:
@@ -131,7 +134,7 @@ class SearchSpace:
         """Fix batch_size x accumulation_steps: only batch sizes dividing it remain, and
         accumulation_steps is derived from the batch size. ``None`` keeps the file's setting."""
         effective_batch = effective_batch or self.effective_batch
-        if effective_batch is None:
+        if effective_batch is None or effective_batch == FREE:
             return self, []
         if isinstance(effective_batch, bool) or not isinstance(effective_batch, int) or effective_batch < 1:
             raise SearchSpaceError(f"effective batch must be an integer >= 1, got {effective_batch!r}")
@@ -159,7 +162,7 @@ class SearchSpace:
         return dataclasses.replace(self, knobs={**self.knobs, name: Knob(name, fixed=value, default=value)})
 
     def _derive_accumulation(self, values: dict[str, Any]) -> None:
-        if self.effective_batch is not None:
+        if isinstance(self.effective_batch, int):
             values["accumulation_steps"] = self.effective_batch // values["batch_size"]
 
     def baseline(self, overrides: Mapping[str, Any]) -> TrainConfig:
@@ -170,7 +173,7 @@ class SearchSpace:
                 values[name] = overrides[name]
             elif knob.default is not None and not knob.from_baseline:
                 values[name] = knob.default
-        if self.effective_batch is not None:
+        if isinstance(self.effective_batch, int):
             allowed = self.knobs["batch_size"].choices or ()
             requested = values.get("batch_size", TrainConfig.batch_size)
             # The user's micro-batch when it divides the effective batch, else the largest one below it that does.
@@ -317,10 +320,10 @@ def parse_space(document: Any, *, source: str = "<space>") -> SearchSpace:
         except SearchSpaceError as exc:
             errors.append(str(exc))
     effective_batch = document.get("effective_batch")
-    if effective_batch is not None and (
+    if effective_batch is not None and effective_batch != FREE and (
         isinstance(effective_batch, bool) or not isinstance(effective_batch, int) or effective_batch < 1
     ):
-        errors.append(f"effective_batch must be an integer >= 1, got {effective_batch!r}")
+        errors.append(f"effective_batch must be an integer >= 1 or 'free', got {effective_batch!r}")
     if errors:
         raise SearchSpaceError(f"{source}: " + "; ".join(errors))
     for name in KNOB_NAMES:

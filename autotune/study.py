@@ -17,7 +17,7 @@ from autotune._recovery import Heartbeat, SearchProcess, process_alive, recover_
 from autotune.budget import Budgets, check_positive_number, derive_trial_timeout
 from autotune.config import TrainConfig
 from autotune.device import DeviceInfo, detect_device, unsupported_values
-from autotune.exceptions import ParameterError, StudyError
+from autotune.exceptions import ParameterError, SearchSpaceError, StudyError
 from autotune._objective import Objective, TrialError
 from autotune.explain import explain_study
 from autotune.lr_find import SCALINGS, LRFindError, LRFindResult, lr_find_for_trial, stored_result
@@ -163,8 +163,15 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     held, notes = _effective_batch(options, workload, space, recipe_batch)
     if held is not None and not space.knobs["batch_size"].is_searched:
         # A batch the space does not search stays the baseline's; accumulation follows the held batch.
-        space = space.pinned("batch_size", _baseline_batch(workload, space))
-    space, fixed = space.with_effective_batch(held)
+        space = space.pinned("batch_size", _recipe(workload, space).batch_size)
+    try:
+        space, fixed = space.with_effective_batch(held) if held is not None else (
+            dataclasses.replace(space, effective_batch=None), [])  # free: any, whatever the file said
+    except SearchSpaceError as exc:
+        if held != recipe_batch or options.effective_batch is not None:
+            raise
+        raise SearchSpaceError(f"{exc}, the recipe's, which every trial keeps (--effective-batch free releases "
+                               "it)") from None
     notes += fixed
     device = detect_device(options.device)
     unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
@@ -217,25 +224,25 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
 
 def recipe_effective_batch(workload: Workload, space: SearchSpace) -> int:
     """The recipe's samples per optimizer step: Workload.effective_batch, else the baseline's
-    batch_size (the space's default where the baseline names none) x accumulation_steps."""
+    batch_size x accumulation_steps as the space file completes it (its defaults, its effective batch)."""
     if workload.effective_batch is not None:
         return workload.effective_batch
-    baseline = workload.baseline
-    return int(_baseline_batch(workload, space)) * int(baseline.get("accumulation_steps", 1))
+    return _recipe(workload, space).effective_batch_size
 
 
-def _baseline_batch(workload: Workload, space: SearchSpace) -> Any:
-    """The baseline's batch_size: the workload's, else the space's default, else TrainConfig's."""
-    return workload.baseline.get("batch_size", space.knobs["batch_size"].default or TrainConfig.batch_size)
+def _recipe(workload: Workload, space: SearchSpace) -> TrainConfig:
+    """The user's current run as the space file completes it, before any restriction."""
+    return space.baseline(workload.baseline_overrides())
 
 
 def _effective_batch(options: SearchOptions, workload: Workload, space: SearchSpace,
                      recipe_batch: int) -> tuple[int | None, list[str]]:
     """The effective batch every trial keeps, and a note saying why: --effective-batch N, the space
-    file's, else the recipe's own; None (--effective-batch free): any, each ranked by the time to the
-    recipe's progress."""
-    if options.effective_batch == "free":
-        return None, [f"--effective-batch free: trials may change the recipe's {recipe_batch} samples per optimizer "
+    file's, else the recipe's own; None (--effective-batch free, or the file's "free"): any, each ranked
+    by the time to the recipe's progress."""
+    if options.effective_batch == "free" or options.effective_batch is None and space.effective_batch == "free":
+        source = "--effective-batch free" if options.effective_batch == "free" else f"{space.source}: effective_batch free"
+        return None, [f"{source}: trials may change the recipe's {recipe_batch} samples per optimizer "
                       "step; one that does is ranked by the time to the recipe's progress (gradient noise scale) and "
                       "exported only once a run to that progress is checked against the recipe's"]
     for held, source in ((options.effective_batch, "--effective-batch"), (space.effective_batch, space.source)):
@@ -502,7 +509,7 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
     trials = study.get_trials(deepcopy=False)
     budgets, objective = Budgets.from_json(setup.get("budgets")).with_noise_scale(trials), setup.get("objective", "throughput")
     feasible, _dropped = recipe_check.exportable([Candidate.from_trial(t) for t in _records.feasible_trials(trials)],
-                                                 setup, recipe_check.stored_checks(study))
+                                                 setup, recipe_check.stored_checks(study), keep_trials=(best.number,))
     singles = {c.number: c for c in feasible}  # each trial's own figure, measured once
     reference = Candidate.from_trial(baseline)
     measuring = [singles.get(best.number) or Candidate.from_trial(best), reference]

@@ -23,6 +23,7 @@ A loop of your own, with an exported config::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -544,6 +545,47 @@ class Training:
         return None if self.scaler is None else float(self.scaler.get_scale())
 
 
+
+EVAL_SEED = 12345  # the fixed samples are the same in every run of every config
+
+
+def fixed_samples_loss(training: Training, samples: int) -> float:
+    """The workload's loss over the same ``samples`` samples of ``training``'s dataset (drawn with a fixed
+    seed, whatever the run's), the model in eval mode, in fp32, under no_grad: what runs of different
+    configs reached, compared on the same data."""
+    dataset = training.dataset
+    count = min(samples, len(dataset))
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(EVAL_SEED))[:count].tolist()
+    fp32 = dataclasses.replace(training.config, precision="fp32", num_workers=0)
+    loader = dataloader(torch.utils.data.Subset(dataset, indices), fp32, training.device, shuffle=False,
+                        drop_last=False, collate_fn=training.workload.collate_fn)
+    model = training.model
+    model.eval()
+    total, seen = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                size = _batch_length(batch)
+                loss = training.workload.loss(model, to_device(batch, training.device, fp32))
+                total += float(loss) * size  # .item(): one sync per batch
+                seen += size
+    finally:
+        model.train()
+    return total / max(1, seen)
+
+
+def _batch_length(batch: Any) -> int:
+    """Samples in a collated batch: the first dimension of its first tensor, or a list's length."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, dict) and batch:
+        return _batch_length(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)) and batch:
+        if isinstance(batch, list) and not isinstance(batch[0], torch.Tensor):
+            return len(batch)  # a list of samples' records (per-image target dicts, ...)
+        return _batch_length(batch[0])
+    return 1
+
 __all__ = [
     "ONE_CYCLE_DEFAULTS",
     "Batches",
@@ -560,6 +602,7 @@ __all__ = [
     "default_optimizer",
     "enable_gradient_checkpointing",
     "evaluate",
+    "fixed_samples_loss",
     "grad_scaler",
     "one_cycle",
     "optimizer_steps",

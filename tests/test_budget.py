@@ -136,7 +136,8 @@ def test_budgets_margin_without_deadline_is_accepted():
 
 def test_budgets_json_round_trip():
     budgets = Budgets(
-        memory_budget_bytes=24 * GiB, memory_headroom=0.2, epochs=3.5, deadline_seconds=43200, safety_margin_seconds=1800
+        memory_budget_bytes=24 * GiB, memory_headroom=0.2, epochs=3.5, deadline_seconds=43200, safety_margin_seconds=1800,
+        baseline_effective_batch=12,
     )
     data = budgets.to_json()
     assert data == {
@@ -147,8 +148,55 @@ def test_budgets_json_round_trip():
         "safety_margin_seconds": 1800,
         "steps": None,
         "evaluations": 0.0,
+        "baseline_effective_batch": 12,
     }
     assert Budgets.from_json(json.loads(json.dumps(data))) == budgets
+
+
+def test_budgets_noise_scale_is_read_from_the_trials_not_stored():
+    budgets = Budgets(baseline_effective_batch=12).with_noise_scale(
+        [{"noise": {"gradient_sq": [1.0, 3.0], "trace": [100.0, 300.0]}}])
+    assert budgets.noise_scale == pytest.approx(100.0)
+    assert "noise_scale" not in budgets.to_json()
+    assert Budgets(baseline_effective_batch=12).with_noise_scale([{"config": {}}]).noise_scale is None
+
+
+def _at(batch: int, rate: float = 1000.0) -> dict:
+    return {"dataset_size": 24000, "samples_per_second": rate, "config": {"batch_size": batch, "accumulation_steps": 1}}
+
+
+def test_projection_at_the_recipes_effective_batch_takes_its_samples():
+    parts = Budgets(epochs=1.0, baseline_effective_batch=12, noise_scale=100.0).projection(_at(12))
+    assert parts["samples"] == 24000
+    assert parts["progress_factor"] == 1.0
+    assert parts["optimizer_steps"] == 2000
+
+
+def test_projection_at_a_larger_batch_takes_the_samples_to_the_recipes_progress():
+    # B_noise 120: batch 240 needs (1 + 2) / (1 + 0.1) of the recipe's samples to reach its progress.
+    budgets = Budgets(epochs=1.0, baseline_effective_batch=12, noise_scale=120.0)
+    parts = budgets.projection(_at(240, rate=3000.0))
+    assert parts["progress_factor"] == pytest.approx(3 / 1.1)
+    assert parts["samples"] == pytest.approx(24000 * 3 / 1.1)
+    assert parts["steady_seconds"] == pytest.approx(24000 * 3 / 1.1 / 3000.0)
+    assert parts["optimizer_steps"] == pytest.approx(24000 * 3 / 1.1 / 240)
+    assert "x 2.73 to the recipe's progress (effective batch 240, not 12; gradient noise scale 120)" in parts["includes"][0]
+
+
+def test_projection_faster_per_sample_can_be_slower_to_the_same_progress():
+    # 3x the throughput at batch 240, but below the noise scale each sample buys far less progress.
+    budgets = Budgets(epochs=1.0, baseline_effective_batch=12, noise_scale=20.0)
+    assert budgets.project(_at(240, rate=3000.0)) > budgets.project(_at(12, rate=1000.0))
+    # Without a measured noise scale, a larger batch is charged as many steps as the recipe makes.
+    unknown = Budgets(epochs=1.0, baseline_effective_batch=12).projection(_at(240, rate=3000.0))
+    assert unknown["progress_factor"] == 20.0
+    assert "no gradient noise scale measured" in unknown["includes"][0]
+
+
+def test_projection_in_steps_counts_the_recipes_samples_per_step():
+    budgets = Budgets(steps=100, baseline_effective_batch=12, noise_scale=1e9)
+    assert budgets.projection(_at(48))["samples"] == pytest.approx(1200, rel=1e-6)
+    assert budgets.projection(_at(48))["optimizer_steps"] == pytest.approx(25, rel=1e-6)
 
 
 def test_projection_says_what_the_full_run_includes():

@@ -14,7 +14,7 @@ import time
 import optuna
 import pytest
 
-from autotune import _records
+from autotune import _records, recipe_check
 from autotune._units import format_duration, format_size
 from autotune.budget import Budgets
 from autotune.exceptions import SearchSpaceError
@@ -50,8 +50,10 @@ def _study(storage: str, name: str = "tiny") -> optuna.Study:
 
 
 def _check_baseline_guarantee(export, study: optuna.Study) -> None:
-    """The invariant: the baseline is exported unless the fastest config beats it beyond the stated noise."""
-    feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(study.trials)]
+    """The invariant: the baseline is exported unless the fastest config beats it beyond the stated noise;
+    a config at another effective batch than the recipe's is a candidate only once a recipe check kept it."""
+    feasible, _ = recipe_check.exportable([Candidate.from_trial(t) for t in _records.feasible_trials(study.trials)],
+                                          _records.read_setup(study), recipe_check.stored_checks(study))
     if study.user_attrs.get("paired"):  # the winner and the baseline re-measured side by side
         feasible = with_paired(feasible, study.user_attrs["paired"])
     fastest = max(feasible, key=lambda c: c.samples_per_second)
@@ -125,8 +127,13 @@ def test_export_best_effective_batch_is_measured_and_kept(effective):
     export = export_best("tiny", effective["storage"])
     assert export.document["measured"]["effective_batch_size"] == 32
     assert export.config.effective_batch_size == 32
-    # (512 samples // batch_size) // accumulation_steps optimizer steps per epoch, over 2 epochs
-    assert export.document["one_cycle"]["total_steps"] == TINY_DATASET // 32 * TINY_EPOCHS
+    # (512 samples // batch_size) // accumulation_steps optimizer steps per epoch, over 2 epochs, as many times
+    # the samples as the recipe's progress takes at 32 samples per step instead of the recipe's 8.
+    progress = export.document["progress"]
+    assert (progress["recipe_effective_batch"], progress["effective_batch"]) == (8, 32)
+    assert progress["samples_factor"] > 1
+    assert export.document["full_run"]["epochs"] == pytest.approx(TINY_EPOCHS * progress["samples_factor"])
+    assert export.document["one_cycle"]["total_steps"] == int(TINY_DATASET // 32 * TINY_EPOCHS * progress["samples_factor"])
 
 
 def test_plan_search_effective_batch_from_the_space_file(space_file, storage_url):
@@ -196,7 +203,7 @@ def hungry(tmp_path_factory):
     then a batch size chosen from the baseline's peak to land between 540 and 600 MiB, then batch 160."""
     folder = tmp_path_factory.mktemp("hungry")
     space = folder / "space.yaml"
-    space.write_text("knobs: {batch_size: {low: 4, high: 160}}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: {low: 4, high: 160}}\n")
     storage = _storage(folder)
     done = subprocess.run(
         [sys.executable, "-c", HUNGRY_SEARCH, storage, str(space), workload_spec("memory_hungry")],
@@ -288,7 +295,7 @@ def missed(tmp_path_factory):
     """tiny under an impossible deadline (1 ms): the baseline (batch 8) and batch 256."""
     folder = tmp_path_factory.mktemp("missed")
     space = folder / "space.yaml"
-    space.write_text("knobs: {batch_size: [8, 256]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [8, 256]}\n")
     storage = _storage(folder)
     options = _options(storage, space, deadline_seconds=1e-3)
     search(options)
@@ -300,9 +307,12 @@ def missed(tmp_path_factory):
 def test_search_impossible_deadline_every_ok_trial_misses_it(missed):
     trials = missed["study"].trials
     assert [t.user_attrs["status"] for t in trials] == ["ok", "ok"]
+    # Projected to the recipe's progress: batch 256 with the noise scale the two trials measured.
+    budgets = Budgets.from_json(_records.read_setup(missed["study"])["budgets"]).with_noise_scale(trials)
+    assert budgets.baseline_effective_batch == 8 and budgets.noise_scale > 0
     for trial in trials:
         projected = trial.user_attrs["projected_full_run_seconds"]
-        assert projected == pytest.approx(Budgets(epochs=TINY_EPOCHS).project(trial.user_attrs))
+        assert projected == pytest.approx(budgets.project(trial.user_attrs))
         assert trial.constraints["deadline"] == pytest.approx(projected / 1e-3 - 1)
         assert trial.constraints["deadline"] > 0
         assert trial.user_attrs["reason"] == (
@@ -335,7 +345,7 @@ def shared(tmp_path_factory):
     """tiny with a one-day deadline: the baseline (batch 8), batch 64, batch 256, and batch 256 at max_lr 1e6."""
     folder = tmp_path_factory.mktemp("shared")
     space = folder / "space.yaml"
-    space.write_text("knobs: {batch_size: [8, 64, 256], max_lr: [0.01, 1.0e+6]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [8, 64, 256], max_lr: [0.01, 1.0e+6]}\n")
     storage = _storage(folder)
     options = _options(storage, space, deadline_seconds=DAY)
     search(options)
@@ -364,14 +374,15 @@ def test_export_best_generous_deadline_fits(shared):
     chosen = shared["study"].trials[document["provenance"]["trial"]]
     assert document["full_run"]["fits_deadline"] is True
     assert document["full_run"]["deadline_seconds"] == DAY
-    assert document["full_run"]["epochs"] == TINY_EPOCHS
+    assert document["full_run"]["recipe_epochs"] == TINY_EPOCHS
+    assert document["full_run"]["epochs"] == pytest.approx(TINY_EPOCHS * document["progress"]["samples_factor"])
     assert document["full_run"]["dataset_size"] == TINY_DATASET
     # At the chosen trial's figure: re-measured side by side with the baseline when the search did so.
     paired = _study(shared["storage"]).user_attrs.get("paired") or {}
     rate = paired["samples_per_second"] if paired.get("trial") == chosen.number else None
-    assert document["full_run"]["projected_seconds"] == pytest.approx(
-        Budgets(epochs=TINY_EPOCHS).project(chosen.user_attrs, rate)
-    )
+    study = _study(shared["storage"])
+    budgets = Budgets.from_json(_records.read_setup(study)["budgets"]).with_noise_scale(study.trials)
+    assert document["full_run"]["projected_seconds"] == pytest.approx(budgets.project(chosen.user_attrs, rate))
     assert not any(line.startswith("no config fits") for line in document["selection"]["explanation"])
 
 
@@ -421,7 +432,13 @@ def test_divergence_guard_non_positive_first_loss_disables_the_factor():
 def test_export_best_never_exports_a_diverged_trial(shared, prefer):
     document = export_best("tiny", shared["storage"], prefer=prefer).document
     assert document["provenance"]["trial"] != 3
-    assert document["config"]["max_lr"] == 0.01
+    # The recipe's 0.01, or the rate a recipe check kept for a changed batch: never the trial's 1e6.
+    progress = document["progress"]
+    assert document["config"]["max_lr"] == progress["max_lr"]
+    if progress["effective_batch"] == 8:
+        assert progress["max_lr"] == 0.01
+    else:
+        assert progress["recipe_check"]["kept"] is True
 
 
 def test_export_best_verify_remeasures_the_top_and_the_baseline(shared):
@@ -431,8 +448,12 @@ def test_export_best_verify_remeasures_the_top_and_the_baseline(shared):
         on_verify_run=lambda index, rounds, candidate, rate: runs.append((index, rounds, candidate.number, rate)),
     )
     verified = export.document["selection"]["verified"]
-    feasible = _records.feasible_trials(shared["study"].trials)
-    top = [t.number for t in sorted(feasible, key=_records.throughput, reverse=True)[:2]]
+    # The candidates: trials at the recipe's effective batch, and any other a recipe check kept.
+    study = _study(shared["storage"])
+    kept = {check.trial for check in recipe_check.stored_checks(study) if check.kept}
+    feasible = [t for t in _records.feasible_trials(study.trials)
+                if t.user_attrs["config"]["batch_size"] == 8 or t.number in kept]
+    top = [t.number for t in sorted(feasible, key=_records.throughput, reverse=True)[:2]]  # the study's objective
     expected = top + ([0] if 0 not in top else [])
     assert [entry["trial"] for entry in verified] == expected
     assert 0 in [entry["trial"] for entry in verified]  # the baseline is always re-measured
@@ -455,7 +476,7 @@ def baseline_first(tmp_path_factory):
     """tiny at batch 8: the baseline (no DataLoader workers) and one worker, slower on 8-float samples."""
     folder = tmp_path_factory.mktemp("baseline_first")
     space = folder / "space.yaml"
-    space.write_text("knobs: {batch_size: [8], num_workers: [0, 1]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [8], num_workers: [0, 1]}\n")
     storage = _storage(folder)
     options = _options(storage, space)
     search(options)
@@ -479,7 +500,7 @@ def test_export_best_baseline_kept_unless_beaten_beyond_noise(baseline_first):
 
 
 def test_search_timeout_stops_a_hanging_trial(space_file, storage_url, fast_measure):
-    space = space_file("knobs: {batch_size: [8, 24]}\n")  # misbehaving hangs at batch 24
+    space = space_file("effective_batch: free\nknobs: {batch_size: [8, 24]}\n")  # misbehaving hangs at batch 24
     storage = storage_url
     options = _options(storage, space, workload=workload_spec("misbehaving"), measure=fast_measure)
     first = search(options)
@@ -541,3 +562,69 @@ def test_verify_goes_on_past_its_rounds_until_enough(shared):
     settled = verify(candidates, setup, rounds=2, max_rounds=5, enough=lambda figures: len(figures) == 2)
     assert [len(entry["samples_per_second"]) for entry in settled.rounds] == [2, 2]
     assert {c.number for c in settled.candidates} == {0, 1}
+
+
+# --- the recipe's effective batch ----------------------------------------------------------------------
+
+HELD_SPACE = "knobs: {batch_size: {low: 2, high: 512, log: true}, num_workers: [0, 1]}\n"
+
+
+def test_search_keeps_the_recipes_effective_batch_in_every_trial_by_default(storage_url, space_file):
+    """A baseline of {"batch_size": 12} that sets no effective batch: every trial steps 12 samples at a time,
+    the micro-batch a divisor of 12 and accumulation_steps following it."""
+    options = _options(storage_url, space_file(HELD_SPACE), workload=workload_spec("twelve"), n_trials=5)
+    plan = plan_search(options)
+    assert plan.space.knobs["batch_size"].choices == (2, 3, 4, 6, 12)
+    assert plan.notes[:2] == [
+        "the recipe's effective batch 12 is kept in every trial (--effective-batch free releases it)",
+        "effective batch 12: batch_size from [2, 3, 4, 6, 12], accumulation_steps derived",
+    ]
+    search(options)
+    study = _study(storage_url, "tiny.twelve")
+    configs = [t.user_attrs["config"] for t in study.trials if "config" in t.user_attrs]
+    assert len(configs) == 5
+    assert {c["batch_size"] * c["accumulation_steps"] for c in configs} == {12}
+    assert _records.read_setup(study)["budgets"]["baseline_effective_batch"] == 12
+    # The baseline measured the gradient noise scale, for the export to state.
+    baseline = study.trials[0]
+    assert baseline.user_attrs["noise"]["groups"] >= 4
+    assert baseline.user_attrs["noise_scale"] > 0
+    progress = export_best("tiny.twelve", storage_url).document["progress"]
+    assert (progress["effective_batch"], progress["recipe_effective_batch"], progress["samples_factor"]) == (12, 12, 1.0)
+    assert progress["noise_scale"] > 0
+
+
+def test_plan_search_free_effective_batch_says_so(storage_url, space_file):
+    plan = plan_search(_options(storage_url, space_file(HELD_SPACE), workload=workload_spec("twelve"),
+                                effective_batch="free"))
+    assert plan.space.knobs["batch_size"].low == 2 and plan.space.effective_batch is None
+    assert plan.notes[0] == (
+        "--effective-batch free: trials may change the recipe's 12 samples per optimizer step; one that does is "
+        "ranked by the time to the recipe's progress (gradient noise scale) and exported only once a run to that "
+        "progress is checked against the recipe's")
+    assert plan.budgets.baseline_effective_batch == 12
+
+
+def test_plan_search_space_file_can_free_the_effective_batch(storage_url, space_file):
+    space = space_file("effective_batch: free\n" + HELD_SPACE)
+    plan = plan_search(_options(storage_url, space, workload=workload_spec("twelve")))
+    assert plan.space.knobs["batch_size"].low == 2 and plan.space.effective_batch is None
+    assert plan.notes[0].startswith(f"{space}: effective_batch free: trials may change the recipe's 12 samples")
+    assert "effective_batch" not in plan.requested_space
+
+
+def test_plan_search_recipe_batch_no_choice_divides_is_refused_saying_why(storage_url, space_file):
+    space = space_file("knobs: {batch_size: [16, 32]}\n")
+    with pytest.raises(SearchSpaceError) as caught:
+        plan_search(_options(storage_url, space, workload=workload_spec("twelve")))
+    assert str(caught.value) == (
+        f"{space}: no batch_size in [16, 32] divides the effective batch 12, the recipe's, which every trial keeps "
+        "(--effective-batch free releases it)")
+
+
+def test_plan_search_effective_batch_other_than_the_recipes_says_what_follows(storage_url, space_file):
+    plan = plan_search(_options(storage_url, space_file(HELD_SPACE), workload=workload_spec("twelve"),
+                                effective_batch=48))
+    assert plan.notes[0] == ("--effective-batch: effective batch 48, not the recipe's 12: every trial is projected "
+                             "to the recipe's progress (gradient noise scale), and max_lr follows the batch")
+    assert plan.budgets.baseline_effective_batch == 12

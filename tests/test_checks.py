@@ -100,3 +100,53 @@ def test_repeated_errors_need_three_failures_with_one_message():
     different = RepeatedErrors()
     for number, reason in enumerate(["A", "B", "A"]):
         assert not different.add(number, "error", reason)
+
+
+# --- an optimizer that wants a closure it was not told about ----------------------------------------
+
+
+def test_search_steps_a_sam_optimizer_with_a_closure_when_the_workload_does_not_say_so(storage_url, fast_measure):
+    """SAM as users write it asserts that its step got a closure: the first step finds that, runs it with
+    one, and every trial steps it so, with no trial error; the note says why."""
+    notes = []
+
+    class Listener(SearchListener):
+        def on_plan(self, plan) -> None:
+            notes.extend(plan.notes)
+
+    options = SearchOptions(workload=workload_spec("unflagged", "sam.py"), storage=storage_url, n_trials=3,
+                            measure=fast_measure, seed=0, lr_find=False, effective_batch="free")
+    search(options, Listener())
+    study = optuna.load_study(study_name="sam.unflagged", storage=storage_url)
+    assert [t.user_attrs.get("status") for t in study.trials if t.user_attrs.get("status") == "error"] == []
+    assert study.trials[0].user_attrs["status"] == "ok"
+    assert study.user_attrs["step_closure"] is True
+    assert ("the optimizer's step failed without a closure (AssertionError: SAM requires a closure at sam.py:46) "
+            "and ran with one: every trial and the full run step it with a closure that re-evaluates the loss "
+            "(as Workload(step_closure=True) does)") in notes
+
+
+def test_export_and_train_step_the_found_closure(storage_url, fast_measure, tmp_path):
+    from autotune.export import export_best
+    from autotune.full_run import TrainOptions, train
+
+    search(SearchOptions(workload=workload_spec("unflagged", "sam.py"), storage=storage_url, n_trials=1,
+                         measure=fast_measure, seed=0, lr_find=False))
+    out = tmp_path / "best.yaml"
+    document = export_best("sam.unflagged", storage_url, out).document
+    assert document["provenance"]["step_closure"] is True
+    record = train(TrainOptions(config=out, steps=5, checkpoint_dir=tmp_path / "ck", checkpoint_every_seconds=None,
+                                write_back=False))
+    assert (record.status, record.steps) == ("finished", 5)
+
+
+def test_search_optimizer_step_failing_with_a_closure_too_is_refused_naming_the_flag(storage_url, fast_measure):
+    options = SearchOptions(workload=workload_spec("broken_step", "sam.py"), storage=storage_url, n_trials=1,
+                            measure=fast_measure, lr_find=False)
+    with pytest.raises(WorkloadError) as info:
+        search(options)
+    assert str(info.value) == (
+        f"workload {options.workload!r}: RuntimeError: the optimizer's state is corrupt at sam.py:102 (its first "
+        "training step, at the baseline's batch_size 16); it failed inside optimizer.step(), and with a closure "
+        "too (Workload.step_closure)")
+    assert not Path(storage_url.removeprefix("sqlite:///")).exists()

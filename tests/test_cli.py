@@ -25,7 +25,7 @@ def searched(tmp_path_factory):
     """`autotune search` of tiny with three trials, and the storage it wrote."""
     folder = tmp_path_factory.mktemp("cli")
     space = folder / "space.yaml"
-    space.write_text("knobs: {batch_size: [32, 64]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [32, 64]}\n")
     storage = f"sqlite:///{folder / 'studies' / 'cli.db'}"
     result = run_cli(
         "search", "--workload", workload_spec(), "--space", str(space), "--trials", "3", "--storage", storage,
@@ -111,7 +111,7 @@ def test_cli_search_zero_trials_is_oneerror_line():
 
 def test_cli_search_unreachable_storage_cannot_connect(tmp_path):
     space = tmp_path / "space.yaml"
-    space.write_text("knobs: {batch_size: [8, 16]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [8, 16]}\n")
     url = "postgresql://nobody:hunter2@127.0.0.1:1/none"
     line = error_line(run_cli("search", "--workload", workload_spec(), "--space", str(space), "--storage", url))
     assert line.startswith("Error: storage postgresql://nobody:***@127.0.0.1:1/none: cannot connect: ")
@@ -137,7 +137,9 @@ def test_cli_search_prints_one_line_per_trial_and_the_best(searched):
     assert "3 trial(s) run; study tiny now has: 3 ok" in lines
     best = [line for line in lines if line.startswith("best: ")]
     assert len(best) == 1
-    assert re.fullmatch(r"best: trial #[12] at \d+\.\d samples/s, \d+\.\d\dx the baseline \(trial #0\)", best[0])
+    # Batches 32 and 64 change the recipe's 8: the best is the one the recipe check keeps, else the baseline.
+    assert re.fullmatch(r"best: trial #[012] at \d+\.\d samples/s, \d+\.\d\dx the baseline \(trial #0\)", best[0])
+    assert any(line.startswith("note: recipe check (sqrt max_lr ") for line in lines), result.output
     assert lines[-1] == "export it with: autotune export-best --study tiny"
 
 
@@ -185,7 +187,7 @@ def test_cli_export_best_empty_storage_is_oneerror_line(tmp_path):
 
 def test_cli_search_zero_windows_is_oneerror_line(tmp_path):
     space = tmp_path / "space.yaml"
-    space.write_text("knobs: {batch_size: [8, 16]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [8, 16]}\n")
     result = run_cli("search", "--workload", workload_spec(), "--space", str(space), "--trials", "1",
                   "--storage", f"sqlite:///{tmp_path}/x.db", "--windows", "0", "--warmup-steps", "1", "--no-lr-find")
     assert "--windows" in error_line(result)

@@ -24,7 +24,7 @@ def finished(tmp_path_factory):
     """A finished study of tiny: the baseline (batch 8) and batch 256, the fastest."""
     folder = tmp_path_factory.mktemp("cli_lr")
     space = folder / "space.yaml"
-    space.write_text("knobs: {batch_size: [8, 256]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [8, 256]}\n")
     storage = f"sqlite:///{folder / 'studies' / 'cli_lr.db'}"
     options = SearchOptions(
         workload=workload_spec(), storage=storage, space=space, n_trials=1, measure=FAST, seed=0,

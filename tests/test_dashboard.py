@@ -51,7 +51,7 @@ def dashboard(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("dashboard")
     space = folder / "space.yaml"
-    space.write_text("knobs: {batch_size: [16, 64]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [16, 64]}\n")
     storage = f"sqlite:///{folder / 'studies' / 'dashboard.db'}"
     search(SearchOptions(workload=workload_spec(), storage=storage, space=space, n_trials=2, measure=FAST, seed=0,
                          slow_fraction=0.0, lr_find=False))
@@ -102,10 +102,11 @@ def test_dashboard_study_detail_shows_per_window_projections(dashboard):
     attrs = {attr["key"]: attr["value"] for attr in searched["user_attrs"]}
     assert detail["has_intermediate_values"] is True
     assert [point["step"] for point in searched["intermediate_values"]] == [0, 1]
-    samples = float(attrs["dataset_size"]) * 2  # tiny's two epochs, at each window's samples/s
-    assert [point["value"] for point in searched["intermediate_values"]] == pytest.approx(
-        [samples / rate for rate in json.loads(attrs["window_samples_per_second"])], rel=1e-4
-    )
+    # tiny's two epochs at each window's samples/s, x one factor: the samples to the recipe's progress.
+    samples = float(attrs["dataset_size"]) * 2
+    rates = json.loads(attrs["window_samples_per_second"])
+    factors = [point["value"] * rate / samples for point, rate in zip(searched["intermediate_values"], rates)]
+    assert factors == pytest.approx([factors[0]] * len(factors), rel=1e-4)
     assert [trial["number"] for trial in detail["best_trials"]] in ([0], [1])
 
 

@@ -24,7 +24,7 @@ def finished_study(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("dashboard")
     space = folder / "space.yaml"
-    space.write_text("knobs:\n  batch_size: [8, 32]\n")
+    space.write_text("effective_batch: free\nknobs:\n  batch_size: [8, 32]\n")
     storage = f"sqlite:///{folder / 'studies.db'}"
     search(
         SearchOptions(

@@ -30,15 +30,16 @@ FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished study of tiny: the baseline (batch 8) and one batch-256 trial, several times faster."""
+    """A finished study of tiny whose recipe accumulates 32 micro-batches of 8: the baseline and one trial
+    of the same effective batch in one micro-batch of 256, several times faster."""
     folder = tmp_path_factory.mktemp("export")
     space = folder / "space.yaml"
     space.write_text("knobs: {batch_size: [8, 256]}\n")
     storage = f"sqlite:///{folder / 'studies' / 'export.db'}"
     # A long full run (1000 epochs): its steady part, not the trials' second of warm-up, decides.
     options = SearchOptions(
-        lr_find=False, epochs=1000,
-        workload=workload_spec(), storage=storage, space=space, n_trials=1, measure=FAST, seed=0, slow_fraction=0.0
+        lr_find=False, epochs=1000, study_name="tiny", workload=workload_spec("accumulating"), storage=storage,
+        space=space, n_trials=1, measure=FAST, seed=0, slow_fraction=0.0
     )
     search(options)  # the baseline
     optuna.load_study(study_name="tiny", storage=storage).enqueue_trial({"batch_size": 256})
@@ -60,7 +61,7 @@ def test_export_best_document_has_config_measured_and_provenance(finished):
         assert key in provenance, key
     assert provenance["study"] == "tiny"
     assert provenance["storage"] == finished["storage"]
-    assert provenance["workload"] == workload_spec()
+    assert provenance["workload"] == workload_spec("accumulating")
     assert provenance["device"] == "cpu"
     assert provenance["torch_version"] == torch.__version__
     assert provenance["optuna_version"] == optuna.__version__
@@ -78,6 +79,8 @@ def test_export_best_exports_the_fastest_feasible_trial_beyond_noise(finished):
     assert provenance["trial"] == fastest.number
     assert export.document["config"] == fastest.user_attrs["config"]
     assert export.config == TrainConfig.from_dict(fastest.user_attrs["config"])
+    assert (fastest.user_attrs["config"]["accumulation_steps"], finished["study"].trials[0].user_attrs["config"][
+        "accumulation_steps"]) == (1, 32)  # the recipe's effective batch, in one micro-batch
     # The search re-measured the winner beside the baseline at its end: the export takes those figures.
     paired = finished["study"].user_attrs["paired"]
     assert paired["trial"] == fastest.number
@@ -176,7 +179,7 @@ def test_export_best_with_no_feasible_trial_names_the_study_and_status_counts(st
     search(
         SearchOptions(
             lr_find=False,
-            workload=workload_spec(), storage=storage_url, space=space_file("knobs: {batch_size: [8, 16]}\n"),
+            workload=workload_spec(), storage=storage_url, space=space_file("effective_batch: free\nknobs: {batch_size: [8, 16]}\n"),
             n_trials=1, measure=fast_measure, seed=0, max_memory_bytes=1 * MiB,  # nothing fits in 1 MiB
         )
     )
@@ -232,8 +235,7 @@ def test_export_best_keeps_the_baseline_when_the_gain_is_within_noise(storage_ur
         "fastest: trial #1, the highest throughput (1040.0 samples/s)",
         "no faster config found: trial #1 is +4.0% against the baseline, within the measured noise (±14.1%); "
         "exporting the baseline (trial #0)",
-        "max_lr 0.001 as the trial ran it: no LR range test covers this effective batch and precision "
-        "(run 'autotune lr-find --study noisy --trial 0')",
+        "max_lr 0.001, the recipe's",
     ]
     assert export.document["provenance"]["speedup_over_baseline"] == 1.0
 
@@ -331,3 +333,91 @@ def test_export_best_takes_a_single_figure_beyond_the_noise_of_the_re_measured_w
     assert export.document["provenance"]["trial"] == 1
     assert not any("re-measured beside the baseline at the end of the search, is kept" in line
                    for line in export.explanation)
+
+
+def _setup_attrs(study: optuna.Study, *, free: bool = True) -> None:
+    """The setup a search records: the recipe (batch 8 at max_lr 0.001), its budgets, the space."""
+    study.set_user_attr("baseline", TrainConfig(batch_size=8, max_lr=1e-3).to_dict())
+    study.set_user_attr("budgets", {"epochs": 2.0, "baseline_effective_batch": 8})
+    study.set_user_attr("space", {"batch_size": [8, 64]} if free else {"batch_size": 8, "effective_batch": 8})
+    study.set_user_attr("objective", "throughput")
+    study.set_user_attr("workload", "tiny.py:workload")
+
+
+def _noise(value: float) -> dict:
+    return {"noise": {"gradient_sq": [1.0] * 3, "trace": [value] * 3}}
+
+
+def test_export_best_a_changed_batch_needs_a_kept_recipe_check(storage_url):
+    """Batch 64 measures 4x the baseline's throughput; without a recipe check the recipe's batch is exported,
+    saying why; once a check keeps it at its rule's max_lr, it is exported with the progress it changes."""
+    from autotune import recipe_check
+
+    study = _recorded_study(
+        storage_url, "progress",
+        (TrialState.COMPLETE, {**_attrs(8, 1000.0, 0.01, baseline=True), **_noise(56.0)}),
+        (TrialState.COMPLETE, {**_attrs(64, 4000.0, 0.01), "adaptive_optimizer": True}),
+    )
+    _setup_attrs(study)
+    export = export_best("progress", storage_url)
+    assert export.document["provenance"]["trial"] == 0
+    assert "1 trial at another effective batch than the recipe's 8 (#1) is not exported without a recipe check " \
+           "that keeps it" in export.explanation
+
+    scaled = 1e-3 * (64 / 8) ** 0.5  # AdamW: the square-root rule
+    trial = study.trials[1]
+    recipe_check.store(study, recipe_check.RecipeCheck(
+        trial=1, config={**trial.user_attrs["config"], "max_lr": scaled}, recipe_config=study.trials[0].user_attrs[
+            "config"], effective_batch=64, recipe_effective_batch=8, noise_scale=56.0, samples_factor=1.875,
+        steps=30, recipe_steps=128, seeds=[1, 2, 3], losses=[0.5, 0.5, 0.5], recipe_losses=[0.5, 0.51, 0.49],
+        kept=True, reason="no worse within the seed spread", seconds=1.0, recipe_trial=0))
+    export = export_best("progress", storage_url)
+    document = export.document
+    assert document["provenance"]["trial"] == 1
+    assert document["config"]["max_lr"] == pytest.approx(scaled)
+    progress = document["progress"]
+    # B_noise 56: from 8 to 64 samples per step takes (1 + 64/56) / (1 + 8/56) = 1.875x the samples.
+    assert progress["samples_factor"] == pytest.approx(1.875)
+    assert (progress["effective_batch"], progress["recipe_effective_batch"]) == (64, 8)
+    assert (progress["recipe_steps"], progress["steps"]) == (512 * 2 // 8, int(512 * 2 * 1.875 // 64))
+    assert progress["noise_scale"] == pytest.approx(56.0)
+    assert progress["lr_rule"] == "sqrt" and progress["recipe_max_lr"] == 1e-3
+    assert progress["changes"] == ["effective batch 64 (the recipe's 8)", f"max_lr {scaled:.3g} (the recipe's 0.001)"]
+    assert progress["recipe_check"]["kept"] is True
+    assert document["full_run"]["epochs"] == pytest.approx(2.0 * 1.875)
+    assert document["full_run"]["recipe_epochs"] == 2.0
+    assert document["one_cycle"]["total_steps"] == int(512 // 64 * 2 * 1.875)
+    assert export.explanation[-1] == f"max_lr {scaled:.3g}, checked against the recipe: no worse within the seed spread"
+    assert export.explanation[-2].startswith(
+        "effective batch 64 instead of the recipe's 8: 1.88x the samples to the recipe's progress (gradient noise "
+        "scale 56 ± 0 samples (3 groups of micro-batches)), 30 optimizer steps instead of 128; the full run to "
+        "that progress projects ")
+    payoff = document["payoff"]
+    assert payoff["samples_factor"] == pytest.approx(1.875)
+    assert payoff["time_speedup"] == pytest.approx(payoff["baseline_projected_seconds"] / payoff["projected_seconds"])
+    assert payoff["line"].startswith("4.00x the baseline's throughput at 4000.0 samples/s, with 1.88x its samples "
+                                     "to the recipe's progress: the full run projects ")
+
+
+def test_export_best_faster_per_sample_but_slower_to_the_same_progress_loses_saying_why(storage_url):
+    """Batch 64 at 2x the throughput, but the noise scale (4 samples) makes it need 6x the samples."""
+    from autotune import recipe_check
+
+    study = _recorded_study(
+        storage_url, "slower",
+        (TrialState.COMPLETE, {**_attrs(8, 1000.0, 0.01, baseline=True), **_noise(4.0)}),
+        (TrialState.COMPLETE, _attrs(64, 2000.0, 0.01)),
+    )
+    _setup_attrs(study)
+    study.set_user_attr("objective", "time")
+    recipe_check.store(study, recipe_check.RecipeCheck(
+        trial=1, config={**study.trials[1].user_attrs["config"], "max_lr": 1e-3 * 8**0.5},
+        recipe_config=study.trials[0].user_attrs["config"], effective_batch=64, recipe_effective_batch=8,
+        noise_scale=4.0, samples_factor=17 / 3, steps=1, recipe_steps=1, seeds=[1], losses=[0.5], recipe_losses=[0.5],
+        kept=True, reason="kept", seconds=1.0, recipe_trial=0))
+    export = export_best("slower", storage_url)
+    assert export.document["provenance"]["trial"] == 0
+    assert any(line.startswith("trial #1 has the highest steady throughput (2000.0 samples/s, +100%), but with its "
+                               "effective batch 64 needing 5.67x the recipe's samples to reach its progress "
+                               "(gradient noise scale 4) the full run projects ") for line in export.explanation), \
+        export.explanation

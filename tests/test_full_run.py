@@ -29,7 +29,8 @@ CONFIG = TrainConfig(batch_size=16, max_lr=0.01)  # tiny's 512 points: 32 steps 
 
 
 def write_export(folder: Path, *, config: TrainConfig = CONFIG, measured: dict | None = None,
-                 full_run: dict | None = None, provenance: dict | None = None, name: str = "best.yaml") -> Path:
+                 full_run: dict | None = None, provenance: dict | None = None, name: str = "best.yaml",
+                 progress: dict | None = None) -> Path:
     """An export-best document with the sections autotune train reads."""
     document = {
         "config": config.to_dict(),
@@ -42,6 +43,8 @@ def write_export(folder: Path, *, config: TrainConfig = CONFIG, measured: dict |
         "provenance": {"study": None, "storage": None, "trial": None, "workload": TINY, "device": "cpu",
                        **(provenance or {})},
     }
+    if progress is not None:
+        document["progress"] = progress
     path = folder / name
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
@@ -344,3 +347,53 @@ def test_train_no_write_back_leaves_the_study_alone(tmp_path, storage_url):
     train(options(tmp_path, export, steps=2, write_back=False), listener)
     assert listener.notes == []
     assert optuna.load_study(study_name="tiny", storage=storage_url).user_attrs == {}
+
+
+# --- the recipe's progress at another effective batch ------------------------------------------------
+
+LARGER = TrainConfig(batch_size=64, max_lr=0.03)  # 8 steps per epoch of tiny's 512 points
+PROGRESS = {"recipe_effective_batch": 16, "effective_batch": 64, "samples_factor": 1.5}
+
+
+def test_train_same_progress_scales_the_recipes_epochs_by_the_samples_factor(tmp_path):
+    export = write_export(tmp_path, config=LARGER, progress=PROGRESS)
+    recorder = Recorder()
+    record = train(options(tmp_path, export, epochs=2, same_progress=True), recorder)
+    # The recipe's 2 epochs are 3 at batch 64: 24 steps.
+    assert (record.steps, record.stop, record.samples_factor) == (24, "epochs", 1.5)
+    assert any(note.startswith("--same-progress: 2 of the recipe's epochs are 3 at effective batch 64") for note in
+               recorder.notes), recorder.notes
+
+
+def test_train_same_progress_scales_the_recipes_steps_to_this_batch(tmp_path):
+    export = write_export(tmp_path, config=LARGER, progress=PROGRESS)
+    record = train(options(tmp_path, export, steps=40, same_progress=True))
+    # 40 of the recipe's steps of 16 samples, x 1.5 to its progress, are 15 steps of 64.
+    assert (record.steps, record.target_steps, record.samples_factor) == (15, 15, 1.5)
+
+
+def test_train_without_same_progress_runs_the_length_given(tmp_path):
+    export = write_export(tmp_path, config=LARGER, progress=PROGRESS)
+    record = train(options(tmp_path, export, epochs=2))
+    assert (record.steps, record.samples_factor) == (16, None)
+
+
+def test_train_same_progress_needs_the_exports_progress_section(tmp_path):
+    with pytest.raises(UsageError) as caught:
+        train(options(tmp_path, write_export(tmp_path), epochs=1, same_progress=True))
+    assert str(caught.value) == (f"--same-progress needs the export's progress: section, and {tmp_path / 'best.yaml'} "
+                                 "has none (write it with autotune export-best)")
+
+
+def test_train_same_progress_with_time_is_refused():
+    with pytest.raises(UsageError) as caught:
+        TrainOptions(time_seconds=60.0, same_progress=True)
+    assert str(caught.value) == "--same-progress scales --epochs or --steps to the recipe's progress, not --time"
+
+
+def test_train_record_holds_the_loss_curve(tmp_path):
+    record = train(options(tmp_path, bare_config(tmp_path), steps=20))
+    assert [point["step"] for point in record.curve] == list(range(1, 21))  # 20 steps: a point each
+    assert all(math.isfinite(point["loss"]) for point in record.curve)
+    seconds = [point["seconds"] for point in record.curve]
+    assert seconds == sorted(seconds) and seconds[-1] <= record.seconds

@@ -10,6 +10,8 @@ import optuna
 import pytest
 
 import autotune.lr_find as lr_find_module
+from autotune import _records, recipe_check
+from autotune.budget import Budgets
 from autotune.config import TrainConfig
 from autotune.exceptions import StudyError
 from autotune.export import export_best
@@ -155,7 +157,7 @@ def fake_sweeps(monkeypatch, edge: float = 0.1, power: float = 2.0) -> list[floa
     centres: list[float] = []
 
     def sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed,
-              deadline=None):
+              deadline=None, step_closure=None):
         centres.append(centre_lr)
         lrs, losses, best, stopped = [], [], math.inf, False
         for index in range(steps):
@@ -380,11 +382,15 @@ def test_stored_result_not_for_another_effective_batch(tested_study):
     assert stored_result(study, {**config, "accumulation_steps": 2}) is None
 
 
-def test_export_best_uses_the_stored_range_test(tested_study):
+def test_export_best_takes_the_range_tests_max_lr_only_once_a_recipe_check_kept_it(tested_study):
     result = tested_study["result"]
+    study = _reloaded(tested_study)
+    assert result.max_lr != 0.01
     export = export_best("tiny", tested_study["storage"])
-    assert export.config.max_lr == result.max_lr
-    assert export.document["one_cycle"]["max_lr"] == result.max_lr
+    assert export.config.max_lr == 0.01  # the recipe's: no recipe check has run on the range test's rate
+    assert export.explanation[-1] == (
+        f"max_lr 0.01, the recipe's: the LR range test's {result.max_lr:.3g} is not exported, as no recipe check "
+        "ran on it")
     section = export.document["lr_find"]
     assert {key: section[key] for key in ("trial", "suggestion", "lr_at_min_loss", "lr_steepest", "rule")} == {
         "trial": 0,
@@ -396,8 +402,21 @@ def test_export_best_uses_the_stored_range_test(tested_study):
     assert section["check"]["kept"] == result.check["kept"]
     assert section["check"]["scaled_base_lr"] == 0.01  # the same effective batch as the baseline
     assert len(section["check"]["suggested_losses"]) == CHECK_STEPS
-    assert section["exported_max_lr"] == result.max_lr
-    assert export.explanation[-1].startswith(f"max_lr {result.max_lr:.3g}")
+    assert section["exported_max_lr"] == 0.01
+
+    trial = study.trials[0]
+    check = recipe_check.run_check(_records.read_setup(study), trial, trial, result.max_lr,
+                                   Budgets.from_json(_records.read_setup(study)["budgets"]))
+    assert check.kept, check.reason
+    recipe_check.store(study, check)
+    try:
+        export = export_best("tiny", tested_study["storage"])
+    finally:
+        study.set_user_attr(f"recipe_check.0@{result.max_lr:.6g}", None)  # Optuna deletes no user attribute
+    assert export.config.max_lr == result.max_lr
+    assert export.document["one_cycle"]["max_lr"] == result.max_lr
+    assert export.document["lr_find"]["exported_max_lr"] == result.max_lr
+    assert export.explanation[-1] == f"max_lr {result.max_lr:.3g}, checked against the recipe: {check.reason}"
 
 
 def test_lr_find_for_trial_checks_the_suggestion_against_the_scaled_base_lr(tested_study):
@@ -442,10 +461,7 @@ def test_export_best_exports_the_scaled_base_lr_when_the_check_rejects_the_sugge
         study.set_user_attr("lr_find", stored)
     assert export.config.max_lr == 0.01
     assert export.document["lr_find"]["check"]["kept"] is False
-    assert export.explanation[-1] == (
-        f"max_lr 0.01, the workload's base_lr scaled to the effective batch: the LR range test's "
-        f"{data['suggestion']:.3g} was not kept (max_lr 9 diverged in 40 steps of the exported schedule)"
-    )
+    assert export.explanation[-1] == "max_lr 0.01, the recipe's"
 
 
 def test_lr_find_for_trial_unknown_trial_is_a_study_error(tested_study):

@@ -18,7 +18,7 @@ from conftest import workload_spec
 
 KNOBS = workload_spec(file="knobs.py")
 # The baseline (batch 8, dataset.length 8) is one of the grid's points; length 8192 is ~10x slower per sample.
-GRID_SPACE = "knobs:\n  batch_size: [8, 16]\n  dataset.length: [8, 8192]\n"
+GRID_SPACE = "effective_batch: free\nknobs:\n  batch_size: [8, 16]\n  dataset.length: [8, 8192]\n"
 
 
 def _options(storage_url: str, space: Path, fast_measure, **extra) -> SearchOptions:
@@ -54,14 +54,14 @@ def test_with_pruning_the_slow_grid_points_are_cut(storage_url, space_file, fast
 
 
 def test_random_sampler_samples_the_space(storage_url, space_file, fast_measure):
-    space = space_file("knobs:\n  batch_size: [8, 16, 32, 64]\n")
+    space = space_file("effective_batch: free\nknobs:\n  batch_size: [8, 16, 32, 64]\n")
     result = search(_options(storage_url, space, fast_measure, sampler="random", pruning=False, n_trials=5))
     assert result.trials_run == 5
     assert set(b for b, _ in _configs(storage_url, result.study_name)) <= {8, 16, 32, 64}
 
 
 def test_a_grid_over_a_range_is_refused_before_anything_is_created(tmp_path, space_file):
-    space = space_file("knobs:\n  batch_size: {low: 8, high: 64}\n  num_workers: [0, 1]\n")
+    space = space_file("effective_batch: free\nknobs:\n  batch_size: {low: 8, high: 64}\n  num_workers: [0, 1]\n")
     db = tmp_path / "grid.db"
     result = CliRunner().invoke(main, ["search", "--workload", KNOBS, "--space", str(space), "--sampler", "grid",
                                        "--storage", f"sqlite:///{db}"])
@@ -89,7 +89,7 @@ class _Plans(SearchListener):
 
 def test_the_batch_range_follows_the_dataset(storage_url, space_file, fast_measure, tiny_spec):
     """tests/workloads/tiny.py has 512 samples: batch sizes above it are not sampled, with a note."""
-    space = space_file("knobs:\n  batch_size: {low: 256, high: 8192, log: true}\n")
+    space = space_file("effective_batch: free\nknobs:\n  batch_size: {low: 256, high: 8192, log: true}\n")
     listener = _Plans()
     options = SearchOptions(workload=tiny_spec, storage=storage_url, space=str(space), measure=fast_measure, seed=0,
                             lr_find=False, objective="throughput", sampler="random", pruning=False, n_trials=5)
@@ -109,7 +109,7 @@ def test_choices_above_the_dataset_are_dropped_and_none_left_is_refused(storage_
                                                                        tiny_spec):
     from autotune.space import load_space
 
-    space = load_space(space_file("knobs:\n  batch_size: [8, 64, 1024, 4096]\n"))
+    space = load_space(space_file("effective_batch: free\nknobs:\n  batch_size: [8, 64, 1024, 4096]\n"))
     capped, notes = space.cap_batch(512)
     assert capped.knobs["batch_size"].choices == (8, 64)
     assert notes == ["batch_size up to 512: the dataset has 512 samples"]

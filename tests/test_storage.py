@@ -90,7 +90,7 @@ def test_search_on_postgresql_then_load_study(postgres, pg_study, space_file, fa
         SearchOptions(
             lr_find=False,
             workload=workload_spec(), study_name=pg_study, storage=postgres,
-            space=space_file("knobs: {batch_size: [8, 64]}\n"), n_trials=2, measure=fast_measure, seed=0,
+            space=space_file("effective_batch: free\nknobs: {batch_size: [8, 64]}\n"), n_trials=2, measure=fast_measure, seed=0,
             slow_fraction=0.0,
         )
     )
@@ -106,7 +106,7 @@ def test_search_on_postgresql_then_load_study(postgres, pg_study, space_file, fa
 
 def test_search_two_concurrent_processes_share_one_postgresql_study(postgres, pg_study, tmp_path):
     space = tmp_path / "space.yaml"
-    space.write_text("knobs: {batch_size: [8, 16, 32, 64]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [8, 16, 32, 64]}\n")
     command = [
         sys.executable, "-m", "autotune.cli", "search", "--workload", workload_spec(), "--space", str(space),
         "--storage", postgres, "--study", pg_study, "--trials", "2", "--slow-fraction", "0",
@@ -156,7 +156,7 @@ def test_enqueue_baseline_from_processes_starting_together_on_postgresql_enqueue
     for name in names:
         optuna.create_study(study_name=name, storage=postgres)
     space = tmp_path / "space.yaml"
-    space.write_text("knobs: {batch_size: [8, 16]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [8, 16]}\n")
     try:
         processes = [
             subprocess.Popen([sys.executable, "-c", _ENQUEUE_TOGETHER, postgres, workload_spec(), str(space),

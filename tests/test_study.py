@@ -51,7 +51,20 @@ MEASURED_ATTRS = (
 )
 
 # The baseline (tiny: batch 8) is not among these choices; accumulation_steps has a space default.
-SHARED_SPACE = "knobs:\n  batch_size: [16, 32, 64]\n  accumulation_steps: {choices: [1, 2], default: 2}\n"
+SHARED_SPACE = "effective_batch: free\nknobs:\n  batch_size: [16, 32, 64]\n  accumulation_steps: {choices: [1, 2], default: 2}\n"
+
+
+def _kept_recipe_checks(study: optuna.Study, *numbers: int) -> None:
+    """Record a kept recipe check for each trial (as if the search had run one)."""
+    from autotune import recipe_check
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number in numbers:
+        config = trials[number].user_attrs["config"]
+        recipe_check.store(study, recipe_check.RecipeCheck(
+            trial=number, config=config, recipe_config=trials[0].user_attrs["config"], effective_batch=0,
+            recipe_effective_batch=8, noise_scale=None, samples_factor=1.0, steps=1, recipe_steps=1, seeds=[1],
+            losses=[1.0], recipe_losses=[1.0], kept=True, reason="kept", seconds=0.0))
 
 
 def _load(name: str, storage: str) -> optuna.Study:
@@ -139,10 +152,13 @@ def test_search_intermediate_values_hold_per_window_projections(shared):
         windows = trial.user_attrs["window_samples_per_second"]
         assert len(windows) == FAST.windows
         assert sorted(trial.intermediate_values) == list(range(FAST.windows))
-        samples = trial.user_attrs["dataset_size"] * 2  # tiny's two epochs, at each window's rate
-        assert [v for _, v in sorted(trial.intermediate_values.items())] == pytest.approx(
-            [samples / rate for rate in windows], rel=1e-4
-        )
+        # tiny's two epochs at each window's rate, x the samples this trial's effective batch takes to the
+        # recipe's progress (by the noise scale known when it started): one factor for all its windows.
+        samples = trial.user_attrs["dataset_size"] * 2
+        factors = [value * rate / samples for (_, value), rate in zip(sorted(trial.intermediate_values.items()), windows)]
+        assert factors == pytest.approx([factors[0]] * len(factors), rel=1e-4)
+        if _records.effective_batch_of(trial) == 16:  # the recipe's: 8 x 2
+            assert factors[0] == pytest.approx(1.0, rel=1e-4)
 
 
 def test_search_objective_throughput_ranks_by_the_workloads_unit(tmp_path):
@@ -212,7 +228,7 @@ class _StopAtPlan(SearchListener):
 
 
 def test_search_resume_with_identical_options_adds_no_budget_note(storage_url, space_file, monkeypatch):
-    space = space_file("knobs: {batch_size: [8, 16]}\n")
+    space = space_file("effective_batch: free\nknobs: {batch_size: [8, 16]}\n")
     options = SearchOptions(
         workload=workload_spec(), storage=storage_url, space=space, n_trials=1, device="cpu", lr_find=False
     )
@@ -228,7 +244,7 @@ def test_search_resume_with_identical_options_adds_no_budget_note(storage_url, s
         with pytest.raises(_StopAtPlan.Stop):
             search(options, listener)
     assert _load("tiny", storage_url).trials == []  # the listener stopped both before any trial
-    assert listener.notes == []
+    assert [note for note in listener.notes if "effective_batch free" not in note] == []  # no budget note
 
 
 def test_setup_is_complete_only_once_its_workload_is_written_last():
@@ -253,7 +269,7 @@ def test_search_on_a_study_whose_setup_another_process_is_still_writing_records_
     storage_url, space_file
 ):
     """A second `autotune search` that starts while the first is recording the setup must not fail."""
-    space = space_file("knobs: {batch_size: [8, 16]}\n")
+    space = space_file("effective_batch: free\nknobs: {batch_size: [8, 16]}\n")
     options = SearchOptions(
         workload=workload_spec(), storage=storage_url, space=space, n_trials=1, device="cpu", lr_find=False
     )
@@ -270,7 +286,7 @@ def test_search_on_a_study_whose_setup_another_process_is_still_writing_records_
 def test_search_memory_oom_is_pruned_and_larger_batches_are_skipped_without_a_process(
     storage_url, space_file, fast_measure
 ):
-    space = space_file("knobs: {batch_size: [4, 8, 128, 256]}\n")
+    space = space_file("effective_batch: free\nknobs: {batch_size: [4, 8, 128, 256]}\n")
     options = SearchOptions(
         lr_find=False,
         workload=workload_spec("memory_hungry"),
@@ -336,7 +352,7 @@ def _child_processes_with(marker: str) -> list[int]:
 def test_search_isolates_aborts_hangs_exits_and_exceptions(storage_url, space_file, fast_measure, monkeypatch):
     marker = uuid.uuid4().hex
     monkeypatch.setenv("AUTOTUNE_TEST_MARKER", marker)  # inherited by every trial process
-    space = space_file("knobs: {batch_size: [8, 16, 24, 40, 48]}\n")
+    space = space_file("effective_batch: free\nknobs: {batch_size: [8, 16, 24, 40, 48]}\n")
     study = _new_study("tiny.misbehaving", storage_url)
     for batch in (16, 24, 40, 48):
         study.enqueue_trial({"batch_size": batch})
@@ -376,7 +392,7 @@ def test_search_isolates_aborts_hangs_exits_and_exceptions(storage_url, space_fi
 
 
 def test_search_prunes_slow_trials_but_never_the_baseline(storage_url, space_file, fast_measure):
-    space = space_file("knobs: {batch_size: [8, 256]}\n")
+    space = space_file("effective_batch: free\nknobs: {batch_size: [8, 256]}\n")
     study = _new_study("tiny", storage_url)
     study.enqueue_trial({"batch_size": 256})  # fast: sets the bar
     study.enqueue_trial({"batch_size": 8})  # the baseline's config, but not the baseline: judged
@@ -408,7 +424,7 @@ def test_search_prunes_slow_trials_but_never_the_baseline(storage_url, space_fil
 
 
 def test_search_timeout_stops_the_running_trial_as_timeout(storage_url, space_file, fast_measure):
-    space = space_file("knobs: {batch_size: [8, 24]}\n")
+    space = space_file("effective_batch: free\nknobs: {batch_size: [8, 24]}\n")
     study = _new_study("tiny.misbehaving", storage_url)
     study.enqueue_trial({"batch_size": 24})  # hangs in its first step
     result = search(
@@ -438,7 +454,7 @@ def test_search_workload_import_error_raises_before_any_study_or_trial(storage_u
     spec = workload_spec(file="broken_import.py")
     path = spec.rpartition(":")[0]
     with pytest.raises(WorkloadError) as info:
-        search(SearchOptions(workload=spec, storage=storage_url, space=space_file("knobs: {batch_size: [8]}\n")))
+        search(SearchOptions(workload=spec, storage=storage_url, space=space_file("effective_batch: free\nknobs: {batch_size: [8]}\n")))
     assert str(info.value) == f"workload {spec!r}: cannot import {path!r}: No module named 'not_installed_anywhere'"
     assert not Path(storage_url.removeprefix("sqlite:///")).exists()  # the storage was never opened
 
@@ -473,7 +489,7 @@ def test_plan_search_on_cpu_drops_cuda_only_values_with_notes(space_file):
 def test_search_config_that_crashed_its_process_is_not_run_again(storage_url, space_file, fast_measure, monkeypatch):
     marker = uuid.uuid4().hex
     monkeypatch.setenv("AUTOTUNE_TEST_MARKER", marker)
-    space = space_file("knobs: {batch_size: [8, 16]}\n")
+    space = space_file("effective_batch: free\nknobs: {batch_size: [8, 16]}\n")
     study = _new_study("faults.segfaults", storage_url)
     for _ in range(2):
         study.enqueue_trial({"batch_size": 16})  # segfaults
@@ -502,7 +518,7 @@ def test_search_config_that_crashed_its_process_is_not_run_again(storage_url, sp
 def test_search_a_config_proposed_again_is_answered_from_its_measurement_not_run(storage_url, space_file,
                                                                                 fast_measure):
     options = SearchOptions(workload=workload_spec(), storage=storage_url, space=space_file(
-        "knobs: {batch_size: [8, 16]}\n"), n_trials=1, measure=fast_measure, seed=0, lr_find=False)
+        "effective_batch: free\nknobs: {batch_size: [8, 16]}\n"), n_trials=1, measure=fast_measure, seed=0, lr_find=False)
     search(options)  # the baseline, batch 8
     for batch in (16, 16, 8):  # 16 twice, then the baseline's own config
         _load("tiny", storage_url).enqueue_trial({"batch_size": batch})
@@ -527,7 +543,7 @@ def test_search_a_config_proposed_again_is_answered_from_its_measurement_not_run
 
 def test_search_dataloader_worker_killed_by_the_oom_killer_is_oom(storage_url, space_file, fast_measure):
     search(SearchOptions(workload=workload_spec("worker_killed", "faults.py"), storage=storage_url,
-                         space=space_file("knobs: {batch_size: [4]}\n"), n_trials=1, measure=fast_measure,
+                         space=space_file("effective_batch: free\nknobs: {batch_size: [4]}\n"), n_trials=1, measure=fast_measure,
                          lr_find=False))
     [trial] = _load("faults.worker_killed", storage_url).trials
     assert trial.state == TrialState.PRUNED
@@ -575,7 +591,7 @@ def test_plan_search_drops_more_workers_than_cores(monkeypatch, space_file):
 def test_search_remeasures_the_winner_and_the_baseline_side_by_side(storage_url, space_file, fast_measure):
     from autotune.export import export_best
 
-    space = space_file("knobs: {batch_size: [256]}\n")
+    space = space_file("effective_batch: free\nknobs: {batch_size: [256]}\n")
     # Ranked by throughput: tiny's full run is a fraction of a second, so by projected time the two
     # configs differ by less than the noise of their warm-ups, and the baseline is kept.
     result = search(SearchOptions(workload=workload_spec(), storage=storage_url, space=space, n_trials=2,
@@ -613,7 +629,7 @@ def test_paired_remeasurement_is_skipped_when_the_time_budget_is_spent(storage_u
 
     from autotune.study import _paired
 
-    space = space_file("knobs: {batch_size: [256]}\n")
+    space = space_file("effective_batch: free\nknobs: {batch_size: [256]}\n")
     search(SearchOptions(workload=workload_spec(), storage=storage_url, space=space, n_trials=2,
                          measure=fast_measure, lr_find=False, slow_fraction=0.0))
     study = _load("tiny", storage_url)
@@ -631,7 +647,7 @@ def test_a_single_figure_beyond_the_re_measured_winner_is_re_measured_beside_it(
     from autotune.export import export_best
     from autotune.study import _paired
 
-    search(SearchOptions(workload=workload_spec(), storage=storage_url, space=space_file("knobs: {batch_size: [256]}\n"),
+    search(SearchOptions(workload=workload_spec(), storage=storage_url, space=space_file("effective_batch: free\nknobs: {batch_size: [256]}\n"),
                          n_trials=2, measure=fast_measure, lr_find=False, slow_fraction=0.0, objective="throughput"))
     study = _load("tiny", storage_url)
     baseline, winner = study.trials[0], study.trials[1]
@@ -642,6 +658,7 @@ def test_a_single_figure_beyond_the_re_measured_winner_is_re_measured_beside_it(
             lucky[key] *= 50
     study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=lucky["samples_per_second"],
                                               user_attrs=lucky))
+    _kept_recipe_checks(study, 1, 2)  # both change the recipe's batch: candidates once a recipe check keeps them
     paired, notes = _paired(study, winner, baseline, SearchOptions(), deadline=None)
 
     assert [row["trial"] for row in paired["rounds"]] == [2, 1, 0]  # side by side, the challenger first

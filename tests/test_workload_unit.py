@@ -27,7 +27,7 @@ def tokens(tmp_path_factory):
     """A two-trial search of tests/workloads/tokens.py (16 tokens a sample), its printed output and trials."""
     folder = tmp_path_factory.mktemp("tokens")
     space = folder / "space.yaml"
-    space.write_text("knobs: {batch_size: [8, 32]}\n")
+    space.write_text("effective_batch: free\nknobs: {batch_size: [8, 32]}\n")
     storage = f"sqlite:///{folder / 'studies' / 'tokens.db'}"
     options = SearchOptions(workload=workload_spec(file="tokens.py"), storage=storage, space=space, n_trials=2,
                             measure=FAST, seed=0, slow_fraction=0.0, lr_find=False)
@@ -138,9 +138,15 @@ def test_export_best_lines_show_tokens_per_second(tokens):
     assert any(line.startswith(f"trial #{trial} of study tokens: {rate:.1f} tokens/s, peak ") for line in lines)
     payoff = document["payoff"]
     assert (payoff["unit"], payoff["unit_per_second"]) == ("tokens", rate)
-    assert payoff["line"].startswith(
-        f"{payoff['speedup_over_baseline']:.2f}x the baseline at {rate:.1f} tokens/s: the full run projects "
-    )
+    if payoff["samples_factor"] == 1.0:
+        assert payoff["line"].startswith(
+            f"{payoff['speedup_over_baseline']:.2f}x the baseline at {rate:.1f} tokens/s: the full run projects "
+        )
+    else:  # a changed effective batch: the samples it takes to the recipe's progress are stated beside
+        assert payoff["line"].startswith(
+            f"{payoff['speedup_over_baseline']:.2f}x the baseline's throughput at {rate:.1f} tokens/s, with "
+            f"{payoff['samples_factor']:.3g}x its samples to the recipe's progress: the full run projects "
+        )
     assert payoff["line"] in lines
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Any
 
 from autotune.runner._harness import Emit, trial_training
 from autotune.runner._outcome import TrialJob
-from autotune.training import Training, to_device
+from autotune.training import Training, fixed_samples_loss
 from autotune.workload import Workload
 
 
@@ -69,51 +68,6 @@ def _check(training: Training, steps: int, emit: Emit, eval_samples: int | None 
     seconds = time.perf_counter() - began
     curve = {"lrs": lrs, "losses": losses, "smoothed": [], "stopped_early": len(losses) < steps, "seconds": seconds}
     if eval_samples and len(losses) == steps:
-        curve["eval_loss"] = fixed_loss(training, eval_samples)
+        curve["eval_loss"] = fixed_samples_loss(training, eval_samples)
     emit({"event": "lr_curve", **curve})
     emit({"event": "done"})
-
-
-EVAL_SEED = 12345  # the fixed samples are the same in every run of every config
-
-
-def fixed_loss(training: Training, samples: int) -> float:
-    """The workload's loss over the same ``samples`` samples of its dataset (drawn with a fixed seed,
-    whatever the run's), the model in eval mode, in fp32, under no_grad: what two runs of different
-    configs reached, compared on the same data."""
-    import torch
-
-    dataset = training.dataset
-    count = min(samples, len(dataset))
-    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(EVAL_SEED))[:count].tolist()
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=training.config.batch_size,
-                                         shuffle=False, collate_fn=training.workload.collate_fn)
-    fp32 = dataclasses.replace(training.config, precision="fp32")
-    model = training.model
-    model.eval()
-    total, seen = 0.0, 0
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                size = _batch_length(batch)
-                loss = training.workload.loss(model, to_device(batch, training.device, fp32))
-                total += float(loss) * size  # .item(): one sync per batch
-                seen += size
-    finally:
-        model.train()
-    return total / max(1, seen)
-
-
-def _batch_length(batch: Any) -> int:
-    """Samples in a collated batch: the first dimension of its first tensor (a list's length)."""
-    import torch
-
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else 1
-    if isinstance(batch, dict):
-        return _batch_length(next(iter(batch.values())))
-    if isinstance(batch, (list, tuple)) and batch:
-        first = batch[0]
-        return _batch_length(first) if isinstance(first, (torch.Tensor, dict, list, tuple)) and not (
-            isinstance(batch, list) and isinstance(first, dict)) else len(batch)
-    return 1

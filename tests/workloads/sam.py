@@ -81,3 +81,33 @@ def workload() -> Workload:
         baseline={"batch_size": 16},
         epochs=1,
     )
+
+
+def unflagged() -> Workload:
+    """The same SAM run as its users write it: the optimizer asserts that it got a closure, and the
+    workload does not say ``step_closure=True``."""
+    return Workload(
+        model=lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)),
+        dataset=Points,
+        loss=_loss,
+        optimizer=lambda params, lr: SAM(params, torch.optim.SGD, lr=lr, momentum=0.9),
+        base_lr=0.05,
+        baseline={"batch_size": 16},
+        epochs=1,
+    )
+
+
+class _Broken(torch.optim.SGD):
+    def step(self, closure=None):
+        raise RuntimeError("the optimizer's state is corrupt")
+
+
+def broken_step() -> Workload:
+    """An optimizer whose step fails with or without a closure."""
+    return Workload(
+        model=lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)),
+        dataset=Points,
+        loss=_loss,
+        optimizer=lambda params, lr: _Broken(params, lr=lr),
+        baseline={"batch_size": 16},
+    )

@@ -205,3 +205,26 @@ def evaluated() -> Workload:
         base_lr=1e-2,
         evaluate=_accuracy,
     )
+
+
+def twelve() -> Workload:
+    """tiny with the recipe of nanoGPT's CPU example: batch 12, no accumulation, no effective batch set."""
+    return Workload(
+        model=lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)),
+        dataset=Points,
+        loss=_loss,
+        base_lr=1e-2,
+        baseline={"batch_size": 12},
+    )
+
+
+def accumulating() -> Workload:
+    """tiny whose recipe accumulates 32 micro-batches of 8: an effective batch of 256, slow to step."""
+    return Workload(
+        model=lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)),
+        dataset=Points,
+        loss=_loss,
+        base_lr=1e-2,
+        baseline={"batch_size": 8, "accumulation_steps": 32},
+        epochs=2,
+    )
