@@ -92,8 +92,8 @@ class SearchPrinter(SearchListener):
     def on_recipe_check_start(self, trial: FrozenTrial, max_lr: float, rule: str) -> None:
         self.close()
         config = TrainConfig.from_dict(trial.user_attrs["config"])
-        console.print(f"checking trial #{trial.number} (effective batch {config.effective_batch_size}, max_lr "
-                      f"{max_lr:.3g} by {escape(rule)}) against the recipe, both run to the recipe's progress ...")
+        console.print(f"checking trial #{trial.number} (effective batch {config.effective_batch_size}, "
+                      f"{escape(rule)}) against the recipe, both run to the recipe's progress ...")
 
     def on_workload_check(self, plan: SearchPlan) -> None:
         console.print(f"checking the workload: its first training step at the baseline (batch_size {plan.baseline.batch_size}) ...")

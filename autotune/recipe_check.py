@@ -23,7 +23,7 @@ from autotune.config import TrainConfig
 from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
 
 SEEDS = 3  # runs of each side; the verdict allows their spread
-RUN_WINDOWS = 20  # without a time budget, a run of the recipe lasts about this many of the study's windows
+RUN_WINDOWS = 10  # without a time budget, a run of the recipe lasts about this many of the study's windows
 MIN_RECIPE_STEPS = 20  # fewer optimizer steps of the recipe say nothing of where it is going
 EVAL_SAMPLES = 512  # the fixed samples each run's loss is taken over
 BUDGET_SHARE = 0.75  # of the time left; the side-by-side re-measurement after it needs some too

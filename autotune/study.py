@@ -144,8 +144,9 @@ class SearchListener:
 
     def on_lr_find_start(self, trial: optuna.trial.FrozenTrial) -> None: ...
 
-    def on_recipe_check_start(self, trial: optuna.trial.FrozenTrial, max_lr: float, rule: str) -> None:
-        """Trial ``trial``'s config at ``max_lr`` (from ``rule``) is about to be run beside the recipe."""
+    def on_recipe_check_start(self, trial: optuna.trial.FrozenTrial, max_lr: float, what: str) -> None:
+        """Trial ``trial``'s config at ``max_lr`` (``what`` says where it came from) is about to be run
+        beside the recipe."""
 
     def on_workload_check(self, plan: SearchPlan) -> None:
         """The workload's first step at the baseline is about to run (a new study only)."""
@@ -338,7 +339,9 @@ def _search(
     _check_or_record_setup(study, options, plan)
     listener.on_plan(plan)
     with Heartbeat(storage, plan.study_name) as heartbeat:
-        objective = Objective(options, plan, listener, deadline, storage=storage, process=heartbeat.process)
+        # Trials end by the share of the budget kept for what follows them (a trial still running then is cut).
+        trials_deadline = None if deadline is None else _trials_deadline(plan, options, deadline)
+        objective = Objective(options, plan, listener, trials_deadline, storage=storage, process=heartbeat.process)
         objective.recover(study)  # trials a dead search left running: ended as interrupted, run again
         _enqueue_baseline(study, plan, storage)
         n_trials = options.n_trials
@@ -347,7 +350,7 @@ def _search(
         study.optimize(
             objective,
             n_trials=n_trials,
-            timeout=None if deadline is None else max(0.0, _trials_deadline(plan, options, deadline) - time.monotonic()),
+            timeout=None if trials_deadline is None else max(0.0, trials_deadline - time.monotonic()),
             catch=(TrialError,),
             callbacks=[objective.after_trial],
         )
@@ -387,15 +390,19 @@ def _search(
     )
 
 
-RESERVED_SHARE = 0.35  # of --timeout, kept from the trials for the recipe check where the effective batch is free
+# Of --timeout, kept from the trials for what follows them: where the effective batch is free, the recipe
+# check of a changed batch; with the LR range test on, the test and the recipe check of its max_lr.
+RESERVED_SHARE_FREE = 0.35
+RESERVED_SHARE_LR = 0.25
 
 
 def _trials_deadline(plan: SearchPlan, options: SearchOptions, deadline: float) -> float:
-    """When trials stop: where the effective batch is free, a share of the budget is kept for the
-    checks that follow (a changed batch is exported only once checked against the recipe)."""
-    if plan.space.effective_batch is not None or options.timeout_seconds is None:
+    """When trials stop: a share of the budget is kept for the checks that follow them (a changed
+    recipe is exported only once checked against the recipe), so that they run within --timeout."""
+    if options.timeout_seconds is None:
         return deadline
-    return deadline - RESERVED_SHARE * options.timeout_seconds
+    share = RESERVED_SHARE_FREE if plan.space.effective_batch is None else RESERVED_SHARE_LR if options.lr_find else 0.0
+    return deadline - share * options.timeout_seconds
 
 
 def _check_changed_batch(study: Any, best: Any, baseline: Any, plan: SearchPlan, budgets: Budgets,
@@ -403,7 +410,6 @@ def _check_changed_batch(study: Any, best: Any, baseline: Any, plan: SearchPlan,
     """A best trial at another effective batch than the recipe's: its max_lr by the scaling rule, run to the
     recipe's progress beside the recipe (recipe_check). Where the effective batch is free and the check
     does not keep it (or cannot run), the best trial at the recipe's effective batch goes on instead."""
-    from autotune import recipe_check
     from autotune.lr_find import scaled_lr, scaling_rule
 
     recipe_batch = budgets.baseline_effective_batch
@@ -415,13 +421,8 @@ def _check_changed_batch(study: Any, best: Any, baseline: Any, plan: SearchPlan,
     adaptive = best.user_attrs.get("adaptive_optimizer")
     rule = scaling_rule(options.lr_scaling, adaptive)
     max_lr = scaled_lr(plan.baseline.max_lr, batch, recipe_batch, options.lr_scaling, budgets.noise_scale, adaptive)
-    listener.on_recipe_check_start(best, max_lr, rule)
-    check = recipe_check.run_check(_records.read_setup(study), best, baseline, max_lr, budgets, deadline=deadline)
-    if isinstance(check, str):
-        verdict, kept = f"the recipe check could not run: {check}", False
-    else:
-        recipe_check.store(study, check)
-        verdict, kept = f"recipe check ({rule} max_lr {max_lr:.3g}): {check.reason}", check.kept
+    kept, verdict = _recipe_check(study, best, baseline, max_lr, f"{rule} max_lr {max_lr:.3g}", budgets, listener,
+                                  deadline)
     notes = [verdict]
     if kept or plan.space.effective_batch is not None:  # --effective-batch N: the user's own change
         return best, notes
@@ -446,13 +447,22 @@ def _check_suggested_lr(study: Any, best: Any, baseline: Any, lr_result: LRFindR
         return []
     if recipe_check.stored_check(study, {**best.user_attrs["config"], "max_lr": lr_result.max_lr}) is not None:
         return []
-    listener.on_recipe_check_start(best, lr_result.max_lr, "the LR range test")
-    check = recipe_check.run_check(setup, best, baseline, lr_result.max_lr, budgets, deadline=deadline)
+    return [_recipe_check(study, best, baseline, lr_result.max_lr, f"the range test's max_lr {lr_result.max_lr:.3g}",
+                          budgets, listener, deadline)[1]]
+
+
+def _recipe_check(study: Any, trial: Any, baseline: Any, max_lr: float, what: str, budgets: Budgets,
+                  listener: SearchListener, deadline: float | None) -> tuple[bool, str]:
+    """Trial ``trial`` at ``max_lr`` (``what`` names where the rate came from) run beside the recipe and
+    stored with the study: whether the check kept it, and the line saying so."""
+    from autotune import recipe_check
+
+    listener.on_recipe_check_start(trial, max_lr, what)
+    check = recipe_check.run_check(_records.read_setup(study), trial, baseline, max_lr, budgets, deadline=deadline)
     if isinstance(check, str):
-        return [f"the range test's max_lr {lr_result.max_lr:.3g} is not exported: the recipe check could not run "
-                f"({check})"]
+        return False, f"{what} is not exported: the recipe check could not run ({check})"
     recipe_check.store(study, check)
-    return [f"recipe check (the range test's max_lr {lr_result.max_lr:.3g}): {check.reason}"]
+    return check.kept, f"recipe check ({what}): {check.reason}"
 
 
 def _max_lr_searched(setup: dict[str, Any]) -> bool:

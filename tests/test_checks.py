@@ -135,6 +135,8 @@ def test_export_and_train_step_the_found_closure(storage_url, fast_measure, tmp_
     out = tmp_path / "best.yaml"
     document = export_best("sam.unflagged", storage_url, out).document
     assert document["provenance"]["step_closure"] is True
+    script = export_best("sam.unflagged", storage_url, tmp_path / "train.py", "torch").path.read_text()
+    assert "STEP_CLOSURE = True" in script
     record = train(TrainOptions(config=out, steps=5, checkpoint_dir=tmp_path / "ck", checkpoint_every_seconds=None,
                                 write_back=False))
     assert (record.status, record.steps) == ("finished", 5)

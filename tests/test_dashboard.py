@@ -93,7 +93,8 @@ def test_dashboard_study_detail_shows_trials_with_their_user_attributes(dashboar
     baseline_attrs = {attr["key"]: attr["value"] for attr in detail["trials"][0]["user_attrs"]}
     assert baseline_attrs["baseline"] == "True"
     keys = {entry["key"] for entry in detail["union_user_attrs"]}
-    assert {"status", "samples_per_second", "reason", "peak_memory_bytes", "throughput_cv"} <= keys
+    assert {"status", "samples_per_second", "reason", "peak_memory_bytes", "throughput_cv", "noise_scale",
+            "noise_scale_stderr"} <= keys  # the gradient noise scale too: the baseline measures it
 
 
 def test_dashboard_study_detail_shows_per_window_projections(dashboard):

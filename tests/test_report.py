@@ -45,3 +45,28 @@ def test_report_shows_the_side_by_side_re_measurement_and_its_challengers(storag
             "1.30x the baseline (#0), ±8.0% noise") in out
     assert ("measured faster than the search's first pick once, beyond the noise, and so re-measured beside it and "
             "the baseline: trial #2 (120.5 samples/s)") in out
+
+
+def test_report_shows_the_gradient_noise_scale_and_the_recipe_checks(storage_url, capsys):
+    from autotune import recipe_check
+    from autotune._console import print_report
+    from autotune.config import TrainConfig
+
+    study = optuna.create_study(study_name="s", storage=open_storage(storage_url), direction="maximize")
+    config = TrainConfig(batch_size=8).to_dict()
+    for rate, noise in ((100.0, {"gradient_sq": [1.0, 3.0], "trace": [40.0, 120.0]}), (150.0, None)):
+        study.add_trial(optuna.trial.create_trial(value=rate, user_attrs={
+            "status": "ok", "samples_per_second": rate, "config": config, "noise": noise,
+            "noise_scale": None if noise is None else 40.0}))
+    recipe_check.store(study, recipe_check.RecipeCheck(
+        trial=1, config={**config, "max_lr": 0.004}, recipe_config=config, effective_batch=8, recipe_effective_batch=8,
+        noise_scale=40.0, samples_factor=1.0, steps=10, recipe_steps=10, seeds=[1, 2], losses=[1.0, 1.1],
+        recipe_losses=[1.2, 1.3], kept=True, reason="trial #1 ...: no worse within the seed spread", seconds=2.0))
+    report = build_report("s", storage_url)
+    assert report.noise_scale["value"] == 40.0 and report.noise_scale["trials"] == 1
+    assert [row["noise_scale"] for row in report.rows] == [None, 40.0]  # fastest first
+    assert [check["trial"] for check in report.to_json()["recipe_checks"]] == [1]
+    print_report(report)
+    out = capsys.readouterr().out
+    assert "gradient noise scale: 40 samples (2 groups of micro-batches), from 1 trial" in out
+    assert "recipe check (kept): trial #1 ...: no worse within the seed spread" in out

@@ -19,6 +19,7 @@ autotune.training, as in the trials.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -32,6 +33,7 @@ ONE_CYCLE = {one_cycle}
 WORKLOAD = {workload}
 DEVICE = {device_literal}
 EPOCHS = {epochs}
+STEP_CLOSURE = {step_closure}  # the optimizer steps with a closure, as the search found it must
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         workload = load_workload(args.workload)
     except AutotuneError as exc:
         sys.exit(f"Error: {{exc}}")
+    if STEP_CLOSURE:
+        workload = dataclasses.replace(workload, step_closure=True)
     total_steps = ONE_CYCLE["total_steps"]
     if total_steps is None or args.epochs != EPOCHS:  # the schedule spans the run that is made
         dataset_size = len(workload.dataset(**config.factory_kwargs("dataset")))
@@ -88,6 +92,7 @@ def torch_script(document: dict[str, Any], name: str = "best_train.py") -> str:
         workload=_common.literal(source.get("workload")),
         device_literal=_common.literal(device),
         epochs=_common.literal(_common.epochs(document)),
+        step_closure=_common.literal(bool(source.get("step_closure"))),
     )
 
 
