@@ -58,7 +58,9 @@ def best_trial(trials: Iterable[FrozenTrial], objective: str, budgets: Any = Non
         return None
     if objective == "time":
         def projected(t: FrozenTrial) -> float | None:
-            return budgets.project(t.user_attrs) if budgets is not None else t.user_attrs.get("projected_full_run_seconds")
+            if budgets is not None:
+                return budgets.project(t.user_attrs)
+            return t.user_attrs.get("projected_full_run_seconds")
 
         timed = [(seconds, t) for t in feasible if (seconds := projected(t)) is not None]
         if timed:
@@ -156,6 +158,11 @@ SETUP_KEYS = (
     "workload", "space", "baseline", "device", "torch_device", "budgets", "requested", "measure",
     "trial_timeout_seconds", "objective", "step_closure", "lr_scaling",
 )
+
+
+def searched_knobs(setup: Mapping[str, Any]) -> list[str]:
+    """The knobs a study's recorded space searches (a list of choices or a range)."""
+    return [name for name, domain in (setup.get("space") or {}).items() if isinstance(domain, (list, dict))]
 
 
 def read_setup(study: Any) -> dict[str, Any]:

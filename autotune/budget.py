@@ -100,7 +100,8 @@ class Budgets:
         if factor != 1.0:
             noise = (f"gradient noise scale {self.noise_scale:.3g}" if self.noise_scale
                      else "no gradient noise scale measured: as many steps as the recipe")
-            size += f" x {factor:.3g} to the recipe's progress (effective batch {effective_batch}, not {recipe_batch}; {noise})"
+            size += (f" x {factor:.3g} to the recipe's progress (effective batch {effective_batch}, not "
+                     f"{recipe_batch}; {noise})")
         steady = samples / rate
         warmup = float(trial_attrs.get("warmup_seconds") or 0.0)
         compile_seconds = float(trial_attrs.get("compile_seconds") or 0.0)

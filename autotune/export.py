@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-
-import math
 
 from autotune import _records, noise_scale, recipe_check
 from autotune._units import format_duration
@@ -180,12 +179,14 @@ def export_best(
 
 
 def _unchecked_lines(selection: Selection, unchecked: list[str], candidates: list[Candidate],
-                     baseline: Candidate | None, budgets: Budgets, prefer: Preference, setup: dict[str, Any]) -> list[str]:
+                     baseline: Candidate | None, budgets: Budgets, prefer: Preference,
+                     setup: dict[str, Any]) -> list[str]:
     """The lines on trials at a changed effective batch left out for want of a kept recipe check, where
     one of them would have been chosen otherwise."""
     if not unchecked or not candidates:
         return []
-    unchecked_pick = select(candidates, baseline, budgets, prefer=prefer, objective=setup.get("objective", "throughput"))
+    objective = setup.get("objective", "throughput")
+    unchecked_pick = select(candidates, baseline, budgets, prefer=prefer, objective=objective)
     return unchecked if unchecked_pick.chosen.number != selection.chosen.number else []
 
 
@@ -260,14 +261,15 @@ def _learning_rate(study: Any, chosen: Candidate, budgets: Budgets,
         "check": _check_section(result.check),
         "exported_max_lr": result.max_lr,
     }
-    kept = [check for check in recipe_check.stored_checks(study, chosen.number) if check.kept]
+    checks = recipe_check.stored_checks(study, chosen.number)
+    kept = [check for check in checks if check.kept]
     if kept:
         max_lr = float(kept[-1].config["max_lr"])
         if section is not None:
             section["exported_max_lr"] = max_lr
         return dataclasses.replace(config, max_lr=max_lr), section, (
             f"max_lr {max_lr:.3g}, checked against the recipe: {kept[-1].reason}")
-    if "max_lr" in _searched_knobs(study):
+    if "max_lr" in _records.searched_knobs(setup):
         if result is None:
             return config, None, (f"max_lr {config.max_lr:g} as searched: no LR range test covers this effective "
                                   f"batch and precision (run 'autotune lr-find --study {study.study_name} --trial "
@@ -285,8 +287,7 @@ def _learning_rate(study: Any, chosen: Candidate, budgets: Budgets,
     rule = scaling_rule(scaling, chosen.attrs.get("adaptive_optimizer"))
     max_lr = scaled_lr(recipe_lr, config.effective_batch_size, recipe_batch, scaling, budgets.noise_scale,
                        chosen.attrs.get("adaptive_optimizer"))
-    failed = [check for check in recipe_check.stored_checks(study, chosen.number)]
-    why = f"the recipe check did not keep it: {failed[-1].reason}" if failed else "no recipe check ran on it"
+    why = f"the recipe check did not keep it: {checks[-1].reason}" if checks else "no recipe check ran on it"
     if config.effective_batch_size == recipe_batch:
         line = f"max_lr {recipe_lr:g}, the recipe's"
         if result is not None and not math.isclose(result.max_lr, recipe_lr, rel_tol=1e-9):
@@ -353,8 +354,8 @@ def _progress(chosen: Candidate, config: TrainConfig, budgets: Budgets, setup: d
             f"effective batch {batch} instead of the recipe's {recipe_batch}: {factor:.3g}x the samples to the "
             f"recipe's progress ({noise_text}), {section['steps']} optimizer steps instead of "
             f"{section['recipe_steps']}; the full run to that progress projects "
-            f"{format_duration(section['projected_seconds'])} ({format_duration(section['same_samples_projected_seconds'])} "
-            "for the recipe's samples alone)")
+            f"{format_duration(section['projected_seconds'])} "
+            f"({format_duration(section['same_samples_projected_seconds'])} for the recipe's samples alone)")
     return section
 
 
@@ -373,11 +374,6 @@ def _recipe(setup: dict[str, Any]) -> dict[str, Any]:
     knobs = (setup.get("baseline") or {}).get("workload_knobs") or {}
     return {name: knobs.get(name) for name, domain in space.items()
             if isinstance(domain, dict) and domain.get("changes_recipe")}
-
-
-def _searched_knobs(study: Any) -> list[str]:
-    space = _records.read_setup(study).get("space", {})
-    return [name for name, domain in space.items() if isinstance(domain, (list, dict))]
 
 
 def _one_cycle(config: TrainConfig, chosen: Candidate, budgets: Budgets) -> dict[str, Any]:

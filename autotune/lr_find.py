@@ -298,7 +298,8 @@ def lr_find_for_trial(
     # The recipe's own effective batch and base_lr are where the scaling starts from.
     recipe_batch = budgets.baseline_effective_batch or baseline.effective_batch_size
     adaptive = trial.user_attrs.get("adaptive_optimizer")
-    centre = scaled_lr(baseline.max_lr, config.effective_batch_size, recipe_batch, scaling, budgets.noise_scale, adaptive)
+    centre = scaled_lr(baseline.max_lr, config.effective_batch_size, recipe_batch, scaling, budgets.noise_scale,
+                       adaptive)
     result = lr_find(
         setup["workload"],
         config,
@@ -326,7 +327,8 @@ def lr_find_for_trial(
         deadline=deadline,
         step_closure=setup.get("step_closure"),
     )
-    result = dataclasses.replace(result, trial=trial.number, check=check.to_json(), rule=scaling_rule(scaling, adaptive))
+    result = dataclasses.replace(result, trial=trial.number, check=check.to_json(),
+                                 rule=scaling_rule(scaling, adaptive))
     stored = dict(study.user_attrs.get("lr_find", {}))
     stored[str(trial.number)] = result.to_json()
     study.set_user_attr("lr_find", stored)

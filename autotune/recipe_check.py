@@ -136,6 +136,19 @@ def run_check(setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, bud
     )
 
 
+def not_run(setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, budgets: Budgets,
+            reason: str) -> RecipeCheck:
+    """The record of a check that could not run (the time budget was spent): not kept, and why."""
+    batch = _effective_batch(trial.user_attrs)
+    recipe_batch = budgets.baseline_effective_batch or _effective_batch(recipe.user_attrs)
+    return RecipeCheck(
+        trial=trial.number, config={**trial.user_attrs["config"], "max_lr": max_lr},
+        recipe_config={**recipe.user_attrs["config"], "max_lr": float(setup["baseline"]["max_lr"])},
+        effective_batch=batch, recipe_effective_batch=recipe_batch, noise_scale=budgets.noise_scale,
+        samples_factor=_factor(batch, recipe_batch, budgets), steps=0, recipe_steps=0, seeds=[], losses=[],
+        recipe_losses=[], kept=False, reason=reason, seconds=0.0, recipe_trial=recipe.number, finished=time.time())
+
+
 def store(study: Any, check: RecipeCheck) -> None:
     """Keep the check with the study, as its own user attribute ``recipe_check.<trial>@<max_lr>`` (short
     enough for optuna-dashboard to show whole: the configs are the trial's and the baseline's)."""
@@ -163,8 +176,8 @@ def stored_checks(study: Any, trial: int | None = None) -> list[RecipeCheck]:
 
 
 def stored_check(study: Any, config: dict[str, Any]) -> RecipeCheck | None:
-    """The latest check of exactly ``config`` (its max_lr included), if one ran."""
-    found = [check for check in stored_checks(study) if check.config == config]
+    """The latest check of exactly ``config`` (its max_lr included) that ran, if one did."""
+    found = [check for check in stored_checks(study) if check.config == config and check.steps]
     return found[-1] if found else None
 
 

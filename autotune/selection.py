@@ -262,7 +262,9 @@ def _by_preference(
         best_line = f"trial #{fastest.number}, the highest throughput ({fastest.rate:.1f} {fastest.unit}/s)"
         speed = lambda c: c.rate  # noqa: E731
     if prefer == "fastest":
-        return fastest, f"fastest: {best_line}"
+        # The baseline itself measured fastest: its config is what goes on, and the line says so.
+        return fastest, f"fastest: {best_line}" + ("; it is the baseline: no config measured faster"
+                                                   if fastest.is_baseline else "")
     if prefer == "memory":
         floor = (1 - MEMORY_PREFERENCE_TOLERANCE) * speed(fastest)
         pool = [c for c in feasible if speed(c) >= floor and c.peak_memory_bytes is not None]
@@ -305,7 +307,8 @@ def _time_against_throughput(chosen: Candidate, feasible: Sequence[Candidate], b
         cost = (f"effective batch {parts.get('effective_batch')} needing {factor:.3g}x the recipe's samples to reach "
                 f"its progress ({noise})")
     else:
-        cost = f"compile {format_duration(compile_seconds)}" if compile_seconds else f"warm-up {format_duration(overhead)}"
+        cost = (f"compile {format_duration(compile_seconds)}" if compile_seconds
+                else f"warm-up {format_duration(overhead)}")
     return [
         f"trial #{quickest.number} has the highest steady throughput ({quickest.rate:.1f} {quickest.unit}/s, "
         f"{quickest.rate / chosen.rate - 1:+.0%}), but with its {cost} the full run projects "

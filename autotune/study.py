@@ -242,7 +242,8 @@ def _effective_batch(options: SearchOptions, workload: Workload, space: SearchSp
     file's, else the recipe's own; None (--effective-batch free, or the file's "free"): any, each ranked
     by the time to the recipe's progress."""
     if options.effective_batch == "free" or options.effective_batch is None and space.effective_batch == "free":
-        source = "--effective-batch free" if options.effective_batch == "free" else f"{space.source}: effective_batch free"
+        source = ("--effective-batch free" if options.effective_batch == "free"
+                  else f"{space.source}: effective_batch free")
         return None, [f"{source}: trials may change the recipe's {recipe_batch} samples per optimizer "
                       "step; one that does is ranked by the time to the recipe's progress (gradient noise scale) and "
                       "exported only once a run to that progress is checked against the recipe's"]
@@ -406,7 +407,8 @@ def _trials_deadline(plan: SearchPlan, options: SearchOptions, deadline: float) 
 
 
 def _check_changed_batch(study: Any, best: Any, baseline: Any, plan: SearchPlan, budgets: Budgets,
-                         options: SearchOptions, listener: SearchListener, deadline: float | None) -> tuple[Any, list[str]]:
+                         options: SearchOptions, listener: SearchListener,
+                         deadline: float | None) -> tuple[Any, list[str]]:
     """A best trial at another effective batch than the recipe's: its max_lr by the scaling rule, run to the
     recipe's progress beside the recipe (recipe_check). Where the effective batch is free and the check
     does not keep it (or cannot run), the best trial at the recipe's effective batch goes on instead."""
@@ -440,7 +442,8 @@ def _check_suggested_lr(study: Any, best: Any, baseline: Any, lr_result: LRFindR
     from autotune import recipe_check
 
     setup = _records.read_setup(study)
-    if lr_result is None or baseline is None or _records.status(baseline) != "ok" or _max_lr_searched(setup):
+    searched = "max_lr" in _records.searched_knobs(setup)
+    if lr_result is None or baseline is None or _records.status(baseline) != "ok" or searched:
         return []
     recipe_lr = float(setup["baseline"]["max_lr"])
     if math.isclose(lr_result.max_lr, recipe_lr, rel_tol=1e-9):
@@ -458,15 +461,12 @@ def _recipe_check(study: Any, trial: Any, baseline: Any, max_lr: float, what: st
     from autotune import recipe_check
 
     listener.on_recipe_check_start(trial, max_lr, what)
-    check = recipe_check.run_check(_records.read_setup(study), trial, baseline, max_lr, budgets, deadline=deadline)
-    if isinstance(check, str):
-        return False, f"{what} is not exported: the recipe check could not run ({check})"
+    setup = _records.read_setup(study)
+    check = recipe_check.run_check(setup, trial, baseline, max_lr, budgets, deadline=deadline)
+    if isinstance(check, str):  # recorded too, so that the export can say why the recipe stays
+        check = recipe_check.not_run(setup, trial, baseline, max_lr, budgets, f"could not run: {check}")
     recipe_check.store(study, check)
     return check.kept, f"recipe check ({what}): {check.reason}"
-
-
-def _max_lr_searched(setup: dict[str, Any]) -> bool:
-    return isinstance((setup.get("space") or {}).get("max_lr"), (list, dict))
 
 
 PAIRED_ROUNDS = 2  # at least; more, up to PAIRED_MAX_ROUNDS, while the speedup's noise is above PAIRED_NOISE
@@ -517,7 +517,8 @@ def _paired(study: Any, best: Any, baseline: Any, options: SearchOptions, deadli
 
     setup = _records.read_setup(study)
     trials = study.get_trials(deepcopy=False)
-    budgets, objective = Budgets.from_json(setup.get("budgets")).with_noise_scale(trials), setup.get("objective", "throughput")
+    budgets = Budgets.from_json(setup.get("budgets")).with_noise_scale(trials)
+    objective = setup.get("objective", "throughput")
     feasible, _dropped = recipe_check.exportable([Candidate.from_trial(t) for t in _records.feasible_trials(trials)],
                                                  setup, recipe_check.stored_checks(study), keep_trials=(best.number,))
     singles = {c.number: c for c in feasible}  # each trial's own figure, measured once

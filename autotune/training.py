@@ -376,7 +376,8 @@ class TrainStep:
         return total.float(), kept
 
     def _forward_backward(self, batch: Any, count: int | None = None) -> torch.Tensor:
-        """Forward and loss under autocast, backward of loss / count (default accumulation_steps); that share, detached."""
+        """Forward and loss under autocast, backward of loss / count (default accumulation_steps); that
+        share, detached."""
         with autocast(self.config, self.device):
             loss = self.loss(self.model, batch)
         check_loss(loss)

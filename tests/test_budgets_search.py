@@ -60,13 +60,13 @@ def _check_baseline_guarantee(export, study: optuna.Study) -> None:
     baseline = next(c for c in feasible if c.is_baseline)
     explanation = export.explanation
     exported = export.document["provenance"]["trial"]
-    assert explanation[0] == (
-        f"fastest: trial #{fastest.number}, the highest throughput ({fastest.samples_per_second:.1f} samples/s)"
-    )
+    first = f"fastest: trial #{fastest.number}, the highest throughput ({fastest.samples_per_second:.1f} samples/s)"
     if fastest.is_baseline:
         assert exported == baseline.number
-        assert not any("baseline" in line for line in explanation[:-1])
+        assert explanation[0] == first + "; it is the baseline: no config measured faster"
+        assert not any("baseline" in line for line in explanation[1:-1])
         return
+    assert explanation[0] == first
     gain = fastest.samples_per_second / baseline.samples_per_second - 1
     margin = noise_margin(fastest, baseline)
     if gain > margin:

@@ -104,3 +104,14 @@ def test_run_check_keeps_the_recipe_itself_and_refuses_a_rate_that_diverges(max_
     else:
         assert check.losses == [None, None]
         assert "not kept, the candidate's run with seed 1 " in check.reason
+
+
+def test_a_check_that_could_not_run_is_recorded_not_kept_and_named_in_the_export_lines():
+    recipe, larger = _trial(0, 8, 800.0, baseline=True), _trial(2, 64, 3000.0)
+    budgets = Budgets(epochs=2.0, baseline_effective_batch=8, noise_scale=56.0)
+    record = recipe_check.not_run(_setup(), larger, recipe, 0.03, budgets, "could not run: the time budget is spent")
+    assert (record.kept, record.steps, record.losses) == (False, 0, [])
+    assert record.samples_factor == pytest.approx((1 + 64 / 56) / (1 + 8 / 56))
+    kept, lines = recipe_check.exportable(_candidates(recipe, larger), _setup(), [record])
+    assert [c.number for c in kept] == [0]
+    assert lines[1] == "recipe check: could not run: the time budget is spent"

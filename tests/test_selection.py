@@ -199,7 +199,8 @@ def test_select_baseline_chosen_by_preference_adds_no_guarantee_line():
     baseline = candidate(0, 200.0, spread=0.01, baseline=True)
     selection = select([baseline, candidate(1, 100.0)], baseline, Budgets())
     assert selection.chosen is baseline
-    assert selection.explanation == ["fastest: trial #0, the highest throughput (200.0 samples/s)"]
+    assert selection.explanation == [
+        "fastest: trial #0, the highest throughput (200.0 samples/s); it is the baseline: no config measured faster"]
 
 
 def test_select_guarantee_applies_after_the_memory_preference():
