@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from autotune.study import SearchListener, SearchOptions, SearchPlan
 
 FIGURE_EVERY = 5  # trials between refreshes of the figures stored for optuna-dashboard
+BASELINE_NOISE_WINDOWS = 3  # the baseline's noise-scale measurement, in windows' time
 
 
 _COMPILE_ERRORS = ("torch/_dynamo", "torch/_inductor", "torch._dynamo", "torch._inductor", "InductorError",
@@ -179,10 +180,12 @@ class Objective:
         return self._record(trial, outcome)
 
     def _noise_seconds(self, is_baseline: bool) -> float | None:
-        """How long a trial measures the gradient noise scale after its windows (one window's time): the
-        baseline always (the export states it), every trial where the effective batch is free (the
-        ranking uses it)."""
-        if is_baseline or self.plan.space.effective_batch is None:
+        """How long a trial measures the gradient noise scale after its windows: the baseline always (the
+        export states it), every trial where the effective batch is free (the ranking uses it), for one
+        window's time."""
+        if is_baseline:  # the one measurement where the effective batch is kept: three windows' time
+            return BASELINE_NOISE_WINDOWS * self.options.measure.window_seconds
+        if self.plan.space.effective_batch is None:
             return self.options.measure.window_seconds
         return None
 
