@@ -18,6 +18,7 @@ import statistics
 import time
 from typing import Any
 
+from autotune._records import effective_batch_of
 from autotune.budget import Budgets
 from autotune.config import TrainConfig
 from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
@@ -76,8 +77,8 @@ def plan_steps(trial_attrs: dict[str, Any], recipe_attrs: dict[str, Any], budget
     """(the recipe's steps, the candidate's steps) for a check that fits: each run of the recipe about
     ``run_seconds`` long, or all 2 x seeds runs within ``seconds_left``, and no longer than the full run.
     A sentence saying why not when even MIN_RECIPE_STEPS do not fit."""
-    recipe_batch = budgets.baseline_effective_batch or _effective_batch(recipe_attrs)
-    batch = _effective_batch(trial_attrs)
+    recipe_batch = budgets.baseline_effective_batch or effective_batch_of(recipe_attrs)
+    batch = effective_batch_of(trial_attrs)
     factor = _factor(batch, recipe_batch, budgets)
     recipe_rate, rate = recipe_attrs.get("samples_per_second"), trial_attrs.get("samples_per_second")
     if not recipe_rate or not rate:
@@ -124,29 +125,33 @@ def run_check(setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, bud
             into.append(loss)
             if failure:
                 failures.append(f"the {side}'s run with seed {seed} {failure}")
-    batch, recipe_batch = _effective_batch(attrs), budgets.baseline_effective_batch or _effective_batch(recipe_attrs)
+    batch = effective_batch_of(attrs)
+    recipe_batch = budgets.baseline_effective_batch or effective_batch_of(recipe_attrs)
     kept, reason = _verdict(trial.number, losses, recipe_losses, candidate_steps, recipe_steps, failures, batch,
                             recipe_batch)
-    return RecipeCheck(
-        trial=trial.number, config=config, recipe_config=recipe_config, effective_batch=batch,
-        recipe_effective_batch=recipe_batch, noise_scale=budgets.noise_scale,
-        samples_factor=_factor(batch, recipe_batch, budgets), steps=candidate_steps, recipe_steps=recipe_steps,
-        seeds=numbers, losses=losses, recipe_losses=recipe_losses, kept=kept, reason=reason,
-        seconds=time.monotonic() - began, recipe_trial=recipe.number, finished=time.time(),
-    )
+    return _record(setup, trial, recipe, max_lr, budgets, steps=candidate_steps, recipe_steps=recipe_steps,
+                   seeds=numbers, losses=losses, recipe_losses=recipe_losses, kept=kept, reason=reason,
+                   seconds=time.monotonic() - began)
 
 
 def not_run(setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, budgets: Budgets,
             reason: str) -> RecipeCheck:
     """The record of a check that could not run (the time budget was spent): not kept, and why."""
-    batch = _effective_batch(trial.user_attrs)
-    recipe_batch = budgets.baseline_effective_batch or _effective_batch(recipe.user_attrs)
+    return _record(setup, trial, recipe, max_lr, budgets, steps=0, recipe_steps=0, seeds=[], losses=[],
+                   recipe_losses=[], kept=False, reason=reason, seconds=0.0)
+
+
+def _record(setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, budgets: Budgets,
+            **outcome: Any) -> RecipeCheck:
+    """A check of trial ``trial`` at ``max_lr`` against the baseline trial ``recipe``, with its outcome."""
+    batch = effective_batch_of(trial.user_attrs)
+    recipe_batch = budgets.baseline_effective_batch or effective_batch_of(recipe.user_attrs)
     return RecipeCheck(
         trial=trial.number, config={**trial.user_attrs["config"], "max_lr": max_lr},
         recipe_config={**recipe.user_attrs["config"], "max_lr": float(setup["baseline"]["max_lr"])},
         effective_batch=batch, recipe_effective_batch=recipe_batch, noise_scale=budgets.noise_scale,
-        samples_factor=_factor(batch, recipe_batch, budgets), steps=0, recipe_steps=0, seeds=[], losses=[],
-        recipe_losses=[], kept=False, reason=reason, seconds=0.0, recipe_trial=recipe.number, finished=time.time())
+        samples_factor=_factor(batch, recipe_batch, budgets), recipe_trial=recipe.number, finished=time.time(),
+        **outcome)
 
 
 def store(study: Any, check: RecipeCheck) -> None:
@@ -220,10 +225,6 @@ def _verdict(number: int, losses: list[float | None], recipe_losses: list[float 
     return False, f"{runs}: {figures}, worse by {mean - recipe_mean:.3g}, beyond the seed spread ({spread:.2g})"
 
 
-def _effective_batch(attrs: dict[str, Any]) -> int:
-    return TrainConfig.from_dict(attrs["config"]).effective_batch_size
-
-
 def _factor(batch: int, recipe_batch: int, budgets: Budgets) -> float:
     from autotune.noise_scale import samples_factor
 
@@ -247,7 +248,7 @@ def exportable(candidates: list[Any], setup: dict[str, Any], checks: list[Recipe
     kept_trials = {check.trial for check in checks if check.kept} | set(keep_trials)
     keep, dropped = [], []
     for candidate in candidates:
-        batch = TrainConfig.from_dict(candidate.attrs["config"]).effective_batch_size
+        batch = effective_batch_of(candidate.attrs)
         (keep if candidate.is_baseline or batch == recipe_batch or candidate.number in kept_trials else dropped).append(
             candidate)
     if not dropped:

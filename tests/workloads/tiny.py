@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -209,22 +210,9 @@ def evaluated() -> Workload:
 
 def twelve() -> Workload:
     """tiny with the recipe of nanoGPT's CPU example: batch 12, no accumulation, no effective batch set."""
-    return Workload(
-        model=lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)),
-        dataset=Points,
-        loss=_loss,
-        base_lr=1e-2,
-        baseline={"batch_size": 12},
-    )
+    return dataclasses.replace(workload(), baseline={"batch_size": 12}, epochs=1)
 
 
 def accumulating() -> Workload:
     """tiny whose recipe accumulates 32 micro-batches of 8: an effective batch of 256, slow to step."""
-    return Workload(
-        model=lambda: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)),
-        dataset=Points,
-        loss=_loss,
-        base_lr=1e-2,
-        baseline={"batch_size": 8, "accumulation_steps": 32},
-        epochs=2,
-    )
+    return dataclasses.replace(workload(), baseline={"batch_size": 8, "accumulation_steps": 32})
