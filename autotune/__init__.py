@@ -2,7 +2,6 @@
 
 import importlib.metadata
 
-from autotune.config import TrainConfig
 from autotune.exceptions import (
     AutotuneError,
     ConfigError,
@@ -14,8 +13,8 @@ from autotune.exceptions import (
     WorkloadError,
 )
 from autotune.export import Export, export_best
-from autotune.space import SearchSpace, load_space
-from autotune.study import SearchOptions, SearchResult, search
+from autotune.knobs import SearchSpace, TrainConfig, load_space
+from autotune.search import SearchOptions, SearchResult, search
 from autotune.workload import Workload, load_workload
 
 __version__ = importlib.metadata.version("autotune")

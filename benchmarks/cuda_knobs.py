@@ -19,9 +19,9 @@ import time
 import torch
 
 from autotune import training
-from autotune.config import TrainConfig
-from autotune.demo import SmallCNN, classification_loss
+from autotune.knobs._config import TrainConfig
 from autotune.workload import Workload
+from autotune.workload.demo import SmallCNN, classification_loss
 
 CONFIGS = [
     {"precision": "fp32"},
@@ -38,8 +38,9 @@ CONFIGS = [
 
 def images() -> torch.utils.data.TensorDataset:
     generator = torch.Generator().manual_seed(0)
-    return torch.utils.data.TensorDataset(torch.randn(16384, 3, 32, 32, generator=generator),
-                                          torch.randint(0, 10, (16384,), generator=generator))
+    return torch.utils.data.TensorDataset(
+        torch.randn(16384, 3, 32, 32, generator=generator), torch.randint(0, 10, (16384,), generator=generator)
+    )
 
 
 def measure(knobs: dict, batch_size: int, device: torch.device) -> dict:

@@ -63,8 +63,23 @@ def main() -> None:
     database = folder / "kill.db"
     mark = uuid.uuid4().hex
     env = {**os.environ, "TMPDIR": str(scratch_root), "AUTOTUNE_CACHE_DIR": str(folder / "cache"), MARK_VARIABLE: mark}
-    command = [sys.executable, "-m", "autotune.cli", "search", "--workload", WORKLOAD, "--study", "tiny",
-               "--space", str(folder / "space.yaml"), "--storage", f"sqlite:///{database}", "--seed", "0", *MEASURE]
+    command = [
+        sys.executable,
+        "-m",
+        "autotune.cli",
+        "search",
+        "--workload",
+        WORKLOAD,
+        "--study",
+        "tiny",
+        "--space",
+        str(folder / "space.yaml"),
+        "--storage",
+        f"sqlite:///{database}",
+        "--seed",
+        "0",
+        *MEASURE,
+    ]
 
     started = time.monotonic()
     runs = []
@@ -75,8 +90,9 @@ def main() -> None:
         kills_left = args.kills - len([run for run in runs if run["killed"]])
         delay = rng.uniform(0.5, _longest_delay(runs, args.trials - owed, owed, kills_left)) if kills_left > 0 else None
         with open(folder / f"run-{len(runs)}.log", "w") as log:
-            search = subprocess.Popen([*command, "--trials", str(owed)], env=env, cwd=folder, stdout=log,
-                                      stderr=subprocess.STDOUT)
+            search = subprocess.Popen(
+                [*command, "--trials", str(owed)], env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
+            )
             run = {"trials_owed": owed, "kill_after_seconds": delay, "killed": False}
             begun = time.monotonic()
             try:
@@ -112,8 +128,12 @@ def main() -> None:
         "trials_lost": len(lost),
         "lost": lost,
         "trials": [
-            {"trial": t["number"], "status": t.get("status", t["state"].lower()), "reason": t.get("reason", ""),
-             **({"retry_of": t["retry_of"]} if "retry_of" in t else {})}
+            {
+                "trial": t["number"],
+                "status": t.get("status", t["state"].lower()),
+                "reason": t.get("reason", ""),
+                **({"retry_of": t["retry_of"]} if "retry_of" in t else {}),
+            }
             for t in trials
         ],
         "orphan_processes": sum(len(run.get("orphans", [])) for run in runs),
@@ -121,8 +141,21 @@ def main() -> None:
         "runs_detail": runs,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({key: result[key] for key in ("kills", "trials_cut_off", "trials_measured",
-                                                   "trials_lost", "orphan_processes", "scratch_folders_left")}))
+    print(
+        json.dumps(
+            {
+                key: result[key]
+                for key in (
+                    "kills",
+                    "trials_cut_off",
+                    "trials_measured",
+                    "trials_lost",
+                    "orphan_processes",
+                    "scratch_folders_left",
+                )
+            }
+        )
+    )
     if args.keep:
         print(f"kept in {folder}")
     else:
@@ -179,7 +212,11 @@ def _trials(database: Path) -> list[dict]:
 
 def _measured(database: Path) -> list[dict]:
     """Finished trials that were not cut off: the search's 30."""
-    return [t for t in _trials(database) if t["state"] in ("COMPLETE", "PRUNED", "FAIL") and t.get("status") != "interrupted"]
+    return [
+        t
+        for t in _trials(database)
+        if t["state"] in ("COMPLETE", "PRUNED", "FAIL") and t.get("status") != "interrupted"
+    ]
 
 
 def _running(database: Path) -> list[int]:
@@ -192,8 +229,14 @@ def _lost(trials: list[dict]) -> list[dict]:
     for trial in trials:
         if trial.get("status") != "interrupted" or "config" not in trial:
             continue  # a trial cut off before its config was drawn measured nothing
-        later = [t for t in trials if t["number"] > trial["number"] and t.get("config") == trial["config"]
-                 and t["state"] != "RUNNING" and t.get("status") != "interrupted"]
+        later = [
+            t
+            for t in trials
+            if t["number"] > trial["number"]
+            and t.get("config") == trial["config"]
+            and t["state"] != "RUNNING"
+            and t.get("status") != "interrupted"
+        ]
         if not later:
             lost.append({"trial": trial["number"], "why": "its config was never measured again"})
     return lost

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 import yaml
 
 from autotune import training
-from autotune.config import TrainConfig
-from autotune.demo import PatternImages, workload
+from autotune.knobs._config import TrainConfig
+from autotune.workload.demo import PatternImages, workload
 
 HELD_OUT = 2048  # samples never trained on
 

@@ -32,13 +32,32 @@ FIXED = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024**2), "MALLOC_TRIM_THRESHOLD_": 
 def one(spec: str, config: dict, seconds: float, env: dict[str, str]) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "suite" / "measure.py"), "--one", "--workload", spec,
-         "--config", json.dumps(config), "--seconds", str(seconds), "--warmup-steps", "3"],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, check=True)
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "suite" / "measure.py"),
+            "--one",
+            "--workload",
+            spec,
+            "--config",
+            json.dumps(config),
+            "--seconds",
+            str(seconds),
+            "--warmup-steps",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        check=True,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"rate": run["units_per_second"], "minor_faults": after.ru_minflt - before.ru_minflt,
-            "system_seconds": after.ru_stime - before.ru_stime}
+    return {
+        "rate": run["units_per_second"],
+        "minor_faults": after.ru_minflt - before.ru_minflt,
+        "system_seconds": after.ru_stime - before.ru_stime,
+    }
 
 
 def main() -> None:
@@ -54,18 +73,24 @@ def main() -> None:
         for label, env in (("glibc defaults", {}), ("threshold fixed", FIXED)):
             results[label].append(one(args.workload, config, args.seconds, env))
             print(f"run {index + 1}: {label}: {results[label][-1]}", flush=True)
-    lines = [f"# glibc's mmap threshold, {datetime.date.today().isoformat()}", "",
-             f"Machine: {os.cpu_count()} CPU cores, {platform.platform()}, Python {platform.python_version()}. "
-             f"Run: `python benchmarks/malloc_threshold.py --workload {args.workload} --config '{args.config}' "
-             f"--runs {args.runs} --seconds {args.seconds:g}` (fresh processes, interleaved; "
-             f"fixed: {', '.join(f'{k}={v}' for k, v in FIXED.items())}).", "",
-             "| allocator | units/s per process | median | minor page faults per process (median) | system CPU s (median) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# glibc's mmap threshold, {datetime.date.today().isoformat()}",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores, {platform.platform()}, Python {platform.python_version()}. "
+        f"Run: `python benchmarks/malloc_threshold.py --workload {args.workload} --config '{args.config}' "
+        f"--runs {args.runs} --seconds {args.seconds:g}` (fresh processes, interleaved; "
+        f"fixed: {', '.join(f'{k}={v}' for k, v in FIXED.items())}).",
+        "",
+        "| allocator | units/s per process | median | minor page faults per process (median) | system CPU s (median) |",
+        "|---|---|---|---|---|",
+    ]
     for label, runs in results.items():
         rates = [r["rate"] for r in runs]
-        lines.append(f"| {label} | {', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(rates):.1f} | "
-                     f"{statistics.median(r['minor_faults'] for r in runs):.0f} | "
-                     f"{statistics.median(r['system_seconds'] for r in runs):.2f} |")
+        lines.append(
+            f"| {label} | {', '.join(f'{r:.0f}' for r in rates)} | {statistics.median(rates):.1f} | "
+            f"{statistics.median(r['minor_faults'] for r in runs):.0f} | "
+            f"{statistics.median(r['system_seconds'] for r in runs):.2f} |"
+        )
     name = args.workload.rpartition(":")[0].removesuffix(".py").replace("/", ".").rpartition(".")[2]
     out = ROOT / "benchmarks" / "results" / f"malloc-threshold-{datetime.date.today().isoformat()}-{name}.md"
     out.write_text("\n".join(lines) + "\n")

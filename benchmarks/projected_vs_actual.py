@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_WORKLOADS = ["autotune.demo:workload", "examples/multitask.py:workload"]
+DEFAULT_WORKLOADS = ["autotune.workload.demo:workload", "examples/multitask.py:workload"]
 
 
 def outputs(out: str) -> tuple[Path, Path]:
@@ -60,8 +60,25 @@ def one_workload(spec: str, trials: int, train_seconds: float, folder: Path, log
     effective_batch = config["batch_size"] * config["accumulation_steps"]
     steps = max(20, int(train_seconds * measured["samples_per_second"] / effective_batch))
     record_path = folder / "run.json"
-    run([*cli, "train", "--workload", spec, "--config", str(export), "--steps", str(steps), "--storage", storage,
-         "--checkpoint-dir", str(folder / "checkpoints"), "--out", str(record_path)], log)
+    run(
+        [
+            *cli,
+            "train",
+            "--workload",
+            spec,
+            "--config",
+            str(export),
+            "--steps",
+            str(steps),
+            "--storage",
+            storage,
+            "--checkpoint-dir",
+            str(folder / "checkpoints"),
+            "--out",
+            str(record_path),
+        ],
+        log,
+    )
     record = json.loads(record_path.read_text())
     return {
         "workload": spec,

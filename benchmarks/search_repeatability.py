@@ -25,8 +25,9 @@ from projected_vs_actual import outputs, run  # the results' files; a command's 
 
 def one_search(workload: str, options: list[str], folder: Path, log: Path) -> dict:
     storage = f"sqlite:///{folder / 'study.db'}"
-    wall = run([sys.executable, "-m", "autotune.cli", "search", "--workload", workload, "--storage", storage, *options],
-               log)
+    wall = run(
+        [sys.executable, "-m", "autotune.cli", "search", "--workload", workload, "--storage", storage, *options], log
+    )
     [summary] = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     paired = study.user_attrs.get("paired") or {}
@@ -44,7 +45,7 @@ def one_search(workload: str, options: list[str], folder: Path, log: Path) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="autotune.demo:workload")
+    parser.add_argument("--workload", default="autotune.workload.demo:workload")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--timeout", default="2m")
     parser.add_argument("--out", default="benchmarks/results/search_repeatability.md")
@@ -61,7 +62,7 @@ def main() -> None:
 
     import torch
 
-    from autotune._units import parse_duration
+    from autotune.knobs._units import parse_duration
 
     limit = parse_duration(args.timeout)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
@@ -80,13 +81,18 @@ def main() -> None:
     for index, run in enumerate(runs, 1):
         speedup = f"{run['speedup']:.2f}x" if run["speedup"] else "-"
         noise = f"±{run['noise']:.1%}" if run["noise"] is not None else "-"
-        lines.append(f"| #{index}: `--trials {args.trials} --seed 0` | {run['trials']} | {run['wall_seconds']:.0f} s "
-                     f"| #{run['winner']} | {speedup} | {noise} |")
+        lines.append(
+            f"| #{index}: `--trials {args.trials} --seed 0` | {run['trials']} | {run['wall_seconds']:.0f} s "
+            f"| #{run['winner']} | {speedup} | {noise} |"
+        )
     if difference is not None:
         relative = difference / ((a["speedup"] + b["speedup"]) / 2)
         verdict = "within" if relative < stated else "outside"
-        lines += ["", f"The two speedups differ by {difference:.2f} ({relative:.1%} of their mean), {verdict} the "
-                      f"larger stated spread (±{stated:.1%})."]
+        lines += [
+            "",
+            f"The two speedups differ by {difference:.2f} ({relative:.1%} of their mean), {verdict} the "
+            f"larger stated spread (±{stated:.1%}).",
+        ]
     lines += [
         "",
         f"`--timeout {args.timeout} --trials 1000`: the search process ran {bounded['wall_seconds']:.1f} s from start "
@@ -96,8 +102,10 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "runs": runs, "timeout": bounded,
-                                                    "timeout_limit_seconds": limit}, indent=2) + "\n")
+    out.with_suffix(".json").write_text(
+        json.dumps({"machine": machine, "runs": runs, "timeout": bounded, "timeout_limit_seconds": limit}, indent=2)
+        + "\n"
+    )
     print(text)
 
 

@@ -36,12 +36,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # name: (workload spec, the recipe's length for these runs, what it is)
 WORKLOADS = {
-    "demo": ("autotune.demo:workload", None, "the built-in demo: a small CNN, batch 8, AdamW 1e-3, 5 epochs"),
+    "demo": ("autotune.workload.demo:workload", None, "the built-in demo: a small CNN, batch 8, AdamW 1e-3, 5 epochs"),
     # A quarter epoch of the text example (10,000 listings): its 3-epoch recipe takes about half an hour here.
-    "text": (str(ROOT / "examples" / "text.py") + ":workload", 0.25,
-             "examples/text.py: DeBERTa-v2 regression, 16 x 4 accumulation, AdamW 5e-5, a quarter epoch"),
-    "causal_lm": (str(ROOT / "benchmarks" / "workloads" / "causal_lm.py") + ":workload", None,
-                  "benchmarks/workloads/causal_lm.py: a GPT of nanoGPT's CPU recipe, batch 12, AdamW 1e-3, 2000 steps"),
+    "text": (
+        str(ROOT / "examples" / "text.py") + ":workload",
+        0.25,
+        "examples/text.py: DeBERTa-v2 regression, 16 x 4 accumulation, AdamW 5e-5, a quarter epoch",
+    ),
+    "causal_lm": (
+        str(ROOT / "benchmarks" / "workloads" / "causal_lm.py") + ":workload",
+        None,
+        "benchmarks/workloads/causal_lm.py: a GPT of nanoGPT's CPU recipe, batch 12, AdamW 1e-3, 2000 steps",
+    ),
 }
 
 
@@ -52,8 +58,12 @@ def main() -> None:
     parser.add_argument("--timeout", default="3m", help="each search's --timeout")
     parser.add_argument("--effective-batch", default="free", help="each search's --effective-batch ('' for none)")
     parser.add_argument("--out", default=None, help="results path without suffix (default: results/whole-runs-<date>)")
-    parser.add_argument("--from-json", default=None, metavar="FILE",
-                        help="write the report and figure again from an earlier run's JSON, running nothing")
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        metavar="FILE",
+        help="write the report and figure again from an earlier run's JSON, running nothing",
+    )
     args = parser.parse_args()
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
@@ -79,8 +89,21 @@ def run_workload(name: str, folder: Path, args: argparse.Namespace) -> dict:
     spec, epochs, what = WORKLOADS[name]
     folder.mkdir(parents=True)
     storage = f"sqlite:///{folder / 'study.db'}"
-    search = ["search", "--workload", spec, "--study", name, "--storage", storage, "--timeout", args.timeout,
-              "--trials", "1000", "--seed", "0"]
+    search = [
+        "search",
+        "--workload",
+        spec,
+        "--study",
+        name,
+        "--storage",
+        storage,
+        "--timeout",
+        args.timeout,
+        "--trials",
+        "1000",
+        "--seed",
+        "0",
+    ]
     search += ["--effective-batch", args.effective_batch] if args.effective_batch else []
     search += ["--epochs", str(epochs)] if epochs is not None else []
     began = time.monotonic()
@@ -94,12 +117,20 @@ def run_workload(name: str, folder: Path, args: argparse.Namespace) -> dict:
     for seed in range(args.seeds):
         for side, config in (("recipe", recipe), ("export", export)):  # interleaved: drift hits both alike
             runs[side].append(_train(folder / f"{side}-{seed}", spec, config, seed))
-    return _score({
-        "workload": spec, "what": what, "search_seconds": search_seconds,
-        "search_tail": search_log.splitlines()[-12:], "export_lines": export_log.splitlines(),
-        "recipe_config": yaml.safe_load(recipe.read_text())["config"], "export_config": document["config"],
-        "progress": document.get("progress"), "payoff": document.get("payoff"), "runs": runs,
-    })
+    return _score(
+        {
+            "workload": spec,
+            "what": what,
+            "search_seconds": search_seconds,
+            "search_tail": search_log.splitlines()[-12:],
+            "export_lines": export_log.splitlines(),
+            "recipe_config": yaml.safe_load(recipe.read_text())["config"],
+            "export_config": document["config"],
+            "progress": document.get("progress"),
+            "payoff": document.get("payoff"),
+            "runs": runs,
+        }
+    )
 
 
 def _score(result: dict) -> dict:
@@ -137,25 +168,45 @@ def _recipe_file(folder: Path, storage: str, name: str, document: dict) -> Path:
 
 def _train(folder: Path, spec: str, config: Path, seed: int) -> dict:
     record_path = folder / "record.json"
-    arguments = ["train", "--config", str(config), "--workload", spec, "--seed", str(seed), "--checkpoint-every",
-                 "off", "--checkpoint-dir", str(folder / "checkpoints"), "--out", str(record_path), "--no-write-back"]
+    arguments = [
+        "train",
+        "--config",
+        str(config),
+        "--workload",
+        spec,
+        "--seed",
+        str(seed),
+        "--checkpoint-every",
+        "off",
+        "--checkpoint-dir",
+        str(folder / "checkpoints"),
+        "--out",
+        str(record_path),
+        "--no-write-back",
+    ]
     began = time.monotonic()
     _autotune(arguments)
     process_seconds = time.monotonic() - began
     record = json.loads(record_path.read_text())
     evaluation = record["evaluations"][-1]["metrics"] if record["evaluations"] else {}
     return {
-        "seed": seed, "steps": record["steps"], "effective_batch": record["effective_batch_size"],
-        "epochs": record["epochs"], "final_loss": record["final_loss"], "held_out_loss": evaluation.get("loss"),
-        "wall_seconds": record["seconds"] + record["setup_seconds"], "training_seconds": record["seconds"],
-        "process_seconds": process_seconds, "curve": record["curve"],
+        "seed": seed,
+        "steps": record["steps"],
+        "effective_batch": record["effective_batch_size"],
+        "epochs": record["epochs"],
+        "final_loss": record["final_loss"],
+        "held_out_loss": evaluation.get("loss"),
+        "wall_seconds": record["seconds"] + record["setup_seconds"],
+        "training_seconds": record["seconds"],
+        "process_seconds": process_seconds,
+        "curve": record["curve"],
     }
 
 
 def _smoothed(curve: list[dict]) -> list[float]:
     """The loss curve as a trailing mean over a twentieth of its points."""
     window = max(1, len(curve) // 20)
-    return [statistics.fmean(p["loss"] for p in curve[max(0, i - window + 1):i + 1]) for i in range(len(curve))]
+    return [statistics.fmean(p["loss"] for p in curve[max(0, i - window + 1) : i + 1]) for i in range(len(curve))]
 
 
 def _reaches(curve: list[dict], target: float) -> float | None:
@@ -173,8 +224,13 @@ def _reaches(curve: list[dict], target: float) -> float | None:
 def _machine() -> dict:
     import torch
 
-    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "platform": platform.platform(), "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _write(stem: Path, results: dict, started: float) -> None:
@@ -198,16 +254,19 @@ def _summary(runs: list[dict], key: str) -> str:
 def _markdown(results: dict) -> str:
     machine = results["machine"]
     lines = [
-        f"# Whole runs, {datetime.date.today().isoformat()}", "",
+        f"# Whole runs, {datetime.date.today().isoformat()}",
+        "",
         f"{machine['cpus']} CPUs ({machine['processor']}), torch {machine['torch']}, Python {machine['python']}; "
         f"searches with `--timeout {results['arguments']['timeout']}` and `--effective-batch "
         f"{results['arguments']['effective_batch'] or '(the recipe)'}`; {results['arguments']['seeds']} seeds per "
-        f"side; {results['seconds'] / 60:.0f} minutes in all.", "",
+        f"side; {results['seconds'] / 60:.0f} minutes in all.",
+        "",
         "Each side trained in full with `autotune train` (interleaved by seed). Loss: the mean training loss of the "
         "last 20 steps; held-out: the workload's evaluate at the end, where it has one. Wall time: the training loop "
-        "plus building the model and data. \"Reaches\": the training time from which the run's loss curve (a "
+        'plus building the model and data. "Reaches": the training time from which the run\'s loss curve (a '
         "trailing mean over a twentieth of its points) stays at or below where the recipe's smoothed curves end (the "
-        "mean over its seeds) to the end; \"(k of n)\": only k of the n seeds' runs end there.", "",
+        'mean over its seeds) to the end; "(k of n)": only k of the n seeds\' runs end there.',
+        "",
         "| workload | side | effective batch | steps | final loss | held-out loss | wall time (s) | reaches the recipe's loss (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -217,10 +276,18 @@ def _markdown(results: dict) -> str:
             lines.append(
                 f"| {name} | {side} | {runs[0]['effective_batch']} | {runs[0]['steps']} | {_summary(runs, 'final_loss')} "
                 f"| {_summary(runs, 'held_out_loss')} | {_summary(runs, 'wall_seconds')} "
-                f"| {_summary(runs, 'reaches_recipe_loss_seconds')} |")
+                f"| {_summary(runs, 'reaches_recipe_loss_seconds')} |"
+            )
     for name, result in results["workloads"].items():
-        lines += ["", f"## {name}", "", result["what"] + ".", "",
-                  f"Search: {result['search_seconds']:.0f} s. The export's lines:", ""]
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            result["what"] + ".",
+            "",
+            f"Search: {result['search_seconds']:.0f} s. The export's lines:",
+            "",
+        ]
         lines += [f"- {line}" for line in result["export_lines"]]
     lines += ["", "![loss against wall time](" + Path(results.get("figure", "")).name + ")", ""]
     return "\n".join(lines)
@@ -239,10 +306,21 @@ def _figure(results: dict, path: Path) -> None:
         for side, colour in (("recipe", "C0"), ("export", "C3")):
             for index, run in enumerate(result["runs"][side]):
                 curve = run["curve"]
-                axis.plot([p["seconds"] for p in curve], [p["loss"] for p in curve], color=colour, alpha=0.7,
-                          linewidth=1.2, label=f"{side} (batch {run['effective_batch']})" if index == 0 else None)
-        axis.axhline(result["recipe_final_loss"], color="0.4", linestyle=":", linewidth=1,
-                     label="recipe's final loss (last 20 steps)")
+                axis.plot(
+                    [p["seconds"] for p in curve],
+                    [p["loss"] for p in curve],
+                    color=colour,
+                    alpha=0.7,
+                    linewidth=1.2,
+                    label=f"{side} (batch {run['effective_batch']})" if index == 0 else None,
+                )
+        axis.axhline(
+            result["recipe_final_loss"],
+            color="0.4",
+            linestyle=":",
+            linewidth=1,
+            label="recipe's final loss (last 20 steps)",
+        )
         axis.set_yscale("log")
         axis.set_xlabel("training wall time (s)")
         axis.set_ylabel("training loss")

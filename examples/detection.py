@@ -138,8 +138,9 @@ def held_out_loss(model: nn.Module) -> dict[str, float]:
     total, batches = 0.0, 0
     for batch in loader:
         labels = [{key: value.to(device) for key, value in target.items()} for target in batch["labels"]]
-        output = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device),
-                       labels=labels)
+        output = model(
+            pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device), labels=labels
+        )
         total += float(output.loss)
         batches += 1
     return {"held_out_loss": total / batches}

@@ -74,7 +74,10 @@ def lora_llama() -> nn.Module:
     )
     base = LlamaForCausalLM(config)  # random init: no pretrained weights
     adapters = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():  # peft asks transformers 5 for a renamed attribute: not ours to fix

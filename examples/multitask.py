@@ -58,8 +58,9 @@ class MultiTaskEncoder(nn.Module):
         self.embed = nn.Embedding(VOCAB, width)
         self.position = nn.Parameter(torch.zeros(SEQUENCE_LENGTH, width))
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.1, batch_first=True,
-                                       norm_first=True)
+            nn.TransformerEncoderLayer(
+                width, heads, dim_feedforward=4 * width, dropout=0.1, batch_first=True, norm_first=True
+            )
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(width)

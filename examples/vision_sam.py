@@ -114,8 +114,9 @@ class ResidualBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -149,8 +150,9 @@ def workload() -> Workload:
         model=ResNet8,
         dataset=ClassPatterns,
         loss=classification_loss,
-        optimizer=lambda params, lr: SAM(params, torch.optim.SGD, rho=0.05, lr=lr, momentum=0.9, weight_decay=5e-4,
-                                         nesterov=True),
+        optimizer=lambda params, lr: SAM(
+            params, torch.optim.SGD, rho=0.05, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True
+        ),
         step_closure=True,
         after_step=SWA(),
         base_lr=0.05,

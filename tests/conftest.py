@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.config import TrainConfig
+from autotune.knobs._config import TrainConfig
 from autotune.runner import MeasureSettings
 
 WORKLOADS = Path(__file__).parent / "workloads"
@@ -79,17 +79,28 @@ def error_line(result) -> str:
 def recipe_checks_keep():
     """Inside: the search's recipe checks keep every changed recipe without running it, for tests of what
     follows a kept check (the check itself runs for real in test_recipe_check.py)."""
-    from autotune import recipe_check
+    from autotune.search import _recipe_check as recipe_check
 
     def kept(setup, trial, recipe, max_lr, budgets, *, deadline=None, seeds=recipe_check.SEEDS):
         config = TrainConfig.from_dict(trial.user_attrs["config"])
         return recipe_check.RecipeCheck(
-            trial=trial.number, config={**trial.user_attrs["config"], "max_lr": max_lr},
+            trial=trial.number,
+            config={**trial.user_attrs["config"], "max_lr": max_lr},
             recipe_config={**recipe.user_attrs["config"], "max_lr": float(setup["baseline"]["max_lr"])},
-            effective_batch=config.effective_batch_size, recipe_effective_batch=budgets.baseline_effective_batch,
-            noise_scale=budgets.noise_scale, samples_factor=1.0, steps=1, recipe_steps=1, seeds=[1],
-            losses=[0.1], recipe_losses=[0.1], kept=True, reason=f"trial #{trial.number}: kept (a test's stand-in)",
-            seconds=0.0, recipe_trial=recipe.number)
+            effective_batch=config.effective_batch_size,
+            recipe_effective_batch=budgets.baseline_effective_batch,
+            noise_scale=budgets.noise_scale,
+            samples_factor=1.0,
+            steps=1,
+            recipe_steps=1,
+            seeds=[1],
+            losses=[0.1],
+            recipe_losses=[0.1],
+            kept=True,
+            reason=f"trial #{trial.number}: kept (a test's stand-in)",
+            seconds=0.0,
+            recipe_trial=recipe.number,
+        )
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(recipe_check, "run_check", kept)

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from autotune.budget import (
+from autotune.exceptions import ParameterError, UsageError
+from autotune.search._budget import (
     DEFAULT_TRIAL_TIMEOUT_SECONDS,
     MIN_TRIAL_TIMEOUT_SECONDS,
     Budgets,
     derive_trial_timeout,
 )
-from autotune.exceptions import ParameterError, UsageError
 
 MiB = 1024**2
 GiB = 1024**3
@@ -136,7 +136,11 @@ def test_budgets_margin_without_deadline_is_accepted():
 
 def test_budgets_json_round_trip():
     budgets = Budgets(
-        memory_budget_bytes=24 * GiB, memory_headroom=0.2, epochs=3.5, deadline_seconds=43200, safety_margin_seconds=1800,
+        memory_budget_bytes=24 * GiB,
+        memory_headroom=0.2,
+        epochs=3.5,
+        deadline_seconds=43200,
+        safety_margin_seconds=1800,
         baseline_effective_batch=12,
     )
     data = budgets.to_json()
@@ -155,7 +159,8 @@ def test_budgets_json_round_trip():
 
 def test_budgets_noise_scale_is_read_from_the_trials_not_stored():
     budgets = Budgets(baseline_effective_batch=12).with_noise_scale(
-        [{"noise": {"gradient_sq": [1.0, 3.0], "trace": [100.0, 300.0]}}])
+        [{"noise": {"gradient_sq": [1.0, 3.0], "trace": [100.0, 300.0]}}]
+    )
     assert budgets.noise_scale == pytest.approx(100.0)
     assert "noise_scale" not in budgets.to_json()
     assert Budgets(baseline_effective_batch=12).with_noise_scale([{"config": {}}]).noise_scale is None
@@ -180,7 +185,10 @@ def test_projection_at_a_larger_batch_takes_the_samples_to_the_recipes_progress(
     assert parts["samples"] == pytest.approx(24000 * 3 / 1.1)
     assert parts["steady_seconds"] == pytest.approx(24000 * 3 / 1.1 / 3000.0)
     assert parts["optimizer_steps"] == pytest.approx(24000 * 3 / 1.1 / 240)
-    assert "x 2.73 to the recipe's progress (effective batch 240, not 12; gradient noise scale 120)" in parts["includes"][0]
+    assert (
+        "x 2.73 to the recipe's progress (effective batch 240, not 12; gradient noise scale 120)"
+        in parts["includes"][0]
+    )
 
 
 def test_projection_faster_per_sample_can_be_slower_to_the_same_progress():
@@ -200,8 +208,13 @@ def test_projection_in_steps_counts_the_recipes_samples_per_step():
 
 
 def test_projection_says_what_the_full_run_includes():
-    attrs = {"dataset_size": 1000, "warmup_seconds": 30.0, "compile_seconds": 25.0, "evaluation_seconds": 2.0,
-             "config": {"batch_size": 10, "accumulation_steps": 2}}
+    attrs = {
+        "dataset_size": 1000,
+        "warmup_seconds": 30.0,
+        "compile_seconds": 25.0,
+        "evaluation_seconds": 2.0,
+        "config": {"batch_size": 10, "accumulation_steps": 2},
+    }
     parts = Budgets(epochs=3, evaluations=3).projection(attrs, 100.0)
     assert parts["seconds"] == pytest.approx(30 + 30 + 6)
     assert parts["includes"] == [

@@ -13,18 +13,20 @@ import time
 
 import optuna
 import pytest
+from conftest import workload_spec
 
-from autotune import _records, recipe_check
-from autotune._units import format_duration, format_size
-from autotune.budget import Budgets
 from autotune.exceptions import SearchSpaceError
-from autotune.export import export_best
+from autotune.export._export import export_best
+from autotune.search._selection import PREFERENCES, Candidate, noise_margin, with_paired
+from autotune.knobs._units import format_duration, format_size
 from autotune.runner import MeasureSettings
 from autotune.runner._harness import Diverged, _DivergenceGuard
-from autotune.selection import PREFERENCES, Candidate, noise_margin, with_paired
-from autotune.study import SearchOptions, plan_search, search
-
-from conftest import workload_spec
+from autotune.search import _recipe_check as recipe_check
+from autotune.search._budget import Budgets
+from autotune.search._loop import search
+from autotune.search._options import SearchOptions
+from autotune.search._plan import plan_search
+from autotune.store import _records
 
 MiB = 1024**2
 DAY = 86400.0
@@ -35,8 +37,15 @@ TINY_EPOCHS = 2
 
 def _options(storage: str, space, **overrides) -> SearchOptions:
     values = {
-        "workload": workload_spec(), "storage": storage, "space": space, "n_trials": 1, "measure": FAST,
-        "seed": 0, "slow_fraction": 0.0, "lr_find": False, "objective": "throughput",
+        "workload": workload_spec(),
+        "storage": storage,
+        "space": space,
+        "n_trials": 1,
+        "measure": FAST,
+        "seed": 0,
+        "slow_fraction": 0.0,
+        "lr_find": False,
+        "objective": "throughput",
     }
     return SearchOptions(**{**values, **overrides})
 
@@ -52,8 +61,11 @@ def _study(storage: str, name: str = "tiny") -> optuna.Study:
 def _check_baseline_guarantee(export, study: optuna.Study) -> None:
     """The invariant: the baseline is exported unless the fastest config beats it beyond the stated noise;
     a config at another effective batch than the recipe's is a candidate only once a recipe check kept it."""
-    feasible, _ = recipe_check.exportable([Candidate.from_trial(t) for t in _records.feasible_trials(study.trials)],
-                                          _records.read_setup(study), recipe_check.stored_checks(study))
+    feasible, _ = recipe_check.exportable(
+        [Candidate.from_trial(t) for t in _records.feasible_trials(study.trials)],
+        _records.read_setup(study),
+        recipe_check.stored_checks(study),
+    )
     if study.user_attrs.get("paired"):  # the winner and the baseline re-measured side by side
         feasible = with_paired(feasible, study.user_attrs["paired"])
     fastest = max(feasible, key=lambda c: c.samples_per_second)
@@ -133,7 +145,9 @@ def test_export_best_effective_batch_is_measured_and_kept(effective):
     assert (progress["recipe_effective_batch"], progress["effective_batch"]) == (8, 32)
     assert progress["samples_factor"] > 1
     assert export.document["full_run"]["epochs"] == pytest.approx(TINY_EPOCHS * progress["samples_factor"])
-    assert export.document["one_cycle"]["total_steps"] == int(TINY_DATASET // 32 * TINY_EPOCHS * progress["samples_factor"])
+    assert export.document["one_cycle"]["total_steps"] == int(
+        TINY_DATASET // 32 * TINY_EPOCHS * progress["samples_factor"]
+    )
 
 
 def test_plan_search_effective_batch_from_the_space_file(space_file, storage_url):
@@ -173,7 +187,8 @@ HUNGRY_SEARCH = """
 import dataclasses, json, sys
 import optuna
 from autotune.runner import MeasureSettings
-from autotune.study import SearchOptions, search
+from autotune.search._loop import search
+from autotune.search._options import SearchOptions
 
 storage, space, spec = sys.argv[1:4]
 MiB = 1024**2
@@ -207,12 +222,19 @@ def hungry(tmp_path_factory):
     storage = _storage(folder)
     done = subprocess.run(
         [sys.executable, "-c", HUNGRY_SEARCH, storage, str(space), workload_spec("memory_hungry")],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"storage": storage, "name": found["name"], "study": _study(storage, found["name"]),
-            "target": found["target"]}
+    return {
+        "storage": storage,
+        "name": found["name"],
+        "study": _study(storage, found["name"]),
+        "target": found["target"],
+    }
 
 
 PARENT_PEAK_TRIAL = """
@@ -232,7 +254,10 @@ print(json.dumps({"status": outcome.status.value, "peak": outcome.peak_memory_by
 def test_run_trial_peak_memory_is_the_trials_own_not_its_parents():
     done = subprocess.run(
         [sys.executable, "-c", PARENT_PEAK_TRIAL, workload_spec()],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
@@ -350,8 +375,11 @@ def shared(tmp_path_factory):
     options = _options(storage, space, deadline_seconds=DAY)
     search(options)
     study = _study(storage)
-    for params in ({"batch_size": 64, "max_lr": 0.01}, {"batch_size": 256, "max_lr": 0.01},
-                   {"batch_size": 256, "max_lr": 1.0e6}):
+    for params in (
+        {"batch_size": 64, "max_lr": 0.01},
+        {"batch_size": 256, "max_lr": 0.01},
+        {"batch_size": 256, "max_lr": 1.0e6},
+    ):
         study.enqueue_trial(params)
     search(dataclasses.replace(options, n_trials=3))
     study = _study(storage)
@@ -444,15 +472,21 @@ def test_export_best_never_exports_a_diverged_trial(shared, prefer):
 def test_export_best_verify_remeasures_the_top_and_the_baseline(shared):
     runs = []
     export = export_best(
-        "tiny", shared["storage"], verify_top=2, rounds=2,
+        "tiny",
+        shared["storage"],
+        verify_top=2,
+        rounds=2,
         on_verify_run=lambda index, rounds, candidate, rate: runs.append((index, rounds, candidate.number, rate)),
     )
     verified = export.document["selection"]["verified"]
     # The candidates: trials at the recipe's effective batch, and any other a recipe check kept.
     study = _study(shared["storage"])
     kept = {check.trial for check in recipe_check.stored_checks(study) if check.kept}
-    feasible = [t for t in _records.feasible_trials(study.trials)
-                if t.user_attrs["config"]["batch_size"] == 8 or t.number in kept]
+    feasible = [
+        t
+        for t in _records.feasible_trials(study.trials)
+        if t.user_attrs["config"]["batch_size"] == 8 or t.number in kept
+    ]
     top = [t.number for t in sorted(feasible, key=_records.throughput, reverse=True)[:2]]  # the study's objective
     expected = top + ([0] if 0 not in top else [])
     assert [entry["trial"] for entry in verified] == expected
@@ -524,8 +558,8 @@ def test_search_timeout_stops_a_hanging_trial(space_file, storage_url, fast_meas
 def test_verify_runs_each_round_with_the_studys_windows_and_no_more(shared, monkeypatch):
     """Rounds, not longer runs, narrow the spread between processes: a round's run is the study's
     trial with its windows fixed at the study's count."""
-    from autotune import verify as verify_module
-    from autotune.selection import Candidate
+    from autotune.search import _verify as verify_module
+    from autotune.search._selection import Candidate
 
     study = _study(shared["storage"])
     setup = _records.read_setup(study)
@@ -537,15 +571,16 @@ def test_verify_runs_each_round_with_the_studys_windows_and_no_more(shared, monk
     verification = verify_module.verify([Candidate.from_trial(study.trials[0])], setup, rounds=1)
     assert [job.measure.max_windows for job in jobs] == [None]
     assert jobs[0].measure.windows == setup["measure"]["windows"]
-    assert jobs[0] == dataclasses.replace(verify_module.trial_job(setup, study.trials[0].user_attrs["config"]),
-                                          measure=jobs[0].measure)
+    assert jobs[0] == dataclasses.replace(
+        verify_module.trial_job(setup, study.trials[0].user_attrs["config"]), measure=jobs[0].measure
+    )
     assert len(verification.candidates) == 1
 
 
 def test_verify_goes_on_past_its_rounds_until_enough(shared):
     """The paired re-measurement's rule: at least `rounds`, then more up to `max_rounds` until `enough`."""
-    from autotune.selection import Candidate
-    from autotune.verify import verify
+    from autotune.search._selection import Candidate
+    from autotune.search._verify import verify
 
     study = _study(shared["storage"])
     candidates = [Candidate.from_trial(study.trials[0]), Candidate.from_trial(study.trials[1])]
@@ -590,18 +625,24 @@ def test_search_keeps_the_recipes_effective_batch_in_every_trial_by_default(stor
     assert baseline.user_attrs["noise"]["groups"] >= 4
     assert baseline.user_attrs["noise_scale"] > 0
     progress = export_best("tiny.twelve", storage_url).document["progress"]
-    assert (progress["effective_batch"], progress["recipe_effective_batch"], progress["samples_factor"]) == (12, 12, 1.0)
+    assert (progress["effective_batch"], progress["recipe_effective_batch"], progress["samples_factor"]) == (
+        12,
+        12,
+        1.0,
+    )
     assert progress["noise_scale"] > 0
 
 
 def test_plan_search_free_effective_batch_says_so(storage_url, space_file):
-    plan = plan_search(_options(storage_url, space_file(HELD_SPACE), workload=workload_spec("twelve"),
-                                effective_batch="free"))
+    plan = plan_search(
+        _options(storage_url, space_file(HELD_SPACE), workload=workload_spec("twelve"), effective_batch="free")
+    )
     assert plan.space.knobs["batch_size"].low == 2 and plan.space.effective_batch is None
     assert plan.notes[0] == (
         "--effective-batch free: trials may change the recipe's 12 samples per optimizer step; one that does is "
         "ranked by the time to the recipe's progress (gradient noise scale) and exported only once a run to that "
-        "progress is checked against the recipe's")
+        "progress is checked against the recipe's"
+    )
     assert plan.budgets.baseline_effective_batch == 12
 
 
@@ -619,12 +660,16 @@ def test_plan_search_recipe_batch_no_choice_divides_is_refused_saying_why(storag
         plan_search(_options(storage_url, space, workload=workload_spec("twelve")))
     assert str(caught.value) == (
         f"{space}: no batch_size in [16, 32] divides the effective batch 12, the recipe's, which every trial keeps "
-        "(--effective-batch free releases it)")
+        "(--effective-batch free releases it)"
+    )
 
 
 def test_plan_search_effective_batch_other_than_the_recipes_says_what_follows(storage_url, space_file):
-    plan = plan_search(_options(storage_url, space_file(HELD_SPACE), workload=workload_spec("twelve"),
-                                effective_batch=48))
-    assert plan.notes[0] == ("--effective-batch: effective batch 48, not the recipe's 12: every trial is projected "
-                             "to the recipe's progress (gradient noise scale), and max_lr follows the batch")
+    plan = plan_search(
+        _options(storage_url, space_file(HELD_SPACE), workload=workload_spec("twelve"), effective_batch=48)
+    )
+    assert plan.notes[0] == (
+        "--effective-batch: effective batch 48, not the recipe's 12: every trial is projected "
+        "to the recipe's progress (gradient noise scale), and max_lr follows the batch"
+    )
     assert plan.budgets.baseline_effective_batch == 12

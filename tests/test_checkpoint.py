@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from autotune import checkpoint
 from autotune.exceptions import CheckpointError
+from autotune.training import _checkpoint as checkpoint
 
 
 def test_save_checkpoint_keeps_the_latest_two(tmp_path):
@@ -44,7 +44,9 @@ def test_load_checkpoint_not_a_checkpoint_is_one_line(tmp_path):
 def test_check_same_config_names_the_first_different_knob(tmp_path):
     checkpoint.check_same_config("c.pt", {"batch_size": 8, "precision": "fp32"}, {"batch_size": 8, "precision": "fp32"})
     with pytest.raises(CheckpointError) as error:
-        checkpoint.check_same_config("c.pt", {"batch_size": 8, "precision": "fp32"}, {"batch_size": 8, "precision": "bf16"})
+        checkpoint.check_same_config(
+            "c.pt", {"batch_size": 8, "precision": "fp32"}, {"batch_size": 8, "precision": "bf16"}
+        )
     assert str(error.value) == (
         "c.pt was saved with precision 'fp32', the config has 'bf16'; "
         "--resume continues a run with the config it started with"

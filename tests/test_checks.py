@@ -7,20 +7,29 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import WORKLOADS, run_cli, workload_spec
 from optuna.trial import TrialState
 
-from autotune._checks import RepeatedErrors
 from autotune.exceptions import WorkloadError
-from autotune.study import SearchListener, SearchOptions, search
-
-from conftest import WORKLOADS, run_cli, workload_spec
+from autotune.search._checks import RepeatedErrors
+from autotune.search._loop import search
+from autotune.search._options import SearchListener, SearchOptions
 
 SPACE = "knobs: {batch_size: [8, 16, 32]}\n"
 
 
 def _options(name: str, storage: str, space: Path, fast_measure, **extra) -> SearchOptions:
-    return SearchOptions(workload=workload_spec(name, "faults.py"), storage=storage, space=space, n_trials=4,
-                         measure=fast_measure, seed=0, slow_fraction=0.0, lr_find=False, **extra)
+    return SearchOptions(
+        workload=workload_spec(name, "faults.py"),
+        storage=storage,
+        space=space,
+        n_trials=4,
+        measure=fast_measure,
+        seed=0,
+        slow_fraction=0.0,
+        lr_find=False,
+        **extra,
+    )
 
 
 @pytest.mark.parametrize(
@@ -78,8 +87,15 @@ class _Counting(SearchListener):
 def test_search_resumed_study_with_a_measured_baseline_skips_the_check(storage_url, space_file, fast_measure):
     # batch 4 is slower than the baseline's 8: the baseline stays the winner, with nothing to re-measure
     space = space_file("knobs: {batch_size: [4]}\n")
-    options = SearchOptions(workload=workload_spec(), storage=storage_url, space=space, n_trials=1,
-                            measure=fast_measure, seed=0, lr_find=False)
+    options = SearchOptions(
+        workload=workload_spec(),
+        storage=storage_url,
+        space=space,
+        n_trials=1,
+        measure=fast_measure,
+        seed=0,
+        lr_find=False,
+    )
     listener = _Counting()
     search(options, listener)
     assert listener.checks == 1
@@ -114,41 +130,67 @@ def test_search_steps_a_sam_optimizer_with_a_closure_when_the_workload_does_not_
         def on_plan(self, plan) -> None:
             notes.extend(plan.notes)
 
-    options = SearchOptions(workload=workload_spec("unflagged", "sam.py"), storage=storage_url, n_trials=3,
-                            measure=fast_measure, seed=0, lr_find=False, effective_batch="free")
+    options = SearchOptions(
+        workload=workload_spec("unflagged", "sam.py"),
+        storage=storage_url,
+        n_trials=3,
+        measure=fast_measure,
+        seed=0,
+        lr_find=False,
+        effective_batch="free",
+    )
     search(options, Listener())
     study = optuna.load_study(study_name="sam.unflagged", storage=storage_url)
     assert [t.user_attrs.get("status") for t in study.trials if t.user_attrs.get("status") == "error"] == []
     assert study.trials[0].user_attrs["status"] == "ok"
     assert study.user_attrs["step_closure"] is True
-    assert ("the optimizer's step failed without a closure (AssertionError: SAM requires a closure at sam.py:46) "
-            "and ran with one: every trial and the full run step it with a closure that re-evaluates the loss "
-            "(as Workload(step_closure=True) does)") in notes
+    assert (
+        "the optimizer's step failed without a closure (AssertionError: SAM requires a closure at sam.py:46) "
+        "and ran with one: every trial and the full run step it with a closure that re-evaluates the loss "
+        "(as Workload(step_closure=True) does)"
+    ) in notes
 
 
 def test_export_and_train_step_the_found_closure(storage_url, fast_measure, tmp_path):
-    from autotune.export import export_best
-    from autotune.full_run import TrainOptions, train
+    from autotune.export._export import export_best
+    from autotune.training._full_run import TrainOptions, train
 
-    search(SearchOptions(workload=workload_spec("unflagged", "sam.py"), storage=storage_url, n_trials=1,
-                         measure=fast_measure, seed=0, lr_find=False))
+    search(
+        SearchOptions(
+            workload=workload_spec("unflagged", "sam.py"),
+            storage=storage_url,
+            n_trials=1,
+            measure=fast_measure,
+            seed=0,
+            lr_find=False,
+        )
+    )
     out = tmp_path / "best.yaml"
     document = export_best("sam.unflagged", storage_url, out).document
     assert document["provenance"]["step_closure"] is True
     script = export_best("sam.unflagged", storage_url, tmp_path / "train.py", "torch").path.read_text()
     assert "STEP_CLOSURE = True" in script
-    record = train(TrainOptions(config=out, steps=5, checkpoint_dir=tmp_path / "ck", checkpoint_every_seconds=None,
-                                write_back=False))
+    record = train(
+        TrainOptions(
+            config=out, steps=5, checkpoint_dir=tmp_path / "ck", checkpoint_every_seconds=None, write_back=False
+        )
+    )
     assert (record.status, record.steps) == ("finished", 5)
 
 
 def test_search_optimizer_step_failing_with_a_closure_too_is_refused_naming_the_flag(storage_url, fast_measure):
-    options = SearchOptions(workload=workload_spec("broken_step", "sam.py"), storage=storage_url, n_trials=1,
-                            measure=fast_measure, lr_find=False)
+    options = SearchOptions(
+        workload=workload_spec("broken_step", "sam.py"),
+        storage=storage_url,
+        n_trials=1,
+        measure=fast_measure,
+        lr_find=False,
+    )
     with pytest.raises(WorkloadError) as info:
         search(options)
     assert str(info.value) == (
         f"workload {options.workload!r}: RuntimeError: the optimizer's state is corrupt at sam.py:102 (its first "
         "training step, at the baseline's batch_size 16); it failed inside optimizer.step(), and with a closure "
-        "too (Workload.step_closure)")
+        "too (Workload.step_closure)"
+    )
     assert not Path(storage_url.removeprefix("sqlite:///")).exists()

@@ -8,16 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import WORKLOADS, error_line, run_cli, workload_spec
 
 from autotune.cli import main
 
-from conftest import WORKLOADS, error_line, run_cli, workload_spec
-
 FAST_OPTIONS = ["--window-seconds", "0.2", "--windows", "2", "--warmup-steps", "1", "--no-lr-find"]
 COMMANDS = sorted(main.commands)
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +24,20 @@ def searched(tmp_path_factory):
     space.write_text("effective_batch: free\nknobs: {batch_size: [32, 64]}\n")
     storage = f"sqlite:///{folder / 'studies' / 'cli.db'}"
     result = run_cli(
-        "search", "--workload", workload_spec(), "--space", str(space), "--trials", "3", "--storage", storage,
-        "--seed", "0", "--slow-fraction", "0", *FAST_OPTIONS,
+        "search",
+        "--workload",
+        workload_spec(),
+        "--space",
+        str(space),
+        "--trials",
+        "3",
+        "--storage",
+        storage,
+        "--seed",
+        "0",
+        "--slow-fraction",
+        "0",
+        *FAST_OPTIONS,
     )
     return {"result": result, "storage": storage, "folder": folder, "space": space}
 
@@ -72,9 +80,9 @@ def test_cli_help_does_not_import_torch_or_optuna(args):
 
 
 def test_cli_search_unknown_workload_file_is_oneerror_line(tmp_path):
-    assert error_line(run_cli("search", "--workload", "nope.py:workload", "--storage", f"sqlite:///{tmp_path}/x.db")) == (
-        "Error: workload 'nope.py:workload': no such file 'nope.py'"
-    )
+    assert error_line(
+        run_cli("search", "--workload", "nope.py:workload", "--storage", f"sqlite:///{tmp_path}/x.db")
+    ) == ("Error: workload 'nope.py:workload': no such file 'nope.py'")
     assert not (tmp_path / "x.db").exists()
 
 
@@ -87,8 +95,11 @@ def test_cli_search_missing_workload_attribute_is_oneerror_line(tmp_path):
 def test_cli_search_broken_space_names_the_knob_and_a_suggestion(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("knobs:\n  batch_sise: [8, 16]\n")
-    line = error_line(run_cli("search", "--workload", workload_spec(), "--space", str(space),
-                            "--storage", f"sqlite:///{tmp_path}/x.db"))
+    line = error_line(
+        run_cli(
+            "search", "--workload", workload_spec(), "--space", str(space), "--storage", f"sqlite:///{tmp_path}/x.db"
+        )
+    )
     assert line == f"Error: {space}: unknown knob 'batch_sise' (did you mean 'batch_size'?)"
     assert not (tmp_path / "x.db").exists()
 
@@ -152,8 +163,9 @@ def test_cli_export_best_writes_json_with_its_sections(searched):
     assert document["provenance"]["study"] == "tiny"
     assert document["config"]["batch_size"] in (8, 32, 64)
     assert f"written to {out}" in result.output.splitlines()
-    assert re.search(rf"^trial #{document['provenance']['trial']} of study tiny: \d+\.\d samples/s", result.output,
-                     re.MULTILINE)
+    assert re.search(
+        rf"^trial #{document['provenance']['trial']} of study tiny: \d+\.\d samples/s", result.output, re.MULTILINE
+    )
 
 
 def test_cli_export_best_without_study_picks_the_only_study(searched):
@@ -176,7 +188,7 @@ def test_cli_export_best_unknown_study_lists_the_studies(searched):
 
 
 def test_cli_export_best_empty_storage_is_oneerror_line(tmp_path):
-    from autotune.storage import open_storage
+    from autotune.store._storage import open_storage
 
     storage = f"sqlite:///{tmp_path}/empty.db"
     open_storage(storage)  # a database without studies
@@ -188,8 +200,22 @@ def test_cli_export_best_empty_storage_is_oneerror_line(tmp_path):
 def test_cli_search_zero_windows_is_oneerror_line(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("effective_batch: free\nknobs: {batch_size: [8, 16]}\n")
-    result = run_cli("search", "--workload", workload_spec(), "--space", str(space), "--trials", "1",
-                  "--storage", f"sqlite:///{tmp_path}/x.db", "--windows", "0", "--warmup-steps", "1", "--no-lr-find")
+    result = run_cli(
+        "search",
+        "--workload",
+        workload_spec(),
+        "--space",
+        str(space),
+        "--trials",
+        "1",
+        "--storage",
+        f"sqlite:///{tmp_path}/x.db",
+        "--windows",
+        "0",
+        "--warmup-steps",
+        "1",
+        "--no-lr-find",
+    )
     assert "--windows" in error_line(result)
 
 
@@ -217,8 +243,9 @@ def test_cli_export_best_format_hf_writes_training_arguments(searched):
     assert result.exit_code == 0, result.output
     assert f"written to {out}" in result.output.splitlines()
     exported = yaml.safe_load(out.read_text())
-    args = transformers.TrainingArguments(output_dir=str(searched["folder"] / "hf"), report_to="none",
-                                          **exported["TrainingArguments"])
+    args = transformers.TrainingArguments(
+        output_dir=str(searched["folder"] / "hf"), report_to="none", **exported["TrainingArguments"]
+    )
     plain = searched["folder"] / "plain.json"
     assert run_cli("export-best", "--storage", searched["storage"], "--out", str(plain)).exit_code == 0
     document = json.loads(plain.read_text())
@@ -239,7 +266,8 @@ def test_cli_export_best_framework_format_without_out_names_its_own_file(searche
 
 def test_cli_export_best_format_torch_with_a_yaml_out_is_one_error_line(tmp_path):
     out = tmp_path / "train.yaml"
-    line = error_line(run_cli("export-best", "--storage", f"sqlite:///{tmp_path}/none.db", "--format", "torch",
-                              "--out", str(out)))
+    line = error_line(
+        run_cli("export-best", "--storage", f"sqlite:///{tmp_path}/none.db", "--format", "torch", "--out", str(out))
+    )
     assert line == f"Error: --format torch writes a Python script: --out must end in .py, got '{out}'"
     assert not out.exists() and not (tmp_path / "none.db").exists()

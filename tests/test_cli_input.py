@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-import autotune.study
-from autotune.exceptions import AutotuneError
-
 from conftest import error_line, run_cli, workload_spec
+
+import autotune.search._loop
+from autotune.exceptions import AutotuneError
 
 
 @pytest.fixture
@@ -44,13 +43,14 @@ def test_cli_search_memory_headroom_as_percentage_or_fraction(monkeypatch, value
     def capture(options, listener=None):
         raise _Captured(f"headroom {options.memory_headroom!r}")
 
-    monkeypatch.setattr(autotune.study, "search", capture)
+    monkeypatch.setattr(autotune.search._loop, "search", capture)
     assert error_line(run_cli("search", "--memory-headroom", value)) == "Error: headroom 0.1"
 
 
 def test_cli_search_bad_port_in_storage_url_is_one_line_without_the_password(in_empty_folder):
-    line = error_line(run_cli("search", "--workload", workload_spec(), "--storage",
-                              "postgresql://tuner:hunter2@localhost:59x9/db"))
+    line = error_line(
+        run_cli("search", "--workload", workload_spec(), "--storage", "postgresql://tuner:hunter2@localhost:59x9/db")
+    )
     assert line == (
         "Error: storage 'postgresql://***/db': not a database URL, its port is not a number "
         "(example: sqlite:///studies/autotune.db)"

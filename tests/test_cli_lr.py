@@ -6,17 +6,14 @@ import re
 
 import optuna
 import pytest
+from conftest import error_line, run_cli, workload_spec
 
 from autotune.runner import MeasureSettings
-from autotune.study import SearchOptions, search
-
-from conftest import error_line, run_cli, workload_spec
+from autotune.search._loop import search
+from autotune.search._options import SearchOptions
 
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +24,14 @@ def finished(tmp_path_factory):
     space.write_text("effective_batch: free\nknobs: {batch_size: [8, 256]}\n")
     storage = f"sqlite:///{folder / 'studies' / 'cli_lr.db'}"
     options = SearchOptions(
-        workload=workload_spec(), storage=storage, space=space, n_trials=1, measure=FAST, seed=0,
-        slow_fraction=0.0, lr_find=False,
+        workload=workload_spec(),
+        storage=storage,
+        space=space,
+        n_trials=1,
+        measure=FAST,
+        seed=0,
+        slow_fraction=0.0,
+        lr_find=False,
     )
     search(options)
     optuna.load_study(study_name="tiny", storage=storage).enqueue_trial({"batch_size": 256})
@@ -81,8 +84,9 @@ def test_cli_lr_find_stores_the_result_with_the_study(lr_found, finished):
 
 
 def test_cli_lr_find_unknown_trial_is_oneerror_line(finished):
-    result = run_cli("lr-find", "--storage", finished["storage"], "--trial", "999", "--plot",
-                  str(finished["folder"] / "never.png"))
+    result = run_cli(
+        "lr-find", "--storage", finished["storage"], "--trial", "999", "--plot", str(finished["folder"] / "never.png")
+    )
     assert error_line(result) == "Error: study 'tiny' has no trial #999 with a config"
     assert not (finished["folder"] / "never.png").exists()
 

@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from autotune.config import TrainConfig
-
 from conftest import error_line, run_cli, workload_spec
+
+from autotune.knobs._config import TrainConfig
 
 TINY = workload_spec()
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +42,7 @@ def test_cli_train_prints_the_run_record_and_writes_it(tmp_path, config_file):
 
 
 def test_cli_train_off_a_terminal_prints_plain_progress_lines(tmp_path, config_file, monkeypatch):
-    monkeypatch.setattr("autotune._train_console.PLAIN_INTERVAL_SECONDS", 0.0)
+    monkeypatch.setattr("autotune.report._train_console.PLAIN_INTERVAL_SECONDS", 0.0)
     result = run_cli(*train_args(tmp_path, config_file, "--steps", "3"))
     assert result.exit_code == 0, result.output
     progress = [line for line in result.output.splitlines() if line.startswith("step ")]
@@ -62,10 +61,15 @@ def test_cli_train_resume_continues_with_the_same_command(tmp_path, config_file)
     ("extra", "message"),
     [
         (["--steps", "0"], "Error: --steps must be >= 1, got 0"),
-        (["--steps", "3", "--epochs", "1"], "Error: give one of --epochs, --steps and --time, not --epochs and --steps"),
+        (
+            ["--steps", "3", "--epochs", "1"],
+            "Error: give one of --epochs, --steps and --time, not --epochs and --steps",
+        ),
         (["--time", "5x"], "Error: --time: unknown unit 'x' in '5x' (use s, m, h or d)"),
-        (["--checkpoint-every", "soon"],
-         "Error: --checkpoint-every: cannot read 'soon' as a duration (examples: 90s, 10m, 2h, 1h30m)"),
+        (
+            ["--checkpoint-every", "soon"],
+            "Error: --checkpoint-every: cannot read 'soon' as a duration (examples: 90s, 10m, 2h, 1h30m)",
+        ),
         (["--device", "tpu"], "Error: --device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
     ],
 )
@@ -91,8 +95,19 @@ def test_cli_train_invalid_config_is_one_error_line(tmp_path):
 
 def test_cli_train_workload_that_fails_to_import_is_one_error_line(tmp_path, config_file):
     spec = workload_spec(file="broken_import.py")
-    line = error_line(run_cli("train", "--config", str(config_file), "--workload", spec, "--steps", "2",
-                              "--checkpoint-dir", str(tmp_path / "ckpt")))
+    line = error_line(
+        run_cli(
+            "train",
+            "--config",
+            str(config_file),
+            "--workload",
+            spec,
+            "--steps",
+            "2",
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+        )
+    )
     assert line.startswith(f"Error: workload {spec!r}: ")
 
 
@@ -110,7 +125,10 @@ def start_training(tmp_path: Path, config: Path) -> subprocess.Popen:
     """`python -m autotune.cli train` on a run far too long to finish, once it has started its loop."""
     process = subprocess.Popen(
         [sys.executable, "-m", "autotune.cli", *train_args(tmp_path, config, "--steps", "10000000")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
     )
     assert process.stdout is not None
     for line in process.stdout:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autotune.config import COMPILE_MODES, FIELD_NAMES, KNOB_NAMES, PRECISIONS, TrainConfig
 from autotune.exceptions import AutotuneError, ConfigError
+from autotune.knobs._config import COMPILE_MODES, FIELD_NAMES, KNOB_NAMES, PRECISIONS, TrainConfig
 
 
 def raises_exactly(message: str):

@@ -6,22 +6,43 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autotune import _curves
-from autotune.budget import Budgets
-from autotune.figures import memory_figure, throughput_figure
+from autotune.search._figures import memory_figure, throughput_figure
+from autotune.search import _curves
+from autotune.search._budget import Budgets
 
 MIB = 2**20
-CONFIG = {"batch_size": 8, "accumulation_steps": 1, "num_workers": 0, "precision": "fp32", "channels_last": False,
-          "compile": "off", "max_lr": 1e-3}
+CONFIG = {
+    "batch_size": 8,
+    "accumulation_steps": 1,
+    "num_workers": 0,
+    "precision": "fp32",
+    "channels_last": False,
+    "compile": "off",
+    "max_lr": 1e-3,
+}
 
 
-def _trial(number: int, batch: int, *, peak_mib: float | None = None, rate: float | None = None,
-           status: str = "ok", skipped: bool = False, **knobs) -> optuna.trial.FrozenTrial:
-    trial = optuna.trial.create_trial(value=1.0, user_attrs={
-        "config": {**CONFIG, "batch_size": batch, **knobs}, "status": status, "skipped": skipped,
-        "peak_memory_bytes": int(peak_mib * MIB) if peak_mib is not None else None,
-        "samples_per_second": rate, "unit_per_second": rate,
-    })
+def _trial(
+    number: int,
+    batch: int,
+    *,
+    peak_mib: float | None = None,
+    rate: float | None = None,
+    status: str = "ok",
+    skipped: bool = False,
+    **knobs,
+) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(
+        value=1.0,
+        user_attrs={
+            "config": {**CONFIG, "batch_size": batch, **knobs},
+            "status": status,
+            "skipped": skipped,
+            "peak_memory_bytes": int(peak_mib * MIB) if peak_mib is not None else None,
+            "samples_per_second": rate,
+            "unit_per_second": rate,
+        },
+    )
     trial.number = number
     return trial
 
@@ -31,7 +52,11 @@ def _saturating(batch: float) -> float:
 
 
 def test_memory_line_fits_peak_against_batch_and_predicts_a_batch_over_the_limit():
-    trials = [_trial(0, 8, peak_mib=300 + 2 * 8), _trial(1, 32, peak_mib=300 + 2 * 32), _trial(2, 64, peak_mib=300 + 2 * 64)]
+    trials = [
+        _trial(0, 8, peak_mib=300 + 2 * 8),
+        _trial(1, 32, peak_mib=300 + 2 * 32),
+        _trial(2, 64, peak_mib=300 + 2 * 64),
+    ]
     fit = _curves.memory_fit(trials, {**CONFIG, "batch_size": 512})
     assert fit["bytes_per_sample"] == pytest.approx(2 * MIB)
     assert fit["intercept_bytes"] == pytest.approx(300 * MIB)
@@ -45,9 +70,11 @@ def test_memory_line_fits_peak_against_batch_and_predicts_a_batch_over_the_limit
 
 def test_memory_line_uses_only_trials_with_the_same_memory_relevant_knobs_that_ran():
     trials = [
-        _trial(0, 8, peak_mib=316), _trial(1, 32, peak_mib=364, accumulation_steps=4),  # accumulation: neutral
+        _trial(0, 8, peak_mib=316),
+        _trial(1, 32, peak_mib=364, accumulation_steps=4),  # accumulation: neutral
         _trial(2, 64, peak_mib=900, precision="bf16"),  # another group
-        _trial(3, 128, peak_mib=5000, status="oom"), _trial(4, 96, peak_mib=5000, skipped=True),
+        _trial(3, 128, peak_mib=5000, status="oom"),
+        _trial(4, 96, peak_mib=5000, skipped=True),
     ]
     fit = _curves.memory_fit(trials, CONFIG)
     assert fit["trials"] == [0, 1]
@@ -75,7 +102,9 @@ def test_throughput_that_keeps_growing_has_no_knee_and_two_batches_no_fit():
 
 
 def test_fitted_curves_are_drawn_in_the_study_figures():
-    trials = [_trial(i, batch, peak_mib=300 + 2 * batch, rate=_saturating(batch)) for i, batch in enumerate((4, 16, 64))]
+    trials = [
+        _trial(i, batch, peak_mib=300 + 2 * batch, rate=_saturating(batch)) for i, batch in enumerate((4, 16, 64))
+    ]
     last = _trial(3, 128, peak_mib=556, rate=_saturating(128))
     last.user_attrs.update(_curves.fitted_curves(trials, last.user_attrs["config"]))
     assert last.user_attrs["memory_fit"]["predicted_peak_bytes"] == pytest.approx(556 * MIB)

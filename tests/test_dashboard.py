@@ -8,11 +8,11 @@ import re
 import sys
 
 import pytest
+from conftest import workload_spec
 
 from autotune.runner import MeasureSettings
-from autotune.study import SearchOptions, search
-
-from conftest import workload_spec
+from autotune.search._loop import search
+from autotune.search._options import SearchOptions
 
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
 
@@ -53,8 +53,18 @@ def dashboard(tmp_path_factory):
     space = folder / "space.yaml"
     space.write_text("effective_batch: free\nknobs: {batch_size: [16, 64]}\n")
     storage = f"sqlite:///{folder / 'studies' / 'dashboard.db'}"
-    search(SearchOptions(workload=workload_spec(), storage=storage, space=space, n_trials=2, measure=FAST, seed=0,
-                         slow_fraction=0.0, lr_find=False))
+    search(
+        SearchOptions(
+            workload=workload_spec(),
+            storage=storage,
+            space=space,
+            n_trials=2,
+            measure=FAST,
+            seed=0,
+            slow_fraction=0.0,
+            lr_find=False,
+        )
+    )
     return optuna_dashboard.wsgi(storage)
 
 
@@ -93,8 +103,15 @@ def test_dashboard_study_detail_shows_trials_with_their_user_attributes(dashboar
     baseline_attrs = {attr["key"]: attr["value"] for attr in detail["trials"][0]["user_attrs"]}
     assert baseline_attrs["baseline"] == "True"
     keys = {entry["key"] for entry in detail["union_user_attrs"]}
-    assert {"status", "samples_per_second", "reason", "peak_memory_bytes", "throughput_cv", "noise_scale",
-            "noise_scale_stderr"} <= keys  # the gradient noise scale too: the baseline measures it
+    assert {
+        "status",
+        "samples_per_second",
+        "reason",
+        "peak_memory_bytes",
+        "throughput_cv",
+        "noise_scale",
+        "noise_scale_stderr",
+    } <= keys  # the gradient noise scale too: the baseline measures it
 
 
 def test_dashboard_study_detail_shows_per_window_projections(dashboard):

@@ -12,9 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from autotune.study import SearchOptions, search
 from conftest import workload_spec
+
+from autotune.search._loop import search
+
+from autotune.search._options import SearchOptions
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,9 @@ def test_dashboard_port_in_use_is_one_error_line(dashboard: str, finished_study:
     port = dashboard.rstrip("/").rsplit(":", 1)[1]
     result = subprocess.run(
         [sys.executable, "-m", "autotune.cli", "dashboard", "--storage", finished_study, "--port", port],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr.strip() == f"Error: port {port} on 127.0.0.1 is already in use; pick another with --port"
@@ -96,19 +100,32 @@ def test_dashboard_port_in_use_is_one_error_line(dashboard: str, finished_study:
 def test_dashboard_unreachable_storage_is_one_error_line() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "autotune.cli", "dashboard", "--storage", "postgresql://nobody@127.0.0.1:1/none"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: storage postgresql://nobody@127.0.0.1:1/none: cannot connect")
+    assert len(lines) == 1 and lines[0].startswith(
+        "Error: storage postgresql://nobody@127.0.0.1:1/none: cannot connect"
+    )
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
 def test_dashboard_study_page_renders_in_headless_chromium(dashboard: str, tmp_path: Path) -> None:
     study_id = _get_json(dashboard + "api/studies")["study_summaries"][0]["study_id"]
     page = f"{dashboard}dashboard/studies/{study_id}"
-    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-               "--window-size=1400,1000", "--virtual-time-budget=15000"]
+    browser = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=15000",
+    ]
     dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert "tiny" in dom  # the study's name, rendered by the page's JavaScript
     assert "full run (s)" in dom  # the objective's name on the history plot

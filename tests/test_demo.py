@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from autotune.demo import NUM_CLASSES, PatternImages, SmallCNN, classification_loss, workload
 from autotune.workload import Workload
+from autotune.workload.demo import NUM_CLASSES, PatternImages, SmallCNN, classification_loss, workload
 
 
 def batch(dataset: PatternImages, indices) -> tuple[torch.Tensor, torch.Tensor]:

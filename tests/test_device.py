@@ -9,17 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from autotune.device import DeviceInfo, detect_device, unsupported_values
 from autotune.exceptions import UsageError
-from autotune.space import load_space
+from autotune.knobs._device import DeviceInfo, detect_device, unsupported_values
+from autotune.knobs._space import load_space
 
 HAS_CUDA = torch.cuda.is_available()
 
 
 def cuda_device(bf16: bool) -> DeviceInfo:
-    return DeviceInfo(
-        type="cuda", index=0, name="Tesla T4", total_memory_bytes=16 * 1024**3, bf16=bf16, compile=True
-    )
+    return DeviceInfo(type="cuda", index=0, name="Tesla T4", total_memory_bytes=16 * 1024**3, bf16=bf16, compile=True)
 
 
 def test_detect_device_cpu_fields():

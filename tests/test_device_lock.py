@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import optuna
-
 from conftest import workload_spec
 
 # Slower than the baseline (batch 8; a step takes 0.05 s whatever its batch): the baseline stays the
@@ -27,13 +26,35 @@ def test_search_two_searches_on_one_machine_take_turns_on_the_device(tmp_path):
     space.write_text(SPACE)
     storage = f"sqlite:///{tmp_path / 'studies' / 'shared.db'}"
     command = [
-        sys.executable, "-m", "autotune.cli", "search", "--workload", workload_spec("watches_overlap", "faults.py"),
-        "--space", str(space), "--storage", storage, "--trials", "1", "--slow-fraction", "0", "--seed", "0",
-        "--window-seconds", "0.1", "--windows", "1", "--warmup-steps", "1", "--no-lr-find",
+        sys.executable,
+        "-m",
+        "autotune.cli",
+        "search",
+        "--workload",
+        workload_spec("watches_overlap", "faults.py"),
+        "--space",
+        str(space),
+        "--storage",
+        storage,
+        "--trials",
+        "1",
+        "--slow-fraction",
+        "0",
+        "--seed",
+        "0",
+        "--window-seconds",
+        "0.1",
+        "--windows",
+        "1",
+        "--warmup-steps",
+        "1",
+        "--no-lr-find",
     ]
     env = {**os.environ, "OVERLAP_DIR": str(overlap)}  # and this test run's AUTOTUNE_CACHE_DIR: one lock folder
-    searches = [subprocess.Popen(command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT) for _ in range(2)]
+    searches = [
+        subprocess.Popen(command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(2)
+    ]
     outputs = [search.communicate(timeout=400)[0] for search in searches]
     assert [search.returncode for search in searches] == [0, 0], outputs
 

@@ -51,14 +51,25 @@ def test_example_search_and_export_run_without_trial_errors(name, tmp_path):
     packages, unit = NEEDS[name]
     _require(packages)
     storage = f"sqlite:///{tmp_path / 'examples.db'}"
-    options = SearchOptions(workload=f"{EXAMPLES / name}.py:workload", storage=storage, n_trials=3, lr_find=False,
-                            space=_without_compile(name, tmp_path), measure=FAST, seed=0, device="cpu")
+    options = SearchOptions(
+        workload=f"{EXAMPLES / name}.py:workload",
+        storage=storage,
+        n_trials=3,
+        lr_find=False,
+        space=_without_compile(name, tmp_path),
+        measure=FAST,
+        seed=0,
+        device="cpu",
+    )
     result = search(options)
 
     assert result.baseline is not None
     assert result.baseline.user_attrs["status"] == "ok", result.baseline.user_attrs["reason"]
-    reasons = {t.number: t.user_attrs.get("reason") for t in _trials(storage, result.study_name)
-               if t.user_attrs.get("status") == "error"}
+    reasons = {
+        t.number: t.user_attrs.get("reason")
+        for t in _trials(storage, result.study_name)
+        if t.user_attrs.get("status") == "error"
+    }
     assert reasons == {}
     assert result.status_counts.get("error", 0) == 0
 
@@ -88,8 +99,11 @@ def test_text_count_excludes_padding():
     _require(("transformers",))
     text = _example("text")
     samples = [
-        {"input_ids": torch.arange(1, 1 + length), "features": torch.zeros(text.NUM_FEATURES),
-         "target": torch.tensor(0.0)}
+        {
+            "input_ids": torch.arange(1, 1 + length),
+            "features": torch.zeros(text.NUM_FEATURES),
+            "target": torch.tensor(0.0),
+        }
         for length in (3, 7, 5)
     ]
     batch = text.collate(samples)

@@ -10,19 +10,19 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import workload_spec
 from optuna.trial import TrialState
 
 import autotune
-from autotune import _records
-from autotune._units import format_duration
-from autotune.config import FIELD_NAMES, TrainConfig
 from autotune.exceptions import NoFeasibleTrialError, StudyError
-from autotune.export import MEASURED_FIELDS, export_best
+from autotune.export._export import MEASURED_FIELDS, export_best
+from autotune.knobs._config import FIELD_NAMES, TrainConfig
+from autotune.knobs._units import format_duration
 from autotune.runner import MeasureSettings
-from autotune.storage import open_storage, redact
-from autotune.study import SearchOptions, search
-
-from conftest import workload_spec
+from autotune.search._loop import search
+from autotune.search._options import SearchOptions
+from autotune.store import _records
+from autotune.store._storage import open_storage, redact
 
 MiB = 1024**2
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
@@ -38,8 +38,16 @@ def finished(tmp_path_factory):
     storage = f"sqlite:///{folder / 'studies' / 'export.db'}"
     # A long full run (1000 epochs): its steady part, not the trials' second of warm-up, decides.
     options = SearchOptions(
-        lr_find=False, epochs=1000, study_name="tiny", workload=workload_spec("accumulating"), storage=storage,
-        space=space, n_trials=1, measure=FAST, seed=0, slow_fraction=0.0
+        lr_find=False,
+        epochs=1000,
+        study_name="tiny",
+        workload=workload_spec("accumulating"),
+        storage=storage,
+        space=space,
+        n_trials=1,
+        measure=FAST,
+        seed=0,
+        slow_fraction=0.0,
     )
     search(options)  # the baseline
     optuna.load_study(study_name="tiny", storage=storage).enqueue_trial({"batch_size": 256})
@@ -56,8 +64,19 @@ def test_export_best_document_has_config_measured_and_provenance(finished):
     for key in MEASURED_FIELDS:
         assert key in document["measured"], key
     provenance = document["provenance"]
-    for key in ("study", "trial", "device", "torch_version", "optuna_version", "autotune_version", "exported_at",
-                "baseline_trial", "speedup_over_baseline", "storage", "workload"):
+    for key in (
+        "study",
+        "trial",
+        "device",
+        "torch_version",
+        "optuna_version",
+        "autotune_version",
+        "exported_at",
+        "baseline_trial",
+        "speedup_over_baseline",
+        "storage",
+        "workload",
+    ):
         assert key in provenance, key
     assert provenance["study"] == "tiny"
     assert provenance["storage"] == finished["storage"]
@@ -79,8 +98,10 @@ def test_export_best_exports_the_fastest_feasible_trial_beyond_noise(finished):
     assert provenance["trial"] == fastest.number
     assert export.document["config"] == fastest.user_attrs["config"]
     assert export.config == TrainConfig.from_dict(fastest.user_attrs["config"])
-    assert (fastest.user_attrs["config"]["accumulation_steps"], finished["study"].trials[0].user_attrs["config"][
-        "accumulation_steps"]) == (1, 32)  # the recipe's effective batch, in one micro-batch
+    assert (
+        fastest.user_attrs["config"]["accumulation_steps"],
+        finished["study"].trials[0].user_attrs["config"]["accumulation_steps"],
+    ) == (1, 32)  # the recipe's effective batch, in one micro-batch
     # The search re-measured the winner beside the baseline at its end: the export takes those figures.
     paired = finished["study"].user_attrs["paired"]
     assert paired["trial"] == fastest.number
@@ -162,14 +183,19 @@ def test_export_best_missing_study_lists_existing_studies(finished):
 
 def test_export_best_provenance_redacts_the_storage_password(finished, monkeypatch):
     real = finished["storage"]
-    monkeypatch.setattr("autotune.export.load_study", lambda name, url: optuna.load_study(study_name=name, storage=real))
+    monkeypatch.setattr(
+        "autotune.export._export.load_study", lambda name, url: optuna.load_study(study_name=name, storage=real)
+    )
     provenance = export_best("tiny", "postgresql://alice:s3cret@db.example:5432/autotune").document["provenance"]
     assert provenance["storage"] == "postgresql://alice:***@db.example:5432/autotune"
     assert "s3cret" not in json.dumps(provenance)
 
 
 def test_redact_hides_only_the_password():
-    assert redact("postgresql://alice:s3cret@db.example:5432/autotune") == "postgresql://alice:***@db.example:5432/autotune"
+    assert (
+        redact("postgresql://alice:s3cret@db.example:5432/autotune")
+        == "postgresql://alice:***@db.example:5432/autotune"
+    )
     assert redact("postgresql://alice@db.example/autotune") == "postgresql://alice@db.example/autotune"
     assert redact("sqlite:///studies/autotune.db") == "sqlite:///studies/autotune.db"
     assert redact("not a url") == "not a url"
@@ -179,8 +205,13 @@ def test_export_best_with_no_feasible_trial_names_the_study_and_status_counts(st
     search(
         SearchOptions(
             lr_find=False,
-            workload=workload_spec(), storage=storage_url, space=space_file("effective_batch: free\nknobs: {batch_size: [8, 16]}\n"),
-            n_trials=1, measure=fast_measure, seed=0, max_memory_bytes=1 * MiB,  # nothing fits in 1 MiB
+            workload=workload_spec(),
+            storage=storage_url,
+            space=space_file("effective_batch: free\nknobs: {batch_size: [8, 16]}\n"),
+            n_trials=1,
+            measure=fast_measure,
+            seed=0,
+            max_memory_bytes=1 * MiB,  # nothing fits in 1 MiB
         )
     )
     with pytest.raises(NoFeasibleTrialError) as info:
@@ -300,18 +331,31 @@ def test_export_best_payoff_of_trials_without_duration(storage_url):
 def _paired_study(storage: str, name: str, challenger_rate: float) -> optuna.Study:
     """Baseline #0, a challenger #1 measured once, and #2, the search's winner re-measured beside the baseline."""
     study = _recorded_study(
-        storage, name,
+        storage,
+        name,
         (TrialState.COMPLETE, _attrs(8, 1000.0, 0.05, baseline=True)),
         (TrialState.COMPLETE, _attrs(16, challenger_rate, 0.05)),
         (TrialState.COMPLETE, _attrs(32, 1320.0, 0.05)),
     )
-    study.set_user_attr("paired", {
-        "trial": 2, "baseline_trial": 0, "samples_per_second": 1280.0, "spread": 0.03,
-        "baseline_samples_per_second": 1000.0, "baseline_spread": 0.03, "speedup": 1.28, "noise": 0.085,
-        "rounds": [{"trial": 2, "samples_per_second": [1270.0, 1290.0]},
-                   {"trial": 0, "samples_per_second": [990.0, 1010.0]}],
-        "unit": "samples", "seconds": 4.0,
-    })
+    study.set_user_attr(
+        "paired",
+        {
+            "trial": 2,
+            "baseline_trial": 0,
+            "samples_per_second": 1280.0,
+            "spread": 0.03,
+            "baseline_samples_per_second": 1000.0,
+            "baseline_spread": 0.03,
+            "speedup": 1.28,
+            "noise": 0.085,
+            "rounds": [
+                {"trial": 2, "samples_per_second": [1270.0, 1290.0]},
+                {"trial": 0, "samples_per_second": [990.0, 1010.0]},
+            ],
+            "unit": "samples",
+            "seconds": 4.0,
+        },
+    )
     return study
 
 
@@ -331,8 +375,9 @@ def test_export_best_takes_a_single_figure_beyond_the_noise_of_the_re_measured_w
     _paired_study(storage_url, "challenger", 1600.0)
     export = export_best("challenger", storage_url)
     assert export.document["provenance"]["trial"] == 1
-    assert not any("re-measured beside the baseline at the end of the search, is kept" in line
-                   for line in export.explanation)
+    assert not any(
+        "re-measured beside the baseline at the end of the search, is kept" in line for line in export.explanation
+    )
 
 
 def _setup_attrs(study: optuna.Study, *, free: bool = True) -> None:
@@ -351,26 +396,45 @@ def _noise(value: float) -> dict:
 def test_export_best_a_changed_batch_needs_a_kept_recipe_check(storage_url):
     """Batch 64 measures 4x the baseline's throughput; without a recipe check the recipe's batch is exported,
     saying why; once a check keeps it at its rule's max_lr, it is exported with the progress it changes."""
-    from autotune import recipe_check
+    from autotune.search import _recipe_check as recipe_check
 
     study = _recorded_study(
-        storage_url, "progress",
+        storage_url,
+        "progress",
         (TrialState.COMPLETE, {**_attrs(8, 1000.0, 0.01, baseline=True), **_noise(56.0)}),
         (TrialState.COMPLETE, {**_attrs(64, 4000.0, 0.01), "adaptive_optimizer": True}),
     )
     _setup_attrs(study)
     export = export_best("progress", storage_url)
     assert export.document["provenance"]["trial"] == 0
-    assert "1 trial at another effective batch than the recipe's 8 (#1) is not exported without a recipe check " \
-           "that keeps it" in export.explanation
+    assert (
+        "1 trial at another effective batch than the recipe's 8 (#1) is not exported without a recipe check "
+        "that keeps it" in export.explanation
+    )
 
     scaled = 1e-3 * (64 / 8) ** 0.5  # AdamW: the square-root rule
     trial = study.trials[1]
-    recipe_check.store(study, recipe_check.RecipeCheck(
-        trial=1, config={**trial.user_attrs["config"], "max_lr": scaled}, recipe_config=study.trials[0].user_attrs[
-            "config"], effective_batch=64, recipe_effective_batch=8, noise_scale=56.0, samples_factor=1.875,
-        steps=30, recipe_steps=128, seeds=[1, 2, 3], losses=[0.5, 0.5, 0.5], recipe_losses=[0.5, 0.51, 0.49],
-        kept=True, reason="no worse within the seed spread", seconds=1.0, recipe_trial=0))
+    recipe_check.store(
+        study,
+        recipe_check.RecipeCheck(
+            trial=1,
+            config={**trial.user_attrs["config"], "max_lr": scaled},
+            recipe_config=study.trials[0].user_attrs["config"],
+            effective_batch=64,
+            recipe_effective_batch=8,
+            noise_scale=56.0,
+            samples_factor=1.875,
+            steps=30,
+            recipe_steps=128,
+            seeds=[1, 2, 3],
+            losses=[0.5, 0.5, 0.5],
+            recipe_losses=[0.5, 0.51, 0.49],
+            kept=True,
+            reason="no worse within the seed spread",
+            seconds=1.0,
+            recipe_trial=0,
+        ),
+    )
     export = export_best("progress", storage_url)
     document = export.document
     assert document["provenance"]["trial"] == 1
@@ -391,33 +455,57 @@ def test_export_best_a_changed_batch_needs_a_kept_recipe_check(storage_url):
     assert export.explanation[-2].startswith(
         "effective batch 64 instead of the recipe's 8: 1.88x the samples to the recipe's progress (gradient noise "
         "scale 56 ± 0 samples (3 groups of micro-batches)), 30 optimizer steps instead of 128; the full run to "
-        "that progress projects ")
+        "that progress projects "
+    )
     payoff = document["payoff"]
     assert payoff["samples_factor"] == pytest.approx(1.875)
     assert payoff["time_speedup"] == pytest.approx(payoff["baseline_projected_seconds"] / payoff["projected_seconds"])
-    assert payoff["line"].startswith("4.00x the baseline's throughput at 4000.0 samples/s, with 1.88x its samples "
-                                     "to the recipe's progress: the full run projects ")
+    assert payoff["line"].startswith(
+        "4.00x the baseline's throughput at 4000.0 samples/s, with 1.88x its samples "
+        "to the recipe's progress: the full run projects "
+    )
 
 
 def test_export_best_faster_per_sample_but_slower_to_the_same_progress_loses_saying_why(storage_url):
     """Batch 64 at 2x the throughput, but the noise scale (4 samples) makes it need 6x the samples."""
-    from autotune import recipe_check
+    from autotune.search import _recipe_check as recipe_check
 
     study = _recorded_study(
-        storage_url, "slower",
+        storage_url,
+        "slower",
         (TrialState.COMPLETE, {**_attrs(8, 1000.0, 0.01, baseline=True), **_noise(4.0)}),
         (TrialState.COMPLETE, _attrs(64, 2000.0, 0.01)),
     )
     _setup_attrs(study)
     study.set_user_attr("objective", "time")
-    recipe_check.store(study, recipe_check.RecipeCheck(
-        trial=1, config={**study.trials[1].user_attrs["config"], "max_lr": 1e-3 * 8**0.5},
-        recipe_config=study.trials[0].user_attrs["config"], effective_batch=64, recipe_effective_batch=8,
-        noise_scale=4.0, samples_factor=17 / 3, steps=1, recipe_steps=1, seeds=[1], losses=[0.5], recipe_losses=[0.5],
-        kept=True, reason="kept", seconds=1.0, recipe_trial=0))
+    recipe_check.store(
+        study,
+        recipe_check.RecipeCheck(
+            trial=1,
+            config={**study.trials[1].user_attrs["config"], "max_lr": 1e-3 * 8**0.5},
+            recipe_config=study.trials[0].user_attrs["config"],
+            effective_batch=64,
+            recipe_effective_batch=8,
+            noise_scale=4.0,
+            samples_factor=17 / 3,
+            steps=1,
+            recipe_steps=1,
+            seeds=[1],
+            losses=[0.5],
+            recipe_losses=[0.5],
+            kept=True,
+            reason="kept",
+            seconds=1.0,
+            recipe_trial=0,
+        ),
+    )
     export = export_best("slower", storage_url)
     assert export.document["provenance"]["trial"] == 0
-    assert any(line.startswith("trial #1 has the highest steady throughput (2000.0 samples/s, +100%), but with its "
-                               "effective batch 64 needing 5.67x the recipe's samples to reach its progress "
-                               "(gradient noise scale 4) the full run projects ") for line in export.explanation), \
-        export.explanation
+    assert any(
+        line.startswith(
+            "trial #1 has the highest steady throughput (2000.0 samples/s, +100%), but with its "
+            "effective batch 64 needing 5.67x the recipe's samples to reach its progress "
+            "(gradient noise scale 4) the full run projects "
+        )
+        for line in export.explanation
+    ), export.explanation

@@ -1,4 +1,4 @@
-"""autotune.frameworks: an export as TrainingArguments, Lightning Trainer and Accelerator keyword
+"""autotune.export: an export as TrainingArguments, Lightning Trainer and Accelerator keyword
 arguments and a PyTorch script, checked against the real objects built from them and the code run."""
 
 from __future__ import annotations
@@ -13,35 +13,52 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import WORKLOADS, workload_spec
 from torch import nn
 
-from autotune.config import TrainConfig
 from autotune.exceptions import UsageError
-from autotune.export import default_out, export_format, render
-from autotune.frameworks import accelerate_export, hf_export, lightning_export, torch_script
-
-from conftest import WORKLOADS, workload_spec
+from autotune.export import accelerate_export, hf_export, lightning_export, torch_script
+from autotune.export._export import default_out, export_format, render
+from autotune.knobs._config import TrainConfig
 
 # Knob sets the forms must carry; each is exported as tuned on the CPU unless a test says otherwise.
 CONFIGS = {
     "fp32": {},
     "bf16-workers": {"precision": "bf16", "num_workers": 2, "prefetch_factor": 4, "persistent_workers": True},
-    "compile-accumulation": {"compile": "max-autotune", "accumulation_steps": 4, "channels_last": True,
-                             "gradient_checkpointing": True, "batch_size": 16},
+    "compile-accumulation": {
+        "compile": "max-autotune",
+        "accumulation_steps": 4,
+        "channels_last": True,
+        "gradient_checkpointing": True,
+        "batch_size": 16,
+    },
     "bf16-compile-workers": {"precision": "bf16", "compile": "default", "accumulation_steps": 2, "num_workers": 1},
 }
 CUDA = "cuda:0 (NVIDIA H100 80GB HBM3)"
 
 
-def make_document(knobs: dict[str, Any] | None = None, *, device: str = "cpu", total_steps: int | None = 8,
-                  epochs: float = 2, cycle_momentum: bool | None = None) -> dict[str, Any]:
+def make_document(
+    knobs: dict[str, Any] | None = None,
+    *,
+    device: str = "cpu",
+    total_steps: int | None = 8,
+    epochs: float = 2,
+    cycle_momentum: bool | None = None,
+) -> dict[str, Any]:
     """An export document as export_best writes it (the sections these forms read)."""
     config = TrainConfig.from_dict({"batch_size": 8, "max_lr": 0.02, **(knobs or {})})
     return {
         "config": config.to_dict(),
         "measured": {"samples_per_second": 1234.5},
-        "one_cycle": {"max_lr": config.max_lr, "total_steps": total_steps, "pct_start": 0.3, "div_factor": 25.0,
-                      "final_div_factor": 1e4, "anneal_strategy": "cos", "cycle_momentum": cycle_momentum},
+        "one_cycle": {
+            "max_lr": config.max_lr,
+            "total_steps": total_steps,
+            "pct_start": 0.3,
+            "div_factor": 25.0,
+            "final_div_factor": 1e4,
+            "anneal_strategy": "cos",
+            "cycle_momentum": cycle_momentum,
+        },
         "full_run": {"epochs": epochs, "dataset_size": 64},
         "provenance": {"study": "tiny", "trial": 3, "device": device, "workload": workload_spec()},
     }
@@ -88,8 +105,9 @@ def image_loss(model: Any, batch: Any) -> torch.Tensor:
 def training_arguments(tmp_path, form: dict[str, Any], **extra: Any):
     transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
     pytest.importorskip("accelerate", reason="TrainingArguments needs accelerate (the hf extra)")
-    return transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), report_to="none", **form["TrainingArguments"],
-                                          **extra)
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), report_to="none", **form["TrainingArguments"], **extra
+    )
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -120,9 +138,15 @@ def test_hf_export_tf32_is_false_for_a_cpu_tuned_config_and_never_raises(tmp_pat
     assert training_arguments(tmp_path, form).tf32 is False
 
 
-@pytest.mark.parametrize(("precision", "bf16", "fp16", "tf32"),
-                         [("fp32", False, False, False), ("tf32", False, False, True), ("bf16", True, False, False),
-                          ("fp16", False, True, False)])
+@pytest.mark.parametrize(
+    ("precision", "bf16", "fp16", "tf32"),
+    [
+        ("fp32", False, False, False),
+        ("tf32", False, False, True),
+        ("bf16", True, False, False),
+        ("fp16", False, True, False),
+    ],
+)
 def test_hf_export_cuda_tuned_precision_sets_bf16_fp16_and_an_explicit_tf32(precision, bf16, fp16, tf32):
     form = hf_export(make_document({"precision": precision}, device=CUDA))
     arguments = form["TrainingArguments"]
@@ -162,8 +186,9 @@ def test_hf_export_code_without_total_steps_counts_steps_as_the_trainer_does(tmp
     form = hf_export(make_document({"accumulation_steps": 3}, total_steps=None, epochs=2))
     assert "max_steps" not in form["TrainingArguments"] and form["TrainingArguments"]["num_train_epochs"] == 2
     args = training_arguments(tmp_path, form, save_strategy="no", disable_tqdm=True)
-    namespace = run_code(form, model=Classifier(), train_dataset=[{"x": x, "labels": y} for x, y in images(70)],
-                         args=args)
+    namespace = run_code(
+        form, model=Classifier(), train_dataset=[{"x": x, "labels": y} for x, y in images(70)], args=args
+    )
     assert namespace["total_steps"] == 6
     assert namespace["trainer"].state.global_step == 6 and namespace["scheduler"].last_epoch == 6
 
@@ -174,8 +199,14 @@ def test_hf_export_code_without_total_steps_counts_steps_as_the_trainer_does(tmp
 def lightning_trainer(tmp_path, form: dict[str, Any], **overrides: Any):
     lightning = pytest.importorskip("lightning", reason="the lightning extra is not installed")
     arguments = {**form["Trainer"], **overrides}
-    return lightning.Trainer(**arguments, logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path),
-                             enable_progress_bar=False, enable_model_summary=False)
+    return lightning.Trainer(
+        **arguments,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def lightning_module():
@@ -215,8 +246,9 @@ def test_lightning_export_builds_a_trainer_carrying_every_knob(tmp_path, name):
     assert isinstance(loader.sampler, torch.utils.data.RandomSampler)
 
 
-@pytest.mark.parametrize(("precision", "expected"),
-                         [("fp32", "32-true"), ("tf32", "32-true"), ("bf16", "bf16-mixed"), ("fp16", "16-mixed")])
+@pytest.mark.parametrize(
+    ("precision", "expected"), [("fp32", "32-true"), ("tf32", "32-true"), ("bf16", "bf16-mixed"), ("fp16", "16-mixed")]
+)
 def test_lightning_export_cuda_tuned_precision_and_tf32_lines(precision, expected):
     form = lightning_export(make_document({"precision": precision}, device=CUDA))
     assert form["Trainer"]["precision"] == expected
@@ -237,8 +269,11 @@ def test_lightning_export_fractional_epochs_stop_at_total_steps():
 
 
 def test_lightning_export_code_fits_with_one_cycle_stepped_every_optimizer_step(tmp_path):
-    form = lightning_export(make_document({"accumulation_steps": 2, "channels_last": True,
-                                           "gradient_checkpointing": True, "precision": "bf16"}))
+    form = lightning_export(
+        make_document(
+            {"accumulation_steps": 2, "channels_last": True, "gradient_checkpointing": True, "precision": "bf16"}
+        )
+    )
     model = lightning_module()
     namespace = run_code(form, model=model)
     assert namespace["model"] is model  # no compile: the module itself
@@ -319,8 +354,11 @@ def test_accelerate_export_cuda_tuned_mixed_precision_and_tf32_lines(precision, 
 
 
 def test_accelerate_export_code_trains_with_one_cycle_over_the_optimizer_steps(fresh_accelerate_state):
-    form = accelerate_export(make_document({"accumulation_steps": 2, "precision": "bf16", "channels_last": True,
-                                            "gradient_checkpointing": True}))
+    form = accelerate_export(
+        make_document(
+            {"accumulation_steps": 2, "precision": "bf16", "channels_last": True, "gradient_checkpointing": True}
+        )
+    )
     model = Classifier()
     namespace = run_code(form, exported=form, model=model, train_dataset=images(64), compute_loss=image_loss)
     scheduler = namespace["scheduler"].scheduler
@@ -337,8 +375,13 @@ def test_torch_script_runs_the_workload_for_a_few_steps(tmp_path):
     document = make_document({"batch_size": 16, "accumulation_steps": 2, "precision": "bf16"}, total_steps=None)
     script = tmp_path / "best_train.py"
     script.write_text(torch_script(document, script.name))
-    result = subprocess.run([sys.executable, str(script), "--max-steps", "3", "--save", str(tmp_path / "model.pt")],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(script), "--max-steps", "3", "--save", str(tmp_path / "model.pt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     # tiny: 512 samples, batches of 16, 2 accumulated: 16 optimizer steps an epoch, 2 epochs.
@@ -384,8 +427,13 @@ def test_torch_script_passes_the_workloads_own_knobs_to_its_factories(tmp_path):
     document["provenance"]["workload"] = f"{workload}:workload"
     script = tmp_path / "train.py"
     script.write_text(torch_script(document, script.name))
-    result = subprocess.run([sys.executable, str(script), "--save", str(tmp_path / "model.pt")],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(script), "--save", str(tmp_path / "model.pt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     # dataset.size 64 in batches of 16, 2 epochs: 8 steps (the workload's default 512 samples would make 64).
     assert re.fullmatch(r"step 8/8: loss \d+\.\d{4}", result.stdout.splitlines()[0])
@@ -405,14 +453,27 @@ def test_render_framework_form_is_yaml_or_json_with_one_line_per_code_line():
 def test_forms_carry_the_autotune_provenance():
     document = make_document(CONFIGS["compile-accumulation"])
     for export in (hf_export, lightning_export, accelerate_export):
-        assert export(document)["autotune"] == {"study": "tiny", "trial": 3, "device": "cpu",
-                                                "samples_per_second": 1234.5, "effective_batch_size": 64}
+        assert export(document)["autotune"] == {
+            "study": "tiny",
+            "trial": 3,
+            "device": "cpu",
+            "samples_per_second": 1234.5,
+            "effective_batch_size": 64,
+        }
 
 
-@pytest.mark.parametrize(("out", "fmt", "expected"), [
-    ("best.yaml", None, "yaml"), ("best.json", None, "json"), ("train.py", None, "torch"), (None, None, "yaml"),
-    ("hf.json", "hf", "hf"), ("best.json", "lightning", "lightning"), ("run.py", "torch", "torch"),
-])
+@pytest.mark.parametrize(
+    ("out", "fmt", "expected"),
+    [
+        ("best.yaml", None, "yaml"),
+        ("best.json", None, "json"),
+        ("train.py", None, "torch"),
+        (None, None, "yaml"),
+        ("hf.json", "hf", "hf"),
+        ("best.json", "lightning", "lightning"),
+        ("run.py", "torch", "torch"),
+    ],
+)
 def test_export_format_from_the_option_or_the_suffix(out, fmt, expected):
     from pathlib import Path
 
@@ -427,9 +488,17 @@ def test_export_format_torch_needs_a_python_file():
     assert str(info.value) == "--format torch writes a Python script: --out must end in .py, got 'out/best.yaml'"
 
 
-@pytest.mark.parametrize(("fmt", "name"), [(None, "best.yaml"), ("json", "best.json"), ("hf", "best_hf.yaml"),
-                                           ("lightning", "best_lightning.yaml"),
-                                           ("accelerate", "best_accelerate.yaml"), ("torch", "best_train.py")])
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [
+        (None, "best.yaml"),
+        ("json", "best.json"),
+        ("hf", "best_hf.yaml"),
+        ("lightning", "best_lightning.yaml"),
+        ("accelerate", "best_accelerate.yaml"),
+        ("torch", "best_train.py"),
+    ],
+)
 def test_default_out_names_a_file_per_format(fmt, name):
     assert default_out(fmt) == name
 

@@ -12,36 +12,68 @@ import optuna
 import pytest
 import torch
 import yaml
-
-from autotune import _train_loop
-from autotune.checkpoint import checkpoints, load_checkpoint
-from autotune.config import TrainConfig
-from autotune.exceptions import CheckpointError, TrainingError, UsageError
-from autotune.full_run import TrainListener, TrainOptions, parse_checkpoint_every, train
-from autotune.run_record import ACTUAL_KEY_PREFIX
-from autotune.runner import MeasureSettings
-from autotune.storage import open_storage
-
 from conftest import workload_spec
+
+from autotune.exceptions import CheckpointError, TrainingError, UsageError
+from autotune.knobs._config import TrainConfig
+from autotune.runner import MeasureSettings
+from autotune.store._storage import open_storage
+from autotune.training import _train_loop
+from autotune.training._checkpoint import checkpoints, load_checkpoint
+from autotune.training._full_run import TrainListener, TrainOptions, parse_checkpoint_every, train
+from autotune.training._run_record import ACTUAL_KEY_PREFIX
 
 TINY = workload_spec()
 CONFIG = TrainConfig(batch_size=16, max_lr=0.01)  # tiny's 512 points: 32 steps per epoch
 
 
-def write_export(folder: Path, *, config: TrainConfig = CONFIG, measured: dict | None = None,
-                 full_run: dict | None = None, provenance: dict | None = None, name: str = "best.yaml",
-                 progress: dict | None = None) -> Path:
+def write_export(
+    folder: Path,
+    *,
+    config: TrainConfig = CONFIG,
+    measured: dict | None = None,
+    full_run: dict | None = None,
+    provenance: dict | None = None,
+    name: str = "best.yaml",
+    progress: dict | None = None,
+) -> Path:
     """An export-best document with the sections autotune train reads."""
     document = {
         "config": config.to_dict(),
-        "measured": {"samples_per_second": 1000.0, "unit_per_second": 1000.0, "unit": "samples",
-                     "warmup_seconds": 0.5, "compile_seconds": 0.0, **(measured or {})},
-        "one_cycle": {"max_lr": config.max_lr, "total_steps": 16, "pct_start": 0.3, "div_factor": 25.0,
-                      "final_div_factor": 1e4, "anneal_strategy": "cos", "cycle_momentum": True},
-        "full_run": {"epochs": 0.5, "dataset_size": 512, "projected_seconds": 0.756, "deadline_seconds": None,
-                     "safety_margin_seconds": 0.0, "fits_deadline": None, **(full_run or {})},
-        "provenance": {"study": None, "storage": None, "trial": None, "workload": TINY, "device": "cpu",
-                       **(provenance or {})},
+        "measured": {
+            "samples_per_second": 1000.0,
+            "unit_per_second": 1000.0,
+            "unit": "samples",
+            "warmup_seconds": 0.5,
+            "compile_seconds": 0.0,
+            **(measured or {}),
+        },
+        "one_cycle": {
+            "max_lr": config.max_lr,
+            "total_steps": 16,
+            "pct_start": 0.3,
+            "div_factor": 25.0,
+            "final_div_factor": 1e4,
+            "anneal_strategy": "cos",
+            "cycle_momentum": True,
+        },
+        "full_run": {
+            "epochs": 0.5,
+            "dataset_size": 512,
+            "projected_seconds": 0.756,
+            "deadline_seconds": None,
+            "safety_margin_seconds": 0.0,
+            "fits_deadline": None,
+            **(full_run or {}),
+        },
+        "provenance": {
+            "study": None,
+            "storage": None,
+            "trial": None,
+            "workload": TINY,
+            "device": "cpu",
+            **(provenance or {}),
+        },
     }
     if progress is not None:
         document["progress"] = progress
@@ -277,7 +309,9 @@ def test_train_reports_progress_and_the_deadline(tmp_path):
 
 def test_train_diverged_loss_stops_with_one_line(tmp_path):
     # Checked first at the end of the warm-up (a device sync there costs nothing).
-    with pytest.raises(TrainingError, match=rf"^the loss became nan by step {_train_loop.WARMUP_STEPS}; the run stopped"):
+    with pytest.raises(
+        TrainingError, match=rf"^the loss became nan by step {_train_loop.WARMUP_STEPS}; the run stopped"
+    ):
         train(options(tmp_path, bare_config(tmp_path), workload=workload_spec("diverging"), steps=50))
 
 
@@ -295,8 +329,11 @@ def test_train_warmup_steps_are_the_trials(tmp_path):
 
 def study_with_a_trial(storage: str) -> optuna.Study:
     study = optuna.create_study(study_name="tiny", storage=open_storage(storage), direction="maximize")
-    study.add_trial(optuna.trial.create_trial(value=1000.0, user_attrs={"status": "ok", "samples_per_second": 1000.0,
-                                                                        "config": CONFIG.to_dict()}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=1000.0, user_attrs={"status": "ok", "samples_per_second": 1000.0, "config": CONFIG.to_dict()}
+        )
+    )
     return study
 
 
@@ -361,8 +398,10 @@ def test_train_same_progress_scales_the_recipes_epochs_by_the_samples_factor(tmp
     record = train(options(tmp_path, export, epochs=2, same_progress=True), recorder)
     # The recipe's 2 epochs are 3 at batch 64: 24 steps.
     assert (record.steps, record.stop, record.samples_factor) == (24, "epochs", 1.5)
-    assert any(note.startswith("--same-progress: 2 of the recipe's epochs are 3 at effective batch 64") for note in
-               recorder.notes), recorder.notes
+    assert any(
+        note.startswith("--same-progress: 2 of the recipe's epochs are 3 at effective batch 64")
+        for note in recorder.notes
+    ), recorder.notes
 
 
 def test_train_same_progress_scales_the_recipes_steps_to_this_batch(tmp_path):
@@ -381,8 +420,10 @@ def test_train_without_same_progress_runs_the_length_given(tmp_path):
 def test_train_same_progress_needs_the_exports_progress_section(tmp_path):
     with pytest.raises(UsageError) as caught:
         train(options(tmp_path, write_export(tmp_path), epochs=1, same_progress=True))
-    assert str(caught.value) == (f"--same-progress needs the export's progress: section, and {tmp_path / 'best.yaml'} "
-                                 "has none (write it with autotune export-best)")
+    assert str(caught.value) == (
+        f"--same-progress needs the export's progress: section, and {tmp_path / 'best.yaml'} "
+        "has none (write it with autotune export-best)"
+    )
 
 
 def test_train_same_progress_with_time_is_refused():

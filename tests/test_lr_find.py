@@ -8,14 +8,19 @@ import math
 
 import optuna
 import pytest
+from conftest import WORKLOADS, workload_spec
 
-import autotune.lr_find as lr_find_module
-from autotune import _records, recipe_check
-from autotune.budget import Budgets
-from autotune.config import TrainConfig
+import autotune.search._lr_find as lr_find_module
 from autotune.exceptions import StudyError
-from autotune.export import export_best
-from autotune.lr_find import (
+from autotune.export._export import export_best
+from autotune.knobs._config import TrainConfig
+from autotune.runner import MeasureSettings, TrialJob
+from autotune.runner._sweep import run_lr_sweep
+from autotune.search import _recipe_check as recipe_check
+from autotune.search._budget import Budgets
+from autotune.search._loop import search
+from autotune.search._options import SearchOptions
+from autotune.search._lr_find import (
     CHECK_STEPS,
     FLOOR_DIVISOR,
     MAX_SHIFTS,
@@ -30,12 +35,8 @@ from autotune.lr_find import (
     stored_result,
     suggest_max_lr,
 )
-from autotune.runner import MeasureSettings, TrialJob
-from autotune.runner._sweep import run_lr_sweep
-from autotune.study import SearchOptions, search
+from autotune.store import _records
 from autotune.workload import load_workload
-
-from conftest import WORKLOADS, workload_spec
 
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
 QUADRATIC = workload_spec("workload", "quadratic.py")
@@ -142,8 +143,16 @@ def test_scaled_lr_none_and_same_batch_keep_the_base():
 
 def test_lr_find_result_json_round_trip():
     result = LRFindResult(
-        config=TrainConfig().to_dict(), lrs=[1e-3, 1e-2], losses=[2.0, 1.0], smoothed=[2.0, 1.5],
-        stopped_early=True, suggestion=2.5e-3, lr_at_min_loss=1e-2, lr_steepest=1e-3, centre_lr=1e-2, trial=3,
+        config=TrainConfig().to_dict(),
+        lrs=[1e-3, 1e-2],
+        losses=[2.0, 1.0],
+        smoothed=[2.0, 1.5],
+        stopped_early=True,
+        suggestion=2.5e-3,
+        lr_at_min_loss=1e-2,
+        lr_steepest=1e-3,
+        centre_lr=1e-2,
+        trial=3,
     )
     assert LRFindResult.from_json(result.to_json()) == result
 
@@ -156,8 +165,19 @@ def fake_sweeps(monkeypatch, edge: float = 0.1, power: float = 2.0) -> list[floa
     rising as (lr / edge) ** power, stopped once 4x its best. Returns the list of centres swept."""
     centres: list[float] = []
 
-    def sweep(workload, config, centre_lr, device, steps, span, memory_budget_bytes, timeout_seconds, seed,
-              deadline=None, step_closure=None):
+    def sweep(
+        workload,
+        config,
+        centre_lr,
+        device,
+        steps,
+        span,
+        memory_budget_bytes,
+        timeout_seconds,
+        seed,
+        deadline=None,
+        step_closure=None,
+    ):
         centres.append(centre_lr)
         lrs, losses, best, stopped = [], [], math.inf, False
         for index in range(steps):
@@ -390,7 +410,8 @@ def test_export_best_takes_the_range_tests_max_lr_only_once_a_recipe_check_kept_
     assert export.config.max_lr == 0.01  # the recipe's: no recipe check has run on the range test's rate
     assert export.explanation[-1] == (
         f"max_lr 0.01, the recipe's: the LR range test's {result.max_lr:.3g} is not exported, as no recipe check "
-        "ran on it")
+        "ran on it"
+    )
     section = export.document["lr_find"]
     assert {key: section[key] for key in ("trial", "suggestion", "lr_at_min_loss", "lr_steepest", "rule")} == {
         "trial": 0,
@@ -405,8 +426,13 @@ def test_export_best_takes_the_range_tests_max_lr_only_once_a_recipe_check_kept_
     assert section["exported_max_lr"] == 0.01
 
     trial = study.trials[0]
-    check = recipe_check.run_check(_records.read_setup(study), trial, trial, result.max_lr,
-                                   Budgets.from_json(_records.read_setup(study)["budgets"]))
+    check = recipe_check.run_check(
+        _records.read_setup(study),
+        trial,
+        trial,
+        result.max_lr,
+        Budgets.from_json(_records.read_setup(study)["budgets"]),
+    )
     assert check.kept, check.reason
     recipe_check.store(study, check)
     try:
@@ -424,8 +450,10 @@ def test_lr_find_for_trial_checks_the_suggestion_against_the_scaled_base_lr(test
     assert check["suggested_lr"] == tested_study["result"].suggestion
     assert check["scaled_base_lr"] == 0.01
     assert len(check["suggested_losses"]) == len(check["scaled_base_losses"]) == CHECK_STEPS
-    assert check["kept"] is (check["suggested_loss"] is not None and (
-        check["scaled_base_loss"] is None or check["suggested_loss"] <= check["scaled_base_loss"]))
+    assert check["kept"] is (
+        check["suggested_loss"] is not None
+        and (check["scaled_base_loss"] is None or check["suggested_loss"] <= check["scaled_base_loss"])
+    )
 
 
 def test_check_suggestion_rejects_a_rate_that_diverges():

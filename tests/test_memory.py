@@ -199,9 +199,7 @@ def test_process_tree_kill_ends_process_and_children(started):
 
 def test_process_tree_kill_without_process_group_kills_seen_processes(started):
     # Not a group leader: os.killpg finds no group; the processes seen are killed one by one.
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)"], stdin=subprocess.DEVNULL
-    )
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdin=subprocess.DEVNULL)
     try:
         tree = ProcessTree(process.pid)
         tree.sample()

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from autotune import noise_scale
-from autotune.config import TrainConfig
+from autotune.knobs._config import TrainConfig
 from autotune.training import Training
+from autotune.training import _noise_scale as noise_scale
 from autotune.workload import Workload
 
 DIMENSIONS = 10
@@ -52,8 +52,9 @@ def _loss(model, batch):
 
 
 def _training(batch_size: int, accumulation_steps: int = 1) -> Training:
-    workload = Workload(model=_model, dataset=Regression, loss=_loss,
-                        optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr))
+    workload = Workload(
+        model=_model, dataset=Regression, loss=_loss, optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr)
+    )
     torch.manual_seed(0)
     return Training(workload, TrainConfig(batch_size=batch_size, accumulation_steps=accumulation_steps), "cpu")
 
@@ -95,8 +96,11 @@ def test_group_estimates_are_unbiased_for_known_norms():
 
 
 def test_pooled_takes_every_trials_groups():
-    trials = [{"noise": {"gradient_sq": [1.0, 3.0], "trace": [10.0, 50.0]}}, {"noise": None},
-              {"noise": {"gradient_sq": [2.0], "trace": [30.0]}}]
+    trials = [
+        {"noise": {"gradient_sq": [1.0, 3.0], "trace": [10.0, 50.0]}},
+        {"noise": None},
+        {"noise": {"gradient_sq": [2.0], "trace": [30.0]}},
+    ]
     assert noise_scale.pooled(trials).value == pytest.approx(15.0)
     assert noise_scale.pooled([{"config": {}}]) is None
 

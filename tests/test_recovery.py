@@ -21,17 +21,27 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
+from conftest import workload_spec
 from optuna.trial import TrialState
 
-from autotune import _recovery
-from autotune._recovery import GRACE_SECONDS, Heartbeat, SearchProcess, claim_trial, recover_interrupted
-from autotune.storage import open_storage
-
-from conftest import workload_spec
+from autotune.search import _recovery
+from autotune.search._recovery import GRACE_SECONDS, Heartbeat, SearchProcess, claim_trial, recover_interrupted
+from autotune.store._storage import open_storage
 
 MARK_VARIABLE = "AUTOTUNE_TEST_RECOVERY_MARK"
-FAST_OPTIONS = ["--window-seconds", "0.2", "--windows", "2", "--warmup-steps", "1", "--no-lr-find",
-                "--slow-fraction", "0", "--seed", "0"]
+FAST_OPTIONS = [
+    "--window-seconds",
+    "0.2",
+    "--windows",
+    "2",
+    "--warmup-steps",
+    "1",
+    "--no-lr-find",
+    "--slow-fraction",
+    "0",
+    "--seed",
+    "0",
+]
 PARENT_DEATH_SECONDS = 5.0  # no trial process may be alive this long after its search died
 
 
@@ -53,12 +63,29 @@ def killable(tmp_path, scratch_root):
     storage = f"sqlite:///{tmp_path / 'studies' / 'kill.db'}"
     mark = uuid.uuid4().hex
     env = {**os.environ, "TMPDIR": str(scratch_root), MARK_VARIABLE: mark}
-    command = [sys.executable, "-m", "autotune.cli", "search", "--workload", workload_spec("slow", "faults.py"),
-               "--space", str(space), "--storage", storage, *FAST_OPTIONS]
+    command = [
+        sys.executable,
+        "-m",
+        "autotune.cli",
+        "search",
+        "--workload",
+        workload_spec("slow", "faults.py"),
+        "--space",
+        str(space),
+        "--storage",
+        storage,
+        *FAST_OPTIONS,
+    ]
 
     def start(trials: int) -> subprocess.Popen:
-        return subprocess.Popen([*command, "--trials", str(trials)], env=env, cwd=tmp_path, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [*command, "--trials", str(trials)],
+            env=env,
+            cwd=tmp_path,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
 
     return {"start": start, "storage": storage, "mark": mark, "scratch_root": scratch_root}
 

@@ -6,12 +6,21 @@ import optuna
 import pytest
 
 from autotune.exceptions import AutotuneError
-from autotune.run_record import ACTUAL_KEY_PREFIX, actuals, full_run_line, project_seconds, ratio
+from autotune.training._run_record import ACTUAL_KEY_PREFIX, actuals, full_run_line, project_seconds, ratio
 
 ACTUAL = {
-    "trial": 2, "seconds": 66.0, "projected_seconds": 60.0, "time_ratio": 1.1, "samples_per_second": 430.0,
-    "measured_samples_per_second": 450.0, "throughput_ratio": 430.0 / 450.0, "steps": 1000, "epochs": 2.99,
-    "full_run": False, "full_run_estimate_seconds": 202.0, "full_run_projected_seconds": 183.5,
+    "trial": 2,
+    "seconds": 66.0,
+    "projected_seconds": 60.0,
+    "time_ratio": 1.1,
+    "samples_per_second": 430.0,
+    "measured_samples_per_second": 450.0,
+    "throughput_ratio": 430.0 / 450.0,
+    "steps": 1000,
+    "epochs": 2.99,
+    "full_run": False,
+    "full_run_estimate_seconds": 202.0,
+    "full_run_projected_seconds": 183.5,
 }
 
 
@@ -34,8 +43,12 @@ def test_full_run_line_of_a_partial_run_shows_the_full_run_at_its_pace():
 
 
 def test_full_run_line_of_the_full_run():
-    line = full_run_line({**ACTUAL, "full_run": True, "seconds": 190.0, "projected_seconds": 183.5, "time_ratio": 1.035})
-    assert line == "full run of trial #2: projected 3.1m, actual 3.2m (1.03x); 430.0 samples/s, 0.96x the measured 450.0"
+    line = full_run_line(
+        {**ACTUAL, "full_run": True, "seconds": 190.0, "projected_seconds": 183.5, "time_ratio": 1.035}
+    )
+    assert (
+        line == "full run of trial #2: projected 3.1m, actual 3.2m (1.03x); 430.0 samples/s, 0.96x the measured 450.0"
+    )
 
 
 def test_full_run_line_without_a_projection_shows_the_actual_only():
@@ -44,7 +57,7 @@ def test_full_run_line_without_a_projection_shows_the_actual_only():
 
 
 def test_actuals_reads_the_runs_by_trial_number(storage_url):
-    from autotune.storage import open_storage
+    from autotune.store._storage import open_storage
 
     study = optuna.create_study(study_name="s", storage=open_storage(storage_url))
     study.set_user_attr(f"{ACTUAL_KEY_PREFIX}3", {"trial": 3})
@@ -54,8 +67,8 @@ def test_actuals_reads_the_runs_by_trial_number(storage_url):
 
 
 def test_record_on_study_unknown_study_raises_for_a_warning(tmp_path, storage_url):
-    from autotune.run_record import record_on_study
-    from autotune.storage import open_storage
+    from autotune.store._storage import open_storage
+    from autotune.training._run_record import record_on_study
 
     optuna.create_study(study_name="other", storage=open_storage(storage_url))
 

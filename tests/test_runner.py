@@ -25,13 +25,12 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from conftest import WORKLOADS, workload_spec
 
-from autotune.runner import MeasureSettings, Status, TrialJob, TrialOutcome, WindowResult, run_trial
-from autotune.runner import _runner
+from autotune.runner import MeasureSettings, Status, TrialJob, TrialOutcome, WindowResult, _runner, run_trial
 from autotune.runner._device_lock import device_lock, lock_path
 from autotune.runner._pool import server_pids
 from autotune.runner._scratch import scratch_folder, sweep_stale_scratch
-from conftest import WORKLOADS, workload_spec
 
 MIB = 1024**2
 CHILD_MODULE = "autotune.runner._child"
@@ -401,8 +400,11 @@ def test_run_trial_events_written_just_before_exit_are_read(tiny_spec, fast_meas
     def late_select(rlist, wlist, xlist, timeout):
         if "window" in events and not state["held"]:
             state["held"] = True
-            [child] = [p for p in psutil.Process().children()
-                       if CHILD_MODULE in " ".join(p.cmdline()) and p.pid not in server_pids()]
+            [child] = [
+                p
+                for p in psutil.Process().children()
+                if CHILD_MODULE in " ".join(p.cmdline()) and p.pid not in server_pids()
+            ]
             give_up = time.monotonic() + 60
             # Until it has exited and can be reaped (WNOWAIT: left for the runner to reap).
             while os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
@@ -434,8 +436,12 @@ def test_run_trial_death_from_unnamed_signal_is_error(fast_measure, trial_mark):
 
 
 def test_run_trial_dataloader_worker_killed_by_sigkill_is_oom(fast_measure, trial_mark):
-    job = TrialJob(workload=workload_spec("worker_killed", "faults.py"), config={"batch_size": 4, "num_workers": 1},
-                   measure=fast_measure, timeout_seconds=120)
+    job = TrialJob(
+        workload=workload_spec("worker_killed", "faults.py"),
+        config={"batch_size": 4, "num_workers": 1},
+        measure=fast_measure,
+        timeout_seconds=120,
+    )
     outcome = run_trial(job)
 
     assert outcome.status is Status.OOM, (outcome.reason, outcome.log_tail)
@@ -450,11 +456,18 @@ def test_run_trial_trial_process_kills_its_group_when_the_watchdog_pipe_closes(f
     closes when it dies, and the trial kills itself and its DataLoader workers."""
     events_read, events_write = os.pipe()
     watchdog_read, watchdog_write = os.pipe()
-    job = TrialJob(workload=workload_spec("slow", "faults.py"), config={"batch_size": 8, "num_workers": 2},
-                   measure=fast_measure, timeout_seconds=120)
+    job = TrialJob(
+        workload=workload_spec("slow", "faults.py"),
+        config={"batch_size": 8, "num_workers": 2},
+        measure=fast_measure,
+        timeout_seconds=120,
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", CHILD_MODULE, str(events_write), str(watchdog_read)], stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(events_write, watchdog_read),
+        [sys.executable, "-m", CHILD_MODULE, str(events_write), str(watchdog_read)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        pass_fds=(events_write, watchdog_read),
         start_new_session=True,
     )
     os.close(events_write)
@@ -481,8 +494,10 @@ def test_run_trial_waits_while_another_process_holds_the_device(tiny_spec, fast_
     with device_lock("cpu", holder="tests/other.py:workload"):
         outcome = run_trial(job, deadline=time.monotonic() + 1.0, on_wait=told.append)
 
-    assert told == [f"waiting for cpu: another autotune process (pid {os.getpid()}, tests/other.py:workload) "
-                    "is running a trial on it"]
+    assert told == [
+        f"waiting for cpu: another autotune process (pid {os.getpid()}, tests/other.py:workload) "
+        "is running a trial on it"
+    ]
     assert outcome.status is Status.TIMEOUT
     assert outcome.reason == "stopped when the search's time budget ran out, while waiting for cpu"
     assert outcome.wall_seconds is None  # no trial process was started
@@ -493,8 +508,9 @@ def test_sweep_stale_scratch_removes_a_dead_parents_folder_and_what_still_uses_i
     with scratch_folder() as live:
         stale = tempfile.mkdtemp(prefix="autotune-trial-")
         Path(stale, ".owner").write_text("12345\n")  # its parent died: nobody holds the lock
-        leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                                    env={**os.environ, "TMPDIR": stale})
+        leftover = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(120)"], env={**os.environ, "TMPDIR": stale}
+        )
         try:
             time.sleep(0.2)  # the process's environment is readable once it runs
             removed = sweep_stale_scratch()
@@ -513,7 +529,8 @@ def test_run_trial_with_a_deep_temporary_folder_and_workers_is_ok(tiny_spec, fas
     deep = tmp_path / ("d" * 60)
     deep.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(deep))
-    job = TrialJob(workload=tiny_spec, config={"batch_size": 8, "num_workers": 1}, measure=fast_measure,
-                   timeout_seconds=60)
+    job = TrialJob(
+        workload=tiny_spec, config={"batch_size": 8, "num_workers": 1}, measure=fast_measure, timeout_seconds=60
+    )
     outcome = run_trial(job)
     assert outcome.status is Status.OK, (outcome.reason, outcome.log_tail)

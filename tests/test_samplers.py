@@ -8,13 +8,13 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
+from conftest import workload_spec
 
-from autotune import _records
 from autotune.cli import main
 from autotune.exceptions import ParameterError, SearchSpaceError
-from autotune.study import SearchListener, SearchOptions, search
-
-from conftest import workload_spec
+from autotune.search._loop import search
+from autotune.search._options import SearchListener, SearchOptions
+from autotune.store import _records
 
 KNOBS = workload_spec(file="knobs.py")
 # The baseline (batch 8, dataset.length 8) is one of the grid's points; length 8192 is ~10x slower per sample.
@@ -22,14 +22,24 @@ GRID_SPACE = "effective_batch: free\nknobs:\n  batch_size: [8, 16]\n  dataset.le
 
 
 def _options(storage_url: str, space: Path, fast_measure, **extra) -> SearchOptions:
-    return SearchOptions(workload=KNOBS, storage=storage_url, space=str(space), measure=fast_measure, seed=0,
-                         lr_find=False, objective="throughput", **extra)
+    return SearchOptions(
+        workload=KNOBS,
+        storage=storage_url,
+        space=str(space),
+        measure=fast_measure,
+        seed=0,
+        lr_find=False,
+        objective="throughput",
+        **extra,
+    )
 
 
 def _configs(storage_url: str, study: str) -> list[tuple[int, int]]:
     trials = optuna.load_study(study_name=study, storage=storage_url).get_trials(deepcopy=False)
-    return sorted((t.user_attrs["config"]["batch_size"], t.user_attrs["config"]["workload_knobs"]["dataset.length"])
-                  for t in trials)
+    return sorted(
+        (t.user_attrs["config"]["batch_size"], t.user_attrs["config"]["workload_knobs"]["dataset.length"])
+        for t in trials
+    )
 
 
 def test_grid_runs_every_config_once_and_no_pruning_measures_the_slow_ones(storage_url, space_file, fast_measure):
@@ -47,8 +57,13 @@ def test_grid_runs_every_config_once_and_no_pruning_measures_the_slow_ones(stora
 def test_with_pruning_the_slow_grid_points_are_cut(storage_url, space_file, fast_measure):
     result = search(_options(storage_url, space_file(GRID_SPACE), fast_measure, sampler="grid", n_trials=100))
     trials = optuna.load_study(study_name=result.study_name, storage=storage_url).get_trials(deepcopy=False)
-    statuses = {(t.user_attrs["config"]["batch_size"], t.user_attrs["config"]["workload_knobs"]["dataset.length"]):
-                _records.status(t) for t in trials}
+    statuses = {
+        (
+            t.user_attrs["config"]["batch_size"],
+            t.user_attrs["config"]["workload_knobs"]["dataset.length"],
+        ): _records.status(t)
+        for t in trials
+    }
     assert statuses[(8, 8)] == statuses[(16, 8)] == "ok"
     assert statuses[(8, 8192)] == statuses[(16, 8192)] == "slow"
 
@@ -63,14 +78,17 @@ def test_random_sampler_samples_the_space(storage_url, space_file, fast_measure)
 def test_a_grid_over_a_range_is_refused_before_anything_is_created(tmp_path, space_file):
     space = space_file("effective_batch: free\nknobs:\n  batch_size: {low: 8, high: 64}\n  num_workers: [0, 1]\n")
     db = tmp_path / "grid.db"
-    result = CliRunner().invoke(main, ["search", "--workload", KNOBS, "--space", str(space), "--sampler", "grid",
-                                       "--storage", f"sqlite:///{db}"])
+    result = CliRunner().invoke(
+        main,
+        ["search", "--workload", KNOBS, "--space", str(space), "--sampler", "grid", "--storage", f"sqlite:///{db}"],
+    )
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "grid needs a list of choices" in lines[0] and "batch_size is a range" in lines[0]
     assert not db.exists()
     with pytest.raises(SearchSpaceError):
-        from autotune.study import plan_search
+        from autotune.search._plan import plan_search
+
         plan_search(SearchOptions(workload=KNOBS, space=str(space), sampler="grid"))
 
 
@@ -91,8 +109,18 @@ def test_the_batch_range_follows_the_dataset(storage_url, space_file, fast_measu
     """tests/workloads/tiny.py has 512 samples: batch sizes above it are not sampled, with a note."""
     space = space_file("effective_batch: free\nknobs:\n  batch_size: {low: 256, high: 8192, log: true}\n")
     listener = _Plans()
-    options = SearchOptions(workload=tiny_spec, storage=storage_url, space=str(space), measure=fast_measure, seed=0,
-                            lr_find=False, objective="throughput", sampler="random", pruning=False, n_trials=5)
+    options = SearchOptions(
+        workload=tiny_spec,
+        storage=storage_url,
+        space=str(space),
+        measure=fast_measure,
+        seed=0,
+        lr_find=False,
+        objective="throughput",
+        sampler="random",
+        pruning=False,
+        n_trials=5,
+    )
     result = search(options, listener)
     assert "batch_size up to 512: the dataset has 512 samples" in listener.plans[0].notes
     trials = optuna.load_study(study_name=result.study_name, storage=storage_url).get_trials(deepcopy=False)
@@ -105,9 +133,10 @@ def test_the_batch_range_follows_the_dataset(storage_url, space_file, fast_measu
     assert "batch_size up to 512: the dataset has 512 samples" in listener.plans[0].notes
 
 
-def test_choices_above_the_dataset_are_dropped_and_none_left_is_refused(storage_url, space_file, fast_measure,
-                                                                       tiny_spec):
-    from autotune.space import load_space
+def test_choices_above_the_dataset_are_dropped_and_none_left_is_refused(
+    storage_url, space_file, fast_measure, tiny_spec
+):
+    from autotune.knobs._space import load_space
 
     space = load_space(space_file("effective_batch: free\nknobs:\n  batch_size: [8, 64, 1024, 4096]\n"))
     capped, notes = space.cap_batch(512)

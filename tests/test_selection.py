@@ -7,9 +7,8 @@ import math
 import optuna
 import pytest
 
-from autotune.budget import Budgets
 from autotune.exceptions import NoFeasibleTrialError
-from autotune.selection import (
+from autotune.search._selection import (
     MEMORY_PREFERENCE_TOLERANCE,
     NOISE_SIGMAS,
     PREFERENCES,
@@ -17,6 +16,7 @@ from autotune.selection import (
     noise_margin,
     select,
 )
+from autotune.search._budget import Budgets
 
 MiB = 1024**2
 
@@ -200,7 +200,8 @@ def test_select_baseline_chosen_by_preference_adds_no_guarantee_line():
     selection = select([baseline, candidate(1, 100.0)], baseline, Budgets())
     assert selection.chosen is baseline
     assert selection.explanation == [
-        "fastest: trial #0, the highest throughput (200.0 samples/s); it is the baseline: no config measured faster"]
+        "fastest: trial #0, the highest throughput (200.0 samples/s); it is the baseline: no config measured faster"
+    ]
 
 
 def test_select_guarantee_applies_after_the_memory_preference():
@@ -264,10 +265,21 @@ def test_select_misses_without_a_deadline_raise_no_feasible_trial():
 
 
 def _timed(number, rate, warmup, compile_seconds=0.0, baseline=False) -> Candidate:
-    return candidate(number, rate, spread=0.01, baseline=baseline, dataset_size=6000, warmup_seconds=warmup,
-                     compile_seconds=compile_seconds,
-                     config={"batch_size": 32, "accumulation_steps": 1, "compile": "default" if compile_seconds else "off",
-                             "max_lr": 10.0 ** -(number + 1)})  # each trial its own config
+    return candidate(
+        number,
+        rate,
+        spread=0.01,
+        baseline=baseline,
+        dataset_size=6000,
+        warmup_seconds=warmup,
+        compile_seconds=compile_seconds,
+        config={
+            "batch_size": 32,
+            "accumulation_steps": 1,
+            "compile": "default" if compile_seconds else "off",
+            "max_lr": 10.0 ** -(number + 1),
+        },
+    )  # each trial its own config
 
 
 @pytest.mark.parametrize(("epochs", "winner"), [(1, 1), (100, 2)])
@@ -285,7 +297,9 @@ def test_select_by_run_time_exports_compile_only_where_it_pays(epochs, winner):
             "the full run projects 1.6m against 52.0s",
         ]
     else:
-        assert selection.explanation[0] == "fastest: trial #2, the shortest projected full run (70.3m at 144.0 samples/s)"
+        assert (
+            selection.explanation[0] == "fastest: trial #2, the shortest projected full run (70.3m at 144.0 samples/s)"
+        )
 
 
 def test_select_by_throughput_ignores_compile_time():
@@ -296,8 +310,9 @@ def test_select_by_throughput_ignores_compile_time():
 
 
 def _figure(rate: float, spread: float, window_spread: float) -> Candidate:
-    return Candidate(number=0, attrs={}, samples_per_second=rate, spread=spread, peak_memory_bytes=None,
-                     window_spread=window_spread)
+    return Candidate(
+        number=0, attrs={}, samples_per_second=rate, spread=spread, peak_memory_bytes=None, window_spread=window_spread
+    )
 
 
 @pytest.mark.parametrize(
@@ -317,13 +332,13 @@ def _figure(rate: float, spread: float, window_spread: float) -> Candidate:
     ],
 )
 def test_paired_settled_goes_on_only_while_more_rounds_can_change_the_verdict(winner, baseline, settled):
-    from autotune.study import paired_settled
+    from autotune.search._paired import paired_settled
 
     assert paired_settled([_figure(*winner), _figure(*baseline)]) is settled
 
 
 def test_paired_settled_needs_both_figures():
-    from autotune.study import paired_settled
+    from autotune.search._paired import paired_settled
 
     assert paired_settled([_figure(150, 0.01, 0.01)]) is False
 
@@ -349,7 +364,7 @@ def test_a_trial_of_the_baselines_own_config_is_no_speedup_however_it_measured()
 def test_paired_settled_judges_the_winner_by_the_studys_objective():
     import dataclasses
 
-    from autotune.study import paired_settled
+    from autotune.search._paired import paired_settled
 
     baseline = dataclasses.replace(_timed(0, 100.0, 2.0, baseline=True), spread=0.02, window_spread=0.01)
     # Trial 1 reads twice as fast but noisily, and its compile makes the one-epoch run the longest;

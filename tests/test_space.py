@@ -9,9 +9,9 @@ import optuna
 import pytest
 import yaml
 
-from autotune.config import KNOB_NAMES, TrainConfig
 from autotune.exceptions import ConfigError, SearchSpaceError
-from autotune.space import SearchSpace, diff_spaces, load_space, parse_space, shipped_spaces
+from autotune.knobs._config import KNOB_NAMES, TrainConfig
+from autotune.knobs._space import SearchSpace, diff_spaces, load_space, parse_space, shipped_spaces
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -225,13 +225,7 @@ def test_load_space_missing_file(tmp_path):
 
 
 def test_load_space_reports_several_errors_together(space_file):
-    path = space_file(
-        "knobs:\n"
-        "  batchsize: 4\n"
-        "  precision: fp8\n"
-        "  batch_size: {low: 0, high: 3}\n"
-        "extra: 1\n"
-    )
+    path = space_file("knobs:\n  batchsize: 4\n  precision: fp8\n  batch_size: {low: 0, high: 3}\nextra: 1\n")
     with pytest.raises(SearchSpaceError) as excinfo:
         load_space(path)
     assert str(excinfo.value) == (
@@ -465,7 +459,7 @@ def test_searchspace_baseline_workload_values_first_then_default():
 
 
 def test_searchspace_baseline_demo_workload():
-    from autotune.demo import workload
+    from autotune.workload.demo import workload
 
     baseline = load_space("demo").baseline(workload().baseline_overrides())
     assert baseline == TrainConfig(batch_size=8, num_workers=0, precision="fp32", max_lr=1e-3, compile="off")

@@ -10,13 +10,13 @@ import uuid
 
 import optuna
 import pytest
+from conftest import workload_spec
 from optuna.trial import TrialState
 
 from autotune.exceptions import StorageError
-from autotune.storage import DEFAULT_STORAGE, load_study, open_storage, redact
-from autotune.study import TIME_METRIC_NAME, SearchOptions, search
-
-from conftest import workload_spec
+from autotune.search._loop import search
+from autotune.search._options import SearchOptions, TIME_METRIC_NAME
+from autotune.store._storage import DEFAULT_STORAGE, load_study, open_storage, redact
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -89,8 +89,13 @@ def test_search_on_postgresql_then_load_study(postgres, pg_study, space_file, fa
     result = search(
         SearchOptions(
             lr_find=False,
-            workload=workload_spec(), study_name=pg_study, storage=postgres,
-            space=space_file("effective_batch: free\nknobs: {batch_size: [8, 64]}\n"), n_trials=2, measure=fast_measure, seed=0,
+            workload=workload_spec(),
+            study_name=pg_study,
+            storage=postgres,
+            space=space_file("effective_batch: free\nknobs: {batch_size: [8, 64]}\n"),
+            n_trials=2,
+            measure=fast_measure,
+            seed=0,
             slow_fraction=0.0,
         )
     )
@@ -108,9 +113,29 @@ def test_search_two_concurrent_processes_share_one_postgresql_study(postgres, pg
     space = tmp_path / "space.yaml"
     space.write_text("effective_batch: free\nknobs: {batch_size: [8, 16, 32, 64]}\n")
     command = [
-        sys.executable, "-m", "autotune.cli", "search", "--workload", workload_spec(), "--space", str(space),
-        "--storage", postgres, "--study", pg_study, "--trials", "2", "--slow-fraction", "0",
-        "--window-seconds", "0.2", "--windows", "2", "--warmup-steps", "1", "--no-lr-find",
+        sys.executable,
+        "-m",
+        "autotune.cli",
+        "search",
+        "--workload",
+        workload_spec(),
+        "--space",
+        str(space),
+        "--storage",
+        postgres,
+        "--study",
+        pg_study,
+        "--trials",
+        "2",
+        "--slow-fraction",
+        "0",
+        "--window-seconds",
+        "0.2",
+        "--windows",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--no-lr-find",
     ]
     workers = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
@@ -134,8 +159,10 @@ def test_search_two_concurrent_processes_share_one_postgresql_study(postgres, pg
 _ENQUEUE_TOGETHER = """
 import os, sys, time
 import optuna
-from autotune.storage import open_storage
-from autotune.study import SearchOptions, _enqueue_baseline, plan_search
+from autotune.store._storage import open_storage
+from autotune.search._loop import _enqueue_baseline
+from autotune.search._options import SearchOptions
+from autotune.search._plan import plan_search
 
 url, workload, space, folder, *names = sys.argv[1:]
 plan = plan_search(SearchOptions(workload=workload, space=space, device="cpu"))
@@ -159,8 +186,9 @@ def test_enqueue_baseline_from_processes_starting_together_on_postgresql_enqueue
     space.write_text("effective_batch: free\nknobs: {batch_size: [8, 16]}\n")
     try:
         processes = [
-            subprocess.Popen([sys.executable, "-c", _ENQUEUE_TOGETHER, postgres, workload_spec(), str(space),
-                              str(tmp_path), *names])
+            subprocess.Popen(
+                [sys.executable, "-c", _ENQUEUE_TOGETHER, postgres, workload_spec(), str(space), str(tmp_path), *names]
+            )
             for _ in range(4)
         ]
         give_up = time.monotonic() + 120
@@ -182,8 +210,10 @@ def test_enqueue_baseline_from_processes_starting_together_on_postgresql_enqueue
     [
         ("postgresql://tuner:hunter2@db:5432/autotune", "postgresql://tuner:***@db:5432/autotune"),
         ("postgresql://tuner@db/autotune?password=hunter2", "postgresql://tuner@db/autotune?password=***"),
-        ("postgresql://db/autotune?sslmode=require&sslpassword=hunter2",
-         "postgresql://db/autotune?sslmode=require&sslpassword=***"),
+        (
+            "postgresql://db/autotune?sslmode=require&sslpassword=hunter2",
+            "postgresql://db/autotune?sslmode=require&sslpassword=***",
+        ),
         ("postgresql://tuner:hunter2@db:59x9/autotune", "postgresql://***/autotune"),  # does not parse
         ("tuner:hunter2@db/autotune", "***@db/autotune"),
         ("sqlite:///studies/autotune.db", "sqlite:///studies/autotune.db"),

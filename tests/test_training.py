@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import workload_spec
 from torch import nn
 
-from conftest import workload_spec
-
 from autotune import training
-from autotune.config import TrainConfig
 from autotune.exceptions import WorkloadError
+from autotune.knobs._config import TrainConfig
 from autotune.runner import TrialJob, run_trial
 from autotune.workload import Workload, load_workload
 
@@ -61,8 +60,12 @@ def test_dataloader_without_workers_drops_prefetch_and_persistence() -> None:
     loader = training.dataloader(Points(), config)
     assert loader.prefetch_factor is None
     assert loader.persistent_workers is False
-    assert training.dataloader_kwargs(config) == {"batch_size": 8, "num_workers": 0, "pin_memory": False,
-                                                  "drop_last": True}
+    assert training.dataloader_kwargs(config) == {
+        "batch_size": 8,
+        "num_workers": 0,
+        "pin_memory": False,
+        "drop_last": True,
+    }
 
 
 def test_dataloader_kwargs_pins_memory_for_cuda_only() -> None:
@@ -81,8 +84,9 @@ def test_prepare_model_applies_channels_last_and_training_mode() -> None:
 
 def test_prepare_model_calls_the_checkpointing_hook() -> None:
     seen = []
-    training.prepare_model(_linear(), TrainConfig(gradient_checkpointing=True), "cpu",
-                           gradient_checkpointing=seen.append)
+    training.prepare_model(
+        _linear(), TrainConfig(gradient_checkpointing=True), "cpu", gradient_checkpointing=seen.append
+    )
     assert len(seen) == 1
 
 
@@ -176,8 +180,14 @@ def test_one_cycle_cycles_momentum_only_where_the_optimizer_has_it(make, cycles)
 
 
 def test_one_cycle_takes_an_exports_section() -> None:
-    section = {"max_lr": 0.05, "pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0,
-               "anneal_strategy": "linear", "cycle_momentum": None}
+    section = {
+        "max_lr": 0.05,
+        "pct_start": 0.25,
+        "div_factor": 10.0,
+        "final_div_factor": 100.0,
+        "anneal_strategy": "linear",
+        "cycle_momentum": None,
+    }
     optimizer = torch.optim.AdamW(_linear().parameters(), lr=0.05)
     schedule = training.one_cycle(optimizer, TrainConfig(max_lr=0.05), 8, **section)
     assert schedule.total_steps == 8
@@ -238,8 +248,10 @@ def test_train_step_fp16_uses_a_grad_scaler() -> None:
 @pytest.mark.parametrize(
     ("loss", "message"),
     [
-        (lambda model, batch: F.cross_entropy(model(batch[0]), batch[1], reduction="none"),
-         "loss must return a scalar tensor, got shape (8,)"),
+        (
+            lambda model, batch: F.cross_entropy(model(batch[0]), batch[1], reduction="none"),
+            "loss must return a scalar tensor, got shape (8,)",
+        ),
         (lambda model, batch: 0.5, "loss must return a scalar tensor, got float 0.5"),
         (lambda model, batch: torch.tensor(1.0), "loss must return a tensor that requires grad"),
     ],
@@ -278,8 +290,13 @@ def test_trainable_parameters_leave_frozen_ones_out() -> None:
 
 
 def test_training_builds_a_workload_as_configured() -> None:
-    workload = Workload(model=_linear, dataset=Points, loss=_loss, base_lr=0.01,
-                        optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr))
+    workload = Workload(
+        model=_linear,
+        dataset=Points,
+        loss=_loss,
+        base_lr=0.01,
+        optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr),
+    )
     config = TrainConfig(batch_size=8, accumulation_steps=2, max_lr=0.01)
     run = training.Training(workload, config, "cpu", total_steps=4)
     assert run.steps_per_epoch == 64 // 8 // 2
@@ -354,8 +371,9 @@ def test_train_step_with_a_closure_replays_the_micro_batches() -> None:
 def test_train_step_runs_lbfgs_with_its_closure() -> None:
     config = TrainConfig(batch_size=32, max_lr=0.5)
     model = _linear()
-    step = training.TrainStep(model, _loss, torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4), config, "cpu",
-                              closure=True)
+    step = training.TrainStep(
+        model, _loss, torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4), config, "cpu", closure=True
+    )
     batches = training.Batches(training.dataloader(Points(), config, shuffle=False))
     first = float(step(batches))
     for _ in range(3):
@@ -366,8 +384,14 @@ def test_train_step_runs_lbfgs_with_its_closure() -> None:
 def test_train_step_refuses_a_closure_in_fp16() -> None:
     model = _linear()
     with pytest.raises(WorkloadError, match="GradScaler.step does not take closures"):
-        training.TrainStep(model, _loss, torch.optim.SGD(model.parameters(), lr=0.1), TrainConfig(precision="fp16"),
-                           "cpu", closure=True)
+        training.TrainStep(
+            model,
+            _loss,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            TrainConfig(precision="fp16"),
+            "cpu",
+            closure=True,
+        )
 
 
 def test_workload_refuses_a_closure_with_an_fp16_baseline() -> None:
@@ -377,8 +401,9 @@ def test_workload_refuses_a_closure_with_an_fp16_baseline() -> None:
 
 def test_training_calls_after_step_with_the_uncompiled_model() -> None:
     seen = []
-    workload = Workload(model=_linear, dataset=Points, loss=_loss,
-                        after_step=lambda model, optimizer: seen.append(model))
+    workload = Workload(
+        model=_linear, dataset=Points, loss=_loss, after_step=lambda model, optimizer: seen.append(model)
+    )
     run = training.Training(workload, TrainConfig(batch_size=8, compile="default"), "cpu")
     assert run.forward_model is not run.model
     run.train_step.after_step(run.forward_model, run.optimizer)
@@ -387,8 +412,9 @@ def test_training_calls_after_step_with_the_uncompiled_model() -> None:
 
 def test_training_with_sam_and_swa_steps_and_averages() -> None:
     workload = load_workload(workload_spec(file="sam.py"))
-    run = training.Training(workload, TrainConfig(batch_size=16, accumulation_steps=2, max_lr=0.05), "cpu",
-                            total_steps=6)
+    run = training.Training(
+        workload, TrainConfig(batch_size=16, accumulation_steps=2, max_lr=0.05), "cpu", total_steps=6
+    )
     losses = [float(run.step()) for _ in range(6)]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert workload.after_step.updates == 6
@@ -417,8 +443,14 @@ def test_gradient_checkpointing_on_a_model_with_frozen_weights_makes_inputs_requ
 
 
 def test_a_sam_workload_trial_finishes_ok(fast_measure) -> None:
-    outcome = run_trial(TrialJob(workload=workload_spec(file="sam.py"), config=TrainConfig(batch_size=16).to_dict(),
-                                 measure=fast_measure, timeout_seconds=120))
+    outcome = run_trial(
+        TrialJob(
+            workload=workload_spec(file="sam.py"),
+            config=TrainConfig(batch_size=16).to_dict(),
+            measure=fast_measure,
+            timeout_seconds=120,
+        )
+    )
     assert outcome.status.value == "ok", outcome.reason
     assert outcome.samples_per_second > 0
 
@@ -472,8 +504,14 @@ def test_default_optimizer_takes_workload_knobs() -> None:
 
 
 def test_a_trial_times_the_workloads_evaluation_once(fast_measure) -> None:
-    outcome = run_trial(TrialJob(workload=workload_spec("evaluated", file="knobs.py"),
-                                 config=TrainConfig(batch_size=8).to_dict(), measure=fast_measure, timeout_seconds=120))
+    outcome = run_trial(
+        TrialJob(
+            workload=workload_spec("evaluated", file="knobs.py"),
+            config=TrainConfig(batch_size=8).to_dict(),
+            measure=fast_measure,
+            timeout_seconds=120,
+        )
+    )
     assert outcome.status.value == "ok", outcome.reason
     assert outcome.evaluation_seconds is not None and outcome.evaluation_seconds > 0
     assert outcome.user_attrs()["evaluation_seconds"] == outcome.evaluation_seconds

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from autotune._units import format_duration, format_size, parse_duration, parse_size
 from autotune.exceptions import UsageError
+from autotune.knobs._units import format_duration, format_size, parse_duration, parse_size
 
 GIB = 1024**3
 MIB = 1024**2

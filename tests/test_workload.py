@@ -6,11 +6,11 @@ import sys
 import textwrap
 
 import pytest
-
-from autotune.config import TrainConfig
-from autotune.exceptions import WorkloadError
-from autotune.workload import DEMO_SPEC, Workload, load_workload, workload_name
 from conftest import WORKLOADS, workload_spec
+
+from autotune.exceptions import WorkloadError
+from autotune.knobs._config import TrainConfig
+from autotune.workload import DEMO_SPEC, Workload, load_workload, workload_name
 
 
 def refused(spec: str) -> str:
@@ -47,9 +47,9 @@ def test_load_workload_file_spec(tiny_spec):
 
 
 def test_load_workload_module_spec():
-    from autotune import demo
+    from autotune.workload import demo
 
-    workload = load_workload("autotune.demo:workload")
+    workload = load_workload("autotune.workload.demo:workload")
     assert isinstance(workload, Workload)
     assert workload.model is demo.SmallCNN
     assert workload.dataset is demo.PatternImages
@@ -58,7 +58,7 @@ def test_load_workload_module_spec():
 
 
 def test_load_workload_demo_spec_constant():
-    assert DEMO_SPEC == "autotune.demo:workload"
+    assert DEMO_SPEC == "autotune.workload.demo:workload"
     assert isinstance(load_workload(DEMO_SPEC), Workload)
 
 
@@ -108,13 +108,15 @@ def test_load_workload_missing_file(tmp_path):
     assert refused(spec) == f"workload {spec!r}: no such file {str(path)!r}"
 
 
-@pytest.mark.parametrize("spec", ["tests/workloads/tiny.py", "tests/workloads/tiny.py:", ":workload", "autotune.demo"])
+@pytest.mark.parametrize(
+    "spec", ["tests/workloads/tiny.py", "tests/workloads/tiny.py:", ":workload", "autotune.workload.demo"]
+)
 def test_load_workload_no_attribute_part(spec):
     assert refused(spec) == f"workload {spec!r}: expected 'path/to/file.py:name' or 'package.module:name'"
 
 
 def test_load_workload_attribute_not_an_identifier():
-    spec = "autotune.demo:not-a-name"
+    spec = "autotune.workload.demo:not-a-name"
     assert refused(spec) == f"workload {spec!r}: expected 'path/to/file.py:name' or 'package.module:name'"
 
 
@@ -125,19 +127,20 @@ def test_load_workload_attribute_missing():
 
 
 def test_load_workload_module_attribute_missing():
-    spec = "autotune.demo:nothing_here"
-    assert refused(spec) == "workload 'autotune.demo:nothing_here': 'autotune.demo' has no attribute 'nothing_here'"
+    spec = "autotune.workload.demo:nothing_here"
+    assert (
+        refused(spec)
+        == "workload 'autotune.workload.demo:nothing_here': 'autotune.workload.demo' has no attribute 'nothing_here'"
+    )
 
 
 def test_load_workload_attribute_wrong_type():
     spec = workload_spec("not_a_workload")
-    assert refused(spec) == (
-        f"workload {spec!r}: expected an autotune.Workload or a function returning one, got int"
-    )
+    assert refused(spec) == (f"workload {spec!r}: expected an autotune.Workload or a function returning one, got int")
 
 
 def test_load_workload_callable_returning_wrong_type():
-    spec = "autotune.demo:SmallCNN"  # a class: callable, but returns a module, not a Workload
+    spec = "autotune.workload.demo:SmallCNN"  # a class: callable, but returns a module, not a Workload
     assert refused(spec) == (
         f"workload {spec!r}: expected an autotune.Workload or a function returning one, got SmallCNN"
     )
@@ -306,7 +309,7 @@ def test_workload_baseline_overrides_explicit_max_lr_wins():
 
 
 def test_workload_name_demo():
-    assert workload_name("autotune.demo:workload") == "demo"
+    assert workload_name("autotune.workload.demo:workload") == "demo"
 
 
 def test_workload_name_file_spec():
@@ -318,12 +321,10 @@ def test_workload_name_file_spec():
 def test_workload_name_module_spec():
     assert workload_name("mypkg.train:workload") == "mypkg.train"
     assert workload_name("mypkg.train:big_model") == "mypkg.train.big_model"
-    assert workload_name("autotune.demo:other") == "autotune.demo.other"
+    assert workload_name("autotune.workload.demo:other") == "autotune.workload.demo.other"
 
 
 def test_workload_name_invalid_spec():
     with pytest.raises(WorkloadError) as excinfo:
         workload_name("no-colon-here")
-    assert str(excinfo.value) == (
-        "workload 'no-colon-here': expected 'path/to/file.py:name' or 'package.module:name'"
-    )
+    assert str(excinfo.value) == ("workload 'no-colon-here': expected 'path/to/file.py:name' or 'package.module:name'")

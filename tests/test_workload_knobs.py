@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import workload_spec
 
-from autotune.budget import Budgets
-from autotune.config import TrainConfig
-from autotune.export import export_best
-from autotune.selection import Candidate, select
-from autotune.study import SearchOptions, search
+from autotune.export._export import export_best
+from autotune.search._selection import Candidate, select
+from autotune.knobs._config import TrainConfig
+from autotune.search._budget import Budgets
+from autotune.search._loop import search
+from autotune.search._options import SearchOptions
 
 SPACE = """\
 knobs:
@@ -29,8 +29,13 @@ def study(tmp_path_factory, request):
     (folder / "space.yaml").write_text(SPACE)
     storage = f"sqlite:///{folder / 'knobs.db'}"
     options = SearchOptions(
-        workload=workload_spec(file="knobs.py"), storage=storage, space=folder / "space.yaml", n_trials=5, seed=1,
-        lr_find=False, slow_fraction=0.0,
+        workload=workload_spec(file="knobs.py"),
+        storage=storage,
+        space=folder / "space.yaml",
+        n_trials=5,
+        seed=1,
+        lr_find=False,
+        slow_fraction=0.0,
         measure=MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20),
     )
     result = search(options)
@@ -87,9 +92,7 @@ def test_select_prefer_recipe_takes_the_fastest_that_keeps_the_recipe() -> None:
     assert fastest.explanation[-1].startswith("dataset.length 16 (the baseline's 8) changes the recipe")
     kept = select([baseline, longer, same], baseline, Budgets(), prefer="recipe", recipe={"dataset.length": 8})
     assert kept.chosen is same
-    assert kept.explanation[0] == (
-        "recipe: trial #2, the highest throughput (200.0 samples/s), keeping dataset.length"
-    )
+    assert kept.explanation[0] == ("recipe: trial #2, the highest throughput (200.0 samples/s), keeping dataset.length")
     assert not any("changes the recipe" in line for line in kept.explanation)
 
 
@@ -97,25 +100,33 @@ def test_a_compile_mode_that_failed_is_not_run_again(tmp_path) -> None:
     import optuna
 
     from autotune.runner import MeasureSettings
-    from autotune.storage import open_storage
+    from autotune.store._storage import open_storage
 
     (tmp_path / "space.yaml").write_text('knobs:\n  batch_size: 8\n  compile: ["off", default]\n')
     storage = f"sqlite:///{tmp_path / 'compile.db'}"
     study = optuna.create_study(study_name="knobs.uncompilable", storage=open_storage(storage))
     study.enqueue_trial({"compile": "default"})
     study.enqueue_trial({"compile": "default"})
-    search(SearchOptions(
-        workload=workload_spec("uncompilable", file="knobs.py"), storage=storage, space=tmp_path / "space.yaml",
-        n_trials=3, lr_find=False, slow_fraction=0.0,
-        measure=MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20),
-    ))
+    search(
+        SearchOptions(
+            workload=workload_spec("uncompilable", file="knobs.py"),
+            storage=storage,
+            space=tmp_path / "space.yaml",
+            n_trials=3,
+            lr_find=False,
+            slow_fraction=0.0,
+            measure=MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20),
+        )
+    )
     trials = optuna.load_study(study_name="knobs.uncompilable", storage=storage).trials
     compiled = [t for t in trials if t.user_attrs["config"]["compile"] == "default"]
     assert [t.user_attrs["status"] for t in compiled] == ["error", "error"]
     assert compiled[0].user_attrs["compile_failed"] is True
     assert "InductorError" in compiled[0].user_attrs["reason"]
-    assert compiled[1].user_attrs["reason"].startswith(
-        f"not run: compile mode default failed on this workload in trial {compiled[0].number} ("
+    assert (
+        compiled[1]
+        .user_attrs["reason"]
+        .startswith(f"not run: compile mode default failed on this workload in trial {compiled[0].number} (")
     )
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in compiled)  # TPE samples away from them
     assert [t.user_attrs["status"] for t in trials if t.user_attrs.get("baseline")] == ["ok"]

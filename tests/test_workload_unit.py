@@ -10,14 +10,14 @@ import re
 import optuna
 import pytest
 import yaml
-
-from autotune._console import SearchPrinter, console, describe_config, print_search_result
-from autotune._units import format_size
-from autotune.figures import throughput_figure, to_plotly
-from autotune.runner import MeasureSettings
-from autotune.study import SearchOptions, search
-
 from conftest import run_cli, workload_spec
+
+from autotune.knobs._units import format_size
+from autotune.report._console import SearchPrinter, console, describe_config, print_search_result
+from autotune.search._figures import throughput_figure, to_plotly
+from autotune.runner import MeasureSettings
+from autotune.search._loop import search
+from autotune.search._options import SearchOptions
 
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)  # conftest's fast_measure
 
@@ -29,8 +29,16 @@ def tokens(tmp_path_factory):
     space = folder / "space.yaml"
     space.write_text("effective_batch: free\nknobs: {batch_size: [8, 32]}\n")
     storage = f"sqlite:///{folder / 'studies' / 'tokens.db'}"
-    options = SearchOptions(workload=workload_spec(file="tokens.py"), storage=storage, space=space, n_trials=2,
-                            measure=FAST, seed=0, slow_fraction=0.0, lr_find=False)
+    options = SearchOptions(
+        workload=workload_spec(file="tokens.py"),
+        storage=storage,
+        space=space,
+        n_trials=2,
+        measure=FAST,
+        seed=0,
+        slow_fraction=0.0,
+        lr_find=False,
+    )
     printer = SearchPrinter(options.n_trials)
     with console.capture() as captured:
         result = search(options, printer)
@@ -52,8 +60,10 @@ def test_search_lines_show_tokens_per_second(tokens):
     lines = tokens["output"].splitlines()
     for trial in tokens["study"].trials:
         attrs = trial.user_attrs
-        line = (f"#{trial.number:<3} ok       {attrs['unit_per_second']:9.1f} tokens/s  "
-                f"peak {format_size(attrs['peak_memory_bytes']):>10}  {describe_config(attrs['config'])}")
+        line = (
+            f"#{trial.number:<3} ok       {attrs['unit_per_second']:9.1f} tokens/s  "
+            f"peak {format_size(attrs['peak_memory_bytes']):>10}  {describe_config(attrs['config'])}"
+        )
         assert line + (" baseline" if trial.number == 0 else "") in lines
     assert f"      new best {tokens['study'].trials[0].user_attrs['unit_per_second']:.1f} tokens/s" in lines
     assert "samples/s" not in tokens["output"]
@@ -154,8 +164,17 @@ def test_train_shows_tokens_per_second_against_the_measured(tokens, tmp_path):
     out = tmp_path / "best.yaml"
     assert run_cli("export-best", "--storage", tokens["storage"], "--out", str(out)).exit_code == 0
     measured = yaml.safe_load(out.read_text())["measured"]["unit_per_second"]
-    result = run_cli("train", "--config", str(out), "--steps", "3", "--checkpoint-dir", str(tmp_path / "ckpt"),
-                     "--storage", tokens["storage"])
+    result = run_cli(
+        "train",
+        "--config",
+        str(out),
+        "--steps",
+        "3",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--storage",
+        tokens["storage"],
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[2].startswith(f"  measured {measured:.1f} tokens/s; projected ")
@@ -168,16 +187,30 @@ def test_train_shows_tokens_per_second_against_the_measured(tokens, tmp_path):
     ) in lines
     report = run_cli("report", "--storage", tokens["storage"]).output.splitlines()
     trial = record["trial"]
-    assert any(line.startswith(f"run of 3 steps of trial #{trial}: ") and
-               f"; {steady:.1f} tokens/s, {steady / measured:.2f}x the measured {measured:.1f}" in line for line in report)
+    assert any(
+        line.startswith(f"run of 3 steps of trial #{trial}: ")
+        and f"; {steady:.1f} tokens/s, {steady / measured:.2f}x the measured {measured:.1f}" in line
+        for line in report
+    )
 
 
 def test_full_run_line_shows_the_workload_unit():
-    from autotune.run_record import full_run_line
+    from autotune.training._run_record import full_run_line
 
-    actual = {"trial": 2, "seconds": 66.0, "projected_seconds": 60.0, "time_ratio": 1.1, "samples_per_second": 430.0,
-              "measured_samples_per_second": 450.0, "throughput_ratio": 430.0 / 450.0, "unit_per_second": 6880.0,
-              "measured_unit_per_second": 7200.0, "unit": "tokens", "steps": 1000, "full_run": True}
+    actual = {
+        "trial": 2,
+        "seconds": 66.0,
+        "projected_seconds": 60.0,
+        "time_ratio": 1.1,
+        "samples_per_second": 430.0,
+        "measured_samples_per_second": 450.0,
+        "throughput_ratio": 430.0 / 450.0,
+        "unit_per_second": 6880.0,
+        "measured_unit_per_second": 7200.0,
+        "unit": "tokens",
+        "steps": 1000,
+        "full_run": True,
+    }
     assert full_run_line(actual) == (
         "full run of trial #2: projected 60.0s, actual 66.0s (1.10x); 6880.0 tokens/s, 0.96x the measured 7200.0"
     )
@@ -186,15 +219,24 @@ def test_full_run_line_shows_the_workload_unit():
 
 
 @pytest.mark.parametrize(
-    ("unit", "figure"), [({"unit": "tokens", "unit_per_second": 12859.0}, " at 12859.0 tokens/s"),
-                         ({"unit": "samples", "unit_per_second": 803.7}, " at 803.7 samples/s"),
-                         ({}, "")],  # an export written before the payoff had its unit
+    ("unit", "figure"),
+    [
+        ({"unit": "tokens", "unit_per_second": 12859.0}, " at 12859.0 tokens/s"),
+        ({"unit": "samples", "unit_per_second": 803.7}, " at 803.7 samples/s"),
+        ({}, ""),
+    ],  # an export written before the payoff had its unit
 )
 def test_payoff_line_shows_the_rate_in_the_workload_unit(unit, figure):
-    from autotune.export import payoff_line
+    from autotune.export._export import payoff_line
 
-    payoff = {"speedup_over_baseline": 1.35, "projected_seconds": 180.0, "baseline_projected_seconds": 243.0,
-              "saved_seconds": 63.0, "search_seconds": 76.0, **unit}
+    payoff = {
+        "speedup_over_baseline": 1.35,
+        "projected_seconds": 180.0,
+        "baseline_projected_seconds": 243.0,
+        "saved_seconds": 63.0,
+        "search_seconds": 76.0,
+        **unit,
+    }
     assert payoff_line(payoff) == (
         f"1.35x the baseline{figure}: the full run projects 3.0m instead of 4.0m, saving 63.0s for a 76.0s search "
         "(does not pay for itself on one run)"

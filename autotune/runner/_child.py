@@ -40,7 +40,7 @@ def run(channel_fd: int, watchdog_fd: int | None, job_text: str) -> None:
     from autotune.runner._oom import is_oom_error
     from autotune.runner._outcome import Status, TrialJob
     from autotune.runner._sweep import run_lr_sweep
-    from autotune.workload import load_workload
+    from autotune.workload._workload import load_workload
 
     try:
         job = TrialJob.from_json(json.loads(job_text))
@@ -51,8 +51,14 @@ def run(channel_fd: int, watchdog_fd: int | None, job_text: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - the trial's outcome is data; the traceback goes to the log
         traceback.print_exc()
         status = Status.OOM if is_oom_error(exc) else Status.ERROR
-        emit({"event": "failed", "status": status.value, "reason": _reason(exc),
-              "in_optimizer_step": _in_optimizer_step(exc)})
+        emit(
+            {
+                "event": "failed",
+                "status": status.value,
+                "reason": _reason(exc),
+                "in_optimizer_step": _in_optimizer_step(exc),
+            }
+        )
     channel.close()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -92,10 +98,12 @@ def _watch(watchdog_fd: int) -> None:
 
 
 def _in_optimizer_step(exc: BaseException) -> bool:
-    """Whether the exception came out of the optimizer's step, as autotune.training.TrainStep calls it."""
+    """Whether the exception came out of the optimizer's step, as autotune.training._apply.TrainStep calls it."""
     training = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training.py")
     return any(
-        os.path.abspath(frame.filename) == training and frame.name == "__call__" and "optimizer" in (frame.line or "")
+        os.path.abspath(frame.filename) == training
+        and frame.name == "__call__"
+        and "optimizer" in (frame.line or "")
         and ".step(" in (frame.line or "")
         for frame in traceback.extract_tb(exc.__traceback__)
     )
@@ -106,7 +114,8 @@ def _reason(exc: BaseException) -> str:
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     libraries = tuple({path + os.sep for name, path in sysconfig.get_paths().items() if name.endswith("lib")})
     frames = [
-        frame for frame in traceback.extract_tb(exc.__traceback__)
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
         if not frame.filename.startswith((package, *libraries, "<"))
     ]
     where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""

@@ -1,6 +1,6 @@
 """Inside the trial process: apply a TrainConfig to the workload, warm up, then time windows.
 
-Every knob acts through autotune.training, the module the full run uses too; this module only
+Every knob acts through autotune.training._apply, the module the full run uses too; this module only
 measures. Every figure sent back is measured here; the parent only decides (prune, kill, record).
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from autotune import noise_scale
-from autotune.config import TrainConfig
+from autotune.knobs._config import TrainConfig
 from autotune.runner._memory import process_peak_rss
 from autotune.runner._outcome import TrialJob
-from autotune.training import Training, backend_flags, evaluate
-from autotune.workload import Workload
+from autotune.training import _noise_scale as noise_scale
+from autotune.training._apply import Training, backend_flags, evaluate
+from autotune.workload._workload import Workload
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -39,8 +39,9 @@ def trial_training(job: TrialJob, workload: Workload, emit: Emit, *, one_cycle_s
     torch.manual_seed(job.measure.seed)
     device = torch.device(job.device)
     _configure_device(device, job.memory_budget_bytes)
-    emit({"event": "started", "device": _device_name(device), "torch_version": torch.__version__,
-          "unit": workload.unit})
+    emit(
+        {"event": "started", "device": _device_name(device), "torch_version": torch.__version__, "unit": workload.unit}
+    )
     with backend_flags(config, device):
         yield Training(workload, config, device, total_steps=one_cycle_steps)
 
@@ -69,9 +70,17 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
         guard.check(value, f"warm-up step {index + 1}")
         loss_start = value if loss_start is None else loss_start
         # Lets the parent give up early on a config that cannot reach the slow threshold.
-        emit({"event": "warmup_step", "index": index, "samples": batches.samples, "units": batches.units,
-              "seconds": step_seconds[-1],
-              "data_wait_seconds": batches.wait_seconds, "compiled": config.compile != "off"})
+        emit(
+            {
+                "event": "warmup_step",
+                "index": index,
+                "samples": batches.samples,
+                "units": batches.units,
+                "seconds": step_seconds[-1],
+                "data_wait_seconds": batches.wait_seconds,
+                "compiled": config.compile != "off",
+            }
+        )
     compile_seconds = 0.0
     if config.compile != "off":
         steady = step_seconds[-1]
@@ -155,7 +164,7 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
 
 def _configure_device(device: torch.device, memory_budget_bytes: int | None) -> None:
     """The trial's device, its memory budget enforced, its peak counter reset (the knobs' backend
-    flags are set by autotune.training.backend_flags)."""
+    flags are set by autotune.training._apply.backend_flags)."""
     if device.type != "cuda":
         return
     torch.cuda.set_device(device)

@@ -44,10 +44,13 @@ class MeasureSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ParameterError(f"{name} must be an integer >= {low}, got {value!r}", name)
         if self.max_windows is not None and (
-            isinstance(self.max_windows, bool) or not isinstance(self.max_windows, int) or self.max_windows < self.windows
+            isinstance(self.max_windows, bool)
+            or not isinstance(self.max_windows, int)
+            or self.max_windows < self.windows
         ):
-            raise ParameterError(f"max_windows must be an integer >= windows ({self.windows}), got {self.max_windows!r}",
-                                 "max_windows")
+            raise ParameterError(
+                f"max_windows must be an integer >= windows ({self.windows}), got {self.max_windows!r}", "max_windows"
+            )
         if not 0 < self.target_spread < 1:
             raise ParameterError(f"target_spread must be between 0 and 1, got {self.target_spread!r}", "target_spread")
         if not 0 < self.window_seconds < float("inf"):
@@ -95,7 +98,7 @@ class TrialJob:
     timeout_seconds: float = 600.0
     lr_sweep: dict[str, Any] | None = None  # set for an LR range test: min_lr, max_lr, steps[, beta, stop_factor]
     rank_against: float | None = None  # samples/s of the best trial so far: the windows stop once it is told apart
-    # Seconds of gradient-noise measurement after the windows (autotune.noise_scale.measure); None: none.
+    # Seconds of gradient-noise measurement after the windows (autotune.training._noise_scale.measure); None: none.
     noise_seconds: float | None = None
     # True: the optimizer steps with a closure whatever the workload says (found when its first step
     # failed inside optimizer.step() without one and ran with one); None: as the workload says.
@@ -155,7 +158,7 @@ class TrialOutcome:
     torch_version: str | None = None
     windows: list[WindowResult] = dataclasses.field(default_factory=list)
     lr_curve: dict[str, Any] | None = None  # an LR range test's lrs, losses, smoothed losses
-    # The gradient noise scale measured after the windows (autotune.noise_scale.measure's record).
+    # The gradient noise scale measured after the windows (autotune.training._noise_scale.measure's record).
     noise: dict[str, Any] | None = None
     wall_seconds: float | None = None  # the whole trial, process start to end
     startup_seconds: float | None = None  # process start to the trial's first event (imports, workload loading)

@@ -28,8 +28,8 @@ PRELOAD = [
     "autotune.runner._server_guard",  # first: the server dies with its parent from here on
     "torch",
     "torch._dynamo",  # imported by the first optimizer a trial builds: 2-3 s on a small CPU
-    "autotune.training",
-    "autotune.workload",
+    "autotune.training._apply",
+    "autotune.workload._workload",
     "autotune.runner._child",
     "autotune.runner._harness",
     "autotune.runner._sweep",
@@ -39,8 +39,20 @@ PRELOAD = [
 # Libraries that import no user code, start no thread and touch no device when imported. Those the
 # workload's module uses (loaded here to check it) are imported by the server as well, down to the
 # submodules it takes names from: transformers' modeling code alone takes seconds to import.
-WARM_LIBRARIES = ("numpy", "scipy", "transformers", "peft", "accelerate", "timm", "torchvision", "lightning",
-                  "pytorch_lightning", "torchmetrics", "safetensors", "tokenizers")
+WARM_LIBRARIES = (
+    "numpy",
+    "scipy",
+    "transformers",
+    "peft",
+    "accelerate",
+    "timm",
+    "torchvision",
+    "lightning",
+    "pytorch_lightning",
+    "torchmetrics",
+    "safetensors",
+    "tokenizers",
+)
 
 
 def preload_modules(workload_spec: str | None = None) -> list[str]:
@@ -62,7 +74,7 @@ def preload_modules(workload_spec: str | None = None) -> list[str]:
 def _loaded_module(spec: str) -> types.ModuleType | None:
     module_part = spec.rpartition(":")[0]
     if module_part.endswith(".py"):
-        from autotune.workload import file_module_name
+        from autotune.workload._workload import file_module_name
 
         return sys.modules.get(file_module_name(module_part))
     return sys.modules.get(module_part)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from autotune._units import format_size
+from autotune.knobs._units import format_size
 from autotune.runner._device_lock import device_lock
 from autotune.runner._memory import ProcessTree
 from autotune.runner._outcome import Status, TrialJob, TrialOutcome, WindowResult
@@ -236,7 +236,8 @@ class _Follower:
             rate = window.units_per_second  # the workload's unit: padding-heavy batches are not fast
             if window.index == 0 and self.slow_below is not None and rate < self.slow_below:
                 self.stop = self.stop or (
-                    Status.SLOW, f"{rate:.1f} {self.unit}/s in the first window, below the slow threshold {self.slow_below:.1f}"
+                    Status.SLOW,
+                    f"{rate:.1f} {self.unit}/s in the first window, below the slow threshold {self.slow_below:.1f}",
                 )
             if self.on_window is not None and self.stop is None:
                 self.stop = self.on_window(window)
@@ -292,8 +293,10 @@ class _Follower:
                 )
         elif not self.finished:
             outcome.status, outcome.reason = _died(returncode)
-        elif outcome.peak_memory_bytes is not None and self.job.memory_budget_bytes is not None and (
-            outcome.peak_memory_bytes > self.job.memory_budget_bytes
+        elif (
+            outcome.peak_memory_bytes is not None
+            and self.job.memory_budget_bytes is not None
+            and (outcome.peak_memory_bytes > self.job.memory_budget_bytes)
         ):
             outcome.status = Status.OOM
             outcome.reason = (

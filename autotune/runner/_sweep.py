@@ -8,8 +8,8 @@ from typing import Any
 
 from autotune.runner._harness import Emit, trial_training
 from autotune.runner._outcome import TrialJob
-from autotune.training import Training, fixed_samples_loss
-from autotune.workload import Workload
+from autotune.training._apply import Training, fixed_samples_loss
+from autotune.workload._workload import Workload
 
 
 def run_lr_sweep(job: TrialJob, workload: Workload, emit: Emit) -> None:
@@ -27,7 +27,9 @@ def run_lr_sweep(job: TrialJob, workload: Workload, emit: Emit) -> None:
         _sweep(training, min_lr, max_lr, steps, beta, stop_factor, emit)
 
 
-def _sweep(training: Training, min_lr: float, max_lr: float, steps: int, beta: float, stop_factor: float, emit: Emit) -> None:
+def _sweep(
+    training: Training, min_lr: float, max_lr: float, steps: int, beta: float, stop_factor: float, emit: Emit
+) -> None:
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []

@@ -67,7 +67,11 @@ def run_one(spec: str, config: dict[str, Any], seconds: float, warmup_steps: int
     batch_size = int(config["batch_size"])
     accumulation = int(config.get("accumulation_steps") or 1)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
         collate_fn=workload.collate_fn,
         prefetch_factor=(config.get("prefetch_factor") or 2) if workers else None,
         persistent_workers=bool(config.get("persistent_workers")) and workers > 0,
@@ -138,7 +142,7 @@ def exception_line(stderr: str) -> str | None:
     lines = stderr.splitlines()
     marker = "Traceback (most recent call last):"
     starts = [i for i, line in enumerate(lines) if line.startswith(marker)]
-    after = lines[starts[-1] + 1:] if starts else []
+    after = lines[starts[-1] + 1 :] if starts else []
     for line in after:
         if line.strip() and not line[0].isspace():
             return line.strip()
@@ -155,8 +159,9 @@ def summarise(rates: list[float]) -> dict[str, Any]:
     }
 
 
-def measure(spec: str, picks: list[dict[str, Any]], rounds: int, seconds: float, warmup_steps: int,
-            timeout: float, log=None) -> list[dict[str, Any]]:
+def measure(
+    spec: str, picks: list[dict[str, Any]], rounds: int, seconds: float, warmup_steps: int, timeout: float, log=None
+) -> list[dict[str, Any]]:
     """Every pick, ``rounds`` times, interleaved; each run a fresh process."""
     results: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(picks))}
     errors: dict[int, str] = {}
@@ -166,11 +171,28 @@ def measure(spec: str, picks: list[dict[str, Any]], rounds: int, seconds: float,
         for i in order[shift:] + order[:shift]:
             if i in errors:
                 continue
-            command = [sys.executable, __file__, "--one", "--workload", spec, "--config", json.dumps(picks[i]["config"]),
-                       "--seconds", str(seconds), "--warmup-steps", str(warmup_steps)]
+            command = [
+                sys.executable,
+                __file__,
+                "--one",
+                "--workload",
+                spec,
+                "--config",
+                json.dumps(picks[i]["config"]),
+                "--seconds",
+                str(seconds),
+                "--warmup-steps",
+                str(warmup_steps),
+            ]
             try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+                done = subprocess.run(
+                    command,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    cwd=ROOT,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )
             except subprocess.TimeoutExpired:
                 errors[i] = f"no result within {timeout:.0f}s"
                 continue
@@ -180,8 +202,11 @@ def measure(spec: str, picks: list[dict[str, Any]], rounds: int, seconds: float,
             run = json.loads(done.stdout.strip().splitlines()[-1])
             results[i].append(run)
             if log:
-                print(f"  round {round_index + 1}: {picks[i]['label']}: {run['units_per_second']:.1f}/s", file=log,
-                      flush=True)
+                print(
+                    f"  round {round_index + 1}: {picks[i]['label']}: {run['units_per_second']:.1f}/s",
+                    file=log,
+                    flush=True,
+                )
     measured = []
     for i, pick in enumerate(picks):
         runs = results[i]

@@ -73,7 +73,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autotune.config import TrainConfig
+from autotune.knobs._config import TrainConfig
 from autotune.runner._memory import process_peak_rss
 from autotune.workload import Workload, load_workload
 
@@ -233,7 +233,9 @@ def run_lightning(workload: Workload, args: argparse.Namespace) -> dict[str, Any
 
         def check_memory(self) -> None:
             peak = process_peak_rss()
-            row = tried.setdefault(self.batch_size, {"batch_size": self.batch_size, "peak_memory_bytes": 0, "fits": True})
+            row = tried.setdefault(
+                self.batch_size, {"batch_size": self.batch_size, "peak_memory_bytes": 0, "fits": True}
+            )
             row["peak_memory_bytes"] = peak
             if peak > budget:
                 row["fits"] = False
@@ -262,7 +264,9 @@ def run_lightning(workload: Workload, args: argparse.Namespace) -> dict[str, Any
     notes = [f"power mode from {config['batch_size']}, {STEPS_PER_TRIAL} steps a trial: {sizes}"]
     failed = [r for r in rows if not r["fits"]]
     if failed:
-        notes.append(f"stopped: batch {failed[0]['batch_size']} went over the memory budget; Lightning returned half of it")
+        notes.append(
+            f"stopped: batch {failed[0]['batch_size']} went over the memory budget; Lightning returned half of it"
+        )
     elif pick >= len(module.dataset):
         notes.append(f"stopped: reached the dataset's length ({len(module.dataset)})")
     else:
@@ -333,7 +337,9 @@ def run_hf_largest(workload: Workload, args: argparse.Namespace) -> dict[str, An
         fits = not result["out_of_memory"] and peak <= budget
         tried.append({**result, "fits": fits})
         if result.get("killed"):
-            raise RuntimeError(f"DefaultCPUAllocator: can't allocate memory: the probe at batch {batch_size} was killed")
+            raise RuntimeError(
+                f"DefaultCPUAllocator: can't allocate memory: the probe at batch {batch_size} was killed"
+            )
         if not fits:
             raise cpu_oom_error(peak, budget)
         return batch_size
@@ -360,7 +366,9 @@ RUNNERS = {"pytorch-autotune": run_pytorch_autotune, "lightning": run_lightning,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("method", choices=METHODS)
-    parser.add_argument("--workload", required=True, help="e.g. autotune.demo:workload or examples/text.py:workload")
+    parser.add_argument(
+        "--workload", required=True, help="e.g. autotune.workload.demo:workload or examples/text.py:workload"
+    )
     parser.add_argument("--max-memory", type=int, help="the suite's memory budget, bytes of peak resident memory")
     parser.add_argument("--out", type=Path, help="where to write the result JSON")
     parser.add_argument("--budget-seconds", type=float, default=90, help="pytorch-autotune's time budget")

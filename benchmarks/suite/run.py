@@ -49,7 +49,7 @@ sys.path.insert(0, str(SUITE))
 import measure as independent  # noqa: E402
 
 WORKLOADS = {
-    "demo": "autotune.demo:workload",
+    "demo": "autotune.workload.demo:workload",
     "text": "examples/text.py:workload",
     "detection": "examples/detection.py:workload",
     "loader_bound": "benchmarks/workloads/loader_bound.py:workload",
@@ -58,8 +58,17 @@ WORKLOADS = {
 START_BATCH = {"demo": 256, "text": 64, "detection": 32, "loader_bound": 256}
 PEERS = ("pytorch-autotune", "lightning", "hf-largest")
 METHODS = ("grid", "autotune", "random", "tpe", *PEERS)
-KNOBS = ("batch_size", "accumulation_steps", "num_workers", "prefetch_factor", "persistent_workers", "precision",
-         "channels_last", "compile", "gradient_checkpointing")
+KNOBS = (
+    "batch_size",
+    "accumulation_steps",
+    "num_workers",
+    "prefetch_factor",
+    "persistent_workers",
+    "precision",
+    "channels_last",
+    "compile",
+    "gradient_checkpointing",
+)
 
 
 class Log:
@@ -81,8 +90,14 @@ class Log:
         begin = time.perf_counter()
         with self.path.open("a") as out:
             try:
-                code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout,
-                                      env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(ROOT)}).returncode
+                code = subprocess.run(
+                    command,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                    timeout=timeout,
+                    env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(ROOT)},
+                ).returncode
             except subprocess.TimeoutExpired:
                 code = 124
         seconds = time.perf_counter() - begin
@@ -107,25 +122,45 @@ def best_trial(storage: str, study: str | None = None) -> tuple[Any, Any]:
 
 
 def knobs(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: config[k] for k in KNOBS if k in config} | ({"workload_knobs": config["workload_knobs"]}
-                                                           if config.get("workload_knobs") else {})
+    return {k: config[k] for k in KNOBS if k in config} | (
+        {"workload_knobs": config["workload_knobs"]} if config.get("workload_knobs") else {}
+    )
 
 
-def search_method(name: str, spec: str, folder: Path, log: Log, trials: int, max_memory: int,
-                  extra: list[str]) -> dict[str, Any]:
+def search_method(
+    name: str, spec: str, folder: Path, log: Log, trials: int, max_memory: int, extra: list[str]
+) -> dict[str, Any]:
     storage = f"sqlite:///{folder / f'{name}.db'}"
-    seconds, code = log.run(autotune("search", "--workload", spec, "--storage", storage, "--seed", "0",
-                                     "--no-lr-find", "--max-memory", str(max_memory), *extra,
-                                     "--trials", str(trials)))
+    seconds, code = log.run(
+        autotune(
+            "search",
+            "--workload",
+            spec,
+            "--storage",
+            storage,
+            "--seed",
+            "0",
+            "--no-lr-find",
+            "--max-memory",
+            str(max_memory),
+            *extra,
+            "--trials",
+            str(trials),
+        )
+    )
     if code != 0:
         return {"method": name, "error": f"autotune search exited {code}", "search_seconds": seconds}
     best, study = best_trial(storage)
     paired = study.user_attrs.get("paired") or {}
     trials_run = len(study.get_trials(deepcopy=False))
-    result = {"method": name, "trial": best.number, "trials": trials_run,
-              "search_seconds": seconds - (paired.get("seconds") or 0.0),
-              "config": knobs(best.user_attrs["config"]),
-              "search_figure": best.user_attrs.get("unit_per_second") or best.user_attrs["samples_per_second"]}
+    result = {
+        "method": name,
+        "trial": best.number,
+        "trials": trials_run,
+        "search_seconds": seconds - (paired.get("seconds") or 0.0),
+        "config": knobs(best.user_attrs["config"]),
+        "search_figure": best.user_attrs.get("unit_per_second") or best.user_attrs["samples_per_second"],
+    }
     if name == "autotune":
         export = folder / "autotune_best.yaml"
         export_seconds, code = log.run(autotune("export-best", "--storage", storage, "--out", str(export)))
@@ -147,22 +182,43 @@ def search_method(name: str, spec: str, folder: Path, log: Log, trials: int, max
     return result
 
 
-def peer_method(name: str, spec: str, folder: Path, log: Log, max_memory: int, budget: float,
-                start_batch: int) -> dict[str, Any]:
+def peer_method(
+    name: str, spec: str, folder: Path, log: Log, max_memory: int, budget: float, start_batch: int
+) -> dict[str, Any]:
     out = folder / f"{name}.json"
-    seconds, code = log.run([sys.executable, str(SUITE / "peers.py"), name, "--workload", spec,
-                             "--max-memory", str(max_memory), "--budget-seconds", str(budget),
-                             "--start-batch", str(start_batch), "--out", str(out)],
-                            timeout=budget * 4 + 300)
+    seconds, code = log.run(
+        [
+            sys.executable,
+            str(SUITE / "peers.py"),
+            name,
+            "--workload",
+            spec,
+            "--max-memory",
+            str(max_memory),
+            "--budget-seconds",
+            str(budget),
+            "--start-batch",
+            str(start_batch),
+            "--out",
+            str(out),
+        ],
+        timeout=budget * 4 + 300,
+    )
     document = json.loads(out.read_text()) if out.exists() else {}
     if code != 0 or not document.get("config"):
         return {"method": name, "error": document.get("error") or f"exit {code}", "search_seconds": seconds}
-    return {"method": name, "search_seconds": seconds, "config": knobs(document["config"]),
-            "own_seconds": document.get("search_seconds"), "notes": document.get("notes", [])}
+    return {
+        "method": name,
+        "search_seconds": seconds,
+        "config": knobs(document["config"]),
+        "own_seconds": document.get("search_seconds"),
+        "notes": document.get("notes", []),
+    }
 
 
-def fidelity(spec: str, pick: dict[str, Any], folder: Path, log: Log, rounds: int,
-             long_seconds: float | None = None) -> dict[str, Any]:
+def fidelity(
+    spec: str, pick: dict[str, Any], folder: Path, log: Log, rounds: int, long_seconds: float | None = None
+) -> dict[str, Any]:
     """autotune's pick: its short trial (the search's own harness and settings, run again) and a run
     10x as long (`autotune train`; ``long_seconds`` of training), interleaved over rounds so that a
     shared machine's drift hits both alike; and the figure the search stated (the export's) against
@@ -177,15 +233,41 @@ def fidelity(spec: str, pick: dict[str, Any], folder: Path, log: Log, rounds: in
     shorts: list[dict[str, Any]] = []
     longs: list[dict[str, Any]] = []
     for index in range(rounds):
-        for kind in (("short", "long") if index % 2 == 0 else ("long", "short")):
+        for kind in ("short", "long") if index % 2 == 0 else ("long", "short"):
             out = folder / f"fidelity-{kind}-{index}.json"
             if kind == "short":
-                _, code = log.run([sys.executable, str(SUITE / "short_trial.py"), "--storage", pick["storage"],
-                                   "--study", study, "--config", pick["export"], "--out", str(out)])
+                _, code = log.run(
+                    [
+                        sys.executable,
+                        str(SUITE / "short_trial.py"),
+                        "--storage",
+                        pick["storage"],
+                        "--study",
+                        study,
+                        "--config",
+                        pick["export"],
+                        "--out",
+                        str(out),
+                    ]
+                )
             else:
-                _, code = log.run(autotune("train", "--workload", spec, "--config", pick["export"], "--steps",
-                                           str(steps), "--storage", pick["storage"], "--checkpoint-dir",
-                                           str(folder / f"checkpoints-{index}"), "--out", str(out)))
+                _, code = log.run(
+                    autotune(
+                        "train",
+                        "--workload",
+                        spec,
+                        "--config",
+                        pick["export"],
+                        "--steps",
+                        str(steps),
+                        "--storage",
+                        pick["storage"],
+                        "--checkpoint-dir",
+                        str(folder / f"checkpoints-{index}"),
+                        "--out",
+                        str(out),
+                    )
+                )
             if code != 0:
                 what = "short_trial.py" if kind == "short" else "autotune train"
                 return {"error": f"{what} exited {code} in round {index + 1}"}
@@ -221,13 +303,34 @@ def one_workload(name: str, spec: str, args: argparse.Namespace, folder: Path, l
     baseline = dict(load_workload(spec).baseline)
     picks: dict[str, dict[str, Any]] = {}
     log.write(f"\n== {name} ({spec})\n")
-    picks["grid"] = search_method("grid", spec, folder, log, 1000, args.max_memory,
-                                  ["--space", str(SUITE / "spaces" / f"{name}.yaml"), "--sampler", "grid",
-                                   "--no-pruning", "--objective", "throughput"])
+    picks["grid"] = search_method(
+        "grid",
+        spec,
+        folder,
+        log,
+        1000,
+        args.max_memory,
+        [
+            "--space",
+            str(SUITE / "spaces" / f"{name}.yaml"),
+            "--sampler",
+            "grid",
+            "--no-pruning",
+            "--objective",
+            "throughput",
+        ],
+    )
     picks["autotune"] = search_method("autotune", spec, folder, log, args.trials, args.max_memory, [])
     for sampler in ("random", "tpe"):
-        picks[sampler] = search_method(sampler, spec, folder, log, args.trials, args.max_memory,
-                                       ["--sampler", sampler, "--no-pruning", "--objective", "throughput"])
+        picks[sampler] = search_method(
+            sampler,
+            spec,
+            folder,
+            log,
+            args.trials,
+            args.max_memory,
+            ["--sampler", sampler, "--no-pruning", "--objective", "throughput"],
+        )
     for peer in PEERS:
         picks[peer] = peer_method(peer, spec, folder, log, args.max_memory, args.peer_budget, START_BATCH[name])
     # The baseline as the search ran it: the workload's knobs on the space's defaults.
@@ -249,8 +352,9 @@ def one_workload(name: str, spec: str, args: argparse.Namespace, folder: Path, l
     measured = independent.measure(spec, distinct, args.rounds, args.seconds, args.warmup_steps, 600, log)
     for entry in measured:
         for method in entry["methods"]:
-            picks[method]["measured"] = {key: entry.get(key) for key in ("units_per_second", "samples_per_second",
-                                                                          "error", "peak_rss_bytes")}
+            picks[method]["measured"] = {
+                key: entry.get(key) for key in ("units_per_second", "samples_per_second", "error", "peak_rss_bytes")
+            }
     result = {"name": name, "spec": spec, "baseline_knobs": baseline, "picks": picks}
     if "export" in picks["autotune"]:
         log.write("-- fidelity of autotune's pick\n")
@@ -277,15 +381,21 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "of_oracle": ours / oracle if ours and oracle else None,
         "of_oracle_rounds": round_ratios(picks["autotune"], picks["grid"]),
-        "cost_of_grid": (picks["autotune"]["search_seconds"] / picks["grid"]["search_seconds"]
-                         if picks["grid"].get("search_seconds") else None),
+        "cost_of_grid": (
+            picks["autotune"]["search_seconds"] / picks["grid"]["search_seconds"]
+            if picks["grid"].get("search_seconds")
+            else None
+        ),
         "over_baseline": ours / base if ours and base else None,
         "over_baseline_rounds": round_ratios(picks["autotune"], picks["baseline"]),
         "over_peers": {p: ours / r if ours and r else None for p, r in peers.items()},
         "over_peers_rounds": {p: round_ratios(picks["autotune"], picks[p]) for p in peers},
         # A peer's pick that did not train through the independent measurement, where autotune's did.
-        "peers_failed": {p: (picks[p].get("measured") or {}).get("error") for p, r in peers.items()
-                         if ours and not r and (picks[p].get("measured") or {}).get("error")},
+        "peers_failed": {
+            p: (picks[p].get("measured") or {}).get("error")
+            for p, r in peers.items()
+            if ours and not r and (picks[p].get("measured") or {}).get("error")
+        },
     }
 
 
@@ -293,6 +403,7 @@ def verdict(low: float, high: float, at_least: float | None = None, at_most: flo
     """Met when every round's ratio meets the goal, not met when none does, else not resolved at
     the machine's noise (the rounds' ratios fall on both sides of it). With 5 rounds the range of
     their ratios holds the true median with 94% probability (1 - 2 x 0.5^5)."""
+
     def meets(value: float) -> bool:
         return (at_least is None or value >= at_least) and (at_most is None or value <= at_most)
 
@@ -324,11 +435,23 @@ def machine() -> str:
     import optuna
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return (f"{os.cpu_count()} CPU cores ({cpu}), {memory:.0f} GiB, no GPU; {platform.platform()}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, optuna {optuna.__version__}")
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), {memory:.0f} GiB, no GPU; {platform.platform()}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, optuna {optuna.__version__}"
+    )
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, started: str, seconds: float) -> str:
@@ -352,17 +475,23 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, started: str
     for result in results:
         picks, check = result["picks"], goals(result)
         oracle = rate(picks["grid"])
-        lines += [f"## {result['name']} (`{result['spec']}`)", "",
-                  "| method | pick | throughput | of oracle | search cost | search's own figure |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {result['name']} (`{result['spec']}`)",
+            "",
+            "| method | pick | throughput | of oracle | search cost | search's own figure |",
+            "|---|---|---|---|---|---|",
+        ]
         for method in (*METHODS, "baseline"):
             pick = picks.get(method) or {}
             if "config" not in pick:
                 lines.append(f"| {method} | error: {pick.get('error')} | | | {pick.get('search_seconds', 0):.0f} s | |")
                 continue
             figure = (pick.get("measured") or {}).get("units_per_second")
-            shown = f"{figure['median']:.1f} ± {figure['spread']:.1%}" if figure else \
-                f"not measured: {(pick.get('measured') or {}).get('error')}"
+            shown = (
+                f"{figure['median']:.1f} ± {figure['spread']:.1%}"
+                if figure
+                else f"not measured: {(pick.get('measured') or {}).get('error')}"
+            )
             of_oracle = f"{figure['median'] / oracle:.3f}" if figure and oracle else ""
             cost = f"{pick['search_seconds']:.0f} s" if method != "baseline" else "-"
             if method in ("grid", "random", "tpe", "autotune"):
@@ -371,35 +500,43 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, started: str
             lines.append(f"| {method} | {describe(pick['config'])} | {shown} | {of_oracle} | {cost} | {own} |")
         unit = "units"
         lines += ["", f"Goals for autotune's pick ({unit} per second as measured above):", ""]
-        lines.append(_goal("at least 0.97 of the oracle's throughput", check["of_oracle"], 0.97,
-                           check["of_oracle_rounds"]))
+        lines.append(
+            _goal("at least 0.97 of the oracle's throughput", check["of_oracle"], 0.97, check["of_oracle_rounds"])
+        )
         lines.append(_goal("at most 15% of the grid's search time", check["cost_of_grid"], 0.15, at_most=True))
         lines.append(_goal("never below the baseline", check["over_baseline"], 1.0, check["over_baseline_rounds"]))
         for peer, ratio in check["over_peers"].items():
             if peer in check["peers_failed"]:
-                lines.append(f"- at least as fast as {peer}'s pick: met (its pick failed to train in the independent "
-                             f"measurement, autotune's trained: {check['peers_failed'][peer]})")
+                lines.append(
+                    f"- at least as fast as {peer}'s pick: met (its pick failed to train in the independent "
+                    f"measurement, autotune's trained: {check['peers_failed'][peer]})"
+                )
                 continue
             lines.append(_goal(f"at least as fast as {peer}'s pick", ratio, 1.0, check["over_peers_rounds"][peer]))
         fid = result.get("fidelity")
         if fid and "error" not in fid:
+
             def within(ratios: list[float]) -> str:
                 return verdict(min(ratios), max(ratios), at_least=0.95, at_most=1.05)
 
             def listed(values: list[float]) -> str:
                 return ", ".join(f"{value:.1f}" for value in values)
 
-            lines += ["", f"Fidelity of autotune's pick ({fid['rounds']} rounds, short and long interleaved):", "",
-                      f"- its short trial (the search's harness and settings, run again) against a run 10x as long "
-                      f"({fid['steps']} steps of `autotune train`): long {listed(fid['long_samples_per_second'])}, "
-                      f"short {listed(fid['short_samples_per_second'])} samples/s; long over short, round by round, "
-                      f"median {fid['long_over_short']:.3f} (goal: within 5%: {within(fid['long_over_short_rounds'])})",
-                      f"- the figure the search stated (the export's, {fid['stated_samples_per_second']:.1f} samples/s) "
-                      f"against the long runs: {fid['long_over_stated']:.3f} (goal: within 5%: "
-                      f"{within(fid['long_over_stated_rounds'])})",
-                      f"- projected against actual wall time of the long runs: actual {listed(fid['actual_seconds'])} s, "
-                      f"projected {listed(fid['projected_seconds'])} s; median ratio {fid['actual_over_projected']:.3f} "
-                      f"(goal: within 5%: {within(fid['actual_over_projected_rounds'])})"]
+            lines += [
+                "",
+                f"Fidelity of autotune's pick ({fid['rounds']} rounds, short and long interleaved):",
+                "",
+                f"- its short trial (the search's harness and settings, run again) against a run 10x as long "
+                f"({fid['steps']} steps of `autotune train`): long {listed(fid['long_samples_per_second'])}, "
+                f"short {listed(fid['short_samples_per_second'])} samples/s; long over short, round by round, "
+                f"median {fid['long_over_short']:.3f} (goal: within 5%: {within(fid['long_over_short_rounds'])})",
+                f"- the figure the search stated (the export's, {fid['stated_samples_per_second']:.1f} samples/s) "
+                f"against the long runs: {fid['long_over_stated']:.3f} (goal: within 5%: "
+                f"{within(fid['long_over_stated_rounds'])})",
+                f"- projected against actual wall time of the long runs: actual {listed(fid['actual_seconds'])} s, "
+                f"projected {listed(fid['projected_seconds'])} s; median ratio {fid['actual_over_projected']:.3f} "
+                f"(goal: within 5%: {within(fid['actual_over_projected_rounds'])})",
+            ]
         elif fid:
             lines += ["", f"Fidelity of autotune's pick: {fid['error']}"]
         notes = [f"- {method}: {note}" for method in PEERS for note in (picks.get(method) or {}).get("notes", [])]
@@ -409,8 +546,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, started: str
     return "\n".join(lines)
 
 
-def _goal(what: str, value: float | None, target: float, rounds: list[float] | None = None, *,
-          at_most: bool = False) -> str:
+def _goal(
+    what: str, value: float | None, target: float, rounds: list[float] | None = None, *, at_most: bool = False
+) -> str:
     """A goal's line: ``value`` (a ratio of medians) and, with the ratios round by round, a verdict
     that says when the machine's noise leaves it open."""
     if value is None:
@@ -428,12 +566,19 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     parser.add_argument("--trials", type=int, default=10, help="trial budget of autotune, random and tpe")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the independent measurement")
-    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per run of the independent measurement")
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="timed seconds per run of the independent measurement"
+    )
     parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--fidelity-rounds", type=int, default=5,
-                        help="rounds of autotune's short trial against a run 10x as long")
-    parser.add_argument("--max-memory", type=int, default=2 * 1024**3,
-                        help="every method's memory budget of one training process, bytes")
+    parser.add_argument(
+        "--fidelity-rounds", type=int, default=5, help="rounds of autotune's short trial against a run 10x as long"
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=int,
+        default=2 * 1024**3,
+        help="every method's memory budget of one training process, bytes",
+    )
     parser.add_argument("--peer-budget", type=float, default=90.0, help="pytorch-autotune's budget, seconds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--work", type=Path, default=None, help="studies and run files (default: a temporary folder)")

@@ -16,8 +16,8 @@ import json
 import optuna
 import yaml
 
+from autotune.search._verify import trial_job
 from autotune.runner import run_trial
-from autotune.verify import trial_job
 
 
 def main() -> None:
@@ -34,12 +34,14 @@ def main() -> None:
     outcome = run_trial(trial_job(setup, config))
     if outcome.status.value != "ok":
         raise SystemExit(f"short_trial.py: the trial ended {outcome.status.value}: {outcome.reason}")
-    figures = json.dumps({
-        "samples_per_second": outcome.samples_per_second,
-        "unit_per_second": outcome.unit_per_second,
-        "timed_seconds": sum(window.seconds for window in outcome.windows or []),
-        "wall_seconds": outcome.wall_seconds,
-    })
+    figures = json.dumps(
+        {
+            "samples_per_second": outcome.samples_per_second,
+            "unit_per_second": outcome.unit_per_second,
+            "timed_seconds": sum(window.seconds for window in outcome.windows or []),
+            "wall_seconds": outcome.wall_seconds,
+        }
+    )
     print(figures)
     if args.out:
         with open(args.out, "w") as file:

@@ -102,8 +102,7 @@ def entropy_floor() -> dict[str, float]:
     order1 = float(-(counts * np.log(np.where(p1 > 0, p1, 1.0))).sum() / counts.sum())
     unigram = np.bincount(corpus, minlength=VOCAB) / len(corpus)
     order0 = float(-(unigram * np.log(np.where(unigram > 0, unigram, 1.0))).sum())
-    return {"order0": order0, "order1": order1, "order2": order2,
-            "window": (order1 + (BLOCK - 1) * order2) / BLOCK}
+    return {"order0": order0, "order1": order1, "order2": order2, "window": (order1 + (BLOCK - 1) * order2) / BLOCK}
 
 
 def _windows_corpus(windows: int, seed: int) -> torch.Tensor:
@@ -163,8 +162,9 @@ class Block(nn.Module):
 class TinyGPT(nn.Module):
     """Tokens (batch, length) -> next-token logits (batch, length, VOCAB)."""
 
-    def __init__(self, vocab: int = VOCAB, block: int = BLOCK, n_layer: int = N_LAYER,
-                 n_head: int = N_HEAD, n_embd: int = N_EMBD) -> None:
+    def __init__(
+        self, vocab: int = VOCAB, block: int = BLOCK, n_layer: int = N_LAYER, n_head: int = N_HEAD, n_embd: int = N_EMBD
+    ) -> None:
         super().__init__()
         self.block = block
         self.token_embedding = nn.Embedding(vocab, n_embd)

@@ -13,9 +13,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from autotune import demo
-from autotune.demo import NUM_CLASSES, SmallCNN, augment
-from autotune.workload import Workload
+from autotune.workload import Workload, demo
+from autotune.workload.demo import NUM_CLASSES, SmallCNN, augment
 
 SOURCE_SIZE = 128
 _BLUR = torch.ones(3, 1, 5, 5) / 25

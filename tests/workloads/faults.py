@@ -13,10 +13,10 @@ import time
 import psutil
 import torch
 import torch.nn.functional as F
+from tiny import Points
 from torch import nn
 
 from autotune import Workload
-from tiny import Points
 
 
 def _model() -> nn.Module:

@@ -27,7 +27,9 @@ class Bowl(nn.Module):
 
 
 def targets() -> torch.utils.data.Dataset:
-    return torch.utils.data.TensorDataset(torch.randn(4096, len(CURVATURES), generator=torch.Generator().manual_seed(0)))
+    return torch.utils.data.TensorDataset(
+        torch.randn(4096, len(CURVATURES), generator=torch.Generator().manual_seed(0))
+    )
 
 
 def workload() -> Workload:

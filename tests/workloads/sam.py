@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tiny import Points  # this folder is on sys.path while autotune loads a workload file from it
 from torch import nn
 
 from autotune import Workload
-from tiny import Points  # this folder is on sys.path while autotune loads a workload file from it
-
 
 
 class SAM(torch.optim.Optimizer):
@@ -24,8 +23,9 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def first_step(self) -> None:
-        norm = torch.norm(torch.stack([p.grad.norm(p=2) for g in self.param_groups for p in g["params"]
-                                       if p.grad is not None]), p=2)
+        norm = torch.norm(
+            torch.stack([p.grad.norm(p=2) for g in self.param_groups for p in g["params"] if p.grad is not None]), p=2
+        )
         for group in self.param_groups:
             scale = group["rho"] / (norm + 1e-12)
             for p in group["params"]:

@@ -1,0 +1,173 @@
+"""The search: the baseline first, then the sampler's trials, then the LR range test, the recipe checks and
+the side-by-side re-measurement, all recorded in the Optuna study."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from autotune.runner._scratch import sweep_stale_scratch
+from autotune.search._checks import check_workload
+from autotune.search._notes import explain_study
+from autotune.search._objective import Objective, TrialError
+from autotune.search._recovery import Heartbeat, sigterm_as_interrupt
+from autotune.store import _records
+from autotune.store._storage import open_storage, redact, storage_exists, study_lock
+
+if TYPE_CHECKING:
+    import optuna
+from autotune.search._lr_checks import check_changed_batch, check_suggested_lr, cut_trials_at, run_lr_find
+from autotune.search._options import SearchListener, SearchOptions, SearchPlan, SearchResult
+from autotune.search._paired import remeasure_best
+from autotune.search._plan import cap_batch, plan_search, with_closure
+from autotune.search._setup import baseline_measured, check_or_record_setup, keep_study_objective
+
+
+def search(options: SearchOptions, listener: SearchListener | None = None) -> SearchResult:
+    """Run (or resume) a study: the baseline first, then TPE-sampled configs, each in a fresh process."""
+    import optuna
+
+    deadline = None if options.timeout_seconds is None else time.monotonic() + options.timeout_seconds
+    listener = listener or SearchListener()
+    with sigterm_as_interrupt():
+        sweep_stale_scratch()  # scratch folders of trials whose search died
+        plan = plan_search(options)
+        storage = open_storage(plan.storage) if storage_exists(plan.storage) else None
+        measured = None if storage is None else baseline_measured(storage, plan.study_name)
+        if measured is None:
+            # Before the study exists: a workload that cannot train is refused, and nothing is created.
+            listener.on_workload_check(plan)
+            check = check_workload(options, plan, on_wait=listener.on_note, deadline=deadline)
+            dataset_size, step_closure, note = check.dataset_size, check.step_closure, check.note
+        else:
+            (dataset_size, step_closure), note = measured, None
+        if step_closure and not plan.step_closure:
+            plan = with_closure(options, note)
+        plan = cap_batch(plan, dataset_size)
+        storage = storage or open_storage(plan.storage)
+        with warnings.catch_warnings(), _optuna_quiet():
+            # TPE's group/multivariate modes and metric names are stable in practice but flagged experimental.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _search(options, plan, storage, listener, deadline)
+
+
+def _search(
+    options: SearchOptions, plan: SearchPlan, storage: Any, listener: SearchListener, deadline: float | None
+) -> SearchResult:
+    import optuna
+
+    started = time.monotonic()
+    plan = keep_study_objective(storage, plan)
+    study = optuna.create_study(
+        study_name=plan.study_name,
+        storage=storage,
+        direction="minimize" if plan.objective == "time" else "maximize",
+        load_if_exists=True,
+        sampler=_sampler(options),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        if options.pruning
+        else optuna.pruners.NopPruner(),
+    )
+    check_or_record_setup(study, options, plan)
+    listener.on_plan(plan)
+    with Heartbeat(storage, plan.study_name) as heartbeat:
+        # Trials end by the share of the budget kept for what follows them (a trial still running then is cut).
+        trials_deadline = None if deadline is None else cut_trials_at(plan, options, deadline)
+        objective = Objective(options, plan, listener, trials_deadline, storage=storage, process=heartbeat.process)
+        objective.recover(study)  # trials a dead search left running: ended as interrupted, run again
+        _enqueue_baseline(study, plan, storage)
+        n_trials = options.n_trials
+        if options.sampler == "grid":
+            n_trials = min(n_trials or math.inf, _enqueue_grid(study, plan, storage))
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=None if trials_deadline is None else max(0.0, trials_deadline - time.monotonic()),
+            catch=(TrialError,),
+            callbacks=[objective.after_trial],
+        )
+        repeated = objective.repeated_errors.error()
+        if repeated is not None:
+            explain_study(study)
+            raise repeated
+        trials = study.get_trials(deepcopy=False)
+        budgets = plan.budgets.with_noise_scale(trials)
+        baseline = _records.baseline_trial(trials)
+        best = _records.best_trial(trials, plan.objective, budgets)
+        best, notes = check_changed_batch(study, best, baseline, plan, budgets, options, listener, deadline)
+        paired, paired_notes = remeasure_best(study, best, baseline, options, deadline)
+        notes += paired_notes
+        if paired is not None:  # the range test follows the trial the re-measurement settled on
+            best = next(t for t in trials if t.number == paired["trial"])
+        if best is not None and _records.effective_batch_of(best) == budgets.baseline_effective_batch:
+            lr_result, lr_notes = run_lr_find(study, storage, best, options, listener, deadline, heartbeat.process)
+            notes += lr_notes + check_suggested_lr(study, best, baseline, lr_result, budgets, listener, deadline)
+        else:  # max_lr follows a changed batch by its scaling rule, checked against the recipe above
+            lr_result = None
+    seconds = time.monotonic() - started
+    # Everything every search on this study did, for the export's payoff.
+    study.set_user_attr("search_seconds", float(study.user_attrs.get("search_seconds") or 0.0) + seconds)
+    explain_study(study)  # the final note and figures, the range test included
+    return SearchResult(
+        study_name=plan.study_name,
+        storage=redact(plan.storage),
+        trials_run=objective.trials_run,
+        best=best,
+        baseline=_records.baseline_trial(trials),
+        status_counts=_records.status_counts(trials),
+        lr_find=lr_result,
+        notes=notes,
+        paired=paired,
+        seconds=seconds,
+    )
+
+
+@contextlib.contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Optuna's own log lines stay out of the way: the listener shows each trial instead."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _sampler(options: SearchOptions) -> Any:
+    import optuna
+
+    if options.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True, constant_liar=True)
+    # grid: every trial is an enqueued grid point; the sampler only records them.
+    return optuna.samplers.RandomSampler(seed=options.seed)
+
+
+def _enqueue_grid(study: optuna.Study, plan: SearchPlan, storage: Any) -> int:
+    """Every grid point not yet in the study is queued (once across the processes sharing it); the
+    number of trials left to run, the baseline's included."""
+    import optuna
+
+    with study_lock(storage, study.study_name):
+        for point in plan.space.grid_points(plan.baseline):
+            study.enqueue_trial(point, skip_if_exists=True)
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+def _enqueue_baseline(study: optuna.Study, plan: SearchPlan, storage: Any) -> None:
+    """The baseline runs first, once per study (a failed or interrupted baseline is tried again).
+
+    The check and the enqueue are one step across every process sharing the study (Optuna's
+    enqueue_trial(skip_if_exists=True) checks, then inserts: two processes can both insert)."""
+    import optuna
+
+    with study_lock(storage, study.study_name):
+        for trial in study.get_trials(deepcopy=False):
+            if trial.user_attrs.get("baseline") and trial.state != optuna.trial.TrialState.FAIL:
+                return
+        study.enqueue_trial(plan.space.fixed_params(plan.baseline), user_attrs={"baseline": True})

@@ -1,0 +1,116 @@
+"""Studies that explain themselves in optuna-dashboard: a study note, trial notes, stored figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from autotune.knobs._units import format_duration, format_size
+from autotune.search import _recipe_check as recipe_check
+from autotune.search._budget import Budgets
+from autotune.search._figures import study_figures, to_plotly
+from autotune.search._selection import Candidate, select
+from autotune.store import _records
+from autotune.training import _noise_scale as noise_scale
+
+
+def explain_study(study: Any, *, figures: bool = True) -> str:
+    """Write the study note (and, with ``figures``, the plotly figures) the dashboard shows; returns the note."""
+    import optuna_dashboard
+
+    trials = study.get_trials(deepcopy=False)
+    budgets = Budgets.from_json(_records.read_setup(study).get("budgets"))
+    setup = _records.read_setup(study)
+    note = study_note(
+        study.study_name,
+        trials,
+        budgets.with_noise_scale(trials),
+        study.user_attrs.get("lr_find", {}),
+        setup=setup,
+        checks=recipe_check.stored_checks(study),
+    )
+    for check in recipe_check.stored_checks(study):
+        note += f"\n**Recipe check** ({'kept' if check.kept else 'not kept'}): {check.reason}\n"
+    optuna_dashboard.save_note(study, note)
+    if figures:
+        for figure in study_figures(trials, budgets):
+            optuna_dashboard.save_plotly_graph_object(study, to_plotly(figure), graph_object_id=figure.id)
+    return note
+
+
+def explain_trial(trial: Any, status: str, reason: str) -> None:
+    """A trial that did not finish well says why in its own note."""
+    import optuna_dashboard
+
+    optuna_dashboard.save_note(trial, f"**{status}**: {reason}")
+
+
+def study_note(
+    name: str,
+    trials: Sequence[Any],
+    budgets: Budgets,
+    lr_results: dict[str, Any],
+    *,
+    setup: dict[str, Any] | None = None,
+    checks: Sequence[Any] = (),
+) -> str:
+    lines = [f"## autotune: {name}", ""]
+    feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(trials)]
+    if setup is not None:  # a changed effective batch is a winner only once a recipe check kept it
+        feasible, _unchecked = recipe_check.exportable(feasible, setup, list(checks))
+    baseline_trial = _records.baseline_trial(trials)
+    baseline = next((c for c in feasible if c.is_baseline), None)
+    if feasible:
+        selection = select(feasible, baseline, budgets)
+        chosen = selection.chosen
+        rate, per_second = _records.rate(chosen.attrs), f"{_records.unit(chosen.attrs)}/s"
+        speedup = (
+            f", **{rate / _records.rate(baseline.attrs):.2f}x** the baseline "
+            f"(trial #{baseline.number}, {_records.rate(baseline.attrs):.1f} {per_second})"
+            if baseline is not None
+            else ", the baseline has no feasible measurement"
+        )
+        lines.append(f"**Winner:** trial #{chosen.number}, {rate:.1f} {per_second}{speedup}")
+        lines.append("")
+        lines += [f"- {line}" for line in selection.explanation]
+        projected = chosen.attrs.get("projected_full_run_seconds")
+        if projected is not None:
+            lines.append(f"- full run ({budgets.epochs:g} epochs) projected at {format_duration(projected)}")
+    else:
+        state = "no trial yet" if not trials else "no feasible trial yet"
+        lines.append(
+            f"**Winner:** {state}" + (f" (baseline is trial #{baseline_trial.number})" if baseline_trial else "")
+        )
+    lines += ["", "| status | trials |", "|---|---|"]
+    lines += [f"| {status} | {count} |" for status, count in _records.status_counts(trials).items()]
+    lines += ["", f"**Memory:** feasible below {budgets.describe_memory_limit()}. {memory_limit_found(trials)}"]
+    noise = noise_scale.pooled(trials)
+    if noise is not None:
+        lines.append(f"\n**Gradient noise scale:** {noise.describe()}")
+    for data in lr_results.values():
+        lines.append(
+            f"\n**LR range test** (trial #{data['trial']}): suggested max_lr {data['suggestion']:.3g}, "
+            f"minimum loss at {data['lr_at_min_loss']:.3g}"
+            + (f"; check: {data['check']['reason']}" if data.get("check") else "")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def memory_limit_found(trials: Sequence[Any]) -> str:
+    """Where the memory limit lies: the largest batch that fitted, the smallest that did not."""
+    ran = [t for t in trials if "config" in t.user_attrs and t.user_attrs.get("peak_memory_bytes") is not None]
+    fitted = [t for t in ran if t.user_attrs.get("status") in ("ok", "slow", "diverged")]
+    out = [t for t in ran if t.user_attrs.get("status") == "oom" and not t.user_attrs.get("skipped")]
+    parts = []
+    if fitted:
+        largest = max(fitted, key=lambda t: t.user_attrs["config"]["batch_size"])
+        parts.append(
+            f"Largest batch that fitted: {largest.user_attrs['config']['batch_size']} "
+            f"(trial #{largest.number}, peak {format_size(largest.user_attrs['peak_memory_bytes'])})."
+        )
+    if out:
+        smallest = min(out, key=lambda t: t.user_attrs["config"]["batch_size"])
+        parts.append(
+            f"Smallest that ran out: {smallest.user_attrs['config']['batch_size']} (trial #{smallest.number})."
+        )
+    return " ".join(parts) if parts else "No trial has run out of memory."

@@ -1,0 +1,212 @@
+"""Planning a search before it starts: the space fitted to the device, the workload and the machine, the
+recipe's effective batch, the budgets and the trial timeout."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+from autotune.exceptions import SearchSpaceError
+from autotune.knobs._config import TrainConfig
+from autotune.knobs._device import detect_device, unsupported_values
+from autotune.knobs._space import SearchSpace, load_space
+from autotune.search._budget import Budgets, derive_trial_timeout
+from autotune.store._storage import DEFAULT_STORAGE
+from autotune.workload._workload import Workload, load_workload, workload_name
+
+if TYPE_CHECKING:
+    pass
+from autotune.search._options import SearchOptions, SearchPlan
+
+
+def plan_search(options: SearchOptions, workload: Workload | None = None) -> SearchPlan:
+    """Load the workload and the space, restrict the space to the device: every input error is raised here."""
+    workload = workload or load_workload(options.workload)
+    space = load_space(options.space if options.space is not None else workload.space)
+    recipe_batch = recipe_effective_batch(workload, space)
+    held, notes = _effective_batch(options, workload, space, recipe_batch)
+    if held is not None and not space.knobs["batch_size"].is_searched:
+        # A batch the space does not search stays the baseline's; accumulation follows the held batch.
+        space = space.pinned("batch_size", _recipe(workload, space).batch_size)
+    try:
+        space, fixed = (
+            space.with_effective_batch(held)
+            if held is not None
+            else (dataclasses.replace(space, effective_batch=None), [])
+        )  # free: any, whatever the file said
+    except SearchSpaceError as exc:
+        if held != recipe_batch or options.effective_batch is not None:
+            raise
+        raise SearchSpaceError(
+            f"{exc}, the recipe's, which every trial keeps (--effective-batch free releases it)"
+        ) from None
+    notes += fixed
+    device = detect_device(options.device)
+    unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
+    if not _supports_gradient_checkpointing(workload):
+        unsupported["gradient_checkpointing"] = {
+            True: "the workload has no gradient_checkpointing hook and its model no gradient_checkpointing_enable()"
+        }
+    if workload.step_closure:
+        unsupported.setdefault("precision", {})["fp16"] = (
+            "the optimizer steps with a closure, which GradScaler cannot scale"
+        )
+    if not _has_2d_convolutions(workload):
+        unsupported["channels_last"] = {True: "the model has no 2-D convolutions for channels_last to speed up"}
+    cores = _usable_cores()
+    too_many = [w for w in _choices(space, "num_workers") if isinstance(w, int) and w > cores]
+    if too_many:
+        unsupported["num_workers"] = {w: f"more DataLoader workers than this machine's {cores} cores" for w in too_many}
+    restricted, dropped = space.restrict(unsupported)
+    notes += dropped
+    requested = space.baseline(workload.baseline_overrides())
+    baseline = _runnable(requested, unsupported, notes)
+    if options.sampler == "grid":
+        grid = restricted.grid_points(baseline)  # a space with ranges is refused here, before anything runs
+        notes.append(f"exhaustive grid: {len(grid)} configs")
+    epochs = float(options.epochs if options.epochs is not None else workload.epochs)
+    budgets = Budgets(
+        memory_budget_bytes=options.max_memory_bytes or device.total_memory_bytes,
+        memory_headroom=options.memory_headroom,
+        epochs=epochs,
+        deadline_seconds=options.deadline_seconds,
+        safety_margin_seconds=options.safety_margin_seconds,
+        steps=options.steps,
+        # autotune train evaluates every evaluate_every epochs: as many times in the full run.
+        evaluations=float(max(1, math.floor(epochs / workload.evaluate_every))) if workload.evaluate else 0.0,
+        baseline_effective_batch=recipe_batch,
+    )
+    trial_timeout = options.trial_timeout_seconds or derive_trial_timeout(options.timeout_seconds, options.n_trials)
+    return SearchPlan(
+        study_name=options.study_name or workload_name(options.workload),
+        storage=options.storage or DEFAULT_STORAGE,
+        device=device,
+        space=restricted,
+        requested_space=space.describe(),
+        baseline=baseline,
+        budgets=budgets,
+        trial_timeout_seconds=trial_timeout,
+        notes=notes,
+        objective=options.objective,
+        unit=workload.unit,
+    )
+
+
+def recipe_effective_batch(workload: Workload, space: SearchSpace) -> int:
+    """The recipe's samples per optimizer step: Workload.effective_batch, else the baseline's
+    batch_size x accumulation_steps as the space file completes it (its defaults, its effective batch)."""
+    if workload.effective_batch is not None:
+        return workload.effective_batch
+    return _recipe(workload, space).effective_batch_size
+
+
+def _recipe(workload: Workload, space: SearchSpace) -> TrainConfig:
+    """The user's current run as the space file completes it, before any restriction."""
+    return space.baseline(workload.baseline_overrides())
+
+
+def _effective_batch(
+    options: SearchOptions, workload: Workload, space: SearchSpace, recipe_batch: int
+) -> tuple[int | None, list[str]]:
+    """The effective batch every trial keeps, and a note saying why: --effective-batch N, the space
+    file's, else the recipe's own; None (--effective-batch free, or the file's "free"): any, each ranked
+    by the time to the recipe's progress."""
+    if options.effective_batch == "free" or options.effective_batch is None and space.effective_batch == "free":
+        source = (
+            "--effective-batch free" if options.effective_batch == "free" else f"{space.source}: effective_batch free"
+        )
+        return None, [
+            f"{source}: trials may change the recipe's {recipe_batch} samples per optimizer "
+            "step; one that does is ranked by the time to the recipe's progress (gradient noise scale) and "
+            "exported only once a run to that progress is checked against the recipe's"
+        ]
+    for held, source in ((options.effective_batch, "--effective-batch"), (space.effective_batch, space.source)):
+        if held is not None:
+            changes = (
+                []
+                if held == recipe_batch
+                else [
+                    f"{source}: effective batch {held}, not the recipe's {recipe_batch}: every trial is projected to the "
+                    "recipe's progress (gradient noise scale), and max_lr follows the batch"
+                ]
+            )
+            return held, changes
+    return recipe_batch, [
+        f"the recipe's effective batch {recipe_batch} is kept in every trial (--effective-batch free releases it)"
+    ]
+
+
+def with_closure(options: SearchOptions, note: str | None) -> SearchPlan:
+    """The plan again for a workload whose optimizer's step needs a closure it did not declare."""
+    workload = dataclasses.replace(load_workload(options.workload), step_closure=True)
+    plan = plan_search(options, workload)
+    return dataclasses.replace(plan, step_closure=True, notes=plan.notes + ([note] if note else []))
+
+
+def cap_batch(plan: SearchPlan, dataset_size: int | None) -> SearchPlan:
+    """The batch range follows the dataset: no batch_size above what one epoch of it can fill. Not where
+    the search varies the dataset itself (a dataset.* knob), whose size may then differ per trial."""
+    space = plan.space
+    if not dataset_size or any(name.startswith("dataset.") for name in space.searched):
+        return plan
+    accumulation = 1
+    if space.effective_batch is None and not space.knobs["accumulation_steps"].is_searched:
+        accumulation = plan.baseline.accumulation_steps
+    capped, notes = space.cap_batch(dataset_size, accumulation)
+    return dataclasses.replace(plan, space=capped, notes=plan.notes + notes) if notes else plan
+
+
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the platform has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _choices(space: SearchSpace, name: str) -> tuple[Any, ...]:
+    return space.knobs[name].choices or ()
+
+
+def _has_2d_convolutions(workload: Workload) -> bool:
+    """Whether channels_last can act: the model has a 2-D convolution (built on "meta": no memory).
+    A model that cannot be built there keeps the knob."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = workload.model()
+    except Exception:  # noqa: BLE001 - checked in its trials instead
+        return True
+    modules = getattr(model, "modules", None)
+    if modules is None:
+        return True
+    return any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in modules())
+
+
+def _supports_gradient_checkpointing(workload: Workload) -> bool:
+    if workload.gradient_checkpointing is not None:
+        return True
+    import torch
+
+    try:
+        with torch.device("meta"):  # no memory, no weights: only the model's methods matter here
+            model = workload.model()
+    except Exception:  # noqa: BLE001 - a model that cannot be built on "meta" is checked in its trial
+        return True
+    return callable(getattr(model, "gradient_checkpointing_enable", None))
+
+
+def _runnable(requested: TrainConfig, unsupported: dict, notes: list[str]) -> TrainConfig:
+    """The baseline with any knob value the device cannot run replaced by the field default."""
+    values = requested.to_dict()
+    for name, reasons in unsupported.items():
+        for value, reason in reasons.items():
+            if values[name] == value and type(values[name]) is type(value):
+                default = TrainConfig.__dataclass_fields__[name].default
+                values[name] = default
+                notes.append(f"baseline {name}={value} runs as {default}: {reason}")
+    return TrainConfig.from_dict(values, source="baseline").normalized()

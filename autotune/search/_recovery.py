@@ -1,0 +1,246 @@
+"""No trial is lost when a search process dies (SIGKILL, a lost machine, a preempted job).
+
+Every search process registers itself with the study and beats a heartbeat there while it
+runs; every trial records the process that runs it (its ``host`` and ``pid`` user attributes).
+Before its first trial and after each one, a search ends the trials whose process is gone as
+``interrupted`` and enqueues each one's config again, once: on the same machine as soon as the
+process is seen gone, from another machine once its heartbeat is older than the grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from autotune.exceptions import Terminated
+from autotune.store._storage import study_lock
+
+if TYPE_CHECKING:
+    import optuna
+
+HEARTBEAT_SECONDS = 10.0  # how often a search process says it is alive
+GRACE_SECONDS = 60.0  # a process on another machine silent for longer is taken for dead
+MAX_INTERRUPTIONS = 3  # a config whose trial was cut off this many times in a row is not run again
+_PROCESS_KEY = "autotune:process:"  # study system attributes: one per search process, with its heartbeat
+_OWNER_KEY = "autotune:owner"  # trial system attribute: the process running the trial
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchProcess:
+    """One search process: where it runs, and how to tell it from a later process with its pid."""
+
+    host: str
+    machine: str  # host name, boot and pid namespace: containers that share a host name differ here
+    pid: int
+    started: float  # the process's start time (seconds since the epoch)
+
+    @classmethod
+    def current(cls) -> SearchProcess:
+        return cls(socket.gethostname(), _machine(), os.getpid(), round(psutil.Process().create_time(), 2))
+
+    @property
+    def key(self) -> str:
+        return f"{_PROCESS_KEY}{self.machine}:{self.pid}:{self.started}"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Heartbeat:
+    """Registers this process with the study and refreshes its heartbeat from a thread, until stopped."""
+
+    def __init__(self, storage: Any, study_name: str) -> None:
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(study_name)
+        self.process = SearchProcess.current()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="autotune-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        value = {**self.process.to_json(), "heartbeat": time.time()}
+        self.storage.set_study_system_attr(self.study_id, self.process.key, value)
+
+    def _run(self) -> None:
+        import sqlalchemy.exc
+
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self._beat()
+            except sqlalchemy.exc.OperationalError:  # the database is busy or unreachable now: next beat
+                continue
+
+
+def claim_trial(trial: optuna.Trial, process: SearchProcess) -> None:
+    """Record which process runs ``trial``: the first thing a trial does."""
+    trial.storage.set_trial_system_attr(trial._trial_id, _OWNER_KEY, process.key)
+    trial.set_user_attr("host", process.host)
+    trial.set_user_attr("pid", process.pid)
+
+
+def process_alive(storage: Any, study_id: int, key: str | None) -> bool:
+    """Whether the registered search process ``key`` still runs (by its pid here, by its heartbeat elsewhere)."""
+    info = _registered(storage, study_id).get(key or "")
+    return info is not None and _gone(info, time.time()) is None
+
+
+def recover_interrupted(study: optuna.Study, storage: Any) -> list[int]:
+    """End the running trials of search processes that are gone as ``interrupted``, and enqueue
+    each one's config again. Returns their numbers. Safe to run from many processes at once."""
+    import optuna
+
+    running = (optuna.trial.TrialState.RUNNING,)
+    if not study.get_trials(deepcopy=False, states=running):
+        return []
+    me = SearchProcess.current().key
+    study_id = storage.get_study_id_from_name(study.study_name)
+    recovered = []
+    with study_lock(storage, study.study_name):
+        processes = _registered(storage, study_id)
+        now = time.time()
+        others_alive = any(key != me and _gone(info, now) is None for key, info in processes.items())
+        for trial in study.get_trials(deepcopy=False, states=running):  # read again, under the lock
+            owner = trial.system_attrs.get(_OWNER_KEY)
+            if owner == me:
+                continue
+            if owner is None:
+                # Asked for, but cut off before it recorded its process: whose it is cannot be told,
+                # so it is ended only when no other search process is alive.
+                if others_alive:
+                    continue
+                why = "its search process stopped before the trial started"
+            elif owner not in processes:
+                continue
+            else:
+                why = _gone(processes[owner], now)
+                if why is None:
+                    continue
+            if _interrupt(study, storage, study_id, trial, why):
+                recovered.append(trial.number)
+    return recovered
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what schedulers and ``kill`` send) stops the search the way Ctrl-C does: a
+    ``Terminated`` (a KeyboardInterrupt) is raised where it runs. A second SIGTERM ends it at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def mark_interrupted(trial: optuna.Trial, why: str) -> None:
+    """The running trial of this process is being stopped (Ctrl-C, SIGTERM): record it, and run its config again."""
+    retry, suffix = _retry(trial)
+    if retry is not None:
+        trial.study.enqueue_trial(dict(trial.params), user_attrs=retry)
+    trial.set_user_attr("status", "interrupted")
+    trial.set_user_attr("reason", why + suffix)
+    _note(trial, why + suffix)
+
+
+def _interrupt(study: optuna.Study, storage: Any, study_id: int, trial: Any, why: str) -> bool:
+    import optuna
+
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    retry, suffix = _retry(trial)
+    try:
+        storage.set_trial_user_attr(trial_id, "status", "interrupted")
+        storage.set_trial_user_attr(trial_id, "reason", why + suffix)
+        if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:  # its process finished it after all
+        return False
+    if retry is not None:
+        study.enqueue_trial(dict(trial.params), user_attrs=retry)
+    _note(optuna.Trial(study, trial_id), why + suffix)
+    return True
+
+
+def _retry(trial: Any) -> tuple[dict[str, Any] | None, str]:
+    """The user attributes of the trial that runs an interrupted trial's config again (the baseline
+    always), or None; and what to add to the interrupted trial's reason."""
+    attrs = trial.user_attrs
+    baseline = bool(attrs.get("baseline"))
+    if "config" not in attrs and not baseline:
+        return None, ""  # cut off before its config was drawn: nothing to run again
+    interruptions = int(attrs.get("interruptions", 0)) + 1
+    if interruptions >= MAX_INTERRUPTIONS and not baseline:
+        return None, f"; not run again: its config was cut off {interruptions} times in a row"
+    retry: dict[str, Any] = {"retry_of": trial.number, "interruptions": interruptions}
+    if baseline:
+        retry["baseline"] = True
+    return retry, "; its config runs again"
+
+
+def _note(trial: optuna.Trial, reason: str) -> None:
+    from autotune.search._notes import explain_trial
+
+    explain_trial(trial, "interrupted", reason)
+
+
+def _registered(storage: Any, study_id: int) -> dict[str, dict[str, Any]]:
+    attrs = storage.get_study_system_attrs(study_id)
+    return {key: value for key, value in attrs.items() if key.startswith(_PROCESS_KEY)}
+
+
+def _gone(info: dict[str, Any], now: float) -> str | None:
+    """Why a registered search process is taken for dead, or None while it is alive."""
+    where = f"pid {info['pid']} on {info['host']}"
+    if info.get("machine") == _machine():
+        try:
+            process = psutil.Process(info["pid"])
+            same = abs(process.create_time() - info["started"]) < 1.0  # not a later process with the same pid
+            if same and process.status() != psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.AccessDenied:  # another user's process with this pid: not for us to judge
+            return None
+        return f"its search process ({where}) stopped while it ran"
+    silent = now - float(info.get("heartbeat", 0.0))
+    if silent <= GRACE_SECONDS:
+        return None
+    return f"its search process ({where}) sent no heartbeat for {silent:.0f}s"
+
+
+@functools.lru_cache(maxsize=1)
+def _machine() -> str:
+    """This machine, as search processes on it see it: the host name, the boot, the pid namespace."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]

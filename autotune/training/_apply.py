@@ -1,0 +1,640 @@
+"""Where every knob of a TrainConfig acts: the one module that trials, ``autotune train`` and your
+own training loop all use, so what a trial measured is what the full run does.
+
+A loop of your own, with an exported config::
+
+    from autotune import TrainConfig, training
+
+    config = TrainConfig.load("best.yaml")
+    device = torch.device("cuda")
+    with training.backend_flags(config, device):                 # TF32, cudnn.benchmark; restored after
+        model = training.prepare_model(MyNet(), config, device)  # checkpointing, device, channels_last
+        optimizer = torch.optim.AdamW(training.trainable_parameters(model), lr=config.max_lr)
+        loader = training.dataloader(MyDataset(), config, device)
+        steps = len(loader) // config.accumulation_steps * epochs
+        scheduler = training.one_cycle(optimizer, config, steps)
+        step = training.TrainStep(training.compile_model(model, config), my_loss, optimizer, config, device,
+                                  scheduler=scheduler)                # autocast, GradScaler, accumulation
+        for epoch in range(epochs):
+            for micro_batches in training.optimizer_steps(loader, config):
+                loss = step(micro_batches)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from autotune.exceptions import WorkloadError
+from autotune.knobs._config import TrainConfig
+
+if TYPE_CHECKING:
+    from autotune.workload._workload import Workload
+
+Loss = Callable[[Any, Any], torch.Tensor]
+
+# The OneCycle defaults of torch.optim.lr_scheduler.OneCycleLR, written out so the export can state them.
+ONE_CYCLE_DEFAULTS: dict[str, Any] = {
+    "pct_start": 0.3,
+    "div_factor": 25.0,
+    "final_div_factor": 1e4,
+    "anneal_strategy": "cos",
+}
+
+
+@contextlib.contextmanager
+def backend_flags(config: TrainConfig, device: torch.device | str) -> Iterator[None]:
+    """CUDA backend flags for the config, restored on exit: TF32 matmuls and cuDNN convolutions on
+    for ``tf32`` and off otherwise (fp32 means true fp32; PyTorch's own cuDNN default is on), and
+    cudnn.benchmark on (convolution algorithms autotuned in the first steps). No-op off CUDA."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = (tf32_enabled(), torch.backends.cudnn.benchmark)
+    set_tf32(config.precision == "tf32")
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        set_tf32(saved[0])
+        torch.backends.cudnn.benchmark = saved[1]
+
+
+def _new_tf32_api() -> bool:
+    # torch >= 2.9: fp32_precision per backend. Once it is in use (transformers' TrainingArguments
+    # sets it), reading the legacy allow_tf32 flags raises, so it is preferred where it exists.
+    return hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
+
+
+def tf32_enabled() -> tuple[bool, bool]:
+    """Whether fp32 matmuls and cuDNN convolutions may use TF32: (matmul, convolution)."""
+    if _new_tf32_api():
+        return (torch.backends.cuda.matmul.fp32_precision == "tf32", torch.backends.cudnn.conv.fp32_precision == "tf32")
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def set_tf32(enabled: bool | tuple[bool, bool]) -> None:
+    """TF32 for fp32 matmuls and cuDNN convolutions: one flag for both, or (matmul, convolution)."""
+    matmul, convolution = enabled if isinstance(enabled, tuple) else (enabled, enabled)
+    if _new_tf32_api():
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if convolution else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = convolution
+
+
+def dataloader(
+    dataset: Any,
+    config: TrainConfig,
+    device: torch.device | str = "cpu",
+    *,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.utils.data.DataLoader:
+    """The DataLoader the config measured: micro-batch size, workers, prefetch, persistence and
+    pinned memory (CUDA only). ``drop_last`` keeps every step at ``batch_size`` samples, so shapes
+    stay static and a compiled model does not recompile on a short last batch."""
+    with_workers = config.num_workers > 0
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=config.num_workers,
+        prefetch_factor=config.prefetch_factor if with_workers else None,
+        persistent_workers=config.persistent_workers if with_workers else False,
+        pin_memory=pins_memory(config, device),
+        collate_fn=collate_fn,
+        generator=generator,
+    )
+
+
+def dataloader_kwargs(config: TrainConfig, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The DataLoader keyword arguments the config sets (for loaders built elsewhere)."""
+    with_workers = config.num_workers > 0
+    kwargs: dict[str, Any] = {
+        "batch_size": config.batch_size,
+        "num_workers": config.num_workers,
+        "pin_memory": pins_memory(config, device),
+        "drop_last": True,
+    }
+    if with_workers:
+        kwargs["prefetch_factor"] = config.prefetch_factor or 2  # DataLoader's own default
+        kwargs["persistent_workers"] = config.persistent_workers
+    return kwargs
+
+
+def pins_memory(config: TrainConfig, device: torch.device | str) -> bool:
+    """Pinned host memory only helps (and only works) for copies to a CUDA device."""
+    return config.pin_memory and torch.device(device).type == "cuda"
+
+
+def prepare_model(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    device: torch.device | str,
+    *,
+    gradient_checkpointing: Callable[[Any], None] | None = None,
+) -> torch.nn.Module:
+    """Gradient checkpointing (``gradient_checkpointing(model)``, else the model's Hugging Face style
+    ``gradient_checkpointing_enable()``), the move to the device, channels_last, training mode.
+    Returns the model itself (not compiled: save its state_dict, compile it with compile_model)."""
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model, gradient_checkpointing)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    return model
+
+
+def enable_gradient_checkpointing(model: Any, hook: Callable[[Any], None] | None = None) -> None:
+    if hook is not None:
+        hook(model)
+    elif callable(getattr(model, "gradient_checkpointing_enable", None)):
+        model.gradient_checkpointing_enable()  # Hugging Face convention (PEFT models pass it on)
+        frozen = any(not parameter.requires_grad for parameter in model.parameters())
+        if frozen and callable(getattr(model, "enable_input_require_grads", None)):
+            # Frozen embeddings (LoRA, adapters): without a grad-requiring input, checkpointed
+            # blocks would have nothing to backpropagate into.
+            model.enable_input_require_grads()
+    else:
+        raise WorkloadError(
+            "gradient_checkpointing needs Workload.gradient_checkpointing or a model with gradient_checkpointing_enable()"
+        )
+
+
+def compile_model(model: torch.nn.Module, config: TrainConfig) -> Any:
+    """``torch.compile(model, mode=config.compile)``, or the model itself for ``off``. The compiled
+    module shares the model's parameters: save the model's state_dict, not this one's.
+
+    Shapes that vary per batch (padding to the longest sequence) compile twice, not once per
+    shape: with torch.compile's ``dynamic=None``, the first recompile marks the changed dimensions
+    dynamic (7 sequence lengths gave 2 graphs on torch 2.13). The batch dimension stays static:
+    ``dataloader`` drops the last short batch."""
+    if config.compile == "off":
+        return model
+    return torch.compile(model, mode=config.compile)
+
+
+def autocast_dtype(config: TrainConfig) -> torch.dtype | None:
+    """The autocast dtype of the config's precision; None for fp32 and tf32 (no autocast)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+
+
+def autocast(config: TrainConfig, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed-precision autocast for bf16 and fp16; nothing for fp32 and tf32."""
+    dtype = autocast_dtype(config)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(config: TrainConfig, device: torch.device | str) -> torch.amp.GradScaler | None:
+    """fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not."""
+    if config.precision != "fp16":
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters that require grad: frozen weights (LoRA bases, adapters' hosts) stay out."""
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+
+def default_optimizer(params: Any, lr: float, **kwargs: Any) -> torch.optim.Optimizer:
+    """AdamW, the optimizer a Workload without one trains with (``optimizer.fused`` and other
+    workload knobs arrive as keyword arguments)."""
+    return torch.optim.AdamW(params, lr=lr, **kwargs)
+
+
+def cycles_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether OneCycle should cycle momentum: only for optimizers that have it (Adam's betas, SGD
+    with momentum > 0). Cycling it on plain SGD would switch momentum on, changing the recipe."""
+    defaults = optimizer.defaults
+    return "betas" in defaults or (defaults.get("momentum") or 0) > 0
+
+
+def one_cycle(
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    total_steps: int,
+    *,
+    max_lr: float | None = None,
+    pct_start: float = ONE_CYCLE_DEFAULTS["pct_start"],
+    div_factor: float = ONE_CYCLE_DEFAULTS["div_factor"],
+    final_div_factor: float = ONE_CYCLE_DEFAULTS["final_div_factor"],
+    anneal_strategy: str = ONE_CYCLE_DEFAULTS["anneal_strategy"],
+    cycle_momentum: bool | None = None,
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """OneCycleLR peaking at ``config.max_lr`` over ``total_steps`` optimizer steps. Takes an
+    export's ``one_cycle:`` mapping as keyword arguments: ``one_cycle(opt, config, **doc["one_cycle"])``.
+    ``cycle_momentum=None`` decides from the optimizer (see cycles_momentum)."""
+    if cycle_momentum is None:
+        cycle_momentum = cycles_momentum(optimizer)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.max_lr if max_lr is None else max_lr,
+        total_steps=max(1, int(total_steps)),
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+        anneal_strategy=anneal_strategy,
+        cycle_momentum=cycle_momentum,
+    )
+
+
+def steps_per_epoch(dataset_size: int, config: TrainConfig) -> int:
+    """Optimizer steps in one pass: full micro-batches (drop_last), grouped by accumulation_steps."""
+    return (dataset_size // config.batch_size) // config.accumulation_steps
+
+
+def to_device(batch: Any, device: torch.device | str, config: TrainConfig) -> Any:
+    """Tensors inside tuples, lists, dicts and namedtuples moved to the device (non-blocking from
+    pinned memory); 4-D floating-point tensors in channels_last when the config says so."""
+    non_blocking = pins_memory(config, device)
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=non_blocking)
+            if config.channels_last and value.dim() == 4 and value.is_floating_point():
+                value = value.contiguous(memory_format=torch.channels_last)
+            return value
+        if isinstance(value, dict):
+            return {key: move(item) for key, item in value.items()}
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+            return type(value)(*(move(item) for item in value))
+        if isinstance(value, (list, tuple)):
+            return type(value)(move(item) for item in value)
+        return value
+
+    return move(batch)
+
+
+def optimizer_steps(loader: Iterable[Any], config: TrainConfig) -> Iterator[list[Any]]:
+    """One pass over ``loader`` in groups of ``accumulation_steps`` micro-batches, one group per
+    optimizer step; a last incomplete group is dropped (as steps_per_epoch counts)."""
+    group: list[Any] = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == config.accumulation_steps:
+            yield group
+            group = []
+
+
+class TrainStep:
+    """One optimizer step: ``accumulation_steps`` micro-batches (moved to the device, forward and
+    loss under autocast, backward scaled by the GradScaler for fp16), then the optimizer step, the
+    scheduler's, and ``after_step(model, optimizer)`` (EMA or SWA averaging, a scheduler of your
+    own): their cost is part of the step. Returns the step's mean loss, detached (no device sync).
+
+    ``closure=True`` is for optimizers whose step re-evaluates the loss (SAM, LBFGS): after the
+    first forward and backward, ``optimizer.step(closure)`` is called with a closure that zeroes
+    the gradients and runs forward and backward again over the same micro-batches (with
+    accumulation, all of them are kept on the device until the step ends) and returns their loss.
+    fp16 is refused with it: torch.amp.GradScaler.step takes no closure.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        loss: Loss,
+        optimizer: torch.optim.Optimizer,
+        config: TrainConfig,
+        device: torch.device | str,
+        *,
+        scheduler: Any = None,
+        scaler: torch.amp.GradScaler | None | bool = True,
+        closure: bool = False,
+        after_step: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.config = config
+        self.device = torch.device(device)
+        self.scheduler = scheduler
+        # True: the GradScaler the precision needs (fp16), made here; or pass your own (or None).
+        self.scaler = grad_scaler(config, self.device) if scaler is True else scaler or None
+        if closure and self.scaler is not None:
+            from autotune.workload._workload import CLOSURE_FP16
+
+            raise WorkloadError(CLOSURE_FP16)
+        self.closure = closure
+        self.after_step = after_step
+
+    def __call__(self, micro_batches: Iterable[Any]) -> torch.Tensor:
+        total, kept = self.accumulate(micro_batches)
+        if self.closure:
+            self.optimizer.step(lambda: self._replay(kept))
+        elif self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None and not _schedule_finished(self.scheduler):
+            self.scheduler.step()
+        if self.after_step is not None:
+            self.after_step(self.model, self.optimizer)
+        return total
+
+    def accumulate(
+        self,
+        micro_batches: Iterable[Any],
+        count: int | None = None,
+        *,
+        after_backward: Callable[[], None] | None = None,
+    ) -> tuple[torch.Tensor, list[Any]]:
+        """The step's gradients without the step: zeroed, then forward and backward over ``count``
+        micro-batches (default ``accumulation_steps``), each loss divided by the count, so the
+        gradients are their mean. Returns the mean loss (detached) and, for a closure, the batches
+        kept on the device. ``after_backward`` runs after each micro-batch's backward."""
+        count = count or self.config.accumulation_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        kept: list[Any] = []  # the micro-batches a closure replays
+        total: torch.Tensor | None = None
+        seen = 0
+        for batch in micro_batches:
+            batch = to_device(batch, self.device, self.config)
+            if self.closure:
+                kept.append(batch)
+            loss = self._forward_backward(batch, count)
+            if after_backward is not None:
+                after_backward()
+            total = loss if total is None else total + loss
+            seen += 1
+            if seen == count:
+                break
+        if seen < count:
+            raise ValueError(f"an optimizer step takes {count} micro-batches (accumulation_steps), got {seen}")
+        assert total is not None
+        return total.float(), kept
+
+    def _forward_backward(self, batch: Any, count: int | None = None) -> torch.Tensor:
+        """Forward and loss under autocast, backward of loss / count (default accumulation_steps); that
+        share, detached."""
+        with autocast(self.config, self.device):
+            loss = self.loss(self.model, batch)
+        check_loss(loss)
+        scaled = loss / (count or self.config.accumulation_steps)
+        if self.scaler is not None:
+            self.scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        return scaled.detach()
+
+    def _replay(self, batches: list[Any]) -> torch.Tensor:
+        """The closure: gradients zeroed, forward and backward again over the step's micro-batches."""
+        with torch.enable_grad():
+            self.optimizer.zero_grad(set_to_none=True)
+            return sum(self._forward_backward(batch) for batch in batches)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's, the scheduler's and the GradScaler's state, for a checkpoint."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def check_loss(loss: Any) -> None:
+    """The workload's loss must be a scalar tensor that backward() can start from."""
+    if not isinstance(loss, torch.Tensor):
+        raise WorkloadError(f"loss must return a scalar tensor, got {type(loss).__name__} {loss!r:.60}")
+    if loss.numel() != 1:
+        raise WorkloadError(f"loss must return a scalar tensor, got shape {tuple(loss.shape)}")
+    if not loss.requires_grad:
+        raise WorkloadError("loss must return a tensor that requires grad (it was computed without the model's graph)")
+
+
+def _schedule_finished(scheduler: Any) -> bool:
+    """OneCycleLR raises when stepped past total_steps; a run that outlasts it stays at the final LR."""
+    total = getattr(scheduler, "total_steps", None)
+    return total is not None and scheduler.last_epoch + 1 >= total
+
+
+def evaluate(
+    evaluate_fn: Callable[[Any], Any], model: torch.nn.Module, config: TrainConfig, device: torch.device | str
+) -> dict[str, float]:
+    """The workload's evaluation: the model in eval mode, under no_grad and the config's autocast,
+    back in training mode after. Returns its metrics as {name: value} (a bare number is "metric")."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(config, device):
+            result = evaluate_fn(model)
+    finally:
+        model.train(was_training)
+    if isinstance(result, dict):
+        return {str(key): float(value) for key, value in result.items()}
+    if result is None:
+        return {}
+    return {"metric": float(result)}
+
+
+class Batches:
+    """Endless micro-batches from a DataLoader, pass after pass, counting samples, the workload's
+    units and the seconds spent waiting for data (host side: no device sync)."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, count: Callable[[Any], float] | None = None) -> None:
+        self.loader = loader
+        self.count = count
+        self.batch_size = int(loader.batch_size or 1)
+        self.passes = 0  # completed passes over the dataset
+        self._iterator: Iterator[Any] = iter(loader)
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.samples = 0
+        self.units = 0.0
+        self.wait_seconds = 0.0
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> Any:
+        begin = time.perf_counter()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:  # epoch boundary: a new pass, as the full run makes
+            self.passes += 1
+            self._iterator = iter(self.loader)
+            batch = next(self._iterator)
+        self.wait_seconds += time.perf_counter() - begin
+        self.samples += self.batch_size
+        self.units += float(self.count(batch)) if self.count else self.batch_size
+        return batch
+
+
+class Training:
+    """A Workload with a TrainConfig applied: model, DataLoader, optimizer, OneCycle, one step at a
+    time. The trial harness, the LR range test and ``autotune train`` all run through this."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        config: TrainConfig,
+        device: torch.device | str = "cpu",
+        *,
+        total_steps: int | None = None,
+        one_cycle_args: dict[str, Any] | None = None,
+    ) -> None:
+        """``total_steps``: the OneCycle schedule's length in optimizer steps (None: no schedule,
+        a constant LR of max_lr). ``one_cycle_args``: an export's ``one_cycle:`` section."""
+        self.workload = workload
+        self.config = config
+        self.device = torch.device(device)
+        # The workload's own knobs go to their factories: model.X to model(X=...), and so on.
+        self.model = prepare_model(
+            workload.model(**config.factory_kwargs("model")),
+            config,
+            self.device,
+            gradient_checkpointing=workload.gradient_checkpointing,
+        )
+        self.optimizer = (workload.optimizer or default_optimizer)(
+            trainable_parameters(self.model), config.max_lr, **config.factory_kwargs("optimizer")
+        )
+        self.cycle_momentum = cycles_momentum(self.optimizer)
+        self.scheduler = None
+        if total_steps is not None:
+            args = {
+                key: value
+                for key, value in (one_cycle_args or {}).items()
+                if key in ONE_CYCLE_DEFAULTS or key in ("max_lr", "cycle_momentum")
+            }
+            args.setdefault("cycle_momentum", self.cycle_momentum)
+            self.scheduler = one_cycle(self.optimizer, config, total_steps, **args)
+        self.forward_model = compile_model(self.model, config)
+        self.dataset = workload.dataset(**config.factory_kwargs("dataset"))
+        self.loader = dataloader(self.dataset, config, self.device, collate_fn=workload.collate_fn)
+        if len(self.loader) == 0:
+            raise WorkloadError(f"dataset has {len(self.dataset)} samples, fewer than batch_size {config.batch_size}")
+        self.dataset_size = len(self.dataset)
+        self.batches = Batches(self.loader, workload.count)
+        self.train_step = TrainStep(
+            self.forward_model,
+            workload.loss,
+            self.optimizer,
+            config,
+            self.device,
+            scheduler=self.scheduler,
+            closure=workload.step_closure,
+            after_step=self._after_step if workload.after_step else None,
+        )
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.train_step.scaler
+
+    def _after_step(self, _forward_model: Any, optimizer: Any) -> None:
+        assert self.workload.after_step is not None
+        self.workload.after_step(self.model, optimizer)  # the model itself, not its compiled wrapper
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.dataset_size, self.config)
+
+    def step(self) -> torch.Tensor:
+        """One optimizer step on the next ``accumulation_steps`` micro-batches; the mean loss."""
+        return self.train_step(self.batches)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def scale(self) -> float | None:
+        """The GradScaler's current scale (fp16 only); reading it synchronises the device."""
+        return None if self.scaler is None else float(self.scaler.get_scale())
+
+
+EVAL_SEED = 12345  # the fixed samples are the same in every run of every config
+
+
+def fixed_samples_loss(training: Training, samples: int) -> float:
+    """The workload's loss over the same ``samples`` samples of ``training``'s dataset (drawn with a fixed
+    seed, whatever the run's), the model in eval mode, in fp32, under no_grad: what runs of different
+    configs reached, compared on the same data."""
+    dataset = training.dataset
+    count = min(samples, len(dataset))
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(EVAL_SEED))[:count].tolist()
+    fp32 = dataclasses.replace(training.config, precision="fp32", num_workers=0)
+    loader = dataloader(
+        torch.utils.data.Subset(dataset, indices),
+        fp32,
+        training.device,
+        shuffle=False,
+        drop_last=False,
+        collate_fn=training.workload.collate_fn,
+    )
+    model = training.model
+    model.eval()
+    total, seen = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                size = _batch_length(batch)
+                loss = training.workload.loss(model, to_device(batch, training.device, fp32))
+                total += float(loss) * size  # .item(): one sync per batch
+                seen += size
+    finally:
+        model.train()
+    return total / max(1, seen)
+
+
+def _batch_length(batch: Any) -> int:
+    """Samples in a collated batch: the first dimension of its first tensor, or a list's length."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, dict) and batch:
+        return _batch_length(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)) and batch:
+        if isinstance(batch, list) and not isinstance(batch[0], torch.Tensor):
+            return len(batch)  # a list of samples' records (per-image target dicts, ...)
+        return _batch_length(batch[0])
+    return 1
+
+
+__all__ = [
+    "ONE_CYCLE_DEFAULTS",
+    "Batches",
+    "TrainStep",
+    "Training",
+    "autocast",
+    "autocast_dtype",
+    "backend_flags",
+    "check_loss",
+    "compile_model",
+    "cycles_momentum",
+    "dataloader",
+    "dataloader_kwargs",
+    "default_optimizer",
+    "enable_gradient_checkpointing",
+    "evaluate",
+    "fixed_samples_loss",
+    "grad_scaler",
+    "one_cycle",
+    "optimizer_steps",
+    "pins_memory",
+    "set_tf32",
+    "tf32_enabled",
+    "prepare_model",
+    "steps_per_epoch",
+    "to_device",
+    "trainable_parameters",
+]
