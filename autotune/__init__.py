@@ -14,7 +14,7 @@ from autotune.exceptions import (
 )
 from autotune.export import Export, export_best
 from autotune.knobs import SearchSpace, TrainConfig, load_space
-from autotune.search import SearchOptions, SearchResult, search
+from autotune.study import SearchOptions, SearchResult, search
 from autotune.workload import Workload, load_workload
 
 __version__ = importlib.metadata.version("autotune")

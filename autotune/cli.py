@@ -250,8 +250,8 @@ def search(
     from autotune.knobs._units import parse_duration, parse_fraction, parse_size
     from autotune.report._console import SearchPrinter, print_search_result
     from autotune.runner import MeasureSettings
-    from autotune.search._loop import search as run_search
-    from autotune.search._options import SearchOptions
+    from autotune.study._loop import search as run_search
+    from autotune.study._options import SearchOptions
     from autotune.workload._workload import DEMO_SPEC
 
     options = SearchOptions(
@@ -433,9 +433,9 @@ def lr_find(
     The curve and the suggestion are stored with the study, and export-best uses them.
     """
     from autotune.report._console import print_lr_find
-    from autotune.search._lr_find import lr_find_for_trial
-    from autotune.search._lr_find import plot as draw
     from autotune.store._storage import load_study
+    from autotune.study._lr_find import lr_find_for_trial
+    from autotune.study._lr_find import plot as draw
 
     if steps < 5:
         raise click.BadParameter(f"must be >= 5, got {steps}", param_hint="--steps")
@@ -602,8 +602,8 @@ def train(
     """
     from autotune.knobs._units import parse_duration
     from autotune.report._train_console import TrainPrinter, print_run_record
-    from autotune.training._full_run import TrainOptions, parse_checkpoint_every
     from autotune.training._full_run import train as run_train
+    from autotune.training._run_plan import TrainOptions, parse_checkpoint_every
 
     every_steps, every_seconds = parse_checkpoint_every(checkpoint_every)
     options = TrainOptions(

@@ -79,7 +79,7 @@ def error_line(result) -> str:
 def recipe_checks_keep():
     """Inside: the search's recipe checks keep every changed recipe without running it, for tests of what
     follows a kept check (the check itself runs for real in test_recipe_check.py)."""
-    from autotune.search import _recipe_check as recipe_check
+    from autotune.study import _recipe_check as recipe_check
 
     def kept(setup, trial, recipe, max_lr, budgets, *, deadline=None, seeds=recipe_check.SEEDS):
         config = TrainConfig.from_dict(trial.user_attrs["config"])

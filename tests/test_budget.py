@@ -7,7 +7,7 @@ import json
 import pytest
 
 from autotune.exceptions import ParameterError, UsageError
-from autotune.search._budget import (
+from autotune.study._budget import (
     DEFAULT_TRIAL_TIMEOUT_SECONDS,
     MIN_TRIAL_TIMEOUT_SECONDS,
     Budgets,

@@ -17,16 +17,16 @@ from conftest import workload_spec
 
 from autotune.exceptions import SearchSpaceError
 from autotune.export._export import export_best
-from autotune.search._selection import PREFERENCES, Candidate, noise_margin, with_paired
 from autotune.knobs._units import format_duration, format_size
 from autotune.runner import MeasureSettings
 from autotune.runner._harness import Diverged, _DivergenceGuard
-from autotune.search import _recipe_check as recipe_check
-from autotune.search._budget import Budgets
-from autotune.search._loop import search
-from autotune.search._options import SearchOptions
-from autotune.search._plan import plan_search
 from autotune.store import _records
+from autotune.study import _recipe_check as recipe_check
+from autotune.study._budget import Budgets
+from autotune.study._loop import search
+from autotune.study._options import SearchOptions
+from autotune.study._plan import plan_search
+from autotune.study._selection import PREFERENCES, Candidate, noise_margin, with_paired
 
 MiB = 1024**2
 DAY = 86400.0
@@ -187,8 +187,8 @@ HUNGRY_SEARCH = """
 import dataclasses, json, sys
 import optuna
 from autotune.runner import MeasureSettings
-from autotune.search._loop import search
-from autotune.search._options import SearchOptions
+from autotune.study._loop import search
+from autotune.study._options import SearchOptions
 
 storage, space, spec = sys.argv[1:4]
 MiB = 1024**2
@@ -558,8 +558,8 @@ def test_search_timeout_stops_a_hanging_trial(space_file, storage_url, fast_meas
 def test_verify_runs_each_round_with_the_studys_windows_and_no_more(shared, monkeypatch):
     """Rounds, not longer runs, narrow the spread between processes: a round's run is the study's
     trial with its windows fixed at the study's count."""
-    from autotune.search import _verify as verify_module
-    from autotune.search._selection import Candidate
+    from autotune.study import _verify as verify_module
+    from autotune.study._selection import Candidate
 
     study = _study(shared["storage"])
     setup = _records.read_setup(study)
@@ -579,8 +579,8 @@ def test_verify_runs_each_round_with_the_studys_windows_and_no_more(shared, monk
 
 def test_verify_goes_on_past_its_rounds_until_enough(shared):
     """The paired re-measurement's rule: at least `rounds`, then more up to `max_rounds` until `enough`."""
-    from autotune.search._selection import Candidate
-    from autotune.search._verify import verify
+    from autotune.study._selection import Candidate
+    from autotune.study._verify import verify
 
     study = _study(shared["storage"])
     candidates = [Candidate.from_trial(study.trials[0]), Candidate.from_trial(study.trials[1])]

@@ -11,9 +11,9 @@ from conftest import WORKLOADS, run_cli, workload_spec
 from optuna.trial import TrialState
 
 from autotune.exceptions import WorkloadError
-from autotune.search._checks import RepeatedErrors
-from autotune.search._loop import search
-from autotune.search._options import SearchListener, SearchOptions
+from autotune.study._checks import RepeatedErrors
+from autotune.study._loop import search
+from autotune.study._options import SearchListener, SearchOptions
 
 SPACE = "knobs: {batch_size: [8, 16, 32]}\n"
 
@@ -153,7 +153,8 @@ def test_search_steps_a_sam_optimizer_with_a_closure_when_the_workload_does_not_
 
 def test_export_and_train_step_the_found_closure(storage_url, fast_measure, tmp_path):
     from autotune.export._export import export_best
-    from autotune.training._full_run import TrainOptions, train
+    from autotune.training._full_run import train
+    from autotune.training._run_plan import TrainOptions
 
     search(
         SearchOptions(

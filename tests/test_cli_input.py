@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import error_line, run_cli, workload_spec
 
-import autotune.search._loop
+import autotune.study._loop
 from autotune.exceptions import AutotuneError
 
 
@@ -43,7 +43,7 @@ def test_cli_search_memory_headroom_as_percentage_or_fraction(monkeypatch, value
     def capture(options, listener=None):
         raise _Captured(f"headroom {options.memory_headroom!r}")
 
-    monkeypatch.setattr(autotune.search._loop, "search", capture)
+    monkeypatch.setattr(autotune.study._loop, "search", capture)
     assert error_line(run_cli("search", "--memory-headroom", value)) == "Error: headroom 0.1"
 
 

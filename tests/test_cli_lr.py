@@ -9,8 +9,8 @@ import pytest
 from conftest import error_line, run_cli, workload_spec
 
 from autotune.runner import MeasureSettings
-from autotune.search._loop import search
-from autotune.search._options import SearchOptions
+from autotune.study._loop import search
+from autotune.study._options import SearchOptions
 
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autotune.search._figures import memory_figure, throughput_figure
-from autotune.search import _curves
-from autotune.search._budget import Budgets
+from autotune.study import _curves
+from autotune.study._budget import Budgets
+from autotune.study._figures import memory_figure, throughput_figure
 
 MIB = 2**20
 CONFIG = {

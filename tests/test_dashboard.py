@@ -11,8 +11,8 @@ import pytest
 from conftest import workload_spec
 
 from autotune.runner import MeasureSettings
-from autotune.search._loop import search
-from autotune.search._options import SearchOptions
+from autotune.study._loop import search
+from autotune.study._options import SearchOptions
 
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
 

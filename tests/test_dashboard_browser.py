@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import workload_spec
 
-from autotune.search._loop import search
-
-from autotune.search._options import SearchOptions
+from autotune.study._loop import search
+from autotune.study._options import SearchOptions
 
 
 @pytest.fixture(scope="module")

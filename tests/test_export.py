@@ -19,10 +19,10 @@ from autotune.export._export import MEASURED_FIELDS, export_best
 from autotune.knobs._config import FIELD_NAMES, TrainConfig
 from autotune.knobs._units import format_duration
 from autotune.runner import MeasureSettings
-from autotune.search._loop import search
-from autotune.search._options import SearchOptions
 from autotune.store import _records
 from autotune.store._storage import open_storage, redact
+from autotune.study._loop import search
+from autotune.study._options import SearchOptions
 
 MiB = 1024**2
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
@@ -396,7 +396,7 @@ def _noise(value: float) -> dict:
 def test_export_best_a_changed_batch_needs_a_kept_recipe_check(storage_url):
     """Batch 64 measures 4x the baseline's throughput; without a recipe check the recipe's batch is exported,
     saying why; once a check keeps it at its rule's max_lr, it is exported with the progress it changes."""
-    from autotune.search import _recipe_check as recipe_check
+    from autotune.study import _recipe_check as recipe_check
 
     study = _recorded_study(
         storage_url,
@@ -468,7 +468,7 @@ def test_export_best_a_changed_batch_needs_a_kept_recipe_check(storage_url):
 
 def test_export_best_faster_per_sample_but_slower_to_the_same_progress_loses_saying_why(storage_url):
     """Batch 64 at 2x the throughput, but the noise scale (4 samples) makes it need 6x the samples."""
-    from autotune.search import _recipe_check as recipe_check
+    from autotune.study import _recipe_check as recipe_check
 
     study = _recorded_study(
         storage_url,

@@ -20,7 +20,8 @@ from autotune.runner import MeasureSettings
 from autotune.store._storage import open_storage
 from autotune.training import _train_loop
 from autotune.training._checkpoint import checkpoints, load_checkpoint
-from autotune.training._full_run import TrainListener, TrainOptions, parse_checkpoint_every, train
+from autotune.training._full_run import train
+from autotune.training._run_plan import TrainListener, TrainOptions, parse_checkpoint_every
 from autotune.training._run_record import ACTUAL_KEY_PREFIX
 
 TINY = workload_spec()

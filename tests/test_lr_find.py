@@ -10,17 +10,17 @@ import optuna
 import pytest
 from conftest import WORKLOADS, workload_spec
 
-import autotune.search._lr_find as lr_find_module
+import autotune.study._lr_find as lr_find_module
 from autotune.exceptions import StudyError
 from autotune.export._export import export_best
 from autotune.knobs._config import TrainConfig
 from autotune.runner import MeasureSettings, TrialJob
 from autotune.runner._sweep import run_lr_sweep
-from autotune.search import _recipe_check as recipe_check
-from autotune.search._budget import Budgets
-from autotune.search._loop import search
-from autotune.search._options import SearchOptions
-from autotune.search._lr_find import (
+from autotune.store import _records
+from autotune.study import _recipe_check as recipe_check
+from autotune.study._budget import Budgets
+from autotune.study._loop import search
+from autotune.study._lr_find import (
     CHECK_STEPS,
     FLOOR_DIVISOR,
     MAX_SHIFTS,
@@ -35,7 +35,7 @@ from autotune.search._lr_find import (
     stored_result,
     suggest_max_lr,
 )
-from autotune.store import _records
+from autotune.study._options import SearchOptions
 from autotune.workload import load_workload
 
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)

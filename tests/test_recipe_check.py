@@ -7,10 +7,10 @@ import types
 import pytest
 from conftest import workload_spec
 
-from autotune.search._selection import Candidate
 from autotune.knobs._config import TrainConfig
-from autotune.search import _recipe_check as recipe_check
-from autotune.search._budget import Budgets
+from autotune.study import _recipe_check as recipe_check
+from autotune.study._budget import Budgets
+from autotune.study._selection import Candidate
 
 FAST = {"warmup_steps": 1, "windows": 2, "window_seconds": 0.2, "max_window_steps": 20, "seed": 0}
 

@@ -24,9 +24,9 @@ import pytest
 from conftest import workload_spec
 from optuna.trial import TrialState
 
-from autotune.search import _recovery
-from autotune.search._recovery import GRACE_SECONDS, Heartbeat, SearchProcess, claim_trial, recover_interrupted
 from autotune.store._storage import open_storage
+from autotune.study import _recovery
+from autotune.study._recovery import GRACE_SECONDS, Heartbeat, SearchProcess, claim_trial, recover_interrupted
 
 MARK_VARIABLE = "AUTOTUNE_TEST_RECOVERY_MARK"
 FAST_OPTIONS = [

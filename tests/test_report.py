@@ -72,7 +72,7 @@ def test_report_shows_the_side_by_side_re_measurement_and_its_challengers(storag
 def test_report_shows_the_gradient_noise_scale_and_the_recipe_checks(storage_url, capsys):
     from autotune.knobs._config import TrainConfig
     from autotune.report._console import print_report
-    from autotune.search import _recipe_check as recipe_check
+    from autotune.study import _recipe_check as recipe_check
 
     study = optuna.create_study(study_name="s", storage=open_storage(storage_url), direction="maximize")
     config = TrainConfig(batch_size=8).to_dict()

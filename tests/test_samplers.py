@@ -12,9 +12,9 @@ from conftest import workload_spec
 
 from autotune.cli import main
 from autotune.exceptions import ParameterError, SearchSpaceError
-from autotune.search._loop import search
-from autotune.search._options import SearchListener, SearchOptions
 from autotune.store import _records
+from autotune.study._loop import search
+from autotune.study._options import SearchListener, SearchOptions
 
 KNOBS = workload_spec(file="knobs.py")
 # The baseline (batch 8, dataset.length 8) is one of the grid's points; length 8192 is ~10x slower per sample.
@@ -87,7 +87,7 @@ def test_a_grid_over_a_range_is_refused_before_anything_is_created(tmp_path, spa
     assert len(lines) == 1 and "grid needs a list of choices" in lines[0] and "batch_size is a range" in lines[0]
     assert not db.exists()
     with pytest.raises(SearchSpaceError):
-        from autotune.search._plan import plan_search
+        from autotune.study._plan import plan_search
 
         plan_search(SearchOptions(workload=KNOBS, space=str(space), sampler="grid"))
 

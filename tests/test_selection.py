@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from autotune.exceptions import NoFeasibleTrialError
-from autotune.search._selection import (
+from autotune.study._budget import Budgets
+from autotune.study._selection import (
     MEMORY_PREFERENCE_TOLERANCE,
     NOISE_SIGMAS,
     PREFERENCES,
@@ -16,7 +17,6 @@ from autotune.search._selection import (
     noise_margin,
     select,
 )
-from autotune.search._budget import Budgets
 
 MiB = 1024**2
 
@@ -332,13 +332,13 @@ def _figure(rate: float, spread: float, window_spread: float) -> Candidate:
     ],
 )
 def test_paired_settled_goes_on_only_while_more_rounds_can_change_the_verdict(winner, baseline, settled):
-    from autotune.search._paired import paired_settled
+    from autotune.study._paired import paired_settled
 
     assert paired_settled([_figure(*winner), _figure(*baseline)]) is settled
 
 
 def test_paired_settled_needs_both_figures():
-    from autotune.search._paired import paired_settled
+    from autotune.study._paired import paired_settled
 
     assert paired_settled([_figure(150, 0.01, 0.01)]) is False
 
@@ -364,7 +364,7 @@ def test_a_trial_of_the_baselines_own_config_is_no_speedup_however_it_measured()
 def test_paired_settled_judges_the_winner_by_the_studys_objective():
     import dataclasses
 
-    from autotune.search._paired import paired_settled
+    from autotune.study._paired import paired_settled
 
     baseline = dataclasses.replace(_timed(0, 100.0, 2.0, baseline=True), spread=0.02, window_spread=0.01)
     # Trial 1 reads twice as fast but noisily, and its compile makes the one-epoch run the longest;

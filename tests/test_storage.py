@@ -14,9 +14,9 @@ from conftest import workload_spec
 from optuna.trial import TrialState
 
 from autotune.exceptions import StorageError
-from autotune.search._loop import search
-from autotune.search._options import SearchOptions, TIME_METRIC_NAME
 from autotune.store._storage import DEFAULT_STORAGE, load_study, open_storage, redact
+from autotune.study._loop import search
+from autotune.study._options import TIME_METRIC_NAME, SearchOptions
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -160,9 +160,9 @@ _ENQUEUE_TOGETHER = """
 import os, sys, time
 import optuna
 from autotune.store._storage import open_storage
-from autotune.search._loop import _enqueue_baseline
-from autotune.search._options import SearchOptions
-from autotune.search._plan import plan_search
+from autotune.study._loop import _enqueue_baseline
+from autotune.study._options import SearchOptions
+from autotune.study._plan import plan_search
 
 url, workload, space, folder, *names = sys.argv[1:]
 plan = plan_search(SearchOptions(workload=workload, space=space, device="cpu"))

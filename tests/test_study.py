@@ -1,4 +1,4 @@
-"""End-to-end tests of autotune.search._loop.search: real trial processes on the tiny CPU workloads.
+"""End-to-end tests of autotune.study._loop.search: real trial processes on the tiny CPU workloads.
 
 Each trial is a fresh Python process (about 2-3 s), so every test keeps its space small and
 pins the order of the interesting configs with ``study.enqueue_trial``.
@@ -21,14 +21,14 @@ from optuna.trial import TrialState
 from autotune.exceptions import SearchSpaceError, StudyError, UsageError, WorkloadError
 from autotune.knobs._config import FIELD_NAMES, TrainConfig
 from autotune.runner import MeasureSettings
-from autotune.search._loop import search
-from autotune.search._lr_checks import run_lr_find
-from autotune.search._options import SearchListener, SearchOptions, TIME_METRIC_NAME
-from autotune.search._plan import plan_search
-from autotune.search._lr_find import LRFindResult
-from autotune.search._recovery import SearchProcess
 from autotune.store import _records
 from autotune.store._storage import open_storage
+from autotune.study._loop import search
+from autotune.study._lr_checks import run_lr_find
+from autotune.study._lr_find import LRFindResult
+from autotune.study._options import TIME_METRIC_NAME, SearchListener, SearchOptions
+from autotune.study._plan import plan_search
+from autotune.study._recovery import SearchProcess
 
 MiB = 1024**2
 
@@ -60,7 +60,7 @@ SHARED_SPACE = (
 
 def _kept_recipe_checks(study: optuna.Study, *numbers: int) -> None:
     """Record a kept recipe check for each trial (as if the search had run one)."""
-    from autotune.search import _recipe_check as recipe_check
+    from autotune.study import _recipe_check as recipe_check
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for number in numbers:
@@ -686,8 +686,8 @@ def test_search_remeasures_the_winner_and_the_baseline_side_by_side(storage_url,
     assert [row["trial"] for row in paired["rounds"]] == [1, 0]
     # At least PAIRED_ROUNDS; more only while the speedup's noise is above PAIRED_NOISE and more
     # rounds could still change the verdict.
-    from autotune.search._selection import Candidate
-    from autotune.search._paired import PAIRED_MAX_ROUNDS, PAIRED_ROUNDS, paired_settled
+    from autotune.study._paired import PAIRED_MAX_ROUNDS, PAIRED_ROUNDS, paired_settled
+    from autotune.study._selection import Candidate
 
     rounds = len(paired["rounds"][0]["samples_per_second"])
     assert len(paired["rounds"][1]["samples_per_second"]) == rounds
@@ -719,7 +719,7 @@ def test_search_remeasures_the_winner_and_the_baseline_side_by_side(storage_url,
 def test_paired_remeasurement_is_skipped_when_the_time_budget_is_spent(storage_url, space_file, fast_measure):
     import time
 
-    from autotune.search._paired import remeasure_best
+    from autotune.study._paired import remeasure_best
 
     space = space_file("effective_batch: free\nknobs: {batch_size: [256]}\n")
     search(
@@ -747,7 +747,7 @@ def test_a_single_figure_beyond_the_re_measured_winner_is_re_measured_beside_it(
     """The search and the export name the same trial: one that export-best would take over the
     re-measured winner on a lone figure is re-measured beside the winner and the baseline first."""
     from autotune.export._export import export_best
-    from autotune.search._paired import remeasure_best
+    from autotune.study._paired import remeasure_best
 
     search(
         SearchOptions(
@@ -817,11 +817,11 @@ def _recorded(storage_url: str, rates: dict[int, float]) -> optuna.Study:
 
 
 def _fake_verify(monkeypatch, calls: list[list[int]], *rounds: dict[int, float]):
-    """``autotune.search._verify.verify`` answering each call with the next figures (spread 1%); the trials
+    """``autotune.study._verify.verify`` answering each call with the next figures (spread 1%); the trials
     each call re-measured, in order, go into ``calls``."""
     import dataclasses
 
-    from autotune.search import _verify as verify_module
+    from autotune.study import _verify as verify_module
 
     answers = iter(rounds)
 
@@ -839,7 +839,7 @@ def _fake_verify(monkeypatch, calls: list[list[int]], *rounds: dict[int, float])
 
 
 def test_each_challenger_is_re_measured_beside_the_current_winner_and_the_baseline(storage_url, monkeypatch):
-    from autotune.search._paired import remeasure_best
+    from autotune.study._paired import remeasure_best
 
     # Measured once: #3 and #2 far above the rest.
     study = _recorded(storage_url, {0: 1000.0, 1: 1200.0, 2: 2000.0, 3: 3000.0})
@@ -871,8 +871,8 @@ def test_each_challenger_is_re_measured_beside_the_current_winner_and_the_baseli
 
 def test_when_nothing_beats_the_baseline_side_by_side_the_next_faster_trial_is_re_measured(storage_url, monkeypatch):
     from autotune.export._export import export_best
-    from autotune.search._selection import paired_lines
-    from autotune.search._paired import remeasure_best
+    from autotune.study._paired import remeasure_best
+    from autotune.study._selection import paired_lines
 
     # #1 read fastest once; #2 read 2% above the baseline once, within the noise (a slow process
     # may have read it low).
@@ -900,8 +900,8 @@ def test_when_nothing_beats_the_baseline_side_by_side_the_next_faster_trial_is_r
 
 
 def test_figures_from_different_rounds_compare_as_speedups_over_their_rounds_baseline(storage_url, monkeypatch):
-    from autotune.search._selection import Candidate, with_paired
-    from autotune.search._paired import remeasure_best
+    from autotune.study._paired import remeasure_best
+    from autotune.study._selection import Candidate, with_paired
 
     study = _recorded(storage_url, {0: 1300.0, 1: 1700.0, 2: 1450.0})
     calls: list[list[int]] = []
@@ -921,7 +921,7 @@ def test_figures_from_different_rounds_compare_as_speedups_over_their_rounds_bas
 
 
 def test_no_trial_is_re_measured_next_when_none_read_faster_than_the_baseline(storage_url, monkeypatch):
-    from autotune.search._paired import remeasure_best
+    from autotune.study._paired import remeasure_best
 
     study = _recorded(storage_url, {0: 1000.0, 1: 1300.0, 2: 950.0})
     calls: list[list[int]] = []
@@ -955,7 +955,7 @@ def test_the_searchs_best_is_never_a_trial_that_ran_the_baselines_config(storage
 
 
 def test_challengers_stop_at_the_cap_and_an_earlier_figure_counts_as_measured_once_more(storage_url, monkeypatch):
-    from autotune.search._paired import PAIRED_CHALLENGERS, remeasure_best
+    from autotune.study._paired import PAIRED_CHALLENGERS, remeasure_best
 
     study = _recorded(storage_url, {0: 1000.0, 1: 1200.0, 2: 2000.0, 3: 3000.0})
     calls: list[list[int]] = []

@@ -7,11 +7,11 @@ import yaml
 from conftest import workload_spec
 
 from autotune.export._export import export_best
-from autotune.search._selection import Candidate, select
 from autotune.knobs._config import TrainConfig
-from autotune.search._budget import Budgets
-from autotune.search._loop import search
-from autotune.search._options import SearchOptions
+from autotune.study._budget import Budgets
+from autotune.study._loop import search
+from autotune.study._options import SearchOptions
+from autotune.study._selection import Candidate, select
 
 SPACE = """\
 knobs:

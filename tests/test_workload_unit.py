@@ -14,10 +14,10 @@ from conftest import run_cli, workload_spec
 
 from autotune.knobs._units import format_size
 from autotune.report._console import SearchPrinter, console, describe_config, print_search_result
-from autotune.search._figures import throughput_figure, to_plotly
 from autotune.runner import MeasureSettings
-from autotune.search._loop import search
-from autotune.search._options import SearchOptions
+from autotune.study._figures import throughput_figure, to_plotly
+from autotune.study._loop import search
+from autotune.study._options import SearchOptions
 
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)  # conftest's fast_measure
 

@@ -7,8 +7,8 @@ from autotune.export._export import Export, export_best
 from autotune.export._hf import hf_export
 from autotune.export._lightning import lightning_export
 from autotune.export._torch_script import torch_script
-from autotune.search._selection import Candidate, Selection, select
-from autotune.search._verify import Verification, verify
+from autotune.study._selection import Candidate, Selection, select
+from autotune.study._verify import Verification, verify
 
 __all__ = [
     "Candidate",

@@ -18,13 +18,13 @@ from autotune.export._lightning import lightning_export
 from autotune.export._torch_script import torch_script
 from autotune.knobs._config import TrainConfig
 from autotune.knobs._units import format_duration
-from autotune.search import _recipe_check as recipe_check
-from autotune.search._budget import Budgets
-from autotune.search._lr_find import scaled_lr, scaling_rule, stored_result
-from autotune.search._selection import Candidate, Preference, Selection, paired_lines, paired_pool, select
-from autotune.search._verify import verify
 from autotune.store import _records
 from autotune.store._storage import DEFAULT_STORAGE, load_study, redact
+from autotune.study import _recipe_check as recipe_check
+from autotune.study._budget import Budgets
+from autotune.study._lr_find import scaled_lr, scaling_rule, stored_result
+from autotune.study._selection import Candidate, Preference, Selection, paired_lines, paired_pool, select
+from autotune.study._verify import verify
 from autotune.training import _noise_scale as noise_scale
 
 if TYPE_CHECKING:

@@ -3,6 +3,6 @@ the commands."""
 
 from autotune.report._dashboard import serve
 from autotune.report._report import Report, build_report
-from autotune.search._notes import explain_study
+from autotune.study._notes import explain_study
 
 __all__ = ["Report", "build_report", "explain_study", "serve"]

@@ -10,9 +10,9 @@ from rich.markup import escape
 
 from autotune.knobs._config import TrainConfig
 from autotune.knobs._units import format_duration, format_size
-from autotune.search._options import SearchListener, SearchPlan, SearchResult
-from autotune.search._selection import paired_lines
 from autotune.store import _records
+from autotune.study._options import SearchListener, SearchPlan, SearchResult
+from autotune.study._selection import paired_lines
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
     from autotune.export._export import Export
     from autotune.report._report import Report
-    from autotune.search._lr_find import LRFindResult
-    from autotune.search._selection import Candidate
+    from autotune.study._lr_find import LRFindResult
+    from autotune.study._selection import Candidate
 
 # Off a terminal (a pipe, a log file, CI), lines are not wrapped at rich's default 80 columns.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)

@@ -8,12 +8,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from autotune.search import _recipe_check as recipe_check
-from autotune.search._budget import Budgets
-from autotune.search._figures import study_figures, write_files
-from autotune.search._notes import memory_limit_found
 from autotune.store import _records
 from autotune.store._storage import load_study
+from autotune.study import _recipe_check as recipe_check
+from autotune.study._budget import Budgets
+from autotune.study._figures import study_figures, write_files
+from autotune.study._notes import memory_limit_found
 from autotune.training import _noise_scale as noise_scale
 from autotune.training._run_record import actuals
 

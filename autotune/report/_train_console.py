@@ -10,9 +10,8 @@ from rich.markup import escape
 
 from autotune.knobs._units import format_duration
 from autotune.report._console import console, describe_config
-from autotune.training._full_run import TrainListener
+from autotune.training._run_plan import Deadline, Progress, RunStart, TrainListener
 from autotune.training._run_record import RunRecord
-from autotune.training._train_loop import Deadline, Progress, RunStart
 
 TERMINAL_INTERVAL_SECONDS = 0.5
 PLAIN_INTERVAL_SECONDS = 5.0

@@ -16,8 +16,8 @@ import json
 import optuna
 import yaml
 
-from autotune.search._verify import trial_job
 from autotune.runner import run_trial
+from autotune.study._verify import trial_job
 
 
 def main() -> None:

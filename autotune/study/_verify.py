@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autotune.runner import MeasureSettings, TrialJob, run_trial
-from autotune.search._budget import Budgets
-from autotune.search._selection import Candidate
+from autotune.study._budget import Budgets
+from autotune.study._selection import Candidate
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from autotune.store import _records
 
 if TYPE_CHECKING:
     import optuna
-from autotune.search._options import SearchOptions, SearchPlan, metric_name
+from autotune.study._options import SearchOptions, SearchPlan, metric_name
 
 
 def baseline_measured(storage: Any, study_name: str) -> tuple[int, bool | None] | None:

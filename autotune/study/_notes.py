@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from autotune.knobs._units import format_duration, format_size
-from autotune.search import _recipe_check as recipe_check
-from autotune.search._budget import Budgets
-from autotune.search._figures import study_figures, to_plotly
-from autotune.search._selection import Candidate, select
 from autotune.store import _records
+from autotune.study import _recipe_check as recipe_check
+from autotune.study._budget import Budgets
+from autotune.study._figures import study_figures, to_plotly
+from autotune.study._selection import Candidate, select
 from autotune.training import _noise_scale as noise_scale
 
 

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune.search import _curves
-from autotune.search._budget import Budgets
 from autotune.store import _records
+from autotune.study import _curves
+from autotune.study._budget import Budgets
 
 MIB = 2**20
 

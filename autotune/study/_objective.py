@@ -10,16 +10,16 @@ from autotune.exceptions import Terminated
 from autotune.knobs._units import format_duration, format_size
 from autotune.runner import Status, TrialJob, TrialOutcome, WindowResult, run_trial
 from autotune.runner._runner import process_crashed
-from autotune.search import _curves
-from autotune.search._checks import RepeatedErrors
-from autotune.search._notes import explain_study, explain_trial
-from autotune.search._recovery import SearchProcess, claim_trial, mark_interrupted, recover_interrupted
 from autotune.store import _records
+from autotune.study import _curves
+from autotune.study._checks import RepeatedErrors
+from autotune.study._notes import explain_study, explain_trial
+from autotune.study._recovery import SearchProcess, claim_trial, mark_interrupted, recover_interrupted
 
 if TYPE_CHECKING:
     import optuna
 
-    from autotune.search._loop import SearchListener, SearchOptions, SearchPlan
+    from autotune.study._loop import SearchListener, SearchOptions, SearchPlan
 
 FIGURE_EVERY = 5  # trials between refreshes of the figures stored for optuna-dashboard
 BASELINE_NOISE_WINDOWS = 3  # the baseline's noise-scale measurement, in windows' time

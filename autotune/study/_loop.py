@@ -11,20 +11,20 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from autotune.runner._scratch import sweep_stale_scratch
-from autotune.search._checks import check_workload
-from autotune.search._notes import explain_study
-from autotune.search._objective import Objective, TrialError
-from autotune.search._recovery import Heartbeat, sigterm_as_interrupt
 from autotune.store import _records
 from autotune.store._storage import open_storage, redact, storage_exists, study_lock
+from autotune.study._checks import check_workload
+from autotune.study._notes import explain_study
+from autotune.study._objective import Objective, TrialError
+from autotune.study._recovery import Heartbeat, sigterm_as_interrupt
 
 if TYPE_CHECKING:
     import optuna
-from autotune.search._lr_checks import check_changed_batch, check_suggested_lr, cut_trials_at, run_lr_find
-from autotune.search._options import SearchListener, SearchOptions, SearchPlan, SearchResult
-from autotune.search._paired import remeasure_best
-from autotune.search._plan import cap_batch, plan_search, with_closure
-from autotune.search._setup import baseline_measured, check_or_record_setup, keep_study_objective
+from autotune.study._lr_checks import check_changed_batch, check_suggested_lr, cut_trials_at, run_lr_find
+from autotune.study._options import SearchListener, SearchOptions, SearchPlan, SearchResult
+from autotune.study._paired import remeasure_best
+from autotune.study._plan import cap_batch, plan_search, with_closure
+from autotune.study._setup import baseline_measured, check_or_record_setup, keep_study_objective
 
 
 def search(options: SearchOptions, listener: SearchListener | None = None) -> SearchResult:

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from autotune.exceptions import NoFeasibleTrialError
 from autotune.knobs._units import format_duration, format_size
-from autotune.search._budget import Budgets
 from autotune.store._records import runs_baseline_config
+from autotune.study._budget import Budgets
 
 Preference = Literal["fastest", "balanced", "memory", "recipe"]
 PREFERENCES: tuple[str, ...] = ("fastest", "balanced", "memory", "recipe")

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from autotune.exceptions import AutotuneError, StudyError
 from autotune.knobs._config import TrainConfig
 from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
-from autotune.search._budget import Budgets
+from autotune.study._budget import Budgets
 
 Scaling = Literal["auto", "adascale", "linear", "sqrt", "none"]
 SCALINGS: tuple[str, ...] = ("auto", "adascale", "linear", "sqrt", "none")

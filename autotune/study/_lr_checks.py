@@ -7,15 +7,15 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from autotune.search._budget import Budgets
-from autotune.search._lr_find import LRFindError, LRFindResult, lr_find_for_trial, stored_result
-from autotune.search._recovery import SearchProcess, process_alive
 from autotune.store import _records
 from autotune.store._storage import study_lock
+from autotune.study._budget import Budgets
+from autotune.study._lr_find import LRFindError, LRFindResult, lr_find_for_trial, stored_result
+from autotune.study._recovery import SearchProcess, process_alive
 
 if TYPE_CHECKING:
     pass
-from autotune.search._options import SearchListener, SearchOptions, SearchPlan
+from autotune.study._options import SearchListener, SearchOptions, SearchPlan
 
 # Of --timeout, kept from the trials for what follows them: where the effective batch is free, the recipe
 # check of a changed batch; with the LR range test on, the test and the recipe check of its max_lr.
@@ -47,7 +47,7 @@ def check_changed_batch(
     """A best trial at another effective batch than the recipe's: its max_lr by the scaling rule, run to the
     recipe's progress beside the recipe (recipe_check). Where the effective batch is free and the check
     does not keep it (or cannot run), the best trial at the recipe's effective batch goes on instead."""
-    from autotune.search._lr_find import scaled_lr, scaling_rule
+    from autotune.study._lr_find import scaled_lr, scaling_rule
 
     recipe_batch = budgets.baseline_effective_batch
     if best is None or baseline is None or _records.status(baseline) != "ok" or recipe_batch is None:
@@ -84,7 +84,7 @@ def check_suggested_lr(
 ) -> list[str]:
     """The range test's max_lr changes the recipe's: it is exported only once a run to the recipe's
     progress is no worse than the recipe's (recipe_check). A searched max_lr is the trial's own."""
-    from autotune.search import _recipe_check as recipe_check
+    from autotune.study import _recipe_check as recipe_check
 
     setup = _records.read_setup(study)
     searched = "max_lr" in _records.searched_knobs(setup)
@@ -121,7 +121,7 @@ def _recipe_check(
 ) -> tuple[bool, str]:
     """Trial ``trial`` at ``max_lr`` (``what`` names where the rate came from) run beside the recipe and
     stored with the study: whether the check kept it, and the line saying so."""
-    from autotune.search import _recipe_check as recipe_check
+    from autotune.study import _recipe_check as recipe_check
 
     listener.on_recipe_check_start(trial, max_lr, what)
     setup = _records.read_setup(study)

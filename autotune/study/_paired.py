@@ -7,12 +7,12 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from autotune.search._budget import Budgets
 from autotune.store import _records
+from autotune.study._budget import Budgets
 
 if TYPE_CHECKING:
     pass
-from autotune.search._options import SearchOptions
+from autotune.study._options import SearchOptions
 
 PAIRED_ROUNDS = 2  # at least; more, up to PAIRED_MAX_ROUNDS, while the speedup's noise is above PAIRED_NOISE
 
@@ -35,7 +35,7 @@ def paired_settled(figures: list[Any], budgets: Budgets | None = None, objective
     the noise above it whatever the rounds (a workload whose steps vary: boxes per image, sequence
     lengths), more rounds are run only while they could still change the verdict: the gain is
     beyond that floor yet still within the noise."""
-    from autotune.search._selection import NOISE_SIGMAS, fastest_against, noise_margin
+    from autotune.study._selection import NOISE_SIGMAS, fastest_against, noise_margin
 
     if len(figures) < 2:
         return False
@@ -62,8 +62,8 @@ def remeasure_best(study: Any, best: Any, baseline: Any, options: SearchOptions,
     figure is never a lone one that read high by chance."""
     if best is None or baseline is None or best.number == baseline.number or _records.status(baseline) != "ok":
         return None, []
-    from autotune.search import _recipe_check as recipe_check
-    from autotune.search._selection import Candidate, fastest_against, gain_over, paired_pool, select
+    from autotune.study import _recipe_check as recipe_check
+    from autotune.study._selection import Candidate, fastest_against, gain_over, paired_pool, select
 
     setup = _records.read_setup(study)
     trials = study.get_trials(deepcopy=False)
@@ -153,8 +153,8 @@ def _side_by_side(
     """``measuring`` (challengers and the winner, then the baseline) re-measured over interleaved rounds;
     the paired record with the fastest of them as the winner, the figures of ``previous`` kept for
     trials not measured again. None and a note when the time budget or a run stops it."""
-    from autotune.search._selection import fastest_against, noise_margin
-    from autotune.search._verify import verify
+    from autotune.study._selection import fastest_against, noise_margin
+    from autotune.study._verify import verify
 
     runs = len(measuring) * PAIRED_ROUNDS
     per_run = max((c.attrs.get("wall_seconds") or 0.0) for c in measuring)

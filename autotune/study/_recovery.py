@@ -204,7 +204,7 @@ def _retry(trial: Any) -> tuple[dict[str, Any] | None, str]:
 
 
 def _note(trial: optuna.Trial, reason: str) -> None:
-    from autotune.search._notes import explain_trial
+    from autotune.study._notes import explain_trial
 
     explain_trial(trial, "interrupted", reason)
 

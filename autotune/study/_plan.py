@@ -11,13 +11,13 @@ from autotune.exceptions import SearchSpaceError
 from autotune.knobs._config import TrainConfig
 from autotune.knobs._device import detect_device, unsupported_values
 from autotune.knobs._space import SearchSpace, load_space
-from autotune.search._budget import Budgets, derive_trial_timeout
 from autotune.store._storage import DEFAULT_STORAGE
+from autotune.study._budget import Budgets, derive_trial_timeout
 from autotune.workload._workload import Workload, load_workload, workload_name
 
 if TYPE_CHECKING:
     pass
-from autotune.search._options import SearchOptions, SearchPlan
+from autotune.study._options import SearchOptions, SearchPlan
 
 
 def plan_search(options: SearchOptions, workload: Workload | None = None) -> SearchPlan:

@@ -1,9 +1,9 @@
 """The search: its options and plan, the loop over trials, the objective, the checks before it, the
 recovery of interrupted trials, the fitted curves, the budgets and the LR range test."""
 
-from autotune.search._budget import Budgets
-from autotune.search._loop import SearchListener, SearchOptions, SearchPlan, SearchResult, plan_search, search
-from autotune.search._lr_find import LRFindError, LRFindResult, lr_find
+from autotune.study._budget import Budgets
+from autotune.study._loop import SearchListener, SearchOptions, SearchPlan, SearchResult, plan_search, search
+from autotune.study._lr_find import LRFindError, LRFindResult, lr_find
 
 __all__ = [
     "Budgets",

@@ -20,8 +20,8 @@ from typing import Any
 
 from autotune.knobs._config import TrainConfig
 from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
-from autotune.search._budget import Budgets
 from autotune.store._records import effective_batch_of
+from autotune.study._budget import Budgets
 
 SEEDS = 3  # runs of each side; the verdict allows their spread
 RUN_WINDOWS = 10  # without a time budget, a run of the recipe lasts about this many of the study's windows

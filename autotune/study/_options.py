@@ -12,8 +12,8 @@ from autotune.knobs._config import TrainConfig
 from autotune.knobs._device import DeviceInfo
 from autotune.knobs._space import SearchSpace
 from autotune.runner import MeasureSettings
-from autotune.search._budget import Budgets, check_positive_number
-from autotune.search._lr_find import SCALINGS, LRFindResult
+from autotune.study._budget import Budgets, check_positive_number
+from autotune.study._lr_find import SCALINGS, LRFindResult
 from autotune.workload._workload import DEMO_SPEC
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class SearchOptions:
     slow_fraction: float = 0.5
     lr_find: bool = True  # run the LR range test on the best config after the speed search
     # How max_lr follows a changed effective batch (and the range test's centre): auto, adascale,
-    # linear, sqrt or none (autotune.search._lr_find.scaled_lr).
+    # linear, sqrt or none (autotune.study._lr_find.scaled_lr).
     lr_scaling: str = "auto"
     seed: int | None = None
     device: str = "auto"

@@ -16,7 +16,7 @@ from autotune.exceptions import WorkloadError
 from autotune.runner import MeasureSettings, Status, TrialJob, TrialOutcome, run_trial
 
 if TYPE_CHECKING:
-    from autotune.search._loop import SearchOptions, SearchPlan
+    from autotune.study._loop import SearchOptions, SearchPlan
 
 SAME_ERROR_TRIALS = 3  # the search stops when its first trials, this many, all fail with one same error
 # The shortest run_trial measures: one warm-up step, then one timed window of one step.
