@@ -94,6 +94,30 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+# Each package imports only from those before it; the top level (autotune, cli, exceptions) stands apart.
+LAYERS = ("knobs", "store", "workload", "training", "runner", "study", "export", "report")
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_packages_import_only_from_the_packages_below_them():
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in sorted(import_graph().items())
+        for target in sorted(targets)
+        if _layer(module) is not None and _layer(target) is not None and _layer(target) > _layer(module)
+    ]
+    assert upward == []
+
+
+def test_every_subpackage_is_in_a_layer():
+    packages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert packages == set(LAYERS)
+
+
 def test_no_import_circle_in_the_package():
     assert circles(import_graph()) == []
 

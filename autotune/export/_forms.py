@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from autotune.knobs._config import TrainConfig
+from autotune.knobs._table import optimizer_kwargs
 
 # TrainConfig.precision -> the mixed precision each framework names it by; fp32 and tf32 train in fp32.
 MIXED_PRECISION: dict[str, str | None] = {"fp32": None, "tf32": None, "bf16": "bf16", "fp16": "fp16"}
@@ -104,7 +105,8 @@ def one_cycle_lines(document: dict[str, Any], optimizer: str, total_steps: str, 
 
 def optimizer_line(document: dict[str, Any], parameters: str = "model.parameters()", indent: str = "") -> str:
     max_lr = one_cycle_arguments(document)["max_lr"]
-    return f"{indent}optimizer = torch.optim.AdamW({parameters}, lr={literal(max_lr)})  # or your optimizer"
+    extra = "".join(f", {key}={literal(value)}" for key, value in optimizer_kwargs(export_config(document).to_dict()).items())
+    return f"{indent}optimizer = torch.optim.AdamW({parameters}, lr={literal(max_lr)}{extra})  # or your optimizer"
 
 
 def model_lines(config: TrainConfig, *, checkpointing: bool = True, compile_model: bool = True) -> list[str]:

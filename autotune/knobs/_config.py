@@ -8,15 +8,12 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from autotune.exceptions import ConfigError
+from autotune.knobs._table import COMPILE_MODES, KNOB_NAMES, KNOBS, PRECISIONS, Knob, Knobs
 
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
-CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
-
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+__all__ = ["COMPILE_MODES", "FIELD_NAMES", "KNOB_NAMES", "PRECISIONS", "TrainConfig", "check_workload_knob"]
 
 # The workload's own knobs are named after the factory they are passed to: ``dataset.max_length``
 # becomes ``Workload.dataset(max_length=...)``, ``optimizer.fused`` ``Workload.optimizer(params, lr, fused=...)``.
@@ -25,38 +22,16 @@ WORKLOAD_KNOB = re.compile(r"^(model|dataset|optimizer)\.([A-Za-z_][A-Za-z0-9_]*
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The knobs autotune searches. Field names are public: export and space files use them."""
+class TrainConfig(Knobs):
+    """The knobs autotune searches (the knob table's fields) and the workload's own. Field names are public:
+    export and space files use them."""
 
-    batch_size: int = 32
-    accumulation_steps: int = 1
-    num_workers: int = 0
-    prefetch_factor: int | None = None
-    pin_memory: bool = False
-    persistent_workers: bool = False
-    precision: Precision = "fp32"
-    channels_last: bool = False
-    compile: CompileMode = "off"
-    gradient_checkpointing: bool = False
-    max_lr: float = 1e-3
     # The workload's own knobs ({"dataset.max_length": 2048, ...}), passed to its factories.
     workload_knobs: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        _check_int(self, "batch_size", low=1)
-        _check_int(self, "accumulation_steps", low=1)
-        _check_int(self, "num_workers", low=0)
-        if self.prefetch_factor is not None:
-            _check_int(self, "prefetch_factor", low=1)
-        for name in ("pin_memory", "persistent_workers", "channels_last", "gradient_checkpointing"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        _check_choice(self, "precision", PRECISIONS)
-        _check_choice(self, "compile", COMPILE_MODES)
-        if isinstance(self.max_lr, bool) or not isinstance(self.max_lr, (int, float)):
-            raise ConfigError(f"max_lr must be a number, got {self.max_lr!r}")
-        if not self.max_lr > 0 or self.max_lr == float("inf"):
-            raise ConfigError(f"max_lr must be a finite number > 0, got {self.max_lr!r}")
+        for entry in KNOBS.values():
+            _check(self, entry)
         object.__setattr__(self, "max_lr", float(self.max_lr))
         if not isinstance(self.workload_knobs, Mapping):
             raise ConfigError(f"workload_knobs must be a mapping, got {self.workload_knobs!r}")
@@ -142,7 +117,6 @@ class TrainConfig:
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(TrainConfig))
-KNOB_NAMES: tuple[str, ...] = tuple(name for name in FIELD_NAMES if name != "workload_knobs")
 
 
 def check_workload_knob(name: Any, value: Any) -> None:
@@ -156,15 +130,23 @@ def check_workload_knob(name: Any, value: Any) -> None:
         raise ConfigError(f"workload knob {name}: expected a number, a string or true/false, got {value!r}")
 
 
-def _check_int(config: TrainConfig, name: str, *, low: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ConfigError(f"{name} must be >= {low}, got {value}")
-
-
-def _check_choice(config: TrainConfig, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(config, name)
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+def _check(config: TrainConfig, entry: Knob) -> None:
+    """One knob's value against its domain in the knob table."""
+    value = getattr(config, entry.name)
+    if value is None and entry.nullable:
+        return
+    if entry.is_int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{entry.name} must be an integer, got {value!r}")
+        if entry.low is not None and value < entry.low:
+            raise ConfigError(f"{entry.name} must be >= {int(entry.low)}, got {value}")
+    elif entry.is_float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{entry.name} must be a number, got {value!r}")
+        if not value > (entry.low or 0.0) or value == float("inf"):
+            raise ConfigError(f"{entry.name} must be a finite number > {entry.low or 0:g}, got {value!r}")
+    elif entry.is_bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{entry.name} must be true or false, got {value!r}")
+    elif entry.choices is not None and value not in entry.choices:
+        raise ConfigError(f"{entry.name} must be one of {', '.join(map(str, entry.choices))}; got {value!r}")

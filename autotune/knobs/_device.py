@@ -9,6 +9,7 @@ import re
 import psutil
 
 from autotune.exceptions import ParameterError
+from autotune.knobs._table import unsupported_on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,16 +76,4 @@ def detect_device(requested: str = "auto") -> DeviceInfo:
 
 def unsupported_values(device: DeviceInfo) -> dict[str, dict[object, str]]:
     """Knob values this device cannot run, each with the reason printed when it is dropped."""
-    if device.is_cuda:
-        dropped: dict[str, dict[object, str]] = {}
-        if not device.bf16:
-            dropped["precision"] = {"bf16": f"{device.name} has no bfloat16 support"}
-        return dropped
-    return {
-        "precision": {
-            "tf32": "TF32 matmuls need a CUDA device",
-            "fp16": "fp16 training uses a CUDA GradScaler",
-        },
-        "pin_memory": {True: "pinned memory only speeds up copies to a CUDA device"},
-        "compile": {"reduce-overhead": "reduce-overhead relies on CUDA graphs"},
-    }
+    return unsupported_on(device.type, device.bf16, device.name)

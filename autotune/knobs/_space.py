@@ -29,14 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from autotune.exceptions import ConfigError, SearchSpaceError
-from autotune.knobs._config import KNOB_NAMES, WORKLOAD_KNOB, TrainConfig
+from autotune.knobs._config import WORKLOAD_KNOB, TrainConfig
+from autotune.knobs._table import FLOAT_KNOBS, INT_KNOBS, KNOB_NAMES, WORKER_KNOBS
 
 if TYPE_CHECKING:
     import optuna
 
-INT_KNOBS = ("batch_size", "accumulation_steps", "num_workers", "prefetch_factor")
-FLOAT_KNOBS = ("max_lr",)
-WORKER_KNOBS = ("prefetch_factor", "persistent_workers")  # searched only when num_workers > 0
 BASELINE = "baseline"
 FREE = "free"  # effective_batch: free, in a space file
 _KNOB_KEYS = ("choices", "low", "high", "log", "step", "default")

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 
+from autotune.knobs import _table as knob_table
 from autotune.knobs._config import TrainConfig
+from autotune.knobs._table import KNOB_NAMES, WORKER_KNOBS
 from autotune.knobs._units import format_duration, format_size
 from autotune.store import _records
 from autotune.study._options import SearchListener, SearchPlan, SearchResult
@@ -42,19 +44,13 @@ _STATUS_STYLE = {
 def describe_config(config: TrainConfig | dict[str, Any]) -> str:
     """The knobs of one trial on one line: ``bs 64x2 · workers 4 (prefetch 2, persistent) · bf16 ...``."""
     c = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    values = c.to_dict()
     parts = [f"bs {c.batch_size}" + (f"x{c.accumulation_steps}" if c.accumulation_steps > 1 else "")]
-    if c.num_workers:
-        extras = [f"prefetch {c.prefetch_factor}"] if c.prefetch_factor else []
-        extras += ["persistent"] if c.persistent_workers else []
-        parts.append(f"workers {c.num_workers}" + (f" ({', '.join(extras)})" if extras else ""))
-    else:
-        parts.append("workers 0")
-    parts.append(c.precision)
-    parts += ["pinned"] if c.pin_memory else []
-    parts += ["channels_last"] if c.channels_last else []
-    parts += [f"compile {c.compile}"] if c.compile != "off" else []
-    parts += ["checkpointing"] if c.gradient_checkpointing else []
-    parts.append(f"max_lr {c.max_lr:g}")
+    # The knobs that act only with workers go in brackets after them; the rest follow in the table's order.
+    extras = knob_table.describe({name: values[name] for name in WORKER_KNOBS}) if c.num_workers else []
+    parts.append(f"workers {c.num_workers}" + (f" ({', '.join(extras)})" if extras else ""))
+    shown = [name for name in KNOB_NAMES if name not in ("batch_size", "accumulation_steps", "num_workers", *WORKER_KNOBS)]
+    parts += knob_table.describe({name: values[name] for name in shown})
     parts += [f"{name} {value}" for name, value in c.workload_knobs.items()]
     return " · ".join(parts)
 

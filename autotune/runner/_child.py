@@ -99,7 +99,9 @@ def _watch(watchdog_fd: int) -> None:
 
 def _in_optimizer_step(exc: BaseException) -> bool:
     """Whether the exception came out of the optimizer's step, as autotune.training._apply.TrainStep calls it."""
-    training = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training.py")
+    from autotune.training import _apply
+
+    training = os.path.abspath(_apply.__file__)
     return any(
         os.path.abspath(frame.filename) == training
         and frame.name == "__call__"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from autotune.knobs._table import MEMORY_NEUTRAL_KNOBS
+
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-# Knobs that do not change a trial's peak memory; every other knob does.
-MEMORY_NEUTRAL_KNOBS = ("batch_size", "accumulation_steps", "max_lr")
 
 
 def status(trial: FrozenTrial) -> str:

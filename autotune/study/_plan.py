@@ -13,6 +13,7 @@ from autotune.knobs._device import detect_device, unsupported_values
 from autotune.knobs._space import SearchSpace, load_space
 from autotune.store._storage import DEFAULT_STORAGE
 from autotune.study._budget import Budgets, derive_trial_timeout
+from autotune.training._apply import unsupported_by_workload
 from autotune.workload._workload import Workload, load_workload, workload_name
 
 if TYPE_CHECKING:
@@ -44,16 +45,12 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     notes += fixed
     device = detect_device(options.device)
     unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
-    if not _supports_gradient_checkpointing(workload):
-        unsupported["gradient_checkpointing"] = {
-            True: "the workload has no gradient_checkpointing hook and its model no gradient_checkpointing_enable()"
-        }
+    for name, values in unsupported_by_workload(workload).items():
+        unsupported.setdefault(name, {}).update(values)
     if workload.step_closure:
         unsupported.setdefault("precision", {})["fp16"] = (
             "the optimizer steps with a closure, which GradScaler cannot scale"
         )
-    if not _has_2d_convolutions(workload):
-        unsupported["channels_last"] = {True: "the model has no 2-D convolutions for channels_last to speed up"}
     cores = _usable_cores()
     too_many = [w for w in _choices(space, "num_workers") if isinstance(w, int) and w > cores]
     if too_many:
@@ -169,35 +166,6 @@ def _usable_cores() -> int:
 
 def _choices(space: SearchSpace, name: str) -> tuple[Any, ...]:
     return space.knobs[name].choices or ()
-
-
-def _has_2d_convolutions(workload: Workload) -> bool:
-    """Whether channels_last can act: the model has a 2-D convolution (built on "meta": no memory).
-    A model that cannot be built there keeps the knob."""
-    import torch
-
-    try:
-        with torch.device("meta"):
-            model = workload.model()
-    except Exception:  # noqa: BLE001 - checked in its trials instead
-        return True
-    modules = getattr(model, "modules", None)
-    if modules is None:
-        return True
-    return any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in modules())
-
-
-def _supports_gradient_checkpointing(workload: Workload) -> bool:
-    if workload.gradient_checkpointing is not None:
-        return True
-    import torch
-
-    try:
-        with torch.device("meta"):  # no memory, no weights: only the model's methods matter here
-            model = workload.model()
-    except Exception:  # noqa: BLE001 - a model that cannot be built on "meta" is checked in its trial
-        return True
-    return callable(getattr(model, "gradient_checkpointing_enable", None))
 
 
 def _runnable(requested: TrainConfig, unsupported: dict, notes: list[str]) -> TrainConfig:

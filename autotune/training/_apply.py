@@ -205,6 +205,26 @@ def grad_scaler(config: TrainConfig, device: torch.device | str) -> torch.amp.Gr
     return torch.amp.GradScaler(torch.device(device).type)
 
 
+def unsupported_by_workload(workload: Workload) -> dict[str, dict[Any, str]]:
+    """Knob values this workload cannot use, each with its reason: the search drops them before it starts.
+    The model is built on "meta" (no memory, no weights); one that cannot be built there keeps every knob,
+    and its trials say what fails."""
+    try:
+        with torch.device("meta"):
+            model = workload.model()
+    except Exception:  # noqa: BLE001 - checked in its trials instead
+        return {}
+    modules = list(model.modules()) if callable(getattr(model, "modules", None)) else None
+    dropped: dict[str, dict[Any, str]] = {}
+    if workload.gradient_checkpointing is None and not callable(getattr(model, "gradient_checkpointing_enable", None)):
+        dropped["gradient_checkpointing"] = {
+            True: "the workload has no gradient_checkpointing hook and its model no gradient_checkpointing_enable()"
+        }
+    if modules is not None and not any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in modules):
+        dropped["channels_last"] = {True: "the model has no 2-D convolutions for channels_last to speed up"}
+    return dropped
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters that require grad: frozen weights (LoRA bases, adapters' hosts) stay out."""
     return [parameter for parameter in model.parameters() if parameter.requires_grad]
