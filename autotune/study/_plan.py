@@ -45,7 +45,7 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     notes += fixed
     device = detect_device(options.device)
     unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
-    for name, values in unsupported_by_workload(workload).items():
+    for name, values in unsupported_by_workload(workload, device.torch_device).items():
         unsupported.setdefault(name, {}).update(values)
     if workload.step_closure:
         unsupported.setdefault("precision", {})["fp16"] = (

@@ -205,8 +205,8 @@ def grad_scaler(config: TrainConfig, device: torch.device | str) -> torch.amp.Gr
     return torch.amp.GradScaler(torch.device(device).type)
 
 
-def unsupported_by_workload(workload: Workload) -> dict[str, dict[Any, str]]:
-    """Knob values this workload cannot use, each with its reason: the search drops them before it starts.
+def unsupported_by_workload(workload: Workload, device: torch.device | str = "cpu") -> dict[str, dict[Any, str]]:
+    """Knob values this workload cannot use on ``device``, each with its reason: the search drops them first.
     The model is built on "meta" (no memory, no weights); one that cannot be built there keeps every knob,
     and its trials say what fails."""
     try:
