@@ -9,7 +9,8 @@ A loop of your own, with an exported config::
     device = torch.device("cuda")
     with training.backend_flags(config, device):                 # TF32, cudnn.benchmark; restored after
         model = training.prepare_model(MyNet(), config, device)  # checkpointing, device, channels_last
-        optimizer = torch.optim.AdamW(training.trainable_parameters(model), lr=config.max_lr)
+        optimizer = training.optimizer_implementation(               # the config's implementation (fused...)
+            torch.optim.AdamW(training.trainable_parameters(model), lr=config.max_lr), config)
         loader = training.dataloader(MyDataset(), config, device)
         steps = len(loader) // config.accumulation_steps * epochs
         scheduler = training.one_cycle(optimizer, config, steps)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ import torch
 
 from autotune.exceptions import WorkloadError
 from autotune.knobs._config import TrainConfig
+from autotune.knobs._table import KNOBS, optimizer_kwargs
 
 if TYPE_CHECKING:
     from autotune.workload._workload import Workload
@@ -222,6 +225,32 @@ def unsupported_by_workload(workload: Workload, device: torch.device | str = "cp
         }
     if modules is not None and not any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in modules):
         dropped["channels_last"] = {True: "the model has no 2-D convolutions for channels_last to speed up"}
+    for name, values in _optimizer_unsupported(workload, model, device).items():
+        dropped.setdefault(name, {}).update(values)
+    return dropped
+
+
+def _optimizer_unsupported(workload: Workload, model: Any, device: torch.device | str) -> dict[str, dict[Any, str]]:
+    """Values of the knobs that pass arguments to the optimizer (the knob table's optimizer_kwargs) that the
+    workload's optimizer does not take, or that fail on ``device`` (built over one small parameter there)."""
+    try:
+        optimizer = (workload.optimizer or default_optimizer)(trainable_parameters(model), 1e-3)
+    except Exception:  # noqa: BLE001 - an optimizer that cannot be built on "meta" is checked in its trials
+        return {}
+    dropped: dict[str, dict[Any, str]] = {}
+    for name, entry in KNOBS.items():
+        for value in entry.choices or () if entry.optimizer_kwargs is not None else ():
+            kwargs = optimizer_kwargs({name: value})
+            if not kwargs:
+                continue
+            try:
+                rebuilt = rebuilt_optimizer(optimizer, kwargs)
+                type(optimizer)([torch.nn.Parameter(torch.zeros(2, device=device))], **rebuilt.defaults)
+            except WorkloadError as exc:
+                dropped.setdefault(name, {})[value] = f"the workload's optimizer: {exc}"
+            except Exception as exc:  # noqa: BLE001 - its message is the reason
+                reason = " ".join(str(exc).split())[:160]
+                dropped.setdefault(name, {})[value] = f"{type(optimizer).__name__}{kwargs} fails on {device}: {reason}"
     return dropped
 
 
@@ -234,6 +263,36 @@ def default_optimizer(params: Any, lr: float, **kwargs: Any) -> torch.optim.Opti
     """AdamW, the optimizer a Workload without one trains with (``optimizer.fused`` and other
     workload knobs arrive as keyword arguments)."""
     return torch.optim.AdamW(params, lr=lr, **kwargs)
+
+
+def optimizer_implementation(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer with the implementation the config's knobs ask for (the knob table's optimizer
+    keyword arguments, such as ``fused=True``), rebuilt with its parameter groups and settings; the same
+    optimizer when they ask for nothing. Call it before building a scheduler or taking a step."""
+    kwargs = optimizer_kwargs(config.to_dict())
+    return rebuilt_optimizer(optimizer, kwargs) if kwargs else optimizer
+
+
+# Keyword arguments that exclude each other in torch.optim, with the value that turns the other one off.
+_EXCLUSIVE = {"foreach": ("fused", False), "fused": ("foreach", None)}
+
+
+def rebuilt_optimizer(optimizer: torch.optim.Optimizer, kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    """A new optimizer of the same class over the same parameter groups, with ``kwargs`` set in each group.
+    A WorkloadError names an argument the class does not take."""
+    cls = type(optimizer)
+    accepted = inspect.signature(cls.__init__).parameters
+    missing = [key for key in kwargs if key not in accepted]
+    if missing:
+        raise WorkloadError(f"{cls.__name__} takes no {missing[0]}= argument")
+    settings = dict(kwargs)
+    for key in kwargs:
+        other, off = _EXCLUSIVE.get(key, (None, None))
+        if other is not None and other in accepted and other not in kwargs:
+            settings[other] = off
+    groups = [{**group, **settings} for group in optimizer.param_groups]
+    defaults = {key: value for key, value in {**optimizer.defaults, **settings}.items() if key in accepted}
+    return cls(groups, **defaults)
 
 
 def cycles_momentum(optimizer: torch.optim.Optimizer) -> bool:
@@ -527,8 +586,11 @@ class Training:
             self.device,
             gradient_checkpointing=workload.gradient_checkpointing,
         )
-        self.optimizer = (workload.optimizer or default_optimizer)(
-            trainable_parameters(self.model), config.max_lr, **config.factory_kwargs("optimizer")
+        self.optimizer = optimizer_implementation(
+            (workload.optimizer or default_optimizer)(
+                trainable_parameters(self.model), config.max_lr, **config.factory_kwargs("optimizer")
+            ),
+            config,
         )
         self.cycle_momentum = cycles_momentum(self.optimizer)
         self.scheduler = None
@@ -649,6 +711,7 @@ __all__ = [
     "fixed_samples_loss",
     "grad_scaler",
     "one_cycle",
+    "optimizer_implementation",
     "optimizer_steps",
     "pins_memory",
     "set_tf32",
