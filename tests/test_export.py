@@ -11,11 +11,13 @@ import pytest
 import torch
 import yaml
 from conftest import workload_spec
+from export_documents import CONFIGS, CUDA, make_document
 from optuna.trial import TrialState
 
 import autotune
-from autotune.exceptions import NoFeasibleTrialError, StudyError
-from autotune.export._export import MEASURED_FIELDS, export_best
+from autotune.exceptions import NoFeasibleTrialError, StudyError, UsageError
+from autotune.export import hf_export
+from autotune.export._export import MEASURED_FIELDS, default_out, export_best, export_format, render
 from autotune.knobs._config import FIELD_NAMES, TrainConfig
 from autotune.knobs._units import format_duration
 from autotune.runner import MeasureSettings
@@ -509,3 +511,55 @@ def test_export_best_faster_per_sample_but_slower_to_the_same_progress_loses_say
         )
         for line in export.explanation
     ), export.explanation
+
+
+# --- Formats and files: render, export_format, default_out ----------------------------------------
+
+
+def test_render_framework_form_is_yaml_or_json_with_one_line_per_code_line():
+    document = make_document(CONFIGS["compile-accumulation"], device=CUDA)
+    form = hf_export(document)
+    assert yaml.safe_load(render(document, "hf")) == form
+    assert json.loads(render(document, "hf", as_json=True)) == form
+    assert len(render(document, "hf").splitlines()) == 1 + len(form["TrainingArguments"]) + 1 + len(form["code"]) + 6
+
+
+@pytest.mark.parametrize(
+    ("out", "fmt", "expected"),
+    [
+        ("best.yaml", None, "yaml"),
+        ("best.json", None, "json"),
+        ("train.py", None, "torch"),
+        (None, None, "yaml"),
+        ("hf.json", "hf", "hf"),
+        ("best.json", "lightning", "lightning"),
+        ("run.py", "torch", "torch"),
+    ],
+)
+def test_export_format_from_the_option_or_the_suffix(out, fmt, expected):
+    from pathlib import Path
+
+    assert export_format(Path(out) if out else None, fmt) == expected
+
+
+def test_export_format_torch_needs_a_python_file():
+    from pathlib import Path
+
+    with pytest.raises(UsageError) as info:
+        export_format(Path("out/best.yaml"), "torch")
+    assert str(info.value) == "--format torch writes a Python script: --out must end in .py, got 'out/best.yaml'"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [
+        (None, "best.yaml"),
+        ("json", "best.json"),
+        ("hf", "best_hf.yaml"),
+        ("lightning", "best_lightning.yaml"),
+        ("accelerate", "best_accelerate.yaml"),
+        ("torch", "best_train.py"),
+    ],
+)
+def test_default_out_names_a_file_per_format(fmt, name):
+    assert default_out(fmt) == name

@@ -1,105 +1,16 @@
-"""autotune.export: an export as TrainingArguments, Lightning Trainer and Accelerator keyword
-arguments and a PyTorch script, checked against the real objects built from them and the code run."""
+"""autotune.export._hf: an export as Hugging Face TrainingArguments keyword arguments and Trainer code,
+checked against the real TrainingArguments built from them and the code run."""
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
-import yaml
-from conftest import WORKLOADS, workload_spec
-from torch import nn
+from export_documents import CONFIGS, CUDA, Classifier, images, make_document, run_code
 
-from autotune.exceptions import UsageError
-from autotune.export import accelerate_export, hf_export, lightning_export, torch_script
-from autotune.export._export import default_out, export_format, render
+from autotune.export import hf_export
 from autotune.knobs._config import TrainConfig
-
-# Knob sets the forms must carry; each is exported as tuned on the CPU unless a test says otherwise.
-CONFIGS = {
-    "fp32": {},
-    "bf16-workers": {"precision": "bf16", "num_workers": 2, "prefetch_factor": 4, "persistent_workers": True},
-    "compile-accumulation": {
-        "compile": "max-autotune",
-        "accumulation_steps": 4,
-        "channels_last": True,
-        "gradient_checkpointing": True,
-        "batch_size": 16,
-    },
-    "bf16-compile-workers": {"precision": "bf16", "compile": "default", "accumulation_steps": 2, "num_workers": 1},
-}
-CUDA = "cuda:0 (NVIDIA H100 80GB HBM3)"
-
-
-def make_document(
-    knobs: dict[str, Any] | None = None,
-    *,
-    device: str = "cpu",
-    total_steps: int | None = 8,
-    epochs: float = 2,
-    cycle_momentum: bool | None = None,
-) -> dict[str, Any]:
-    """An export document as export_best writes it (the sections these forms read)."""
-    config = TrainConfig.from_dict({"batch_size": 8, "max_lr": 0.02, **(knobs or {})})
-    return {
-        "config": config.to_dict(),
-        "measured": {"samples_per_second": 1234.5},
-        "one_cycle": {
-            "max_lr": config.max_lr,
-            "total_steps": total_steps,
-            "pct_start": 0.3,
-            "div_factor": 25.0,
-            "final_div_factor": 1e4,
-            "anneal_strategy": "cos",
-            "cycle_momentum": cycle_momentum,
-        },
-        "full_run": {"epochs": epochs, "dataset_size": 64},
-        "provenance": {"study": "tiny", "trial": 3, "device": device, "workload": workload_spec()},
-    }
-
-
-def run_code(form: dict[str, Any], **names: Any) -> dict[str, Any]:
-    """Execute a form's code lines with ``names`` (model, train_dataset...) in scope; its namespace."""
-    namespace = dict(names)
-    exec(compile("\n".join(form["code"]), "<code>", "exec"), namespace)  # noqa: S102 - the export's own code
-    return namespace
-
-
-class Classifier(nn.Module):
-    """A 3x3 convolution and a linear head on 3x4x4 images; records gradient_checkpointing_enable()."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4 * 4 * 4, 2)
-        self.checkpointing = False
-
-    def gradient_checkpointing_enable(self, **_: Any) -> None:
-        self.checkpointing = True
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
-        logits = self.head(F.relu(self.conv(x)).flatten(1))
-        return logits if labels is None else {"loss": F.cross_entropy(logits, labels), "logits": logits}
-
-
-def images(size: int = 64) -> torch.utils.data.TensorDataset:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(size, 3, 4, 4, generator=generator)
-    return torch.utils.data.TensorDataset(x, (x.mean(dim=(1, 2, 3)) > 0).long())
-
-
-def image_loss(model: Any, batch: Any) -> torch.Tensor:
-    x, y = batch
-    return F.cross_entropy(model(x), y)
-
-
-# --- Hugging Face TrainingArguments --------------------------------------------------------------
 
 
 def training_arguments(tmp_path, form: dict[str, Any], **extra: Any):
@@ -193,320 +104,48 @@ def test_hf_export_code_without_total_steps_counts_steps_as_the_trainer_does(tmp
     assert namespace["trainer"].state.global_step == 6 and namespace["scheduler"].last_epoch == 6
 
 
-# --- Lightning Trainer ---------------------------------------------------------------------------
-
-
-def lightning_trainer(tmp_path, form: dict[str, Any], **overrides: Any):
-    lightning = pytest.importorskip("lightning", reason="the lightning extra is not installed")
-    arguments = {**form["Trainer"], **overrides}
-    return lightning.Trainer(
-        **arguments,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=str(tmp_path),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-
-
-def lightning_module():
-    """A fresh LightningModule class around Classifier; configure_optimizers comes from the export's code."""
-    lightning = pytest.importorskip("lightning", reason="the lightning extra is not installed")
-
-    class Module(lightning.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = Classifier()
-
-        def gradient_checkpointing_enable(self) -> None:
-            self.net.gradient_checkpointing_enable()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)
-
-        def training_step(self, batch: Any, _index: int) -> torch.Tensor:
-            return image_loss(self, batch)
-
-    return Module()
-
-
-@pytest.mark.parametrize("name", CONFIGS)
-def test_lightning_export_builds_a_trainer_carrying_every_knob(tmp_path, name):
-    config = TrainConfig.from_dict({"batch_size": 8, "max_lr": 0.02, **CONFIGS[name]})
-    form = lightning_export(make_document(CONFIGS[name]))
-    trainer = lightning_trainer(tmp_path, form)
-    assert trainer.accumulate_grad_batches == config.accumulation_steps
-    assert trainer.precision == {"fp32": "32-true", "bf16": "bf16-mixed"}[config.precision]
-    assert trainer.max_epochs == 2 and trainer.num_devices == 1
-    assert type(trainer.accelerator).__name__ == "CPUAccelerator"
-    loader = torch.utils.data.DataLoader(images(), **form["DataLoader"])
-    assert (loader.batch_size, loader.num_workers, loader.drop_last) == (config.batch_size, config.num_workers, True)
-    assert loader.prefetch_factor == (config.prefetch_factor or 2 if config.num_workers else None)
-    assert loader.persistent_workers == config.persistent_workers
-    assert isinstance(loader.sampler, torch.utils.data.RandomSampler)
-
-
-@pytest.mark.parametrize(
-    ("precision", "expected"), [("fp32", "32-true"), ("tf32", "32-true"), ("bf16", "bf16-mixed"), ("fp16", "16-mixed")]
-)
-def test_lightning_export_cuda_tuned_precision_and_tf32_lines(precision, expected):
-    form = lightning_export(make_document({"precision": precision}, device=CUDA))
-    assert form["Trainer"]["precision"] == expected
-    assert form["Trainer"]["accelerator"] == "cuda" and form["Trainer"]["benchmark"] is True
-    matmul = "high" if precision == "tf32" else "highest"
-    assert f'torch.set_float32_matmul_precision("{matmul}")' in "\n".join(form["code"])
-    assert f"torch.backends.cudnn.allow_tf32 = {precision == 'tf32'}" in "\n".join(form["code"])
-
-
-def test_lightning_export_code_ends_with_configure_optimizers_when_no_knob_acts_on_the_model():
-    code = lightning_export(make_document())["code"]
-    assert code[-1].startswith('    return {"optimizer": optimizer, "lr_scheduler"')
-
-
-def test_lightning_export_fractional_epochs_stop_at_total_steps():
-    assert lightning_export(make_document(epochs=1.5, total_steps=6))["Trainer"]["max_steps"] == 6
-    assert lightning_export(make_document(epochs=1.5, total_steps=None))["Trainer"]["max_epochs"] == 2
-
-
-def test_lightning_export_code_fits_with_one_cycle_stepped_every_optimizer_step(tmp_path):
-    form = lightning_export(
-        make_document(
-            {"accumulation_steps": 2, "channels_last": True, "gradient_checkpointing": True, "precision": "bf16"}
-        )
-    )
-    model = lightning_module()
-    namespace = run_code(form, model=model)
-    assert namespace["model"] is model  # no compile: the module itself
-    assert model.net.checkpointing
-    assert model.net.conv.weight.is_contiguous(memory_format=torch.channels_last)
-    type(model).configure_optimizers = namespace["configure_optimizers"]
-    trainer = lightning_trainer(tmp_path, form)
-    trainer.fit(model, torch.utils.data.DataLoader(images(64), **form["DataLoader"]))
-    scheduler = trainer.lr_scheduler_configs[0]
-    assert scheduler.interval == "step"
-    # 64 samples in batches of 8, 2 accumulated, 2 epochs: 8 optimizer steps, the schedule's whole length.
-    assert trainer.estimated_stepping_batches == scheduler.scheduler.total_steps == 8
-    assert scheduler.scheduler.last_epoch == 8 and trainer.global_step == 8
-    assert scheduler.scheduler.cycle_momentum is True  # decided from AdamW's betas, the export left it open
-
-
-def test_lightning_export_code_compiles_the_module_with_the_mode():
-    form = lightning_export(make_document({"compile": "max-autotune"}, cycle_momentum=False))
-    assert 'model = torch.compile(model, mode="max-autotune")' in form["code"]
-    assert "cycle_momentum=False," in "\n".join(form["code"])
-    model = lightning_module()
-    compiled = run_code(form, model=model)["model"]  # torch.compile is lazy: nothing compiles until a call
-    assert compiled is not model and compiled._orig_mod is model
-
-
-# --- Accelerate Accelerator ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps one AcceleratorState per process, refusing a second mixed precision."""
-    pytest.importorskip("accelerate", reason="the accelerate extra is not installed")
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def accelerator(form: dict[str, Any]):
-    from accelerate import Accelerator
-    from accelerate.utils import TorchDynamoPlugin
-
-    plugin = {"dynamo_plugin": TorchDynamoPlugin(**form["TorchDynamoPlugin"])} if "TorchDynamoPlugin" in form else {}
-    return Accelerator(**form["Accelerator"], **plugin)
-
-
-@pytest.mark.parametrize("name", CONFIGS)
-def test_accelerate_export_builds_an_accelerator_carrying_every_knob(fresh_accelerate_state, name):
-    config = TrainConfig.from_dict({"batch_size": 8, "max_lr": 0.02, **CONFIGS[name]})
-    form = accelerate_export(make_document(CONFIGS[name]))
-    built = accelerator(form)
-    assert built.mixed_precision == {"fp32": "no", "bf16": "bf16"}[config.precision]
-    assert built.gradient_accumulation_steps == config.accumulation_steps
-    assert built.device.type == "cpu"
-    plugin = built.state.dynamo_plugin
-    if config.compile == "off":
-        assert "TorchDynamoPlugin" not in form and plugin.backend.value == "NO"
-    else:
-        assert (plugin.backend.value, plugin.mode) == ("INDUCTOR", config.compile)
-    assert form["DataLoader"]["batch_size"] == config.batch_size
-    assert form["DataLoader"]["num_workers"] == config.num_workers
-
-
-@pytest.mark.parametrize(("precision", "mixed"), [("fp32", "no"), ("tf32", "no"), ("bf16", "bf16"), ("fp16", "fp16")])
-def test_accelerate_export_cuda_tuned_mixed_precision_and_tf32_lines(precision, mixed):
-    form = accelerate_export(make_document({"precision": precision, "compile": "default"}, device=CUDA))
-    assert form["Accelerator"] == {"mixed_precision": mixed, "gradient_accumulation_steps": 1}
+def test_hf_export_leaves_checkpointing_and_compile_to_the_trainer_and_codes_channels_last():
+    form = hf_export(make_document({"gradient_checkpointing": True, "compile": "default", "channels_last": True}))
     code = "\n".join(form["code"])
-    tf32 = precision == "tf32"
-    assert f"torch.backends.cuda.matmul.allow_tf32 = {tf32}" in code
-    assert f"torch.backends.cudnn.allow_tf32 = {tf32}" in code
-    # Accelerate turns TF32 matmuls on under dynamo with mixed_precision "no": the fp32 line says so, after it.
-    assert ("after Accelerator(): Accelerate turns TF32" in code) == (precision == "fp32")
-    assert code.index("accelerator = Accelerator(") < code.index("allow_tf32")
+    # TrainingArguments has fields for these two: the code does not apply them a second time.
+    assert form["TrainingArguments"]["activation_checkpointing"] is True
+    assert form["TrainingArguments"]["torch_compile_mode"] == "default"
+    assert "gradient_checkpointing_enable" not in code and "torch.compile" not in code
+    assert "model = model.to(memory_format=torch.channels_last)" in code
 
 
-def test_accelerate_export_code_trains_with_one_cycle_over_the_optimizer_steps(fresh_accelerate_state):
-    form = accelerate_export(
-        make_document(
-            {"accumulation_steps": 2, "precision": "bf16", "channels_last": True, "gradient_checkpointing": True}
-        )
-    )
-    model = Classifier()
-    namespace = run_code(form, exported=form, model=model, train_dataset=images(64), compute_loss=image_loss)
-    scheduler = namespace["scheduler"].scheduler
-    # 64 samples in batches of 8, 2 accumulated, 2 epochs: 8 optimizer steps, the schedule's whole length.
-    assert scheduler.total_steps == 8 and scheduler.last_epoch == 8
-    assert namespace["accelerator"].mixed_precision == "bf16"
-    assert model.checkpointing and model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+def test_hf_export_prefetch_factor_only_with_workers():
+    # TrainingArguments raises on a prefetch factor without workers.
+    assert "dataloader_prefetch_factor" not in hf_export(make_document({"prefetch_factor": 4}))["TrainingArguments"]
+    with_workers = hf_export(make_document({"num_workers": 2, "prefetch_factor": 4}))["TrainingArguments"]
+    assert with_workers["dataloader_prefetch_factor"] == 4
 
 
-# --- The PyTorch script ----------------------------------------------------------------------------
+def test_hf_export_fractional_epochs_without_total_steps_are_num_train_epochs():
+    arguments = hf_export(make_document(epochs=1.5, total_steps=None))["TrainingArguments"]
+    assert arguments["num_train_epochs"] == 1.5 and "max_steps" not in arguments
 
 
-def test_torch_script_runs_the_workload_for_a_few_steps(tmp_path):
-    document = make_document({"batch_size": 16, "accumulation_steps": 2, "precision": "bf16"}, total_steps=None)
-    script = tmp_path / "best_train.py"
-    script.write_text(torch_script(document, script.name))
-    result = subprocess.run(
-        [sys.executable, str(script), "--max-steps", "3", "--save", str(tmp_path / "model.pt")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    # tiny: 512 samples, batches of 16, 2 accumulated: 16 optimizer steps an epoch, 2 epochs.
-    assert lines[0].startswith("step 3/32: loss ")
-    assert lines[1].endswith("samples/s over 3 steps (compile and warm-up included)")
-    assert lines[2] == f"model saved to {tmp_path / 'model.pt'}"
-    state = torch.load(tmp_path / "model.pt")
-    assert set(state) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+def test_hf_export_code_imports_math_only_to_count_steps_itself():
+    assert "import math" in hf_export(make_document(total_steps=None))["code"]
+    code = hf_export(make_document(total_steps=8))["code"]
+    assert "import math" not in code
+    assert not any(line.startswith("total_steps =") for line in code)
+    assert any("total_steps=8," in line for line in code)
 
 
-def test_torch_script_carries_the_config_and_one_cycle():
-    document = make_document(CONFIGS["compile-accumulation"], device=CUDA, cycle_momentum=True)
-    namespace: dict[str, Any] = {}
-    source = torch_script(document, "train.py")
-    exec(compile(source, "train.py", "exec"), namespace)  # noqa: S102 - defines, runs nothing (no __main__)
-    assert TrainConfig.from_dict(namespace["CONFIG"]) == TrainConfig.from_dict(document["config"])
-    assert namespace["ONE_CYCLE"] == document["one_cycle"]
-    assert (namespace["DEVICE"], namespace["EPOCHS"], namespace["WORKLOAD"]) == ("cuda:0", 2, workload_spec())
-    assert "python train.py [--workload" in namespace["__doc__"]
+def test_hf_export_cuda_tuned_code_asks_for_one_gpu_and_ends_with_train():
+    code = hf_export(make_document(device=CUDA))["code"]
+    assert any(line.startswith("# one GPU, as measured: run with CUDA_VISIBLE_DEVICES=") for line in code)
+    assert code[-1] == "trainer.train()"
+    cpu = hf_export(make_document())["code"]
+    assert not any("CUDA_VISIBLE_DEVICES" in line or "torch.backends" in line for line in cpu)
+    assert cpu[-1] == "trainer.train()"
 
 
-def test_forms_name_the_workloads_own_knobs_in_a_comment():
-    document = make_document({"workload_knobs": {"dataset.size": 256, "optimizer.fused": False}})
-    line = "# your workload's own knobs, as tuned (pass them to your model, dataset and optimizer): "
-    for export in (hf_export, lightning_export, accelerate_export):
-        assert line + "dataset.size=256, optimizer.fused=False" in export(document)["code"]
-    assert not any(line in code for code in hf_export(make_document())["code"])
-
-
-def test_torch_script_passes_the_workloads_own_knobs_to_its_factories(tmp_path):
-    workload = tmp_path / "sized.py"
-    workload.write_text(
-        "import torch.nn.functional as F\n"
-        "from torch import nn\n"
-        "from autotune import Workload\n"
-        f"import sys; sys.path.insert(0, {str(WORKLOADS)!r})\n"
-        "from tiny import Points\n"
-        "def workload():\n"
-        "    return Workload(model=lambda: nn.Linear(8, 2), dataset=lambda size: Points(size),\n"
-        "                    loss=lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]))\n"
-    )
-    document = make_document({"batch_size": 16, "workload_knobs": {"dataset.size": 64}}, total_steps=None)
-    document["provenance"]["workload"] = f"{workload}:workload"
-    script = tmp_path / "train.py"
-    script.write_text(torch_script(document, script.name))
-    result = subprocess.run(
-        [sys.executable, str(script), "--save", str(tmp_path / "model.pt")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    # dataset.size 64 in batches of 16, 2 epochs: 8 steps (the workload's default 512 samples would make 64).
-    assert re.fullmatch(r"step 8/8: loss \d+\.\d{4}", result.stdout.splitlines()[0])
-
-
-# --- Formats and files -------------------------------------------------------------------------------
-
-
-def test_render_framework_form_is_yaml_or_json_with_one_line_per_code_line():
-    document = make_document(CONFIGS["compile-accumulation"], device=CUDA)
+def test_hf_export_learning_rate_is_the_exported_max_lr():
+    document = make_document({"max_lr": 0.02})
+    document["one_cycle"]["max_lr"] = 0.005  # the checked max_lr the export carries
     form = hf_export(document)
-    assert yaml.safe_load(render(document, "hf")) == form
-    assert json.loads(render(document, "hf", as_json=True)) == form
-    assert len(render(document, "hf").splitlines()) == 1 + len(form["TrainingArguments"]) + 1 + len(form["code"]) + 6
-
-
-def test_forms_carry_the_autotune_provenance():
-    document = make_document(CONFIGS["compile-accumulation"])
-    for export in (hf_export, lightning_export, accelerate_export):
-        assert export(document)["autotune"] == {
-            "study": "tiny",
-            "trial": 3,
-            "device": "cpu",
-            "samples_per_second": 1234.5,
-            "effective_batch_size": 64,
-        }
-
-
-@pytest.mark.parametrize(
-    ("out", "fmt", "expected"),
-    [
-        ("best.yaml", None, "yaml"),
-        ("best.json", None, "json"),
-        ("train.py", None, "torch"),
-        (None, None, "yaml"),
-        ("hf.json", "hf", "hf"),
-        ("best.json", "lightning", "lightning"),
-        ("run.py", "torch", "torch"),
-    ],
-)
-def test_export_format_from_the_option_or_the_suffix(out, fmt, expected):
-    from pathlib import Path
-
-    assert export_format(Path(out) if out else None, fmt) == expected
-
-
-def test_export_format_torch_needs_a_python_file():
-    from pathlib import Path
-
-    with pytest.raises(UsageError) as info:
-        export_format(Path("out/best.yaml"), "torch")
-    assert str(info.value) == "--format torch writes a Python script: --out must end in .py, got 'out/best.yaml'"
-
-
-@pytest.mark.parametrize(
-    ("fmt", "name"),
-    [
-        (None, "best.yaml"),
-        ("json", "best.json"),
-        ("hf", "best_hf.yaml"),
-        ("lightning", "best_lightning.yaml"),
-        ("accelerate", "best_accelerate.yaml"),
-        ("torch", "best_train.py"),
-    ],
-)
-def test_default_out_names_a_file_per_format(fmt, name):
-    assert default_out(fmt) == name
-
-
-def test_one_cycle_lines_decide_cycle_momentum_from_the_optimizer_when_the_export_does_not():
-    code = "\n".join(lightning_export(make_document(cycle_momentum=None))["code"])
-    assert 'cycle_momentum="betas" in optimizer.defaults' in code
-    sgd = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
-    line = next(line for line in code.splitlines() if "cycle_momentum=" in line)
-    expression = line.split("cycle_momentum=", 1)[1].rstrip(",")
-    assert eval(expression, {"optimizer": sgd}) is False  # noqa: S307 - plain SGD has no momentum to cycle
+    assert form["TrainingArguments"]["learning_rate"] == 0.005
+    assert any("max_lr=0.005," in line for line in form["code"])
