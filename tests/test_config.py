@@ -46,6 +46,7 @@ def test_trainconfig_field_names_are_the_public_knobs():
         "channels_last",
         "compile",
         "gradient_checkpointing",
+        "optimizer_impl",
         "max_lr",
     )
 

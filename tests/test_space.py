@@ -72,6 +72,7 @@ def test_load_space_default_describe():
         "channels_last": [False, True],
         "compile": ["off", "default", "reduce-overhead", "max-autotune"],
         "gradient_checkpointing": [False, True],
+        "optimizer_impl": ["default", "foreach", "fused"],
         "max_lr": "baseline",
     }
 
@@ -87,6 +88,7 @@ def test_load_space_default_searched_knobs():
         "channels_last",
         "compile",
         "gradient_checkpointing",
+        "optimizer_impl",
     ]
 
 
@@ -488,6 +490,7 @@ def test_searchspace_fixed_params_only_searched_knobs_in_space():
         "channels_last": False,
         "compile": "off",
         "gradient_checkpointing": False,
+        "optimizer_impl": "default",
     }
 
 

@@ -20,9 +20,11 @@ from typing import Any, Literal, get_args
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
+OptimizerImpl = Literal["default", "foreach", "fused"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+OPTIMIZER_IMPLS: tuple[str, ...] = get_args(OptimizerImpl)
 
 FORMS = ("hf", "lightning", "accelerate")  # the framework forms of export-best that name knobs
 
@@ -99,7 +101,11 @@ class Knobs:
         "micro-batch per optimizer micro-step",
         low=1,
         effects=frozenset({Effect.MEMORY, Effect.RECIPE}),
-        forms={"hf": "per_device_train_batch_size", "lightning": "DataLoader.batch_size", "accelerate": "DataLoader.batch_size"},
+        forms={
+            "hf": "per_device_train_batch_size",
+            "lightning": "DataLoader.batch_size",
+            "accelerate": "DataLoader.batch_size",
+        },
     )
     accumulation_steps: int = knob(
         1,
@@ -118,7 +124,11 @@ class Knobs:
         low=0,
         effects=frozenset({Effect.MEMORY}),
         show=lambda value: f"workers {value}",
-        forms={"hf": "dataloader_num_workers", "lightning": "DataLoader.num_workers", "accelerate": "DataLoader.num_workers"},
+        forms={
+            "hf": "dataloader_num_workers",
+            "lightning": "DataLoader.num_workers",
+            "accelerate": "DataLoader.num_workers",
+        },
     )
     prefetch_factor: int | None = knob(
         None,
@@ -141,7 +151,11 @@ class Knobs:
         effects=frozenset({Effect.MEMORY}),
         requires={True: Requirement("cuda", "pinned memory only speeds up copies to a CUDA device")},
         show=_flag("pinned"),
-        forms={"hf": "dataloader_pin_memory", "lightning": "DataLoader.pin_memory", "accelerate": "DataLoader.pin_memory"},
+        forms={
+            "hf": "dataloader_pin_memory",
+            "lightning": "DataLoader.pin_memory",
+            "accelerate": "DataLoader.pin_memory",
+        },
     )
     persistent_workers: bool = knob(
         False,
@@ -194,6 +208,17 @@ class Knobs:
         show=_flag("checkpointing"),
         forms={"hf": "activation_checkpointing", "lightning": "code", "accelerate": "code"},
     )
+    optimizer_impl: OptimizerImpl = knob(
+        "default",
+        "the optimizer's implementation in PyTorch: default (PyTorch's pick for the device), foreach (one kernel "
+        "per operation over all parameters) or fused (one kernel per step); tried where the workload's optimizer "
+        "takes it",
+        choices=OPTIMIZER_IMPLS,
+        effects=frozenset({Effect.MEMORY}),
+        show=lambda value: f"optimizer {value}" if value != "default" else None,
+        forms={"hf": "code", "lightning": "code", "accelerate": "code"},
+        optimizer_kwargs=lambda value: {} if value == "default" else {value: True},
+    )
     max_lr: float = knob(
         1e-3,
         "peak learning rate of the OneCycle schedule",
@@ -205,7 +230,9 @@ class Knobs:
 
 
 KNOBS: dict[str, Knob] = {
-    field.name: dataclasses.replace(field.metadata["knob"], name=field.name, type=str(field.type), default=field.default)
+    field.name: dataclasses.replace(
+        field.metadata["knob"], name=field.name, type=str(field.type), default=field.default
+    )
     for field in dataclasses.fields(Knobs)
 }
 KNOB_NAMES: tuple[str, ...] = tuple(KNOBS)
@@ -235,7 +262,9 @@ def unsupported_on(device_type: str, bf16: bool, name: str = "") -> dict[str, di
     dropped: dict[str, dict[Any, str]] = {}
     for knob_name, entry in KNOBS.items():
         for value, requirement in entry.requires.items():
-            missing = (requirement.needs == "cuda" and device_type != "cuda") or (requirement.needs == "bf16" and not bf16)
+            missing = (requirement.needs == "cuda" and device_type != "cuda") or (
+                requirement.needs == "bf16" and not bf16
+            )
             if missing:
                 reason = requirement.reason.replace("the device", name) if name else requirement.reason
                 dropped.setdefault(knob_name, {})[value] = reason

@@ -244,8 +244,8 @@ def _optimizer_unsupported(workload: Workload, model: Any, device: torch.device 
             if not kwargs:
                 continue
             try:
-                rebuilt = rebuilt_optimizer(optimizer, kwargs)
-                type(optimizer)([torch.nn.Parameter(torch.zeros(2, device=device))], **rebuilt.defaults)
+                rebuilt_optimizer(optimizer, kwargs)  # the argument
+                rebuilt_optimizer(optimizer, kwargs, [torch.nn.Parameter(torch.zeros(2, device=device))])  # the device
             except WorkloadError as exc:
                 dropped.setdefault(name, {})[value] = f"the workload's optimizer: {exc}"
             except Exception as exc:  # noqa: BLE001 - its message is the reason
@@ -277,9 +277,11 @@ def optimizer_implementation(optimizer: torch.optim.Optimizer, config: TrainConf
 _EXCLUSIVE = {"foreach": ("fused", False), "fused": ("foreach", None)}
 
 
-def rebuilt_optimizer(optimizer: torch.optim.Optimizer, kwargs: dict[str, Any]) -> torch.optim.Optimizer:
-    """A new optimizer of the same class over the same parameter groups, with ``kwargs`` set in each group.
-    A WorkloadError names an argument the class does not take."""
+def rebuilt_optimizer(
+    optimizer: torch.optim.Optimizer, kwargs: dict[str, Any], params: list[torch.Tensor] | None = None
+) -> torch.optim.Optimizer:
+    """A new optimizer of the same class over the same parameter groups (or over ``params``, with the
+    optimizer's settings), with ``kwargs`` set. A WorkloadError names an argument the class does not take."""
     cls = type(optimizer)
     accepted = inspect.signature(cls.__init__).parameters
     missing = [key for key in kwargs if key not in accepted]
@@ -290,7 +292,7 @@ def rebuilt_optimizer(optimizer: torch.optim.Optimizer, kwargs: dict[str, Any]) 
         other, off = _EXCLUSIVE.get(key, (None, None))
         if other is not None and other in accepted and other not in kwargs:
             settings[other] = off
-    groups = [{**group, **settings} for group in optimizer.param_groups]
+    groups = [{**group, **settings} for group in optimizer.param_groups] if params is None else [{"params": params}]
     defaults = {key: value for key, value in {**optimizer.defaults, **settings}.items() if key in accepted}
     return cls(groups, **defaults)
 
