@@ -30,7 +30,6 @@ from conftest import WORKLOADS, workload_spec
 from autotune.runner import MeasureSettings, Status, TrialJob, TrialOutcome, WindowResult, _runner, run_trial
 from autotune.runner._device_lock import device_lock, lock_path
 from autotune.runner._pool import server_pids
-from autotune.runner._scratch import scratch_folder, sweep_stale_scratch
 
 MIB = 1024**2
 CHILD_MODULE = "autotune.runner._child"
@@ -502,25 +501,6 @@ def test_run_trial_waits_while_another_process_holds_the_device(tiny_spec, fast_
     assert outcome.reason == "stopped when the search's time budget ran out, while waiting for cpu"
     assert outcome.wall_seconds is None  # no trial process was started
     assert lock_path("cpu").parent == Path(os.environ["AUTOTUNE_CACHE_DIR"]) / "locks"
-
-
-def test_sweep_stale_scratch_removes_a_dead_parents_folder_and_what_still_uses_it(tmp_path):
-    with scratch_folder() as live:
-        stale = tempfile.mkdtemp(prefix="autotune-trial-")
-        Path(stale, ".owner").write_text("12345\n")  # its parent died: nobody holds the lock
-        leftover = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(120)"], env={**os.environ, "TMPDIR": stale}
-        )
-        try:
-            time.sleep(0.2)  # the process's environment is readable once it runs
-            removed = sweep_stale_scratch()
-            assert stale in removed and live not in removed
-            assert not Path(stale).exists()
-            assert Path(live).is_dir()
-            _assert_pids_gone([leftover.pid])  # killed (and reaped by the sweep, which waited for it)
-        finally:
-            leftover.kill()
-    assert not Path(live).exists()
 
 
 def test_run_trial_with_a_deep_temporary_folder_and_workers_is_ok(tiny_spec, fast_measure, tmp_path, monkeypatch):
