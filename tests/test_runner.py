@@ -7,15 +7,11 @@ are few and each one checks everything its ending shows.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
 import select
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import types
@@ -447,42 +443,6 @@ def test_run_trial_dataloader_worker_killed_by_sigkill_is_oom(fast_measure, tria
     assert re.fullmatch(
         r"DataLoader worker \(pid \d+\) was killed by SIGKILL \(the host's out-of-memory killer\)", outcome.reason
     )
-    _assert_nothing_left(trial_mark)
-
-
-def test_run_trial_trial_process_kills_its_group_when_the_watchdog_pipe_closes(fast_measure, trial_mark):
-    """Where the kernel cannot kill the trial with its parent: the parent's end of the watchdog pipe
-    closes when it dies, and the trial kills itself and its DataLoader workers."""
-    events_read, events_write = os.pipe()
-    watchdog_read, watchdog_write = os.pipe()
-    job = TrialJob(
-        workload=workload_spec("slow", "faults.py"),
-        config={"batch_size": 8, "num_workers": 2},
-        measure=fast_measure,
-        timeout_seconds=120,
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", CHILD_MODULE, str(events_write), str(watchdog_read)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        pass_fds=(events_write, watchdog_read),
-        start_new_session=True,
-    )
-    os.close(events_write)
-    os.close(watchdog_read)
-    process.stdin.write(json.dumps(job.to_json()).encode())
-    process.stdin.close()
-    with os.fdopen(events_read) as events:
-        for line in events:  # the first warm-up step is done: its workers run
-            if json.loads(line)["event"] == "warmup_step":
-                break
-    workers = [child.pid for child in psutil.Process(process.pid).children()]
-    assert len(workers) == 2
-
-    os.close(watchdog_write)  # as the parent's death would
-    assert process.wait(timeout=5) == -signal.SIGKILL
-    _assert_pids_gone(workers)
     _assert_nothing_left(trial_mark)
 
 
