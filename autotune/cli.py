@@ -1,25 +1,173 @@
-"""The ``autotune`` command: parse options, call one library function, print the result."""
+"""The ``autotune`` command: parse options, call one library function, print the result.
+
+An option that several commands take is declared once (``SharedOption``, built by ``_shared``) and stacked
+on each; choice lists come from the library's constants and numeric ranges mirror the library's own checks,
+so click refuses a bad value (its usage error, exit 2) before anything is opened or run.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import click
 
 from autotune.exceptions import AutotuneError, ParameterError, Terminated
+from autotune.export._export import ExportFormat
+from autotune.study._lr_find import SCALINGS
+from autotune.study._options import SAMPLERS, ObjectiveKind
+from autotune.study._selection import PREFERENCES
 
-storage_option = click.option(
+if TYPE_CHECKING:
+    from autotune.runner import MeasureSettings
+    from autotune.study._options import SearchOptions
+    from autotune.training._run_plan import TrainOptions
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class RealRange(click.FloatRange):
+    """A FloatRange that also refuses NaN, as the library's checks do (NaN passes every bound)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{number} is not in the range {self._describe_range()}.", param, ctx)
+        return number
+
+
+class EffectiveBatch(click.ParamType):
+    """``--effective-batch``: an integer >= 1 (the library's bound), or ``free``."""
+
+    name = "effective batch"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        text = str(value).strip()
+        if text.lower() == "free":
+            return "free"
+        try:
+            number = int(text)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is not an integer >= 1 or 'free'.", param, ctx)
+        return number
+
+
+# The library's bounds (SearchOptions, MeasureSettings, Budgets, TrainOptions, export_best), as click types.
+AT_LEAST_0 = click.IntRange(min=0)
+AT_LEAST_1 = click.IntRange(min=1)
+POSITIVE = RealRange(min=0, min_open=True, max=math.inf, max_open=True)  # a finite number > 0
+FRACTION = RealRange(min=0, max=1, max_open=True)  # [0, 1)
+OPEN_FRACTION = RealRange(min=0, min_open=True, max=1, max_open=True)  # (0, 1)
+ABOVE_1 = RealRange(min=1, min_open=True)
+PORT = click.IntRange(0, 65535)
+
+
+class SharedOption(click.Option):
+    """An option several commands take, declared once (``_shared``): the same name, type, metavar and
+    default in each. Its help is the declaration's, unless a command words it for what the option
+    means there."""
+
+    def __init__(self, *args: Any, declared_help: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.declared_help = declared_help
+
+
+def _shared(*param_decls: str, help: str, **attrs: Any) -> Callable[..., Decorator]:
+    """The declaration of a shared option; call it (with ``help=`` for a command's own wording) to
+    decorate a command."""
+
+    declared = help
+
+    def option(*, help: str = declared) -> Decorator:
+        return click.option(*param_decls, cls=SharedOption, declared_help=declared, help=help, **attrs)
+
+    return option
+
+
+def _stack(*decorators: Decorator) -> Decorator:
+    """One decorator that applies ``decorators`` as if written above the command in this order (--help
+    lists the options in it)."""
+
+    def apply(function: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+workload_option = _shared(
+    "--workload",
+    "workload_spec",
+    metavar="FILE.py:NAME|MODULE:NAME",
+    default=None,
+    help="Your training job (a Workload or a function returning one). Default: the built-in demo.",
+)
+study_option = _shared(
+    "--study", "study_name", metavar="NAME", default=None, help="Study name. Default: derived from the workload."
+)
+storage_option = _shared(
     "--storage",
     metavar="URL",
     default=None,
     help="Study storage (SQLAlchemy URL). Default: sqlite:///studies/autotune.db. "
     "Share one PostgreSQL URL to run several autotune processes on one study.",
 )
-study_option = click.option(
-    "--study", "study_name", metavar="NAME", default=None, help="Study name. Default: derived from the workload."
+epochs_option = _shared(
+    "--epochs", type=POSITIVE, default=None, help="Epochs of the full run. Default: the workload's."
+)
+steps_option = _shared(
+    "--steps", type=AT_LEAST_1, default=None, help="The full run in optimizer steps, instead of epochs."
+)
+lr_scaling_option = _shared(
+    "--lr-scaling",
+    type=click.Choice(SCALINGS),
+    default="auto",
+    show_default=True,
+    help="How max_lr follows a changed effective batch (and where the range test starts): AdaScale's "
+    "gain at the gradient noise scale, linear, square root or none; auto: sqrt for Adam-like optimizers, "
+    "adascale for SGD-like ones.",
+)
+seed_option = _shared("--seed", type=int, default=None, help="Seed of the sampler and of each trial.")
+device_option = _shared("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+
+# How long each trial measures (MeasureSettings).
+measure_options = _stack(
+    click.option(
+        "--warmup-steps",
+        type=AT_LEAST_0,
+        default=1,
+        show_default=True,
+        help="Untimed optimizer steps before the windows (worker start, lazy init); "
+        "torch.compile trials take one more.",
+    ),
+    click.option(
+        "--windows",
+        type=AT_LEAST_1,
+        default=3,
+        show_default=True,
+        help="Timed windows per trial, at least (median is reported).",
+    ),
+    click.option(
+        "--max-windows",
+        type=AT_LEAST_1,  # and >= --windows, which MeasureSettings checks
+        default=None,
+        help="Windows a trial may go on to while its spread is too large to rank it against the best "
+        "(default: twice --windows; equal to --windows: a fixed count).",
+    ),
+    click.option(
+        "--target-spread",
+        type=OPEN_FRACTION,
+        default=0.02,
+        show_default=True,
+        help="Relative standard error of the windows' throughput at which a trial stops measuring.",
+    ),
+    click.option("--window-seconds", type=POSITIVE, default=1.0, show_default=True, help="Length of one timed window."),
 )
 
 
@@ -72,6 +220,112 @@ def main() -> None:
     """
 
 
+# What one search invocation may spend: trials, time, memory.
+_search_budget_options = _stack(
+    click.option(
+        "--trials", "n_trials", type=AT_LEAST_1, default=20, show_default=True, help="Trials to run in this invocation."
+    ),
+    click.option("--timeout", metavar="DURATION", default=None, help="Budget for the whole search, e.g. 90s, 10m, 2h."),
+    click.option(
+        "--trial-timeout",
+        metavar="DURATION",
+        default=None,
+        help="A trial with no result by then is stopped (status timeout). "
+        "Default: 3x a trial's share of --timeout (at least 30s), else 10m.",
+    ),
+    click.option(
+        "--max-memory",
+        metavar="SIZE",
+        default=None,
+        help="Memory budget of one trial, e.g. 640MiB, 24GiB (device memory on CUDA, resident memory on CPU). "
+        "Default: the CUDA device's memory, or the machine's available memory.",
+    ),
+    click.option(
+        "--memory-headroom",
+        metavar="FRACTION",
+        default="10%",
+        show_default=True,
+        help="Feasible only below (1 - headroom) x --max-memory; 10% or 0.1.",
+    ),
+)
+
+# The full run each config is ranked for: its batch, length, objective and deadline.
+_full_run_options = _stack(
+    click.option(
+        "--effective-batch",
+        type=EffectiveBatch(),
+        metavar="N|free",
+        default=None,
+        help="Samples per optimizer step (batch_size x accumulation_steps) every trial keeps; "
+        "accumulation_steps is derived. Default: the recipe's (the baseline's, or the workload's "
+        "effective_batch). 'free': any, each ranked by the time to the recipe's progress (gradient noise "
+        "scale), a changed one exported only once checked against the recipe.",
+    ),
+    epochs_option(),
+    steps_option(),
+    click.option(
+        "--objective",
+        type=click.Choice(get_args(ObjectiveKind)),
+        default="time",
+        show_default=True,
+        help="time: rank by the full run's projected wall time (compile, warm-up and evaluation included); "
+        "throughput: by steady throughput in the workload's unit.",
+    ),
+    click.option(
+        "--deadline",
+        metavar="DURATION",
+        default=None,
+        help="The full run must finish within this (e.g. 12h); configs projected past it are infeasible.",
+    ),
+    click.option(
+        "--safety-margin",
+        metavar="DURATION",
+        default=None,
+        help="Kept free inside --deadline (e.g. 30m). Default: none.",
+    ),
+)
+
+# How the search goes: pruning, sampling, the range test after it.
+_strategy_options = _stack(
+    click.option(
+        "--slow-fraction",
+        type=FRACTION,
+        default=0.5,
+        show_default=True,
+        help="Prune a trial whose first window is below this fraction of the best trial's throughput.",
+    ),
+    click.option(
+        "--lr-find/--no-lr-find",
+        default=True,
+        show_default=True,
+        help="After the speed search, run the LR range test on the best config.",
+    ),
+    lr_scaling_option(),
+    click.option(
+        "--divergence-factor",
+        type=ABOVE_1,
+        default=4.0,
+        show_default=True,
+        help="A trial whose loss rises above this times its first value ends as diverged.",
+    ),
+    click.option(
+        "--sampler",
+        type=click.Choice(SAMPLERS),
+        default="tpe",
+        show_default=True,
+        help="tpe: Optuna's TPE; random: uniform; grid: every config of the space once (each searched "
+        "knob a list of choices).",
+    ),
+    click.option(
+        "--pruning/--no-pruning",
+        default=True,
+        show_default=True,
+        help="--no-pruning measures every trial in full: no median or --slow-fraction pruning, no batch "
+        "skipped on a fitted curve's prediction.",
+    ),
+)
+
+
 @main.command(
     epilog="""\b
 Examples:
@@ -83,212 +337,23 @@ Examples:
   autotune search --workload train.py:workload --effective-batch free --timeout 10m   # a larger batch must earn it
 """
 )
-@click.option(
-    "--workload",
-    "workload_spec",
-    metavar="FILE.py:NAME|MODULE:NAME",
-    default=None,
-    help="Your training job (a Workload or a function returning one). Default: the built-in demo.",
-)
-@study_option
-@storage_option
+@workload_option()
+@study_option()
+@storage_option()
 @click.option("--space", metavar="FILE.yaml", default=None, help="Search space. Default: the shipped default.yaml.")
-@click.option("--trials", "n_trials", type=int, default=20, show_default=True, help="Trials to run in this invocation.")
-@click.option("--timeout", metavar="DURATION", default=None, help="Budget for the whole search, e.g. 90s, 10m, 2h.")
-@click.option(
-    "--trial-timeout",
-    metavar="DURATION",
-    default=None,
-    help="A trial with no result by then is stopped (status timeout). "
-    "Default: 3x a trial's share of --timeout (at least 30s), else 10m.",
-)
-@click.option(
-    "--max-memory",
-    metavar="SIZE",
-    default=None,
-    help="Memory budget of one trial, e.g. 640MiB, 24GiB (device memory on CUDA, resident memory on CPU). "
-    "Default: the CUDA device's memory, or the machine's available memory.",
-)
-@click.option(
-    "--memory-headroom",
-    metavar="FRACTION",
-    default="10%",
-    show_default=True,
-    help="Feasible only below (1 - headroom) x --max-memory; 10% or 0.1.",
-)
-@click.option(
-    "--effective-batch",
-    metavar="N|free",
-    default=None,
-    help="Samples per optimizer step (batch_size x accumulation_steps) every trial keeps; "
-    "accumulation_steps is derived. Default: the recipe's (the baseline's, or the workload's "
-    "effective_batch). 'free': any, each ranked by the time to the recipe's progress (gradient noise "
-    "scale), a changed one exported only once checked against the recipe.",
-)
-@click.option("--epochs", type=float, default=None, help="Epochs of the full run. Default: the workload's.")
-@click.option("--steps", type=int, default=None, help="The full run in optimizer steps, instead of epochs.")
-@click.option(
-    "--objective",
-    type=click.Choice(["time", "throughput"]),
-    default="time",
-    show_default=True,
-    help="time: rank by the full run's projected wall time (compile, warm-up and evaluation included); "
-    "throughput: by steady throughput in the workload's unit.",
-)
-@click.option(
-    "--deadline",
-    metavar="DURATION",
-    default=None,
-    help="The full run must finish within this (e.g. 12h); configs projected past it are infeasible.",
-)
-@click.option(
-    "--safety-margin", metavar="DURATION", default=None, help="Kept free inside --deadline (e.g. 30m). Default: none."
-)
-@click.option(
-    "--slow-fraction",
-    type=float,
-    default=0.5,
-    show_default=True,
-    help="Prune a trial whose first window is below this fraction of the best trial's throughput.",
-)
-@click.option(
-    "--lr-find/--no-lr-find",
-    default=True,
-    show_default=True,
-    help="After the speed search, run the LR range test on the best config.",
-)
-@click.option(
-    "--lr-scaling",
-    type=click.Choice(["auto", "adascale", "linear", "sqrt", "none"]),
-    default="auto",
-    show_default=True,
-    help="How max_lr follows a changed effective batch (and where the range test starts): AdaScale's "
-    "gain at the gradient noise scale, linear, square root or none; auto: sqrt for Adam-like optimizers, "
-    "adascale for SGD-like ones.",
-)
-@click.option(
-    "--divergence-factor",
-    type=float,
-    default=4.0,
-    show_default=True,
-    help="A trial whose loss rises above this times its first value ends as diverged.",
-)
-@click.option(
-    "--sampler",
-    type=click.Choice(["tpe", "random", "grid"]),
-    default="tpe",
-    show_default=True,
-    help="tpe: Optuna's TPE; random: uniform; grid: every config of the space once (each searched "
-    "knob a list of choices).",
-)
-@click.option(
-    "--pruning/--no-pruning",
-    default=True,
-    show_default=True,
-    help="--no-pruning measures every trial in full: no median or --slow-fraction pruning, no batch "
-    "skipped on a fitted curve's prediction.",
-)
-@click.option("--seed", type=int, default=None, help="Seed of the sampler and of each trial.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--warmup-steps",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Untimed optimizer steps before the windows (worker start, lazy init); torch.compile trials take one more.",
-)
-@click.option(
-    "--windows", type=int, default=3, show_default=True, help="Timed windows per trial, at least (median is reported)."
-)
-@click.option(
-    "--max-windows",
-    type=int,
-    default=None,
-    help="Windows a trial may go on to while its spread is too large to rank it against the best "
-    "(default: twice --windows; equal to --windows: a fixed count).",
-)
-@click.option(
-    "--target-spread",
-    type=float,
-    default=0.02,
-    show_default=True,
-    help="Relative standard error of the windows' throughput at which a trial stops measuring.",
-)
-@click.option("--window-seconds", type=float, default=1.0, show_default=True, help="Length of one timed window.")
+@_search_budget_options
+@_full_run_options
+@_strategy_options
+@seed_option()
+@device_option()
+@measure_options
 @_reports_errors
-def search(
-    workload_spec: str | None,
-    study_name: str | None,
-    storage: str | None,
-    space: str | None,
-    n_trials: int,
-    timeout: str | None,
-    trial_timeout: str | None,
-    max_memory: str | None,
-    memory_headroom: str,
-    effective_batch: str | None,
-    epochs: float | None,
-    steps: int | None,
-    objective: str,
-    deadline: str | None,
-    safety_margin: str | None,
-    slow_fraction: float,
-    lr_find: bool,
-    lr_scaling: str,
-    divergence_factor: float,
-    sampler: str,
-    pruning: bool,
-    seed: int | None,
-    device: str,
-    warmup_steps: int,
-    windows: int,
-    max_windows: int | None,
-    target_spread: float,
-    window_seconds: float,
-) -> None:
+def search(**values: Any) -> None:
     """Tune a workload: measure its baseline, then search the speed knobs."""
-    from autotune.knobs._units import parse_duration, parse_fraction, parse_size
     from autotune.report._console import SearchPrinter, print_search_result
-    from autotune.runner import MeasureSettings
     from autotune.study._loop import search as run_search
-    from autotune.study._options import SearchOptions
-    from autotune.workload._workload import DEMO_SPEC
 
-    options = SearchOptions(
-        workload=workload_spec or DEMO_SPEC,
-        study_name=study_name,
-        storage=storage,
-        space=space,
-        n_trials=n_trials,
-        timeout_seconds=parse_duration(timeout, what="--timeout") if timeout else None,
-        trial_timeout_seconds=parse_duration(trial_timeout, what="--trial-timeout") if trial_timeout else None,
-        max_memory_bytes=parse_size(max_memory, what="--max-memory") if max_memory else None,
-        memory_headroom=parse_fraction(memory_headroom, what="--memory-headroom"),
-        effective_batch=_effective_batch(effective_batch),
-        epochs=epochs,
-        steps=steps,
-        objective=objective,  # type: ignore[arg-type]
-        deadline_seconds=parse_duration(deadline, what="--deadline") if deadline else None,
-        safety_margin_seconds=parse_duration(safety_margin, what="--safety-margin", allow_zero=True)
-        if safety_margin
-        else 0.0,
-        slow_fraction=slow_fraction,
-        lr_find=lr_find,
-        lr_scaling=lr_scaling,
-        seed=seed,
-        sampler=sampler,  # type: ignore[arg-type]
-        pruning=pruning,
-        device=device,
-        measure=MeasureSettings(
-            warmup_steps=warmup_steps,
-            windows=windows,
-            window_seconds=window_seconds,
-            seed=seed or 0,
-            divergence_factor=divergence_factor,
-            max_windows=max_windows if max_windows is not None else 2 * windows,
-            target_spread=target_spread,
-        ),
-    )
+    options = _search_options(values)
     printer = SearchPrinter(options.n_trials, options.timeout_seconds)
     try:
         result = run_search(options, printer)
@@ -297,15 +362,66 @@ def search(
     print_search_result(result)
 
 
-def _effective_batch(text: str | None) -> int | str | None:
-    if text is None or text.strip().lower() == "free":
-        return None if text is None else "free"
-    try:
-        return int(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"expected an integer or 'free', got {text!r}", param_hint="--effective-batch"
-        ) from None
+def _search_options(values: dict[str, Any]) -> SearchOptions:
+    """The search's options from the command's values (the library checks them all)."""
+    from autotune.study._options import SearchOptions
+    from autotune.workload._workload import DEMO_SPEC
+
+    return SearchOptions(
+        workload=values["workload_spec"] or DEMO_SPEC,
+        study_name=values["study_name"],
+        storage=values["storage"],
+        space=values["space"],
+        n_trials=values["n_trials"],
+        **_budget_values(values),
+        effective_batch=values["effective_batch"],
+        epochs=values["epochs"],
+        steps=values["steps"],
+        objective=values["objective"],
+        slow_fraction=values["slow_fraction"],
+        lr_find=values["lr_find"],
+        lr_scaling=values["lr_scaling"],
+        seed=values["seed"],
+        sampler=values["sampler"],
+        pruning=values["pruning"],
+        device=values["device"],
+        measure=_measure_settings(values),
+    )
+
+
+def _budget_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The search's durations, sizes and fractions, read from their text (an error names its option)."""
+    from autotune.knobs._units import parse_duration, parse_fraction, parse_size
+
+    def duration(name: str, *, allow_zero: bool = False) -> float | None:
+        text = values[name]
+        option = "--" + name.replace("_", "-")
+        return parse_duration(text, what=option, allow_zero=allow_zero) if text else None
+
+    return {
+        "timeout_seconds": duration("timeout"),
+        "trial_timeout_seconds": duration("trial_timeout"),
+        "max_memory_bytes": parse_size(values["max_memory"], what="--max-memory") if values["max_memory"] else None,
+        "memory_headroom": parse_fraction(values["memory_headroom"], what="--memory-headroom"),
+        "deadline_seconds": duration("deadline"),
+        "safety_margin_seconds": duration("safety_margin", allow_zero=True) or 0.0,
+    }
+
+
+def _measure_settings(values: dict[str, Any]) -> MeasureSettings:
+    """How each trial measures; --max-windows defaults to twice --windows."""
+    from autotune.runner import MeasureSettings
+
+    windows = values["windows"]
+    return MeasureSettings(
+        warmup_steps=values["warmup_steps"],
+        windows=windows,
+        window_seconds=values["window_seconds"],
+        seed=values["seed"] or 0,
+        divergence_factor=values["divergence_factor"],
+        max_windows=values["max_windows"] if values["max_windows"] is not None else 2 * windows,
+        target_spread=values["target_spread"],
+    )
 
 
 @main.command(
@@ -321,8 +437,8 @@ Examples:
   autotune export-best --format torch --out train.py   # a script that runs the full job
 """,
 )
-@study_option
-@storage_option
+@study_option()
+@storage_option()
 @click.option(
     "--out",
     metavar="FILE",
@@ -333,7 +449,7 @@ Examples:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["yaml", "json", "hf", "lightning", "accelerate", "torch"]),
+    type=click.Choice(get_args(ExportFormat)),
     default=None,
     help="yaml or json: the whole export. hf, lightning, accelerate: keyword arguments for "
     "TrainingArguments, Trainer, Accelerator (YAML; JSON for a .json --out) and code lines; torch: a "
@@ -342,7 +458,7 @@ Examples:
 )
 @click.option(
     "--prefer",
-    type=click.Choice(["fastest", "balanced", "memory", "recipe"]),
+    type=click.Choice(PREFERENCES),
     default="fastest",
     show_default=True,
     help="fastest: highest throughput; memory: least memory within 5% of the fastest; "
@@ -352,13 +468,13 @@ Examples:
 @click.option(
     "--verify",
     "verify_top",
-    type=int,
+    type=AT_LEAST_0,
     default=0,
     show_default=True,
     metavar="K",
     help="Re-measure the top K candidates and the baseline in fresh processes, then choose.",
 )
-@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved rounds of --verify.")
+@click.option("--rounds", type=AT_LEAST_1, default=3, show_default=True, help="Interleaved rounds of --verify.")
 @_reports_errors
 def export_best(
     study_name: str | None,
@@ -382,7 +498,7 @@ def export_best(
         storage,
         out or default_out(fmt),
         fmt,  # type: ignore[arg-type]
-        prefer=prefer,
+        prefer=prefer,  # type: ignore[arg-type]
         verify_top=verify_top,
         rounds=rounds,
         on_verify_run=print_verify_run,
@@ -399,8 +515,8 @@ Examples:
   autotune lr-find --study resnet50 --lr-scaling sqrt --steps 200
 """,
 )
-@study_option
-@storage_option
+@study_option()
+@storage_option()
 @click.option(
     "--trial",
     "trial_number",
@@ -408,15 +524,14 @@ Examples:
     default=None,
     help="The trial whose config is tested. Default: the fastest feasible trial.",
 )
-@click.option(
-    "--lr-scaling",
-    type=click.Choice(["auto", "adascale", "linear", "sqrt", "none"]),
-    default="auto",
-    show_default=True,
+@lr_scaling_option(
     help="Centre the sweep on base_lr scaled from the recipe's effective batch to the trial's (auto: "
-    "sqrt for Adam-like optimizers, AdaScale's gain for SGD-like ones).",
+    "sqrt for Adam-like optimizers, AdaScale's gain for SGD-like ones)."
 )
-@click.option("--steps", type=int, default=100, show_default=True, help="Optimizer steps in the sweep.")
+# The sweep's length, not the full run's: its own option, at least 5 steps to suggest from.
+@click.option(
+    "--steps", type=click.IntRange(min=5), default=100, show_default=True, help="Optimizer steps in the sweep."
+)
 @click.option(
     "--plot",
     metavar="FILE.png",
@@ -437,8 +552,6 @@ def lr_find(
     from autotune.study._lr_find import lr_find_for_trial
     from autotune.study._lr_find import plot as draw
 
-    if steps < 5:
-        raise click.BadParameter(f"must be >= 5, got {steps}", param_hint="--steps")
     result = lr_find_for_trial(
         load_study(study_name, storage),
         trial_number,
@@ -455,9 +568,9 @@ Examples:
   autotune dashboard --storage postgresql://user@db/autotune --host 0.0.0.0 --port 8081
 """,
 )
-@storage_option
+@storage_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--port", type=PORT, default=8080, show_default=True, help="Port to listen on (0: any free port).")
 @_reports_errors
 def dashboard(storage: str | None, host: str, port: int) -> None:
     """Serve optuna-dashboard on the study storage; Ctrl-C stops it."""
@@ -475,8 +588,8 @@ Examples:
   autotune report --study demo --json > report.json
 """,
 )
-@study_option
-@storage_option
+@study_option()
+@storage_option()
 @click.option("--top", type=int, default=10, show_default=True, help="How many of the fastest trials to list.")
 @click.option("--plots", metavar="DIR", default=None, help="Write the figures there as PNG and HTML files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, for scripts.")
@@ -494,6 +607,26 @@ def report(study_name: str | None, storage: str | None, top: int, plots: str | N
         from autotune.report._console import print_report
 
         print_report(result)
+
+
+# Where the full run saves, how often, and whether it continues from there.
+_checkpoint_options = _stack(
+    click.option(
+        "--checkpoint-dir",
+        metavar="DIR",
+        default="checkpoints",
+        show_default=True,
+        help="Where checkpoints go (the latest two are kept).",
+    ),
+    click.option(
+        "--checkpoint-every",
+        metavar="N|DURATION",
+        default="30m",
+        show_default=True,
+        help="Save every N optimizer steps (500) or every DURATION (5m); 'off': only at the end and on SIGINT/SIGTERM.",
+    ),
+    click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir."),
+)
 
 
 @main.command(
@@ -515,20 +648,9 @@ Examples:
     show_default=True,
     help="The config to train with: export-best's file, or any YAML/JSON with a config: mapping.",
 )
-@click.option(
-    "--workload",
-    "workload_spec",
-    metavar="FILE.py:NAME|MODULE:NAME",
-    default=None,
-    help="Your training job. Default: the export's workload, else the built-in demo.",
-)
-@click.option(
-    "--epochs",
-    type=float,
-    default=None,
-    help="Passes over the dataset. Default: the export's full-run epochs, else the workload's.",
-)
-@click.option("--steps", type=int, default=None, help="Optimizer steps to run instead of epochs.")
+@workload_option(help="Your training job. Default: the export's workload, else the built-in demo.")
+@epochs_option(help="Passes over the dataset. Default: the export's full-run epochs, else the workload's.")
+@steps_option(help="Optimizer steps to run instead of epochs.")
 @click.option(
     "--time",
     "time_limit",
@@ -536,35 +658,18 @@ Examples:
     default=None,
     help="Train until this much time is up (e.g. 10m, 2h); OneCycle spans the steps it allows at the measured rate.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--seed", type=int, default=None, help="Seed of torch, random and NumPy. Default: unseeded.")
-@click.option(
-    "--checkpoint-dir",
-    metavar="DIR",
-    default="checkpoints",
-    show_default=True,
-    help="Where checkpoints go (the latest two are kept).",
-)
-@click.option(
-    "--checkpoint-every",
-    metavar="N|DURATION",
-    default="30m",
-    show_default=True,
-    help="Save every N optimizer steps (500) or every DURATION (5m); 'off': only at the end and on SIGINT/SIGTERM.",
-)
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")
+@device_option()
+@seed_option(help="Seed of torch, random and NumPy. Default: unseeded.")
+@_checkpoint_options
 @click.option(
     "--out",
     metavar="FILE",
     default=None,
     help="Where to write the run record (JSON). Default: run_record.json in --checkpoint-dir.",
 )
-@click.option(
-    "--storage",
-    metavar="URL",
-    default=None,
+@storage_option(
     help="Storage of the study the config came from, where the run's figures are recorded. "
-    "Default: the export's (a storage whose password the export hides needs this).",
+    "Default: the export's (a storage whose password the export hides needs this)."
 )
 @click.option(
     "--write-back/--no-write-back",
@@ -580,49 +685,15 @@ Examples:
     "already do.",
 )
 @_reports_errors
-def train(
-    config_path: str,
-    workload_spec: str | None,
-    epochs: float | None,
-    steps: int | None,
-    time_limit: str | None,
-    device: str,
-    seed: int | None,
-    checkpoint_dir: str,
-    checkpoint_every: str,
-    resume: bool,
-    out: str | None,
-    storage: str | None,
-    write_back: bool,
-    same_progress: bool,
-) -> None:
+def train(**values: Any) -> None:
     """Train with a config: the full run, with checkpoints, and its figures against the projection.
 
     SIGINT (Ctrl-C) and SIGTERM save a checkpoint and exit with 130 and 143; --resume continues.
     """
-    from autotune.knobs._units import parse_duration
     from autotune.report._train_console import TrainPrinter, print_run_record
     from autotune.training._full_run import train as run_train
-    from autotune.training._run_plan import TrainOptions, parse_checkpoint_every
 
-    every_steps, every_seconds = parse_checkpoint_every(checkpoint_every)
-    options = TrainOptions(
-        config=config_path,
-        workload=workload_spec,
-        epochs=epochs,
-        steps=steps,
-        time_seconds=parse_duration(time_limit, what="--time") if time_limit else None,
-        device=device,
-        seed=seed,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every_steps=every_steps,
-        checkpoint_every_seconds=every_seconds,
-        resume=resume,
-        out=out,
-        storage=storage,
-        write_back=write_back,
-        same_progress=same_progress,
-    )
+    options = _train_options(values)
     printer = TrainPrinter()
     try:
         record = run_train(options, printer)
@@ -631,6 +702,32 @@ def train(
     print_run_record(record)
     if record.exit_code:
         sys.exit(record.exit_code)
+
+
+def _train_options(values: dict[str, Any]) -> TrainOptions:
+    """The full run's options from the command's values (the library checks them all)."""
+    from autotune.knobs._units import parse_duration
+    from autotune.training._run_plan import TrainOptions, parse_checkpoint_every
+
+    every_steps, every_seconds = parse_checkpoint_every(values["checkpoint_every"])
+    time_limit = values["time_limit"]
+    return TrainOptions(
+        config=values["config_path"],
+        workload=values["workload_spec"],
+        epochs=values["epochs"],
+        steps=values["steps"],
+        time_seconds=parse_duration(time_limit, what="--time") if time_limit else None,
+        device=values["device"],
+        seed=values["seed"],
+        checkpoint_dir=values["checkpoint_dir"],
+        checkpoint_every_steps=every_steps,
+        checkpoint_every_seconds=every_seconds,
+        resume=values["resume"],
+        out=values["out"],
+        storage=values["storage"],
+        write_back=values["write_back"],
+        same_progress=values["same_progress"],
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,10 +7,11 @@ import re
 import subprocess
 import sys
 
+import click
 import pytest
 from conftest import WORKLOADS, error_line, run_cli, workload_spec
 
-from autotune.cli import main
+from autotune.cli import SharedOption, main
 
 FAST_OPTIONS = ["--window-seconds", "0.2", "--windows", "2", "--warmup-steps", "1", "--no-lr-find"]
 COMMANDS = sorted(main.commands)
@@ -79,6 +80,72 @@ def test_cli_help_does_not_import_torch_or_optuna(args):
     assert output.splitlines()[-1] == "HEAVY []"
 
 
+# Options several commands take, and which commands: each is declared once in autotune.cli (a SharedOption).
+SHARED = {
+    "--study": {"search", "export-best", "lr-find", "report"},
+    "--storage": {"search", "export-best", "lr-find", "dashboard", "report", "train"},
+    "--workload": {"search", "train"},
+    "--epochs": {"search", "train"},
+    "--steps": {"search", "train"},
+    "--seed": {"search", "train"},
+    "--device": {"search", "train"},
+    "--lr-scaling": {"search", "lr-find"},
+}
+# A name that means something else in one command (the sweep's length, the file written): its own option.
+OWN = {("lr-find", "--steps"), ("export-best", "--out"), ("train", "--out")}
+# Where a command words a shared option's help for what it means there (same name, type and default).
+REWORDED = {
+    ("train", "--workload"),
+    ("train", "--storage"),
+    ("train", "--epochs"),
+    ("train", "--steps"),
+    ("train", "--seed"),
+    ("lr-find", "--lr-scaling"),
+}
+
+
+def command_options() -> dict[tuple[str, str], click.Option]:
+    """(command, option name) -> the option, for every command's options."""
+    return {
+        (command, param.opts[0]): param
+        for command in COMMANDS
+        for param in main.commands[command].params
+        if isinstance(param, click.Option)
+    }
+
+
+def test_cli_every_option_of_several_commands_is_a_shared_one_taken_where_listed():
+    taken: dict[str, set[str]] = {}
+    for command, name in command_options():
+        if (command, name) not in OWN:
+            taken.setdefault(name, set()).add(command)
+    assert {name: commands for name, commands in taken.items() if len(commands) > 1} == SHARED
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_cli_shared_option_is_one_declaration_with_one_help_text(name):
+    options = {command: option for (command, option_name), option in command_options().items() if option_name == name}
+    first = options[min(SHARED[name])]
+    for command, option in options.items():
+        if (command, name) in OWN:
+            continue
+        assert isinstance(option, SharedOption), f"{command} {name} is declared on its own"
+        assert (option.opts, option.secondary_opts, option.name) == (first.opts, first.secondary_opts, first.name)
+        assert option.type is first.type, f"{command} {name}"
+        assert (option.default, option.metavar, option.show_default) == (
+            first.default,
+            first.metavar,
+            first.show_default,
+        )
+        assert option.declared_help == first.declared_help
+        if (command, name) in REWORDED:
+            assert option.help != option.declared_help, f"{command} {name} is no longer reworded: drop it from REWORDED"
+        else:
+            assert option.help == option.declared_help, f"{command} {name}"
+        help_text = run_cli(command, "--help").output
+        assert re.search(rf"^\s+{re.escape(name)}\b", help_text, re.MULTILINE), f"{command} --help lacks {name}"
+
+
 def test_cli_search_unknown_workload_file_is_oneerror_line(tmp_path):
     assert error_line(
         run_cli("search", "--workload", "nope.py:workload", "--storage", f"sqlite:///{tmp_path}/x.db")
@@ -114,10 +181,6 @@ def test_cli_search_bad_timeout_is_oneerror_line():
     assert error_line(run_cli("search", "--timeout", "soon")) == (
         "Error: --timeout: cannot read 'soon' as a duration (examples: 90s, 10m, 2h, 1h30m)"
     )
-
-
-def test_cli_search_zero_trials_is_oneerror_line():
-    assert error_line(run_cli("search", "--trials", "0")) == "Error: --trials must be an integer >= 1, got 0"
 
 
 def test_cli_search_unreachable_storage_cannot_connect(tmp_path):
@@ -197,32 +260,10 @@ def test_cli_export_best_empty_storage_is_oneerror_line(tmp_path):
     assert not (tmp_path / "best.yaml").exists()
 
 
-def test_cli_search_zero_windows_is_oneerror_line(tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text("effective_batch: free\nknobs: {batch_size: [8, 16]}\n")
-    result = run_cli(
-        "search",
-        "--workload",
-        workload_spec(),
-        "--space",
-        str(space),
-        "--trials",
-        "1",
-        "--storage",
-        f"sqlite:///{tmp_path}/x.db",
-        "--windows",
-        "0",
-        "--warmup-steps",
-        "1",
-        "--no-lr-find",
-    )
-    assert "--windows" in error_line(result)
-
-
 def test_cli_search_zero_safety_margin_in_other_units_is_accepted():
-    # --trials 0 fails after every option is parsed: the margin must not be the error.
-    assert error_line(run_cli("search", "--safety-margin", "0m", "--trials", "0")) == (
-        "Error: --trials must be an integer >= 1, got 0"
+    # --device tpu fails after every option is read: the margin must not be the error.
+    assert error_line(run_cli("search", "--safety-margin", "0m", "--device", "tpu")) == (
+        "Error: --device: expected auto, cpu, cuda or cuda:N, got 'tpu'"
     )
 
 

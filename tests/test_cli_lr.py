@@ -94,7 +94,7 @@ def test_cli_lr_find_unknown_trial_is_oneerror_line(finished):
 def test_cli_lr_find_too_few_steps_is_a_usage_error(finished):
     result = run_cli("lr-find", "--storage", finished["storage"], "--steps", "4")
     assert result.exit_code == 2
-    assert "Invalid value for --steps: must be >= 5, got 4" in result.output
+    assert "Error: Invalid value for '--steps': 4 is not in the range x>=5." in result.output.splitlines()
 
 
 def test_cli_lr_find_help_has_examples():

@@ -60,7 +60,6 @@ def test_cli_train_resume_continues_with_the_same_command(tmp_path, config_file)
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--steps", "0"], "Error: --steps must be >= 1, got 0"),
         (
             ["--steps", "3", "--epochs", "1"],
             "Error: give one of --epochs, --steps and --time, not --epochs and --steps",
@@ -75,6 +74,21 @@ def test_cli_train_resume_continues_with_the_same_command(tmp_path, config_file)
 )
 def test_cli_train_bad_option_is_one_error_line(tmp_path, config_file, extra, message):
     assert error_line(run_cli(*train_args(tmp_path, config_file, *extra))) == message
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "0"], "'--steps': 0 is not in the range x>=1."),
+        (["--epochs", "0"], "'--epochs': 0.0 is not in the range 0<x<inf."),
+        (["--epochs", "inf"], "'--epochs': inf is not in the range 0<x<inf."),  # no run without end
+    ],
+)
+def test_cli_train_length_out_of_range_is_refused_by_its_declaration(tmp_path, config_file, extra, message):
+    result = run_cli(*train_args(tmp_path, config_file, *extra))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1] == f"Error: Invalid value for {message}"
     assert not (tmp_path / "ckpt").exists()
 
 
