@@ -227,7 +227,7 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def test_run_trial_trial_process_kills_its_group_when_the_watchdog_pipe_closes(fast_measure, trial_mark):
+def test_run_trial_trial_process_kills_its_group_when_the_watchdog_pipe_closes(trial_mark):
     """Where the kernel cannot kill the trial with its parent: the parent's end of the watchdog pipe
     closes when it dies, and the trial kills itself and its DataLoader workers."""
     events_read, events_write = os.pipe()
@@ -235,7 +235,7 @@ def test_run_trial_trial_process_kills_its_group_when_the_watchdog_pipe_closes(f
     job = TrialJob(
         workload=workload_spec("slow", "faults.py"),
         config={"batch_size": 8, "num_workers": 2},
-        measure=LONG,  # still stepping when the pipe closes (fast_measure's trial could be done by then)
+        measure=LONG,  # still stepping when the pipe closes (a short trial could be done by then)
         timeout_seconds=120,
     )
     process = subprocess.Popen(
