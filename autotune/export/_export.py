@@ -7,7 +7,7 @@ import dataclasses
 import datetime
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +19,7 @@ from autotune.export._torch_script import torch_script
 from autotune.knobs._config import TrainConfig
 from autotune.knobs._units import format_duration
 from autotune.store import _records
+from autotune.store._records import ExportDocument, StudySetup, TrialRecord, as_setup
 from autotune.store._storage import DEFAULT_STORAGE, load_study, redact
 from autotune.study import _recipe_check as recipe_check
 from autotune.study._budget import Budgets
@@ -97,7 +98,7 @@ def export_best(
     study = load_study(study_name, storage)
     setup = _records.read_setup(study)
     trials = study.get_trials(deepcopy=False)
-    budgets = Budgets.from_json(setup.get("budgets")).with_noise_scale(trials)
+    budgets = Budgets.from_json(setup.budgets).with_noise_scale(trials)
     checks = recipe_check.stored_checks(study)
     candidates = [Candidate.from_trial(t) for t in _records.feasible_trials(trials)]
     feasible, unchecked = recipe_check.exportable(candidates, setup, checks)
@@ -111,7 +112,7 @@ def export_best(
         )
     verification = None
     if verify_top and feasible:
-        if setup.get("objective") == "time":
+        if setup.objective == "time":
             top = sorted(feasible, key=lambda c: c.projected(budgets) or float("inf"))[:verify_top]
         else:
             top = sorted(feasible, key=lambda c: c.rate, reverse=True)[:verify_top]
@@ -122,7 +123,7 @@ def export_best(
     paired = study.user_attrs.get("paired")
     held_off: list[str] = []
     if verification is None and paired:
-        feasible, held_off = paired_pool(feasible, paired, budgets, setup.get("objective", "throughput"), prefer)
+        feasible, held_off = paired_pool(feasible, paired, budgets, setup.objective, prefer)
     baseline = next((c for c in feasible if c.is_baseline), None)
     selection = select(
         feasible,
@@ -132,7 +133,7 @@ def export_best(
         deadline_misses=[Candidate.from_trial(t) for t in misses],
         study_name=study.study_name,
         recipe=_recipe(setup),
-        objective=setup.get("objective", "throughput"),
+        objective=setup.objective,
     )
     selection.explanation[1:1] = held_off
     selection.explanation.extend(_unchecked_lines(selection, unchecked, candidates, baseline, budgets, prefer, setup))
@@ -154,26 +155,26 @@ def export_best(
     search_seconds = max(trial_seconds, float(study.user_attrs.get("search_seconds") or 0.0)) + (
         verification.seconds if verification else 0.0
     )
-    document = {
-        "config": config.to_dict(),
-        "measured": _measured(chosen),
-        "one_cycle": _one_cycle(config, chosen, budgets),
-        "lr_find": lr_section,
-        "progress": progress,
-        "full_run": _full_run(selection, budgets),
-        "payoff": _payoff(selection, budgets, baseline_trial, search_seconds),
-        "selection": {
+    document = ExportDocument(
+        config=config.to_dict(),
+        measured=_measured(chosen),
+        one_cycle=_one_cycle(config, chosen, budgets),
+        lr_find=lr_section,
+        progress=progress,
+        full_run=_full_run(selection, budgets),
+        payoff=_payoff(selection, budgets, baseline_trial, search_seconds),
+        selection={
             "prefer": prefer,
             "explanation": selection.explanation,
             "verified": None if verification is None else verification.rounds,
         },
-        "provenance": {
+        provenance={
             "study": study.study_name,
             "storage": redact(storage or DEFAULT_STORAGE),
             "trial": chosen.number,
-            "workload": setup.get("workload"),
-            "device": chosen.attrs.get("device"),
-            "torch_version": chosen.attrs.get("torch_version"),
+            "workload": setup.workload,
+            "device": chosen.record.device,
+            "torch_version": chosen.record.torch_version,
             "optuna_version": optuna.__version__,
             "autotune_version": importlib.metadata.version("autotune"),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -181,9 +182,9 @@ def export_best(
             "baseline_samples_per_second": _baseline_rate(selection, baseline_trial),
             "speedup_over_baseline": _speedup(selection, baseline_trial),
             # The optimizer's step takes a closure the workload did not declare (found by the search).
-            "step_closure": setup.get("step_closure"),
+            "step_closure": setup.step_closure,
         },
-    }
+    ).to_dict()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(document, fmt, as_json=path.suffix == ".json", name=path.name))
@@ -197,13 +198,14 @@ def _unchecked_lines(
     baseline: Candidate | None,
     budgets: Budgets,
     prefer: Preference,
-    setup: dict[str, Any],
+    setup: StudySetup | Mapping[str, Any],
 ) -> list[str]:
     """The lines on trials at a changed effective batch left out for want of a kept recipe check, where
     one of them would have been chosen otherwise."""
+    setup = as_setup(setup)
     if not unchecked or not candidates:
         return []
-    objective = setup.get("objective", "throughput")
+    objective = setup.objective
     unchecked_pick = select(candidates, baseline, budgets, prefer=prefer, objective=objective)
     return unchecked if unchecked_pick.chosen.number != selection.chosen.number else []
 
@@ -252,20 +254,21 @@ def _deadline_misses(trials: list[FrozenTrial]) -> list[FrozenTrial]:
         t
         for t in trials
         if t.state.name == "COMPLETE"
-        and t.user_attrs.get("status") == "ok"
+        and TrialRecord.of(t).status == "ok"
         and t.constraints.get("deadline", 0) > 0
         and all(value <= 0 for key, value in t.constraints.items() if key != "deadline")
     ]
 
 
 def _learning_rate(
-    study: Any, chosen: Candidate, budgets: Budgets, setup: dict[str, Any]
+    study: Any, chosen: Candidate, budgets: Budgets, setup: StudySetup | Mapping[str, Any]
 ) -> tuple[TrainConfig, dict | None, str]:
     """The chosen config with the max_lr to export: one a recipe check kept; else the recipe's base_lr,
     scaled by the study's rule where the effective batch changed; a searched max_lr as the trial ran it
     unless the LR range test finds it too close to the edge. The range test's own figures go along."""
-    config = TrainConfig.from_dict(chosen.attrs["config"])
-    result = stored_result(study, chosen.attrs["config"])
+    setup = as_setup(setup)
+    config = TrainConfig.from_dict(chosen.record.config)
+    result = stored_result(study, chosen.record.config)
     section = (
         None
         if result is None
@@ -321,15 +324,15 @@ def _learning_rate(
     recipe = _recipe_config(setup, config)
     recipe_lr = recipe.max_lr
     recipe_batch = budgets.baseline_effective_batch or recipe.effective_batch_size
-    scaling = setup.get("lr_scaling", "auto")
-    rule = scaling_rule(scaling, chosen.attrs.get("adaptive_optimizer"))
+    scaling = setup.lr_scaling
+    rule = scaling_rule(scaling, chosen.record.adaptive_optimizer)
     max_lr = scaled_lr(
         recipe_lr,
         config.effective_batch_size,
         recipe_batch,
         scaling,
         budgets.noise_scale,
-        chosen.attrs.get("adaptive_optimizer"),
+        chosen.record.adaptive_optimizer,
     )
     why = f"the recipe check did not keep it: {checks[-1].reason}" if checks else "no recipe check ran on it"
     if config.effective_batch_size == recipe_batch:
@@ -346,22 +349,24 @@ def _learning_rate(
     return dataclasses.replace(config, max_lr=max_lr), section, line
 
 
-def _recipe_config(setup: dict[str, Any], trial_config: TrainConfig) -> TrainConfig:
+def _recipe_config(setup: StudySetup | Mapping[str, Any], trial_config: TrainConfig) -> TrainConfig:
     """The recipe's config as the study recorded it (its baseline); a trial's own where none was recorded."""
-    return TrainConfig.from_dict(setup["baseline"]) if setup.get("baseline") else trial_config
+    setup = as_setup(setup)
+    return TrainConfig.from_dict(setup.baseline) if setup.baseline else trial_config
 
 
 def _progress(
     chosen: Candidate,
     config: TrainConfig,
     budgets: Budgets,
-    setup: dict[str, Any],
+    setup: StudySetup | Mapping[str, Any],
     trials: list[Any],
     checks: list[recipe_check.RecipeCheck],
 ) -> dict[str, Any] | None:
     """What the chosen config changes of the recipe's progress: the effective batch and optimizer steps,
     before and after, the gradient noise scale, the projection to the recipe's progress against the one
     at the recipe's samples, the max_lr and its rule, and the recipe check."""
+    setup = as_setup(setup)
     recipe_batch = budgets.baseline_effective_batch
     if recipe_batch is None:
         return None
@@ -377,7 +382,7 @@ def _progress(
     check = next(
         (c for c in reversed(checks) if c.trial == chosen.number and c.config["max_lr"] == config.max_lr), None
     )
-    recipe_lr = _recipe_config(setup, TrainConfig.from_dict(chosen.attrs["config"])).max_lr
+    recipe_lr = _recipe_config(setup, TrainConfig.from_dict(chosen.record.config)).max_lr
     changes = recipe_check.changes_recipe(config.to_dict(), {"max_lr": recipe_lr}, recipe_batch)
     section: dict[str, Any] = {
         "recipe_effective_batch": recipe_batch,
@@ -395,7 +400,7 @@ def _progress(
         "same_samples_projected_seconds": same_samples.get("seconds"),
         "recipe_max_lr": recipe_lr,
         "max_lr": config.max_lr,
-        "lr_rule": scaling_rule(setup.get("lr_scaling", "auto"), chosen.attrs.get("adaptive_optimizer")),
+        "lr_rule": scaling_rule(setup.lr_scaling, chosen.record.adaptive_optimizer),
         "changes": changes,
         "recipe_check": None
         if check is None
@@ -438,10 +443,11 @@ def _check_section(check: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _recipe(setup: dict[str, Any]) -> dict[str, Any]:
+def _recipe(setup: StudySetup | Mapping[str, Any]) -> dict[str, Any]:
     """The baseline's values of the workload knobs the space marks as changing the recipe."""
-    space = setup.get("space") or {}
-    knobs = (setup.get("baseline") or {}).get("workload_knobs") or {}
+    setup = as_setup(setup)
+    space = setup.space or {}
+    knobs = (setup.baseline or {}).get("workload_knobs") or {}
     return {
         name: knobs.get(name)
         for name, domain in space.items()
@@ -454,7 +460,7 @@ def _one_cycle(config: TrainConfig, chosen: Candidate, budgets: Budgets) -> dict
     ``autotune.training._apply.one_cycle(optimizer, config, **one_cycle)`` takes them."""
     from autotune.training._apply import ONE_CYCLE_DEFAULTS, steps_per_epoch
 
-    dataset_size = chosen.attrs.get("dataset_size")
+    dataset_size = chosen.record.dataset_size
     total_steps = None
     if dataset_size:
         total_steps = max(1, int(steps_per_epoch(dataset_size, config) * _epochs(budgets, chosen)))
@@ -463,16 +469,16 @@ def _one_cycle(config: TrainConfig, chosen: Candidate, budgets: Budgets) -> dict
         "total_steps": total_steps,
         **ONE_CYCLE_DEFAULTS,
         # Only optimizers with momentum or betas cycle it (on plain SGD it would switch momentum on).
-        "cycle_momentum": chosen.attrs.get("cycle_momentum"),
+        "cycle_momentum": chosen.record.cycle_momentum,
     }
 
 
 def _measured(chosen: Candidate) -> dict[str, Any]:
-    measured: dict[str, Any] = {key: chosen.attrs.get(key) for key in MEASURED_FIELDS}
+    measured: dict[str, Any] = {key: getattr(chosen.record, key) for key in MEASURED_FIELDS}
     measured["samples_per_second"] = chosen.samples_per_second  # the re-measured figure after --verify
     measured["unit_per_second"] = chosen.rate  # likewise, in the workload's unit
-    measured["effective_batch_size"] = TrainConfig.from_dict(chosen.attrs["config"]).effective_batch_size
-    measured["window_samples_per_second"] = chosen.attrs.get("window_samples_per_second")
+    measured["effective_batch_size"] = TrainConfig.from_dict(chosen.record.config).effective_batch_size
+    measured["window_samples_per_second"] = chosen.record.window_samples_per_second
     return measured
 
 
@@ -493,7 +499,7 @@ def _full_run(selection: Selection, budgets: Budgets) -> dict[str, Any]:
         "steps": None if budgets.steps is None else round(projection.get("optimizer_steps") or budgets.steps),
         "recipe_steps": budgets.steps,
         "samples_factor": factor,
-        "dataset_size": chosen.attrs.get("dataset_size"),
+        "dataset_size": chosen.record.dataset_size,
         "projected_seconds": projection.get("seconds"),
         "includes": projection.get("includes"),
         "warmup_seconds": projection.get("warmup_seconds"),
@@ -511,8 +517,8 @@ def _baseline_rate(selection: Selection, baseline_trial: FrozenTrial | None) -> 
     """The baseline's samples/s (what projections take), re-measured when it was."""
     if selection.baseline is not None:
         return selection.baseline.samples_per_second
-    if baseline_trial is not None and baseline_trial.user_attrs.get("status") == "ok":
-        return float(baseline_trial.user_attrs.get("samples_per_second") or 0.0) or None
+    if baseline_trial is not None and TrialRecord.of(baseline_trial).status == "ok":
+        return float(TrialRecord.of(baseline_trial).samples_per_second or 0.0) or None
     return None
 
 
@@ -520,7 +526,7 @@ def _speedup(selection: Selection, baseline_trial: FrozenTrial | None) -> float 
     """The chosen config's throughput over the baseline's, in the workload's unit."""
     if selection.baseline is not None:
         baseline = selection.baseline.rate
-    elif baseline_trial is not None and baseline_trial.user_attrs.get("status") == "ok":
+    elif baseline_trial is not None and TrialRecord.of(baseline_trial).status == "ok":
         baseline = _records.rate(baseline_trial)
     else:
         return None
@@ -534,7 +540,7 @@ def _payoff(
     chosen_seconds = budgets.project(selection.chosen.attrs, selection.chosen.samples_per_second)
     baseline_rate = _baseline_rate(selection, baseline_trial)
     baseline_seconds = (
-        budgets.project(baseline_trial.user_attrs, baseline_rate)
+        budgets.project(TrialRecord.of(baseline_trial), baseline_rate)
         if baseline_trial is not None and baseline_rate
         else None
     )

@@ -105,7 +105,9 @@ def one_cycle_lines(document: dict[str, Any], optimizer: str, total_steps: str, 
 
 def optimizer_line(document: dict[str, Any], parameters: str = "model.parameters()", indent: str = "") -> str:
     max_lr = one_cycle_arguments(document)["max_lr"]
-    extra = "".join(f", {key}={literal(value)}" for key, value in optimizer_kwargs(export_config(document).to_dict()).items())
+    extra = "".join(
+        f", {key}={literal(value)}" for key, value in optimizer_kwargs(export_config(document).to_dict()).items()
+    )
     return f"{indent}optimizer = torch.optim.AdamW({parameters}, lr={literal(max_lr)}{extra})  # or your optimizer"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -13,6 +14,7 @@ from autotune.knobs._config import TrainConfig
 from autotune.knobs._table import KNOB_NAMES, WORKER_KNOBS
 from autotune.knobs._units import format_duration, format_size
 from autotune.store import _records
+from autotune.store._records import TrialRecord, as_record
 from autotune.study._options import SearchListener, SearchPlan, SearchResult
 from autotune.study._selection import paired_lines
 
@@ -49,7 +51,9 @@ def describe_config(config: TrainConfig | dict[str, Any]) -> str:
     # The knobs that act only with workers go in brackets after them; the rest follow in the table's order.
     extras = knob_table.describe({name: values[name] for name in WORKER_KNOBS}) if c.num_workers else []
     parts.append(f"workers {c.num_workers}" + (f" ({', '.join(extras)})" if extras else ""))
-    shown = [name for name in KNOB_NAMES if name not in ("batch_size", "accumulation_steps", "num_workers", *WORKER_KNOBS)]
+    shown = [
+        name for name in KNOB_NAMES if name not in ("batch_size", "accumulation_steps", "num_workers", *WORKER_KNOBS)
+    ]
     parts += knob_table.describe({name: values[name] for name in shown})
     parts += [f"{name} {value}" for name, value in c.workload_knobs.items()]
     return " · ".join(parts)
@@ -98,7 +102,7 @@ class SearchPrinter(SearchListener):
 
     def on_recipe_check_start(self, trial: FrozenTrial, max_lr: float, rule: str) -> None:
         self.close()
-        config = TrainConfig.from_dict(trial.user_attrs["config"])
+        config = TrainConfig.from_dict(TrialRecord.of(trial).config)
         console.print(
             f"checking trial #{trial.number} (effective batch {config.effective_batch_size}, "
             f"{escape(rule)}) against the recipe, both run to the recipe's progress ..."
@@ -137,27 +141,28 @@ class SearchPrinter(SearchListener):
         status = _records.status(trial)
         style = _STATUS_STYLE.get(status, "white")
         per_second = f"{escape(_records.unit(trial))}/s"
-        measured = status == "ok" and trial.user_attrs.get("samples_per_second") is not None
+        measured = status == "ok" and TrialRecord.of(trial).samples_per_second is not None
         figure = f"{_records.rate(trial):9.1f} {per_second}" if measured else " " * (10 + len(per_second))
-        peak = format_size(trial.user_attrs.get("peak_memory_bytes"))
-        tag = " [cyan]baseline[/]" if trial.user_attrs.get("baseline") else ""
-        config = trial.user_attrs.get("config")
+        peak = format_size(TrialRecord.of(trial).peak_memory_bytes)
+        tag = " [cyan]baseline[/]" if TrialRecord.of(trial).baseline else ""
+        config = TrialRecord.of(trial).config
         line = f"#{trial.number:<3} [{style}]{status:<8}[/] {figure}  peak {peak:>10}  {escape(describe_config(config)) if config else ''}{tag}"
         console.print(line)
-        if status != "ok" and trial.user_attrs.get("reason"):
-            console.print(f"      [dim]{escape(trial.user_attrs['reason'])}[/]")
-        if trial.user_attrs.get("noise_scale") is not None:
-            console.print(f"      [dim]gradient noise scale {escape(noise_line(trial.user_attrs))}[/]")
+        if status != "ok" and TrialRecord.of(trial).reason:
+            console.print(f"      [dim]{escape(TrialRecord.of(trial).reason)}[/]")
+        if TrialRecord.of(trial).noise_scale is not None:
+            console.print(f"      [dim]gradient noise scale {escape(noise_line(TrialRecord.of(trial)))}[/]")
         if best is not None and best.number == trial.number:
             console.print(f"      [bold green]new best[/] {_records.rate(best):.1f} {escape(_records.unit(best))}/s")
 
 
-def noise_line(attrs: dict) -> str:
+def noise_line(trial: TrialRecord | Mapping[str, Any]) -> str:
     """A trial's gradient noise scale, as its line shows it."""
-    stderr = attrs.get("noise_scale_stderr")
-    groups = (attrs.get("noise") or {}).get("groups")
+    record = as_record(trial)
+    stderr = record.noise_scale_stderr
+    groups = (record.noise or {}).get("groups")
     return (
-        f"{attrs['noise_scale']:.3g}"
+        f"{record.noise_scale:.3g}"
         + (f" ± {stderr:.2g}" if stderr is not None else "")
         + " samples"
         + (f" ({groups} groups of micro-batches)" if groups else "")
@@ -186,11 +191,11 @@ def print_search_result(result: SearchResult) -> None:
         return
     best = result.best
     line = f"best: trial #{best.number} at {_records.rate(best):.1f} {escape(_records.unit(best))}/s"
-    if result.baseline is not None and result.baseline.user_attrs.get("status") == "ok":
+    if result.baseline is not None and TrialRecord.of(result.baseline).status == "ok":
         speedup = _records.rate(best) / _records.rate(result.baseline)
         line += f", {speedup:.2f}x the baseline (trial #{result.baseline.number})"
     console.print(line)
-    console.print(f"  {escape(describe_config(best.user_attrs['config']))}")
+    console.print(f"  {escape(describe_config(TrialRecord.of(best).config))}")
     if result.paired is not None:
         for line in paired_lines(result.paired):
             console.print(escape(line))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.store import _records
+from autotune.store._records import TrialRecord
 from autotune.store._storage import load_study
 from autotune.study import _recipe_check as recipe_check
 from autotune.study._budget import Budgets
@@ -45,7 +46,7 @@ def build_report(
 ) -> Report:
     study = load_study(study_name, storage)
     trials = study.get_trials(deepcopy=False)
-    budgets = Budgets.from_json(_records.read_setup(study).get("budgets"))
+    budgets = Budgets.from_json(_records.read_setup(study).budgets)
     baseline = _records.baseline_trial(trials)
     baseline_rate = _records.rate(baseline) if baseline is not None and _records.status(baseline) == "ok" else None
     measured = sorted((t for t in trials if _records.status(t) == "ok"), key=_records.rate, reverse=True)
@@ -64,7 +65,7 @@ def build_report(
         lr_find=list(study.user_attrs.get("lr_find", {}).values()),
         plots=written,
         full_runs=[actual for _, actual in sorted(actuals(study).items())],
-        unit=_records.unit(next((t for t in trials if "unit" in t.user_attrs), {})),
+        unit=_records.unit(next((t for t in trials if TrialRecord.of(t).unit), {})),
         objective=study.metric_names[0] if study.metric_names else "samples/s",
         overhead=trial_overhead(trials),
         paired=study.user_attrs.get("paired"),
@@ -78,7 +79,7 @@ def _noise_scale(trials: list[Any]) -> dict[str, Any] | None:
     pooled = noise_scale.pooled(trials)
     if pooled is None:
         return None
-    measured = sum(1 for t in trials if (t.user_attrs.get("noise") or {}).get("gradient_sq"))
+    measured = sum(1 for t in trials if (TrialRecord.of(t).noise or {}).get("gradient_sq"))
     return {
         **pooled.to_json(),
         "trials": measured,
@@ -89,7 +90,7 @@ def _noise_scale(trials: list[Any]) -> dict[str, Any] | None:
 def trial_overhead(trials: list[Any]) -> dict[str, Any] | None:
     """The median share of a trial's wall time spent outside its timed windows and evaluation
     (compile aside), its median seconds and its median startup, over the trials that measured."""
-    measured = [t.user_attrs for t in trials if t.user_attrs.get("overhead_fraction") is not None]
+    measured = [t.user_attrs for t in trials if TrialRecord.of(t).overhead_fraction is not None]
     if not measured:
         return None
     startups = [a["startup_seconds"] for a in measured if a.get("startup_seconds") is not None]
@@ -103,24 +104,24 @@ def trial_overhead(trials: list[Any]) -> dict[str, Any] | None:
 
 
 def _row(trial: Any, baseline_rate: float | None) -> dict[str, Any]:
-    attrs = trial.user_attrs
-    rate = _records.rate(trial) if attrs.get("samples_per_second") is not None else None  # the workload's unit/s
+    attrs = TrialRecord.of(trial)
+    rate = _records.rate(trial) if attrs.samples_per_second is not None else None  # the workload's unit/s
     return {
         "trial": trial.number,
-        "baseline": bool(attrs.get("baseline")),
+        "baseline": bool(attrs.baseline),
         "status": _records.status(trial),
         "feasible": _records.is_feasible(trial),
-        "samples_per_second": attrs.get("samples_per_second"),
+        "samples_per_second": attrs.samples_per_second,
         "unit_per_second": rate,
         "unit": _records.unit(trial),
         "speedup": rate / baseline_rate if rate and baseline_rate else None,
-        "throughput_cv": attrs.get("throughput_cv"),
-        "overhead_fraction": attrs.get("overhead_fraction"),
-        "peak_memory_bytes": attrs.get("peak_memory_bytes"),
-        "projected_full_run_seconds": attrs.get("projected_full_run_seconds"),
-        "noise_scale": attrs.get("noise_scale"),
-        "reason": attrs.get("reason") or "",
-        "config": attrs.get("config"),
+        "throughput_cv": attrs.throughput_cv,
+        "overhead_fraction": attrs.overhead_fraction,
+        "peak_memory_bytes": attrs.peak_memory_bytes,
+        "projected_full_run_seconds": attrs.projected_full_run_seconds,
+        "noise_scale": attrs.noise_scale,
+        "reason": attrs.reason or "",
+        "config": attrs.config,
     }
 
 

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import statistics
 from typing import Any
 
+from autotune.store._records import TrialRecord, TrialStatus
 
-class Status(str, enum.Enum):
-    """How a trial ended. Everything but ``ok`` is a loss with a recorded reason."""
-
-    OK = "ok"
-    OOM = "oom"
-    SLOW = "slow"
-    DIVERGED = "diverged"
-    TIMEOUT = "timeout"
-    ERROR = "error"
+Status = TrialStatus  # how a trial ended (the record's enum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,19 +159,24 @@ class TrialOutcome:
     log_tail: str = ""
     in_optimizer_step: bool = False  # an error raised by the optimizer's step (see _checks: a closure it wants)
 
-    def user_attrs(self) -> dict[str, Any]:
-        attrs = {
+    def record(self) -> TrialRecord:
+        """The trial's record: its figures as the study stores them."""
+        figures = {
             key: value
             for key, value in dataclasses.asdict(self).items()
-            if key not in ("windows", "log_tail", "status", "lr_curve", "in_optimizer_step")
+            if key not in ("windows", "log_tail", "lr_curve", "in_optimizer_step")
         }
-        attrs["status"] = self.status.value
+        figures["status"] = self.status
         if self.loss_start is not None and self.loss_end is not None:
-            attrs["loss_decrease"] = self.loss_start - self.loss_end  # with the trial's max_lr, over its steps
-        attrs["window_samples_per_second"] = [round(w.samples_per_second, 3) for w in self.windows]
+            figures["loss_decrease"] = self.loss_start - self.loss_end  # with the trial's max_lr, over its steps
+        figures["window_samples_per_second"] = [round(w.samples_per_second, 3) for w in self.windows]
         if self.noise is not None:  # the figure on its own, as optuna-dashboard lists it
-            attrs["noise_scale"] = self.noise.get("value")
-            attrs["noise_scale_stderr"] = self.noise.get("stderr")
+            figures["noise_scale"] = self.noise.get("value")
+            figures["noise_scale_stderr"] = self.noise.get("stderr")
         if self.log_tail and self.status is not Status.OK:
-            attrs["log_tail"] = self.log_tail[-2000:]
-        return attrs
+            figures["log_tail"] = self.log_tail[-2000:]
+        return TrialRecord(**figures)
+
+    def user_attrs(self) -> dict[str, Any]:
+        """The record as the trial's user attributes."""
+        return self.record().to_attrs()

@@ -1,15 +1,144 @@
-"""Reading autotune's figures back out of Optuna trials (their user attributes)."""
+"""autotune's records, written and read only here: a trial's (its Optuna user attributes), the study's
+setup, and the export document. Each carries a schema version; a record without one was written
+before versions were kept (version 0, the same keys) and reads the same way.
+
+A trial's record stays flat, one user attribute per figure, so optuna-dashboard lists each one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from autotune.knobs._table import MEMORY_NEUTRAL_KNOBS
 
 if TYPE_CHECKING:
-    from optuna.trial import FrozenTrial
+    from optuna.trial import FrozenTrial, Trial
 
+SCHEMA_KEY = "schema"  # each record's version, under this key
+TRIAL_SCHEMA = 1
+SETUP_SCHEMA = 1
+EXPORT_SCHEMA = 1
+
+
+class TrialStatus(str, enum.Enum):
+    """How a trial ended. Everything but ``ok`` is a loss with a recorded reason."""
+
+    OK = "ok"
+    OOM = "oom"
+    SLOW = "slow"
+    DIVERGED = "diverged"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"  # its search process died or was stopped while it ran
+    DUPLICATE = "duplicate"  # a config measured before: answered from that trial, not run
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """One trial's figures, as stored in its user attributes (None: not recorded)."""
+
+    schema: int = 0
+    status: TrialStatus | None = None
+    reason: str = ""
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    memory_budget_bytes: int | None = None
+    samples_per_second: float | None = None  # median over windows
+    unit_per_second: float | None = None  # the same in the workload's unit
+    unit: str | None = None
+    throughput_cv: float | None = None
+    window_samples_per_second: list[float] = dataclasses.field(default_factory=list)
+    peak_memory_bytes: int | None = None
+    data_wait_fraction: float | None = None
+    warmup_seconds: float | None = None
+    compile_seconds: float | None = None
+    loss_start: float | None = None
+    loss_end: float | None = None
+    loss_decrease: float | None = None
+    scaler_skipped_steps: int | None = None
+    dataset_size: int | None = None
+    cycle_momentum: bool | None = None
+    adaptive_optimizer: bool | None = None
+    evaluation_seconds: float | None = None
+    device: str | None = None
+    torch_version: str | None = None
+    noise: dict[str, Any] | None = None  # the gradient noise scale's measurement
+    noise_scale: float | None = None
+    noise_scale_stderr: float | None = None
+    wall_seconds: float | None = None
+    startup_seconds: float | None = None
+    overhead_seconds: float | None = None
+    overhead_fraction: float | None = None
+    log_tail: str | None = None
+    projected_full_run_seconds: float | None = None
+    projection_includes: list[str] | None = None
+    memory_fit: dict[str, Any] | None = None  # the curves known before it ran
+    throughput_fit: dict[str, Any] | None = None
+    skipped: bool = False  # not run: answered from earlier trials
+    crashed: bool = False
+    compile_failed: bool = False
+    predicted: bool = False  # skipped on a fitted curve's prediction
+    duplicate_of: int | None = None
+    host: str | None = None
+    pid: int | None = None
+    baseline: bool = False  # the user's current config, measured first
+    interruptions: int = 0  # times a search process died while running it (retried)
+    retry_of: int | None = None  # the interrupted trial whose config it runs again
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> TrialRecord:
+        """The record in ``attrs`` (a trial's user attributes); keys it does not know are left out."""
+        values = {key: attrs[key] for key in TRIAL_KEYS if key in attrs and attrs[key] is not None}
+        if "status" in values:
+            try:
+                values["status"] = TrialStatus(values["status"])
+            except ValueError:
+                values.pop("status")
+        return cls(**values)
+
+    @classmethod
+    def of(cls, trial: FrozenTrial | Trial | Mapping[str, Any]) -> TrialRecord:
+        """The record of a trial (finished or running), or of its user attributes."""
+        return cls.from_attrs(trial if isinstance(trial, Mapping) else trial.user_attrs)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The user attributes to store: the recorded figures (None left out), with the schema version."""
+        attrs = {key: getattr(self, key) for key in TRIAL_KEYS if key != "schema"}
+        attrs = {key: value for key, value in attrs.items() if value is not None and value != TRIAL_DEFAULTS[key]}
+        if self.status is not None:
+            attrs["status"] = self.status.value
+        return {SCHEMA_KEY: TRIAL_SCHEMA, **attrs}
+
+    @property
+    def rate(self) -> float:
+        """Throughput in the workload's unit per second (samples/s for a record without a unit)."""
+        return float(self.unit_per_second or self.samples_per_second or 0.0)
+
+    @property
+    def effective_batch(self) -> int:
+        return int(self.config.get("batch_size", 1)) * int(self.config.get("accumulation_steps", 1))
+
+
+def as_record(trial: TrialRecord | FrozenTrial | Mapping[str, Any]) -> TrialRecord:
+    """The record of a trial, of its user attributes, or the record itself."""
+    return trial if isinstance(trial, TrialRecord) else TrialRecord.of(trial)
+
+
+TRIAL_KEYS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(TrialRecord))
+TRIAL_DEFAULTS: dict[str, Any] = {key: getattr(TrialRecord(), key) for key in TRIAL_KEYS}
+
+
+def write_trial(trial: Any, **figures: Any) -> None:
+    """Record figures on a running trial (an optuna.Trial): each key must be a TrialRecord field."""
+    unknown = [key for key in figures if key not in TRIAL_KEYS]
+    if unknown:
+        raise KeyError(f"not a trial record field: {unknown[0]!r}")
+    if SCHEMA_KEY not in trial.user_attrs:
+        trial.set_user_attr(SCHEMA_KEY, TRIAL_SCHEMA)
+    for key, value in figures.items():
+        trial.set_user_attr(key, value.value if isinstance(value, TrialStatus) else value)
 
 
 def status(trial: FrozenTrial) -> str:
@@ -25,17 +154,15 @@ def is_feasible(trial: FrozenTrial) -> bool:
     )
 
 
-def rate(trial: FrozenTrial | dict[str, Any]) -> float:
+def rate(trial: TrialRecord | FrozenTrial | Mapping[str, Any]) -> float:
     """A trial's throughput in the workload's unit per second (tokens/s, images/s, samples/s):
     ``unit_per_second``, or samples/s for a trial recorded without it."""
-    attrs = trial if isinstance(trial, dict) else trial.user_attrs
-    return float(attrs.get("unit_per_second") or attrs.get("samples_per_second") or 0.0)
+    return as_record(trial).rate
 
 
-def unit(trial: FrozenTrial | dict[str, Any]) -> str:
+def unit(trial: TrialRecord | FrozenTrial | Mapping[str, Any]) -> str:
     """The workload's unit a trial counted ("samples" when it counted none)."""
-    attrs = trial if isinstance(trial, dict) else trial.user_attrs
-    return attrs.get("unit") or "samples"
+    return as_record(trial).unit or "samples"
 
 
 throughput = rate  # what trials are ranked by when their run's length is not known
@@ -73,11 +200,9 @@ def best_trial(
     return max(feasible, key=rate)
 
 
-def effective_batch_of(trial: FrozenTrial | Mapping[str, Any]) -> int:
+def effective_batch_of(trial: TrialRecord | FrozenTrial | Mapping[str, Any]) -> int:
     """A trial's samples per optimizer step (batch_size x accumulation_steps)."""
-    attrs = trial if isinstance(trial, Mapping) else trial.user_attrs
-    config = attrs.get("config") or {}
-    return int(config.get("batch_size", 1)) * int(config.get("accumulation_steps", 1))
+    return as_record(trial).effective_batch
 
 
 def runs_baseline_config(attrs: Mapping[str, Any], baseline_attrs: Mapping[str, Any]) -> bool:
@@ -166,42 +291,123 @@ def status_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
-# What a study was set up with, one study user attribute per part (optuna-dashboard shows each,
-# and truncates long values, so one big attribute would not be readable there).
-SETUP_KEYS = (
-    "workload",
-    "space",
-    "baseline",
-    "device",
-    "torch_device",
-    "budgets",
-    "requested",
-    "measure",
-    "trial_timeout_seconds",
-    "objective",
-    "step_closure",
-    "lr_scaling",
-)
+@dataclasses.dataclass(frozen=True)
+class StudySetup:
+    """What a study was set up with. Stored one study user attribute per part (optuna-dashboard shows
+    each, and truncates long values, so one big attribute would not be readable there), with the
+    schema version under ``setup_schema``. ``workload`` is written last: it marks the setup complete."""
+
+    workload: str = ""  # "": no complete setup recorded yet
+    space: dict[str, Any] = dataclasses.field(default_factory=dict)  # the space as requested, described
+    baseline: dict[str, Any] = dataclasses.field(default_factory=dict)  # the baseline's TrainConfig
+    device: str = ""  # described ("cpu (x86_64, 2 cores)")
+    torch_device: str = "cpu"
+    budgets: dict[str, Any] | None = None  # Budgets.to_json()
+    requested: dict[str, Any] | None = None  # what the user asked for (the memory budget as given)
+    measure: dict[str, Any] = dataclasses.field(default_factory=dict)  # MeasureSettings
+    trial_timeout_seconds: float = 600.0
+    objective: str = "throughput"  # studies before the objective was recorded ranked by throughput
+    step_closure: bool | None = None
+    lr_scaling: str = "auto"
+    schema: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.workload)
+
+    @property
+    def searched_knobs(self) -> list[str]:
+        """The knobs the recorded space searches (a list of choices or a range)."""
+        return [name for name, domain in self.space.items() if isinstance(domain, (list, dict))]
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> StudySetup:
+        """The setup recorded in a study's user attributes (an empty one while none is complete)."""
+        if "workload" not in attrs:
+            return cls()
+        values = {key: attrs[key] for key in SETUP_KEYS if key in attrs and attrs[key] is not None}
+        return cls(**values, schema=int(attrs.get(SETUP_SCHEMA_KEY, 0)))
+
+    def to_attrs(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
+        """The study user attributes to write (all parts, or ``keys``), "workload" last."""
+        chosen = SETUP_KEYS if keys is None else tuple(keys)
+        attrs = {SETUP_SCHEMA_KEY: SETUP_SCHEMA, **{key: getattr(self, key) for key in chosen if key != "workload"}}
+        if "workload" in chosen:
+            attrs["workload"] = self.workload
+        return attrs
 
 
-def searched_knobs(setup: Mapping[str, Any]) -> list[str]:
+SETUP_SCHEMA_KEY = "setup_schema"
+SETUP_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StudySetup) if f.name != "schema")
+
+
+def as_setup(setup: StudySetup | Mapping[str, Any]) -> StudySetup:
+    """A setup, or one from a mapping of its parts."""
+    return setup if isinstance(setup, StudySetup) else StudySetup.from_attrs(setup)
+
+
+def searched_knobs(setup: StudySetup | Mapping[str, Any]) -> list[str]:
     """The knobs a study's recorded space searches (a list of choices or a range)."""
-    return [name for name, domain in (setup.get("space") or {}).items() if isinstance(domain, (list, dict))]
+    return as_setup(setup).searched_knobs
 
 
-def read_setup(study: Any) -> dict[str, Any]:
-    """The recorded setup, or {} while none is complete.
+def read_setup(study: Any) -> StudySetup:
+    """The recorded setup (``complete`` False while none is).
 
     Each part is its own write, and another process may be recording a setup right now:
     ``write_setup`` writes "workload" last, so a study without it has no complete setup yet.
     """
-    attrs = study.user_attrs
-    if "workload" not in attrs:
-        return {}
-    return {key: attrs[key] for key in SETUP_KEYS if key in attrs}
+    return StudySetup.from_attrs(study.user_attrs)
 
 
-def write_setup(study: Any, setup: dict[str, Any]) -> None:
-    """Record setup parts, "workload" last (it marks the setup as complete, see ``read_setup``)."""
-    for key in sorted(setup, key=lambda key: key == "workload"):
-        study.set_user_attr(key, setup[key])
+def write_setup(study: Any, setup: StudySetup, keys: Iterable[str] | None = None) -> None:
+    """Record the setup's parts (or ``keys``), "workload" last (it marks the setup complete)."""
+    for key, value in setup.to_attrs(keys).items():
+        study.set_user_attr(key, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportDocument:
+    """What export-best writes: the config and, by section, its measured figures, the OneCycle schedule,
+    the LR range test, the progress a changed effective batch is charged, the full run, the payoff, the
+    choice and its provenance. ``autotune train`` reads it back; an export without ``schema`` was
+    written before versions were kept and reads the same way."""
+
+    config: dict[str, Any]
+    measured: dict[str, Any] = dataclasses.field(default_factory=dict)
+    one_cycle: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lr_find: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+    full_run: dict[str, Any] = dataclasses.field(default_factory=dict)
+    payoff: dict[str, Any] = dataclasses.field(default_factory=dict)
+    selection: dict[str, Any] = dataclasses.field(default_factory=dict)
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    schema: int = EXPORT_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document as written: ``schema`` first, then the sections in order."""
+        values = dataclasses.asdict(self)
+        return {SCHEMA_KEY: values.pop("schema"), **values}
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any], *, source: str = "export") -> ExportDocument:
+        """An export's sections (a config file with only ``config:`` reads as an export without the rest).
+        A section that is not a mapping reads as absent; a schema newer than this autotune's is refused."""
+        schema = document.get(SCHEMA_KEY, 0)
+        if not isinstance(schema, int) or schema > EXPORT_SCHEMA:
+            raise ValueError(
+                f"{source}: export schema {schema!r} is newer than this autotune reads ({EXPORT_SCHEMA}); "
+                "upgrade autotune"
+            )
+        config = document.get("config")
+        if not isinstance(config, Mapping):
+            raise ValueError(f"{source}: no config: mapping")
+        sections = {
+            name: dict(document[name])
+            for name in EXPORT_SECTIONS
+            if name != "config" and isinstance(document.get(name), Mapping)
+        }
+        return cls(config=dict(config), schema=schema, **sections)
+
+
+EXPORT_SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ExportDocument) if f.name != "schema")

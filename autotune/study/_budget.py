@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from autotune.exceptions import ParameterError
 from autotune.knobs._units import format_duration, format_size
+from autotune.store._records import TrialRecord, as_record
 from autotune.training import _noise_scale as _noise
 
 DEFAULT_TRIAL_TIMEOUT_SECONDS = 600.0
@@ -72,23 +74,27 @@ class Budgets:
         margin = f" less the {format_duration(self.safety_margin_seconds)} margin" if self.safety_margin_seconds else ""
         return f"{format_duration(self.time_limit_seconds)} (the deadline {format_duration(self.deadline_seconds)}{margin})"
 
-    def project(self, trial_attrs: dict[str, Any], samples_per_second: float | None = None) -> float | None:
+    def project(
+        self, trial_attrs: TrialRecord | Mapping[str, Any], samples_per_second: float | None = None
+    ) -> float | None:
         """Seconds the full run would take at a trial's throughput (see ``projection``)."""
         parts = self.projection(trial_attrs, samples_per_second)
         return None if parts is None else parts["seconds"]
 
-    def projection(self, trial_attrs: dict[str, Any], samples_per_second: float | None = None) -> dict[str, Any] | None:
+    def projection(
+        self, trial_attrs: TrialRecord | Mapping[str, Any], samples_per_second: float | None = None
+    ) -> dict[str, Any] | None:
         """The full run's wall time at a trial's throughput, and what it is made of: its samples
         (dataset x epochs, or steps x the recipe's effective batch) over the steady rate, plus the
         trial's warm-up (building, worker start, compile), paid once, plus its evaluations, each as
         long as the trial's one evaluation. A trial at another effective batch than the recipe's
         needs more (or fewer) samples to reach the recipe's progress: ``samples_factor`` of them."""
-        rate = samples_per_second or trial_attrs.get("samples_per_second")
-        dataset_size = trial_attrs.get("dataset_size")
-        config = trial_attrs.get("config") or {}
+        record = as_record(trial_attrs)
+        rate = samples_per_second or record.samples_per_second
+        dataset_size = record.dataset_size
         if not rate:
             return None
-        effective_batch = int(config.get("batch_size", 1)) * int(config.get("accumulation_steps", 1))
+        effective_batch = record.effective_batch
         recipe_batch = self.baseline_effective_batch or effective_batch
         if self.steps is not None:
             samples = float(self.steps * recipe_batch)
@@ -111,9 +117,9 @@ class Budgets:
                 f"{recipe_batch}; {noise})"
             )
         steady = samples / rate
-        warmup = float(trial_attrs.get("warmup_seconds") or 0.0)
-        compile_seconds = float(trial_attrs.get("compile_seconds") or 0.0)
-        evaluation = self.evaluations * float(trial_attrs.get("evaluation_seconds") or 0.0)
+        warmup = float(record.warmup_seconds or 0.0)
+        compile_seconds = float(record.compile_seconds or 0.0)
+        evaluation = self.evaluations * float(record.evaluation_seconds or 0.0)
         includes = [
             f"{size} at {rate:.1f} samples/s: {format_duration(steady)}",
             f"warm-up {format_duration(warmup)}"

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
-from autotune.store._records import MEMORY_NEUTRAL_KNOBS, rate
+from autotune.store._records import MEMORY_NEUTRAL_KNOBS, TrialRecord, rate
 
 # A prediction must clear the limit by this much before a trial is not run: the line is fitted to
 # few points, and a trial that would have fitted is a loss.
@@ -30,9 +30,9 @@ def _group(trials: Iterable[Any], config: dict[str, Any], neutral: tuple[str, ..
     """Trials that ran fine with ``config``'s knobs, the ``neutral`` ones aside."""
     group = []
     for trial in trials:
-        attrs = trial.user_attrs
-        earlier = attrs.get("config")
-        if attrs.get("status") != "ok" or attrs.get("skipped") or not earlier:
+        attrs = TrialRecord.of(trial)
+        earlier = attrs.config
+        if attrs.status != "ok" or attrs.skipped or not earlier:
             continue
         if all(earlier.get(name) == value for name, value in config.items() if name not in neutral):
             group.append(trial)
@@ -43,9 +43,9 @@ def memory_fit(trials: Iterable[Any], config: dict[str, Any]) -> dict[str, Any] 
     """Peak memory = intercept + slope x batch_size, least squares over the trials that ran with
     ``config``'s memory-relevant knobs; None below two distinct batch sizes or without growth."""
     points = [
-        (t.user_attrs["config"]["batch_size"], t.user_attrs["peak_memory_bytes"], t.number)
+        (TrialRecord.of(t).config["batch_size"], TrialRecord.of(t).peak_memory_bytes, t.number)
         for t in _group(trials, config, MEMORY_NEUTRAL_KNOBS)
-        if t.user_attrs.get("peak_memory_bytes")
+        if TrialRecord.of(t).peak_memory_bytes
     ]
     if len({batch for batch, _, _ in points}) < 2:
         return None
@@ -81,7 +81,7 @@ def throughput_fit(trials: Iterable[Any], config: dict[str, Any]) -> dict[str, A
     trials that ran with ``config``'s other knobs; None below three distinct batch sizes, or where
     throughput does not level off (then there is no knee)."""
     points = [
-        (t.user_attrs["config"]["batch_size"], rate(t), t.number)
+        (TrialRecord.of(t).config["batch_size"], rate(t), t.number)
         for t in _group(trials, config, _RATE_NEUTRAL_KNOBS)
         if rate(t) > 0
     ]

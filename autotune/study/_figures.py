@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.store import _records
+from autotune.store._records import TrialRecord
 from autotune.study import _curves
 from autotune.study._budget import Budgets
 
@@ -48,12 +49,12 @@ def throughput_figure(trials: Sequence[Any]) -> Figure:
     groups: dict[str, Series] = {}
     unit = "samples"
     for trial in trials:
-        attrs = trial.user_attrs
-        if attrs.get("status") != "ok" or "config" not in attrs:
+        attrs = TrialRecord.of(trial)
+        if attrs.status != "ok" or not attrs.config:
             continue
-        precision = attrs["config"]["precision"]
+        precision = attrs.config["precision"]
         series = groups.setdefault(precision, Series(precision, [], [], []))
-        series.x.append(attrs["config"]["batch_size"])
+        series.x.append(attrs.config["batch_size"])
         series.y.append(_records.rate(trial))
         series.labels.append(f"trial #{trial.number}")
         unit = _records.unit(trial)
@@ -79,7 +80,7 @@ def _fitted_curve(
 ) -> list[Series]:
     """The most recent fit stored with a trial under ``key``, drawn over the trials' batch sizes
     (none when no trial has one)."""
-    fit = next((t.user_attrs[key] for t in reversed(list(trials)) if t.user_attrs.get(key)), None)
+    fit = next((f for t in reversed(list(trials)) if (f := getattr(TrialRecord.of(t), key))), None)
     if fit is None:
         return []
     xs = _span(trials)
@@ -88,7 +89,7 @@ def _fitted_curve(
 
 def _span(trials: Sequence[Any], points: int = 40) -> list[float]:
     """Batch sizes from the smallest to the largest any trial had, evenly spaced on a log scale."""
-    batches = [t.user_attrs["config"]["batch_size"] for t in trials if t.user_attrs.get("config")]
+    batches = [TrialRecord.of(t).config["batch_size"] for t in trials if TrialRecord.of(t).config]
     low, high = min(batches, default=1), max(batches, default=1)
     if high <= low:
         return [float(low)]
@@ -100,12 +101,12 @@ def memory_figure(trials: Sequence[Any], budgets: Budgets) -> Figure:
     fits = Series("fits", [], [], [])
     out = Series("out of memory", [], [], [])
     for trial in trials:
-        attrs = trial.user_attrs
-        peak = attrs.get("peak_memory_bytes")
-        if peak is None or "config" not in attrs or attrs.get("skipped"):
+        attrs = TrialRecord.of(trial)
+        peak = attrs.peak_memory_bytes
+        if peak is None or not attrs.config or attrs.skipped:
             continue
-        series = out if attrs.get("status") == "oom" else fits
-        series.x.append(attrs["config"]["batch_size"])
+        series = out if attrs.status == "oom" else fits
+        series.x.append(attrs.config["batch_size"])
         series.y.append(peak / MIB)
         series.labels.append(f"trial #{trial.number} ({_records.status(trial)})")
     lines = []

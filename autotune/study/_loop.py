@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.runner._scratch import sweep_stale_scratch
 from autotune.store import _records
+from autotune.store._records import TrialRecord
 from autotune.store._storage import open_storage, redact, storage_exists, study_lock
 from autotune.study._checks import check_workload
 from autotune.study._notes import explain_study
@@ -168,6 +169,6 @@ def _enqueue_baseline(study: optuna.Study, plan: SearchPlan, storage: Any) -> No
 
     with study_lock(storage, study.study_name):
         for trial in study.get_trials(deepcopy=False):
-            if trial.user_attrs.get("baseline") and trial.state != optuna.trial.TrialState.FAIL:
+            if TrialRecord.of(trial).baseline and trial.state != optuna.trial.TrialState.FAIL:
                 return
         study.enqueue_trial(plan.space.fixed_params(plan.baseline), user_attrs={"baseline": True})

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from autotune.store import _records
+from autotune.store._records import TrialRecord
 from autotune.store._storage import study_lock
 from autotune.study._budget import Budgets
 from autotune.study._lr_find import LRFindError, LRFindResult, lr_find_for_trial, stored_result
@@ -55,7 +56,7 @@ def check_changed_batch(
     batch = _records.effective_batch_of(best)
     if batch == recipe_batch:
         return best, []
-    adaptive = best.user_attrs.get("adaptive_optimizer")
+    adaptive = TrialRecord.of(best).adaptive_optimizer
     rule = scaling_rule(options.lr_scaling, adaptive)
     max_lr = scaled_lr(plan.baseline.max_lr, batch, recipe_batch, options.lr_scaling, budgets.noise_scale, adaptive)
     kept, verdict = _recipe_check(
@@ -90,10 +91,10 @@ def check_suggested_lr(
     searched = "max_lr" in _records.searched_knobs(setup)
     if lr_result is None or baseline is None or _records.status(baseline) != "ok" or searched:
         return []
-    recipe_lr = float(setup["baseline"]["max_lr"])
+    recipe_lr = float(setup.baseline["max_lr"])
     if math.isclose(lr_result.max_lr, recipe_lr, rel_tol=1e-9):
         return []
-    if recipe_check.stored_check(study, {**best.user_attrs["config"], "max_lr": lr_result.max_lr}) is not None:
+    if recipe_check.stored_check(study, {**TrialRecord.of(best).config, "max_lr": lr_result.max_lr}) is not None:
         return []
     return [
         _recipe_check(
@@ -147,7 +148,7 @@ def run_lr_find(
     the test (study user attribute ``lr_find_running``), the others sharing the study do not."""
     if not options.lr_find or best is None:
         return None, []
-    stored = stored_result(study, best.user_attrs["config"])
+    stored = stored_result(study, TrialRecord.of(best).config)
     if stored is not None:
         return stored, [
             f"the LR range test ran before on trial #{stored.trial}, with this effective batch and "

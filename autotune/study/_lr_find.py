@@ -27,6 +27,7 @@ from typing import Any, Literal
 from autotune.exceptions import AutotuneError, StudyError
 from autotune.knobs._config import TrainConfig
 from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
+from autotune.store._records import TrialRecord
 from autotune.study._budget import Budgets
 
 Scaling = Literal["auto", "adascale", "linear", "sqrt", "none"]
@@ -325,45 +326,45 @@ def lr_find_for_trial(
         trial = max(feasible, key=_records.throughput)
     else:
         matching = [t for t in trials if t.number == trial_number]
-        if not matching or "config" not in matching[0].user_attrs:
+        if not matching or not TrialRecord.of(matching[0]).config:
             raise StudyError(f"study {study.study_name!r} has no trial #{trial_number} with a config")
         trial = matching[0]
     setup = _records.read_setup(study)
-    config = TrainConfig.from_dict(trial.user_attrs["config"])
-    baseline = TrainConfig.from_dict(setup["baseline"])
-    budgets = Budgets.from_json(setup.get("budgets")).with_noise_scale(trials)
+    config = TrainConfig.from_dict(TrialRecord.of(trial).config)
+    baseline = TrainConfig.from_dict(setup.baseline)
+    budgets = Budgets.from_json(setup.budgets).with_noise_scale(trials)
     # The recipe's own effective batch and base_lr are where the scaling starts from.
     recipe_batch = budgets.baseline_effective_batch or baseline.effective_batch_size
-    adaptive = trial.user_attrs.get("adaptive_optimizer")
+    adaptive = TrialRecord.of(trial).adaptive_optimizer
     centre = scaled_lr(
         baseline.max_lr, config.effective_batch_size, recipe_batch, scaling, budgets.noise_scale, adaptive
     )
     result = lr_find(
-        setup["workload"],
+        setup.workload,
         config,
         centre,
-        device=setup.get("torch_device", "cpu"),
+        device=setup.torch_device,
         steps=steps,
         memory_budget_bytes=budgets.memory_budget_bytes,
-        timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
-        seed=setup.get("measure", {}).get("seed", 0),
+        timeout_seconds=setup.trial_timeout_seconds,
+        seed=setup.measure.get("seed", 0),
         deadline=deadline,
-        step_closure=setup.get("step_closure"),
+        step_closure=setup.step_closure,
     )
-    measure = setup.get("measure", {})
+    measure = setup.measure
     check = check_suggestion(
-        setup["workload"],
+        setup.workload,
         config,
         result.suggestion,
         centre,
-        device=setup.get("torch_device", "cpu"),
+        device=setup.torch_device,
         steps=check_steps,
         divergence_factor=measure.get("divergence_factor", 4.0),
         memory_budget_bytes=budgets.memory_budget_bytes,
-        timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
+        timeout_seconds=setup.trial_timeout_seconds,
         seed=measure.get("seed", 0),
         deadline=deadline,
-        step_closure=setup.get("step_closure"),
+        step_closure=setup.step_closure,
     )
     result = dataclasses.replace(
         result, trial=trial.number, check=check.to_json(), rule=scaling_rule(scaling, adaptive)

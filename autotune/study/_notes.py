@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autotune.knobs._units import format_duration, format_size
 from autotune.store import _records
+from autotune.store._records import StudySetup, TrialRecord
 from autotune.study import _recipe_check as recipe_check
 from autotune.study._budget import Budgets
 from autotune.study._figures import study_figures, to_plotly
@@ -19,7 +20,7 @@ def explain_study(study: Any, *, figures: bool = True) -> str:
     import optuna_dashboard
 
     trials = study.get_trials(deepcopy=False)
-    budgets = Budgets.from_json(_records.read_setup(study).get("budgets"))
+    budgets = Budgets.from_json(_records.read_setup(study).budgets)
     setup = _records.read_setup(study)
     note = study_note(
         study.study_name,
@@ -51,7 +52,7 @@ def study_note(
     budgets: Budgets,
     lr_results: dict[str, Any],
     *,
-    setup: dict[str, Any] | None = None,
+    setup: StudySetup | Mapping[str, Any] | None = None,
     checks: Sequence[Any] = (),
 ) -> str:
     lines = [f"## autotune: {name}", ""]
@@ -73,7 +74,7 @@ def study_note(
         lines.append(f"**Winner:** trial #{chosen.number}, {rate:.1f} {per_second}{speedup}")
         lines.append("")
         lines += [f"- {line}" for line in selection.explanation]
-        projected = chosen.attrs.get("projected_full_run_seconds")
+        projected = chosen.record.projected_full_run_seconds
         if projected is not None:
             lines.append(f"- full run ({budgets.epochs:g} epochs) projected at {format_duration(projected)}")
     else:
@@ -98,19 +99,19 @@ def study_note(
 
 def memory_limit_found(trials: Sequence[Any]) -> str:
     """Where the memory limit lies: the largest batch that fitted, the smallest that did not."""
-    ran = [t for t in trials if "config" in t.user_attrs and t.user_attrs.get("peak_memory_bytes") is not None]
-    fitted = [t for t in ran if t.user_attrs.get("status") in ("ok", "slow", "diverged")]
-    out = [t for t in ran if t.user_attrs.get("status") == "oom" and not t.user_attrs.get("skipped")]
+    ran = [t for t in trials if TrialRecord.of(t).config and TrialRecord.of(t).peak_memory_bytes is not None]
+    fitted = [t for t in ran if TrialRecord.of(t).status in ("ok", "slow", "diverged")]
+    out = [t for t in ran if TrialRecord.of(t).status == "oom" and not TrialRecord.of(t).skipped]
     parts = []
     if fitted:
-        largest = max(fitted, key=lambda t: t.user_attrs["config"]["batch_size"])
+        largest = max(fitted, key=lambda t: TrialRecord.of(t).config["batch_size"])
         parts.append(
-            f"Largest batch that fitted: {largest.user_attrs['config']['batch_size']} "
-            f"(trial #{largest.number}, peak {format_size(largest.user_attrs['peak_memory_bytes'])})."
+            f"Largest batch that fitted: {TrialRecord.of(largest).config['batch_size']} "
+            f"(trial #{largest.number}, peak {format_size(TrialRecord.of(largest).peak_memory_bytes)})."
         )
     if out:
-        smallest = min(out, key=lambda t: t.user_attrs["config"]["batch_size"])
+        smallest = min(out, key=lambda t: TrialRecord.of(t).config["batch_size"])
         parts.append(
-            f"Smallest that ran out: {smallest.user_attrs['config']['batch_size']} (trial #{smallest.number})."
+            f"Smallest that ran out: {TrialRecord.of(smallest).config['batch_size']} (trial #{smallest.number})."
         )
     return " ".join(parts) if parts else "No trial has run out of memory."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ from autotune.knobs._units import format_duration, format_size
 from autotune.runner import Status, TrialJob, TrialOutcome, WindowResult, run_trial
 from autotune.runner._runner import process_crashed
 from autotune.store import _records
+from autotune.store._records import TrialRecord, TrialStatus, write_trial
 from autotune.study import _curves
 from autotune.study._checks import RepeatedErrors
 from autotune.study._notes import explain_study, explain_trial
@@ -91,7 +93,7 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float:
         import optuna
 
-        is_baseline = bool(trial.user_attrs.get("baseline"))
+        is_baseline = bool(TrialRecord.of(trial).baseline)
         if is_baseline:
             for name in self.plan.space.fixed_params(self.plan.baseline):
                 self.plan.space.knobs[name].suggest(trial)  # the enqueued value: records the params
@@ -99,8 +101,8 @@ class Objective:
         else:
             config = self.plan.space.suggest(trial, self.plan.baseline)
         budgets = self.plan.budgets
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("memory_budget_bytes", budgets.memory_budget_bytes)
+        write_trial(trial, config=config.to_dict())
+        write_trial(trial, memory_budget_bytes=budgets.memory_budget_bytes)
         self.listener.on_trial_start(trial.number, config, is_baseline)
 
         finished = trial.study.get_trials(
@@ -113,8 +115,7 @@ class Objective:
         crash = _records.crashed_before(finished, config.to_dict())
         compile_failure = _records.failed_compile(finished, config.compile)
         curves = _curves.fitted_curves(finished, config.to_dict())
-        for key, value in curves.items():
-            trial.set_user_attr(key, value)  # the machine's curves as known before this trial ran
+        write_trial(trial, **curves)  # the machine's curves as known before this trial ran
         predicts = self.options.pruning and not is_baseline  # no pruning: every config is measured
         predicted_oom = (
             None
@@ -127,23 +128,23 @@ class Objective:
                 trial,
                 Status.ERROR,
                 f"compile mode {config.compile} failed on this workload in trial "
-                f"{compile_failure.number} ({compile_failure.user_attrs['reason']})",
+                f"{compile_failure.number} ({TrialRecord.of(compile_failure).reason})",
                 crashed=True,
             )
         elif crash is not None:
             outcome = _not_run(
                 trial,
                 Status.ERROR,
-                f"this config crashed its process in trial {crash.number} ({crash.user_attrs['reason']})",
+                f"this config crashed its process in trial {crash.number} ({TrialRecord.of(crash).reason})",
                 crashed=True,
             )
         elif proof is not None:
             outcome = _not_run(
                 trial,
                 Status.OOM,
-                f"batch_size {config.batch_size} >= {proof.user_attrs['config']['batch_size']}, "
+                f"batch_size {config.batch_size} >= {TrialRecord.of(proof).config['batch_size']}, "
                 f"which ran out of memory in trial {proof.number} with the same memory-relevant knobs",
-                peak_memory_bytes=proof.user_attrs.get("peak_memory_bytes"),
+                peak_memory_bytes=TrialRecord.of(proof).peak_memory_bytes,
             )
         elif predicted_oom is not None:
             fit, peak = predicted_oom
@@ -182,9 +183,9 @@ class Objective:
                     timeout_seconds=self.plan.trial_timeout_seconds,
                     rank_against=max(
                         (
-                            t.user_attrs["samples_per_second"]
+                            TrialRecord.of(t).samples_per_second
                             for t in finished
-                            if _records.status(t) == "ok" and t.user_attrs.get("samples_per_second")
+                            if _records.status(t) == "ok" and TrialRecord.of(t).samples_per_second
                         ),
                         default=None,
                     ),
@@ -197,11 +198,11 @@ class Objective:
                 on_wait=self.listener.on_note,
             )
             if process_crashed(outcome):
-                trial.set_user_attr("crashed", True)  # the same config would crash the same way: not run again
+                write_trial(trial, crashed=True)  # the same config would crash the same way: not run again
             if config.compile != "off" and _compile_failed(outcome):
                 # Infeasible on this workload: no later trial runs this compile mode.
-                trial.set_user_attr("compile_failed", True)
-                trial.set_user_attr("crashed", True)
+                write_trial(trial, compile_failed=True)
+                write_trial(trial, crashed=True)
         return self._record(trial, outcome)
 
     def _noise_seconds(self, is_baseline: bool) -> float | None:
@@ -222,9 +223,9 @@ class Objective:
         """Each window's figure for Optuna's pruner, in the objective's terms: the full run's steady
         time at the window's rate (the study's dataset size known from an earlier trial), or the
         window's throughput in the workload's unit."""
-        config = trial.user_attrs.get("config") or {}
+        config = TrialRecord.of(trial).config or {}
         trials = trial.study.get_trials(deepcopy=False)
-        dataset_size = next((t.user_attrs["dataset_size"] for t in trials if t.user_attrs.get("dataset_size")), None)
+        dataset_size = next((TrialRecord.of(t).dataset_size for t in trials if TrialRecord.of(t).dataset_size), None)
         budgets = self._budgets(trials)
 
         def report(window: WindowResult) -> tuple[Status, str] | None:
@@ -253,8 +254,7 @@ class Objective:
         if outcome.status is Status.OK and peak is not None and limit is not None and peak > limit:
             outcome.status = Status.OOM
             outcome.reason = f"peak memory {format_size(peak)} is above {budgets.describe_memory_limit()}"
-        for key, value in outcome.user_attrs().items():
-            trial.set_user_attr(key, value)
+        write_trial(trial, **outcome.user_attrs())
         if outcome.status is not Status.OK:
             explain_trial(trial, outcome.status.value, outcome.reason)
         if outcome.status is Status.OOM:
@@ -267,9 +267,9 @@ class Objective:
             projected = self._record_projection(trial, outcome)
             if self.plan.objective == "time":
                 return projected if projected is not None else math.inf
-            return _records.rate(outcome.user_attrs())
+            return outcome.record().rate
         if outcome.status is Status.ERROR:
-            if trial.user_attrs.get("crashed"):
+            if TrialRecord.of(trial).crashed:
                 # Pruned, not failed: TPE counts pruned trials among the bad ones, so it samples
                 # away from a config that crashes, where a failed trial would be ignored.
                 raise optuna.TrialPruned(f"error: {outcome.reason}")
@@ -280,40 +280,40 @@ class Objective:
         """The full run's projected time; past the deadline it is a constraint, not a failure."""
         # The trial's own figures are among its user attributes already: its noise figure counts too.
         budgets = self._budgets(trial.study.get_trials(deepcopy=False))
-        projection = budgets.projection({**outcome.user_attrs(), "config": trial.user_attrs.get("config")})
+        projection = budgets.projection(dataclasses.replace(outcome.record(), config=TrialRecord.of(trial).config))
         projected = None if projection is None else projection["seconds"]
-        trial.set_user_attr("projected_full_run_seconds", projected)
+        write_trial(trial, projected_full_run_seconds=projected)
         if projection is not None:
-            trial.set_user_attr("projection_includes", projection["includes"])
+            write_trial(trial, projection_includes=projection["includes"])
         if budgets.time_limit_seconds is None or projected is None:
             return projected
         trial.set_constraint("deadline", projected / budgets.time_limit_seconds - 1.0)
         if projected > budgets.time_limit_seconds:
-            trial.set_user_attr(
-                "reason",
-                f"projected full run {format_duration(projected)} misses {budgets.describe_time_limit()}",
+            write_trial(
+                trial,
+                reason=f"projected full run {format_duration(projected)} misses {budgets.describe_time_limit()}",
             )
         return projected
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.trials_run += 1
-        if self.repeated_errors.add(trial.number, _records.status(trial), trial.user_attrs.get("reason", "")):
+        if self.repeated_errors.add(trial.number, _records.status(trial), TrialRecord.of(trial).reason):
             study.stop()  # the workload fails the same way whatever the config
         self.recover(study)  # before the next trial: a search beside this one may have died
         explain_study(study, figures=self.trials_run % FIGURE_EVERY == 0)
         self.listener.on_trial_end(trial, _records.best_trial(study.get_trials(deepcopy=False), self.plan.objective))
 
 
-def _answered_from(trial: optuna.Trial, measured: FrozenTrial, unit: str) -> float:
+def _answered_from(trial: optuna.Trial, measured: optuna.trial.FrozenTrial, unit: str) -> float:
     """A config the sampler proposed again: no process runs it. The trial takes the earlier
     measurement's objective value and constraints, so the sampler learns what it would have; its
     status is ``duplicate``, so it is never a candidate of its own (the earlier trial is)."""
-    trial.set_user_attr("skipped", True)
-    trial.set_user_attr("duplicate_of", measured.number)
-    trial.set_user_attr("status", "duplicate")
-    trial.set_user_attr(
-        "reason",
-        f"not run: the same config as trial #{measured.number} ({_records.rate(measured):.1f} {unit}/s); "
+    write_trial(trial, skipped=True)
+    write_trial(trial, duplicate_of=measured.number)
+    write_trial(trial, status=TrialStatus.DUPLICATE)
+    write_trial(
+        trial,
+        reason=f"not run: the same config as trial #{measured.number} ({_records.rate(measured):.1f} {unit}/s); "
         "a sampler may propose a config again",
     )
     for name, value in measured.constraints.items():
@@ -332,9 +332,9 @@ def _not_run(
 ) -> TrialOutcome:
     """The outcome of a trial that earlier results (or the curves fitted to them) settle without a
     process: marked skipped, and crashed (never run again) or predicted where that is the reason."""
-    trial.set_user_attr("skipped", True)
+    write_trial(trial, skipped=True)
     if crashed:
-        trial.set_user_attr("crashed", True)
+        write_trial(trial, crashed=True)
     if predicted:
-        trial.set_user_attr("predicted", True)
+        write_trial(trial, predicted=True)
     return TrialOutcome(status=status, reason=f"not run: {why}", peak_memory_bytes=peak_memory_bytes)

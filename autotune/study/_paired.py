@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from autotune.store import _records
+from autotune.store._records import StudySetup
 from autotune.study._budget import Budgets
 
 if TYPE_CHECKING:
@@ -67,8 +68,8 @@ def remeasure_best(study: Any, best: Any, baseline: Any, options: SearchOptions,
 
     setup = _records.read_setup(study)
     trials = study.get_trials(deepcopy=False)
-    budgets = Budgets.from_json(setup.get("budgets")).with_noise_scale(trials)
-    objective = setup.get("objective", "throughput")
+    budgets = Budgets.from_json(setup.budgets).with_noise_scale(trials)
+    objective = setup.objective
     feasible, _dropped = recipe_check.exportable(
         [Candidate.from_trial(t) for t in _records.feasible_trials(trials)],
         setup,
@@ -144,7 +145,7 @@ def remeasure_best(study: Any, best: Any, baseline: Any, options: SearchOptions,
 
 def _side_by_side(
     measuring: list[Any],
-    setup: dict[str, Any],
+    setup: StudySetup,
     deadline: float | None,
     budgets: Budgets,
     objective: str,
@@ -157,7 +158,7 @@ def _side_by_side(
     from autotune.study._verify import verify
 
     runs = len(measuring) * PAIRED_ROUNDS
-    per_run = max((c.attrs.get("wall_seconds") or 0.0) for c in measuring)
+    per_run = max((c.record.wall_seconds or 0.0) for c in measuring)
     if deadline is not None and deadline - time.monotonic() < runs * per_run + 5:
         return None, (
             "the winner and the baseline were not re-measured side by side: the time budget is spent "

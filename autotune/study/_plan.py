@@ -13,7 +13,6 @@ from autotune.knobs._device import detect_device, unsupported_values
 from autotune.knobs._space import SearchSpace, load_space
 from autotune.store._storage import DEFAULT_STORAGE
 from autotune.study._budget import Budgets, derive_trial_timeout
-from autotune.training._apply import unsupported_by_workload
 from autotune.workload._workload import Workload, load_workload, workload_name
 
 if TYPE_CHECKING:
@@ -45,6 +44,8 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     notes += fixed
     device = detect_device(options.device)
     unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
+    from autotune.training._apply import unsupported_by_workload  # torch: not at import
+
     for name, values in unsupported_by_workload(workload, device.torch_device).items():
         unsupported.setdefault(name, {}).update(values)
     if workload.step_closure:

@@ -16,11 +16,12 @@ import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from autotune.knobs._config import TrainConfig
 from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
-from autotune.store._records import effective_batch_of
+from autotune.store._records import StudySetup, TrialRecord, as_record, as_setup, effective_batch_of
 from autotune.study._budget import Budgets
 
 SEEDS = 3  # runs of each side; the verdict allows their spread
@@ -73,8 +74,8 @@ def changes_recipe(config: dict[str, Any], recipe: dict[str, Any], recipe_effect
 
 
 def plan_steps(
-    trial_attrs: dict[str, Any],
-    recipe_attrs: dict[str, Any],
+    trial_attrs: TrialRecord | Mapping[str, Any],
+    recipe_attrs: TrialRecord | Mapping[str, Any],
     budgets: Budgets,
     *,
     seconds_left: float | None,
@@ -87,7 +88,7 @@ def plan_steps(
     recipe_batch = budgets.baseline_effective_batch or effective_batch_of(recipe_attrs)
     batch = effective_batch_of(trial_attrs)
     factor = _factor(batch, recipe_batch, budgets)
-    recipe_rate, rate = recipe_attrs.get("samples_per_second"), trial_attrs.get("samples_per_second")
+    recipe_rate, rate = as_record(recipe_attrs).samples_per_second, as_record(trial_attrs).samples_per_second
     if not recipe_rate or not rate:
         return "a side has no measured throughput to size the runs by"
     per_recipe_step = recipe_batch / recipe_rate + factor * recipe_batch / rate  # seconds, both sides
@@ -96,7 +97,10 @@ def plan_steps(
     else:
         fixed = _start_seconds(trial_attrs) + _start_seconds(recipe_attrs)  # process start, build, compile
         steps = int((seconds_left / seeds - fixed) / per_recipe_step)
-    full = budgets.projection({**recipe_attrs, "config": {"batch_size": recipe_batch, "accumulation_steps": 1}})
+    recipe_run = dataclasses.replace(
+        as_record(recipe_attrs), config={"batch_size": recipe_batch, "accumulation_steps": 1}
+    )
+    full = budgets.projection(recipe_run)
     if full is not None:
         steps = min(steps, max(1, int(full["samples"] / recipe_batch)))
     if steps < MIN_RECIPE_STEPS:
@@ -108,7 +112,7 @@ def plan_steps(
 
 
 def run_check(
-    setup: dict[str, Any],
+    setup: StudySetup | Mapping[str, Any],
     trial: Any,
     recipe: Any,
     max_lr: float,
@@ -120,17 +124,18 @@ def run_check(
     """Run trial ``trial``'s config at ``max_lr`` to the recipe's progress beside the recipe (the
     baseline trial ``recipe``'s config at base_lr), ``seeds`` times each, interleaved. A sentence
     saying why when it cannot run within ``deadline``."""
+    setup = as_setup(setup)
     began = time.monotonic()
-    attrs, recipe_attrs = dict(trial.user_attrs), dict(recipe.user_attrs)
+    attrs, recipe_attrs = TrialRecord.of(trial), TrialRecord.of(recipe)
     left = None if deadline is None else (deadline - began) * BUDGET_SHARE
-    run_seconds = RUN_WINDOWS * float((setup.get("measure") or {}).get("window_seconds", 1.0))
+    run_seconds = RUN_WINDOWS * float((setup.measure or {}).get("window_seconds", 1.0))
     steps = plan_steps(attrs, recipe_attrs, budgets, seconds_left=left, run_seconds=run_seconds, seeds=seeds)
     if isinstance(steps, str):
         return steps
     recipe_steps, candidate_steps = steps
-    config = {**attrs["config"], "max_lr": max_lr}
-    recipe_config = {**recipe_attrs["config"], "max_lr": float(setup["baseline"]["max_lr"])}
-    base_seed = int((setup.get("measure") or {}).get("seed", 0))
+    config = {**attrs.config, "max_lr": max_lr}
+    recipe_config = {**recipe_attrs.config, "max_lr": float(setup.baseline["max_lr"])}
+    base_seed = int((setup.measure or {}).get("seed", 0))
     numbers = [base_seed + 1 + index for index in range(seeds)]
     losses: list[float | None] = []
     recipe_losses: list[float | None] = []
@@ -167,9 +172,10 @@ def run_check(
 
 
 def not_run(
-    setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, budgets: Budgets, reason: str
+    setup: StudySetup | Mapping[str, Any], trial: Any, recipe: Any, max_lr: float, budgets: Budgets, reason: str
 ) -> RecipeCheck:
     """The record of a check that could not run (the time budget was spent): not kept, and why."""
+    setup = as_setup(setup)
     return _record(
         setup,
         trial,
@@ -188,15 +194,16 @@ def not_run(
 
 
 def _record(
-    setup: dict[str, Any], trial: Any, recipe: Any, max_lr: float, budgets: Budgets, **outcome: Any
+    setup: StudySetup | Mapping[str, Any], trial: Any, recipe: Any, max_lr: float, budgets: Budgets, **outcome: Any
 ) -> RecipeCheck:
     """A check of trial ``trial`` at ``max_lr`` against the baseline trial ``recipe``, with its outcome."""
-    batch = effective_batch_of(trial.user_attrs)
-    recipe_batch = budgets.baseline_effective_batch or effective_batch_of(recipe.user_attrs)
+    setup = as_setup(setup)
+    batch = effective_batch_of(trial)
+    recipe_batch = budgets.baseline_effective_batch or effective_batch_of(recipe)
     return RecipeCheck(
         trial=trial.number,
-        config={**trial.user_attrs["config"], "max_lr": max_lr},
-        recipe_config={**recipe.user_attrs["config"], "max_lr": float(setup["baseline"]["max_lr"])},
+        config={**TrialRecord.of(trial).config, "max_lr": max_lr},
+        recipe_config={**TrialRecord.of(recipe).config, "max_lr": float(setup.baseline["max_lr"])},
         effective_batch=batch,
         recipe_effective_batch=recipe_batch,
         noise_scale=budgets.noise_scale,
@@ -219,7 +226,7 @@ def store(study: Any, check: RecipeCheck) -> None:
 def stored_checks(study: Any, trial: int | None = None) -> list[RecipeCheck]:
     """The study's checks (of one trial), in the order they ran."""
     attrs = study.user_attrs
-    configs = {t.number: t.user_attrs.get("config") for t in study.get_trials(deepcopy=False)}
+    configs = {t.number: TrialRecord.of(t).config for t in study.get_trials(deepcopy=False)}
     checks = []
     for key, data in attrs.items():
         if not key.startswith(STORED + ".") or not isinstance(data, dict) or configs.get(data["trial"]) is None:
@@ -245,17 +252,23 @@ def stored_check(study: Any, config: dict[str, Any]) -> RecipeCheck | None:
 
 
 def _run(
-    setup: dict[str, Any], config: dict[str, Any], steps: int, seed: int, deadline: float | None, least_timeout: float
+    setup: StudySetup | Mapping[str, Any],
+    config: dict[str, Any],
+    steps: int,
+    seed: int,
+    deadline: float | None,
+    least_timeout: float,
 ) -> tuple[float | None, str]:
+    setup = as_setup(setup)
     job = TrialJob(
-        workload=setup["workload"],
+        workload=setup.workload,
         config=config,
-        device=setup.get("torch_device", "cpu"),
+        device=setup.torch_device,
         measure=MeasureSettings(seed=seed),
-        memory_budget_bytes=Budgets.from_json(setup.get("budgets")).memory_budget_bytes,
-        timeout_seconds=max(float(setup.get("trial_timeout_seconds", 600.0)), least_timeout),
+        memory_budget_bytes=Budgets.from_json(setup.budgets).memory_budget_bytes,
+        timeout_seconds=max(float(setup.trial_timeout_seconds), least_timeout),
         lr_sweep={"mode": "progress", "steps": steps, "eval_samples": EVAL_SAMPLES},
-        step_closure=setup.get("step_closure"),
+        step_closure=setup.step_closure,
     )
     outcome = run_trial(job, deadline=deadline)
     curve = outcome.lr_curve or {}
@@ -302,20 +315,25 @@ def _factor(batch: int, recipe_batch: int, budgets: Budgets) -> float:
     return samples_factor(batch, recipe_batch, budgets.noise_scale)
 
 
-def _start_seconds(attrs: dict[str, Any]) -> float:
+def _start_seconds(attrs: TrialRecord | Mapping[str, Any]) -> float:
     """A run's cost before its first step: the process start and the trial's warm-up (compile included)."""
-    return float(attrs.get("startup_seconds") or 0.0) + float(attrs.get("warmup_seconds") or 0.0)
+    record = as_record(attrs)
+    return float(record.startup_seconds or 0.0) + float(record.warmup_seconds or 0.0)
 
 
 def exportable(
-    candidates: list[Any], setup: dict[str, Any], checks: list[RecipeCheck], keep_trials: tuple[int, ...] = ()
+    candidates: list[Any],
+    setup: StudySetup | Mapping[str, Any],
+    checks: list[RecipeCheck],
+    keep_trials: tuple[int, ...] = (),
 ) -> tuple[list[Any], list[str]]:
     """The candidates (selection.Candidate) a study may export where the effective batch is free: those
     at the recipe's effective batch, and those at another that a recipe check kept; with a line on the
     rest (``keep_trials`` are kept whatever). Where the space fixes the effective batch (the recipe's, or
     the user's --effective-batch N), or the study recorded no recipe batch, every candidate."""
-    recipe_batch = (setup.get("budgets") or {}).get("baseline_effective_batch")
-    if recipe_batch is None or "effective_batch" in (setup.get("space") or {}):
+    setup = as_setup(setup)
+    recipe_batch = (setup.budgets or {}).get("baseline_effective_batch")
+    if recipe_batch is None or "effective_batch" in (setup.space or {}):
         return list(candidates), []
     kept_trials = {check.trial for check in checks if check.kept} | set(keep_trials)
     keep, dropped = [], []

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from autotune.exceptions import Terminated
+from autotune.store._records import TrialRecord, TrialStatus, write_trial
 from autotune.store._storage import study_lock
 
 if TYPE_CHECKING:
@@ -94,8 +95,8 @@ class Heartbeat:
 def claim_trial(trial: optuna.Trial, process: SearchProcess) -> None:
     """Record which process runs ``trial``: the first thing a trial does."""
     trial.storage.set_trial_system_attr(trial._trial_id, _OWNER_KEY, process.key)
-    trial.set_user_attr("host", process.host)
-    trial.set_user_attr("pid", process.pid)
+    write_trial(trial, host=process.host)
+    write_trial(trial, pid=process.pid)
 
 
 def process_alive(storage: Any, study_id: int, key: str | None) -> bool:
@@ -164,8 +165,8 @@ def mark_interrupted(trial: optuna.Trial, why: str) -> None:
     retry, suffix = _retry(trial)
     if retry is not None:
         trial.study.enqueue_trial(dict(trial.params), user_attrs=retry)
-    trial.set_user_attr("status", "interrupted")
-    trial.set_user_attr("reason", why + suffix)
+    write_trial(trial, status=TrialStatus.INTERRUPTED)
+    write_trial(trial, reason=why + suffix)
     _note(trial, why + suffix)
 
 
@@ -190,11 +191,11 @@ def _interrupt(study: optuna.Study, storage: Any, study_id: int, trial: Any, why
 def _retry(trial: Any) -> tuple[dict[str, Any] | None, str]:
     """The user attributes of the trial that runs an interrupted trial's config again (the baseline
     always), or None; and what to add to the interrupted trial's reason."""
-    attrs = trial.user_attrs
-    baseline = bool(attrs.get("baseline"))
-    if "config" not in attrs and not baseline:
+    attrs = TrialRecord.of(trial)
+    baseline = bool(attrs.baseline)
+    if not attrs.config and not baseline:
         return None, ""  # cut off before its config was drawn: nothing to run again
-    interruptions = int(attrs.get("interruptions", 0)) + 1
+    interruptions = attrs.interruptions + 1
     if interruptions >= MAX_INTERRUPTIONS and not baseline:
         return None, f"; not run again: its config was cut off {interruptions} times in a row"
     retry: dict[str, Any] = {"retry_of": trial.number, "interruptions": interruptions}

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from autotune.exceptions import NoFeasibleTrialError
 from autotune.knobs._units import format_duration, format_size
-from autotune.store._records import runs_baseline_config
+from autotune.store._records import TrialRecord, runs_baseline_config
 from autotune.study._budget import Budgets
 
 Preference = Literal["fastest", "balanced", "memory", "recipe"]
@@ -33,14 +33,19 @@ class Candidate:
     window_spread: float | None = None
 
     @property
+    def record(self) -> TrialRecord:
+        """The trial's record (its figures as the search stored them)."""
+        return TrialRecord.from_attrs(self.attrs)
+
+    @property
     def rate(self) -> float:
         """Throughput in the workload's unit (tokens/s, images/s), at this candidate's samples/s."""
-        samples, units = self.attrs.get("samples_per_second"), self.attrs.get("unit_per_second")
+        samples, units = self.record.samples_per_second, self.record.unit_per_second
         return self.samples_per_second * (units / samples) if samples and units else self.samples_per_second
 
     @property
     def unit(self) -> str:
-        return self.attrs.get("unit") or "samples"
+        return self.record.unit or "samples"
 
     def projected(self, budgets: Budgets) -> float | None:
         """The full run's projected seconds at this candidate's (possibly re-measured) throughput."""
@@ -48,14 +53,14 @@ class Candidate:
 
     @classmethod
     def from_trial(cls, trial: Any) -> Candidate:
-        attrs = dict(trial.user_attrs)
+        record = TrialRecord.of(trial)
         return cls(
             number=trial.number,
-            attrs=attrs,
-            samples_per_second=float(attrs["samples_per_second"]),
-            spread=float(attrs.get("throughput_cv") or 0.0),
-            peak_memory_bytes=attrs.get("peak_memory_bytes"),
-            is_baseline=bool(attrs.get("baseline")),
+            attrs=dict(trial.user_attrs),
+            samples_per_second=float(record.samples_per_second or 0.0),
+            spread=float(record.throughput_cv or 0.0),
+            peak_memory_bytes=record.peak_memory_bytes,
+            is_baseline=record.baseline,
         )
 
 
@@ -280,7 +285,7 @@ def _gain(challenger: Candidate, reference: Candidate, budgets: Budgets, timed: 
 
 def recipe_changes(candidate: Candidate, recipe: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The recipe knobs whose value in ``candidate`` differs from the baseline's: {name: (was, now)}."""
-    knobs = (candidate.attrs.get("config") or {}).get("workload_knobs") or {}
+    knobs = candidate.record.config.get("workload_knobs") or {}
     return {name: (was, knobs.get(name)) for name, was in recipe.items() if knobs.get(name) != was}
 
 
@@ -359,7 +364,7 @@ def _time_against_throughput(chosen: Candidate, feasible: Sequence[Candidate], b
 
 
 def _closest_miss(misses: Sequence[Candidate], budgets: Budgets, study_name: str) -> Selection:
-    projected = [(c.attrs.get("projected_full_run_seconds"), c) for c in misses]
+    projected = [(c.record.projected_full_run_seconds, c) for c in misses]
     projected = [(seconds, c) for seconds, c in projected if seconds is not None]
     if not projected or budgets.time_limit_seconds is None:
         raise NoFeasibleTrialError(f"study {study_name!r} has no feasible trial to export")

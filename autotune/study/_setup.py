@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.exceptions import StudyError
 from autotune.knobs._space import diff_spaces
 from autotune.store import _records
+from autotune.store._records import StudySetup, TrialRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -28,7 +29,7 @@ def baseline_measured(storage: Any, study_name: str) -> tuple[int, bool | None] 
     baseline = _records.baseline_trial(study.get_trials(deepcopy=False))
     if baseline is None or _records.status(baseline) != "ok":
         return None
-    return int(baseline.user_attrs.get("dataset_size") or 0), _records.read_setup(study).get("step_closure")
+    return int(TrialRecord.of(baseline).dataset_size or 0), _records.read_setup(study).step_closure
 
 
 def keep_study_objective(storage: Any, plan: SearchPlan) -> SearchPlan:
@@ -50,41 +51,41 @@ def keep_study_objective(storage: Any, plan: SearchPlan) -> SearchPlan:
 
 def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: SearchPlan) -> None:
     """A resumed study must keep its workload and space; a new one records them."""
-    setup = {
-        "workload": options.workload,
-        "space": plan.requested_space,
-        "baseline": plan.baseline.to_dict(),
-        "device": plan.device.describe(),
-        "torch_device": plan.device.torch_device,
-        "budgets": plan.budgets.to_json(),
+    setup = StudySetup(
+        workload=options.workload,
+        space=plan.requested_space,
+        baseline=plan.baseline.to_dict(),
+        device=plan.device.describe(),
+        torch_device=plan.device.torch_device,
+        budgets=plan.budgets.to_json(),
         # What the user asked for (the default memory budget follows the free memory of the day).
-        "requested": {**plan.budgets.to_json(), "memory_budget_bytes": options.max_memory_bytes},
-        "measure": dataclasses.asdict(options.measure),
-        "trial_timeout_seconds": plan.trial_timeout_seconds,
-        "objective": plan.objective,
-        "step_closure": plan.step_closure,
-        "lr_scaling": options.lr_scaling,
-    }
+        requested={**plan.budgets.to_json(), "memory_budget_bytes": options.max_memory_bytes},
+        measure=dataclasses.asdict(options.measure),
+        trial_timeout_seconds=plan.trial_timeout_seconds,
+        objective=plan.objective,
+        step_closure=plan.step_closure,
+        lr_scaling=options.lr_scaling,
+    )
     recorded = _records.read_setup(study)
-    if not recorded:
+    if not recorded.complete:
         _records.write_setup(study, setup)
         study.set_metric_names([metric_name(plan.objective, plan.unit)])
         return
-    if recorded["workload"] != setup["workload"]:
+    if recorded.workload != setup.workload:
         raise StudyError(
-            f"study {plan.study_name!r} tunes workload {recorded['workload']!r}, not {setup['workload']!r}; "
+            f"study {plan.study_name!r} tunes workload {recorded.workload!r}, not {setup.workload!r}; "
             "use another --study name"
         )
-    changes = diff_spaces(recorded["space"], setup["space"])
+    changes = diff_spaces(recorded.space, setup.space)
     if changes:
         raise StudyError(
             f"study {plan.study_name!r} was started with another search space ({'; '.join(changes)}); "
             "use another --study name or the original space"
         )
-    if recorded["device"] != setup["device"]:
-        plan.notes.append(f"study was started on {recorded['device']}; this run measures on {setup['device']}")
-    if recorded.get("requested") != setup["requested"] or recorded.get("measure") != setup["measure"]:
+    if recorded.device != setup.device:
+        plan.notes.append(f"study was started on {recorded.device}; this run measures on {setup.device}")
+    if recorded.requested != setup.requested or recorded.measure != setup.measure:
         # export-best selects with the latest budgets; earlier trials keep the verdicts they were given.
         plan.notes.append("budgets or measurement settings differ from the study's last run; the new ones apply")
     current = ("torch_device", "budgets", "requested", "measure", "trial_timeout_seconds", "lr_scaling")
-    _records.write_setup(study, {key: setup[key] for key in current})
+    _records.write_setup(study, setup, current)

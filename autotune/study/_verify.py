@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from autotune.runner import MeasureSettings, TrialJob, run_trial
+from autotune.store._records import StudySetup, as_setup
 from autotune.study._budget import Budgets
 from autotune.study._selection import Candidate
 
@@ -22,7 +23,7 @@ class Verification:
 
 def verify(
     candidates: Sequence[Candidate],
-    setup: dict[str, Any],
+    setup: StudySetup | Mapping[str, Any],
     rounds: int = 3,
     on_run: Callable[[int, int, Candidate, float | None], None] | None = None,
     deadline: float | None = None,
@@ -36,6 +37,7 @@ def verify(
     up to ``max_rounds`` until ``enough(figures so far)`` holds, while the deadline leaves time
     for one more round.
     """
+    setup = as_setup(setup)
     started = time.monotonic()
     rates: dict[int, list[float | None]] = {c.number: [] for c in candidates}
     window_spreads: dict[int, list[float]] = {c.number: [] for c in candidates}
@@ -53,7 +55,7 @@ def verify(
                 break
         for candidate in candidates:
             outcome = run_trial(
-                round_job(setup, candidate.attrs["config"]),
+                round_job(setup, candidate.record.config),
                 deadline=deadline,  # time.monotonic(): a run still going then ends as a timeout
             )
             rate = outcome.samples_per_second if outcome.status.value == "ok" else None
@@ -69,25 +71,27 @@ def verify(
     )
 
 
-def trial_job(setup: dict[str, Any], config: dict[str, Any]) -> TrialJob:
+def trial_job(setup: StudySetup | Mapping[str, Any], config: dict[str, Any]) -> TrialJob:
     """A trial of ``config`` measured as the study's trials were: its recorded workload, device,
     measure settings, memory budget and trial timeout."""
+    setup = as_setup(setup)
     return TrialJob(
-        workload=setup["workload"],
+        workload=setup.workload,
         config=config,
-        device=setup.get("torch_device", "cpu"),
-        measure=MeasureSettings(**setup.get("measure", {})),
-        memory_budget_bytes=Budgets.from_json(setup.get("budgets")).memory_budget_bytes,
-        timeout_seconds=setup.get("trial_timeout_seconds", 600.0),
-        step_closure=setup.get("step_closure"),
+        device=setup.torch_device,
+        measure=MeasureSettings(**setup.measure),
+        memory_budget_bytes=Budgets.from_json(setup.budgets).memory_budget_bytes,
+        timeout_seconds=setup.trial_timeout_seconds,
+        step_closure=setup.step_closure,
     )
 
 
-def round_job(setup: dict[str, Any], config: dict[str, Any]) -> TrialJob:
+def round_job(setup: StudySetup | Mapping[str, Any], config: dict[str, Any]) -> TrialJob:
     """One round's run of ``config``: the study's trial with its windows fixed at the study's count.
     Windows narrow a run's figure within its process; what a re-measurement has to narrow is the
     spread between processes, and rounds do that: windows past the count would lengthen every run
     (to twice its windows, by default, wherever they spread more than 2%) for little."""
+    setup = as_setup(setup)
     job = trial_job(setup, config)
     return dataclasses.replace(job, measure=dataclasses.replace(job.measure, max_windows=None))
 

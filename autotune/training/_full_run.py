@@ -16,6 +16,7 @@ from typing import Any
 
 from autotune.exceptions import AutotuneError, CheckpointError, UsageError
 from autotune.knobs._config import TrainConfig
+from autotune.store._records import ExportDocument
 from autotune.training import _checkpoint as checkpoints
 from autotune.training import _train_loop
 from autotune.training._run_plan import RunPlan, TrainListener, TrainOptions
@@ -32,12 +33,15 @@ def plan_run(options: TrainOptions) -> RunPlan:
     from autotune.knobs._device import detect_device
 
     config = TrainConfig.load(options.config)
-    document = _read_document(Path(options.config))
+    document = _read_document(Path(options.config), config)
     section = {
-        name: document.get(name) if isinstance(document.get(name), dict) else {}
-        for name in ("measured", "one_cycle", "full_run", "provenance", "progress")
+        "measured": document.measured,
+        "one_cycle": document.one_cycle,
+        "full_run": document.full_run,
+        "provenance": document.provenance,
+        "progress": document.progress or {},
     }
-    provenance, measured = section["provenance"], section["measured"]
+    provenance, measured = document.provenance, document.measured
     notes: list[str] = []
     if options.same_progress and not section["progress"].get("samples_factor"):
         raise UsageError(
@@ -126,15 +130,21 @@ def train(options: TrainOptions, listener: TrainListener | None = None) -> RunRe
     return record
 
 
-def _read_document(path: Path) -> dict[str, Any]:
-    """The whole file (TrainConfig.load has already read and checked it): its sections, or {}."""
+def _read_document(path: Path, config: TrainConfig) -> ExportDocument:
+    """The whole file (TrainConfig.load has already read and checked it) as an export: a bare config file
+    reads as one with no other section."""
     import json
 
     import yaml
 
     text = path.read_text()
     document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    return document if isinstance(document, dict) and isinstance(document.get("config"), dict) else {}
+    if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
+        return ExportDocument(config=config.to_dict(), schema=0)
+    try:
+        return ExportDocument.from_dict(document, source=str(path))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _storage_for_record(options: TrainOptions, provenance: dict[str, Any]) -> str | None:

@@ -34,6 +34,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from autotune.store._records import TrialRecord, as_record
+
 if TYPE_CHECKING:
     from autotune.training._apply import Training
 
@@ -90,9 +92,9 @@ def estimate(gradient_sq: Sequence[float], trace: Sequence[float]) -> NoiseScale
     return NoiseScale(value=value, stderr=stderr, groups=n, gradient_sq=mean_g, trace=mean_s)
 
 
-def from_attrs(attrs: Mapping[str, Any]) -> NoiseScale | None:
-    """A trial's own estimate, from its user attributes (None where it measured none)."""
-    noise = attrs.get("noise")
+def from_attrs(attrs: TrialRecord | Mapping[str, Any]) -> NoiseScale | None:
+    """A trial's own estimate, from its record or user attributes (None where it measured none)."""
+    noise = as_record(attrs).noise
     if not noise or not noise.get("gradient_sq"):
         return None
     return estimate(noise["gradient_sq"], noise["trace"])
@@ -104,8 +106,7 @@ def pooled(trials: Iterable[Any]) -> NoiseScale | None:
     gradient_sq: list[float] = []
     trace: list[float] = []
     for trial in trials:
-        attrs = trial if isinstance(trial, Mapping) else trial.user_attrs
-        noise = attrs.get("noise") or {}
+        noise = as_record(trial).noise or {}
         gradient_sq += noise.get("gradient_sq") or []
         trace += noise.get("trace") or []
     return estimate(gradient_sq, trace) if gradient_sq else None
