@@ -103,7 +103,8 @@ def one_workload(spec: str, trials: int, train_seconds: float, folder: Path, log
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| workload | trial | steps | measured (search) | actual (train) | ratio | projected time | actual time | ratio |",
+        "| workload | trial | steps | measured (search) | actual (train) | ratio | projected time | actual time | "
+        "ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

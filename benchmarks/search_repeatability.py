@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     out, log = outputs(args.out)
     runs = []
-    for attempt in (1, 2):
+    for _attempt in (1, 2):
         with tempfile.TemporaryDirectory(prefix="autotune-repeat-") as folder:
             runs.append(one_search(args.workload, ["--trials", str(args.trials), "--seed", "0"], Path(folder), log))
         print(json.dumps(runs[-1]), flush=True)
@@ -78,12 +78,12 @@ def main() -> None:
         "| search | trials | wall time | winner | speedup (paired, end of search) | stated spread |",
         "|---|---|---|---|---|---|",
     ]
-    for index, run in enumerate(runs, 1):
-        speedup = f"{run['speedup']:.2f}x" if run["speedup"] else "-"
-        noise = f"±{run['noise']:.1%}" if run["noise"] is not None else "-"
+    for index, result in enumerate(runs, 1):
+        speedup = f"{result['speedup']:.2f}x" if result["speedup"] else "-"
+        noise = f"±{result['noise']:.1%}" if result["noise"] is not None else "-"
         lines.append(
-            f"| #{index}: `--trials {args.trials} --seed 0` | {run['trials']} | {run['wall_seconds']:.0f} s "
-            f"| #{run['winner']} | {speedup} | {noise} |"
+            f"| #{index}: `--trials {args.trials} --seed 0` | {result['trials']} | {result['wall_seconds']:.0f} s "
+            f"| #{result['winner']} | {speedup} | {noise} |"
         )
     if difference is not None:
         relative = difference / ((a["speedup"] + b["speedup"]) / 2)

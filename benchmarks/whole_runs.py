@@ -213,7 +213,7 @@ def _reaches(curve: list[dict], target: float) -> float | None:
     """The training time from which the smoothed loss curve stays at or below ``target`` to the end; None
     when it does not end there. A noisy curve that dips below the target early has not reached it."""
     reached = None
-    for point, loss in zip(curve, _smoothed(curve)):
+    for point, loss in zip(curve, _smoothed(curve), strict=True):
         if loss > target:
             reached = None
         elif reached is None:
@@ -267,14 +267,16 @@ def _markdown(results: dict) -> str:
         "trailing mean over a twentieth of its points) stays at or below where the recipe's smoothed curves end (the "
         'mean over its seeds) to the end; "(k of n)": only k of the n seeds\' runs end there.',
         "",
-        "| workload | side | effective batch | steps | final loss | held-out loss | wall time (s) | reaches the recipe's loss (s) |",
+        "| workload | side | effective batch | steps | final loss | held-out loss | wall time (s) | reaches the "
+        "recipe's loss (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results["workloads"].items():
         for side in ("recipe", "export"):
             runs = result["runs"][side]
             lines.append(
-                f"| {name} | {side} | {runs[0]['effective_batch']} | {runs[0]['steps']} | {_summary(runs, 'final_loss')} "
+                f"| {name} | {side} | {runs[0]['effective_batch']} | {runs[0]['steps']} "
+                f"| {_summary(runs, 'final_loss')} "
                 f"| {_summary(runs, 'held_out_loss')} | {_summary(runs, 'wall_seconds')} "
                 f"| {_summary(runs, 'reaches_recipe_loss_seconds')} |"
             )
@@ -301,7 +303,7 @@ def _figure(results: dict, path: Path) -> None:
 
     names = list(results["workloads"])
     figure, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), dpi=110, squeeze=False)
-    for axis, name in zip(axes[0], names):
+    for axis, name in zip(axes[0], names, strict=False):
         result = results["workloads"][name]
         for side, colour in (("recipe", "C0"), ("export", "C3")):
             for index, run in enumerate(result["runs"][side]):

@@ -123,7 +123,9 @@ def test_dashboard_study_detail_shows_per_window_projections(dashboard):
     # tiny's two epochs at each window's samples/s, x one factor: the samples to the recipe's progress.
     samples = float(attrs["dataset_size"]) * 2
     rates = json.loads(attrs["window_samples_per_second"])
-    factors = [point["value"] * rate / samples for point, rate in zip(searched["intermediate_values"], rates)]
+    factors = [
+        point["value"] * rate / samples for point, rate in zip(searched["intermediate_values"], rates, strict=True)
+    ]
     assert factors == pytest.approx([factors[0]] * len(factors), rel=1e-4)
     assert [trial["number"] for trial in detail["best_trials"]] in ([0], [1])
 

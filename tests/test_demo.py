@@ -12,7 +12,7 @@ from autotune.workload.demo import NUM_CLASSES, PatternImages, SmallCNN, classif
 
 
 def batch(dataset: PatternImages, indices) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = zip(*(dataset[i] for i in indices))
+    images, labels = zip(*(dataset[i] for i in indices), strict=True)
     return torch.stack(images), torch.tensor(labels)
 
 
@@ -75,7 +75,7 @@ def test_smallcnn_gradient_checkpointing_keeps_outputs_and_gradients():
         losses.append(loss)
     assert torch.allclose(losses[0], losses[1])
     assert torch.allclose(plain(images), checkpointed(images), atol=1e-6)
-    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
         assert a.grad is not None and b.grad is not None, name
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
 

@@ -60,14 +60,14 @@ def test_fidelity_interleaves_short_trials_and_long_runs_of_the_exported_pick(tm
     assert "error" not in fid, fid
     assert len(fid["short_samples_per_second"]) == len(fid["long_samples_per_second"]) == 2
     # Round by round, then the median of two: their mean.
-    ratios = [b / a for a, b in zip(fid["short_samples_per_second"], fid["long_samples_per_second"])]
+    ratios = [b / a for a, b in zip(fid["short_samples_per_second"], fid["long_samples_per_second"], strict=True)]
     assert fid["long_over_short_rounds"] == pytest.approx(ratios)
     assert fid["long_over_short"] == pytest.approx(sum(ratios) / 2)
     assert fid["long_over_stated"] * fid["stated_samples_per_second"] == pytest.approx(
         sum(fid["long_samples_per_second"]) / 2
     )
     assert fid["actual_over_projected_rounds"] == pytest.approx(
-        [a / p for a, p in zip(fid["actual_seconds"], fid["projected_seconds"])], rel=1e-3
+        [a / p for a, p in zip(fid["actual_seconds"], fid["projected_seconds"], strict=True)], rel=1e-3
     )
     assert len(fid["actual_seconds"]) == len(fid["projected_seconds"]) == 2
     # Interleaved: the second round runs the long one first.

@@ -183,7 +183,8 @@ def test_train_shows_tokens_per_second_against_the_measured(tokens, tmp_path):
     assert record["measured_unit_per_second"] == measured
     assert (
         f"  throughput {steady:.1f} tokens/s ({record['samples_per_second']:.1f} samples/s) steady, "
-        f"{steady / measured:.2f}x the measured {measured:.1f} tokens/s; {overall:.1f} tokens/s overall, warm-up included"
+        f"{steady / measured:.2f}x the measured {measured:.1f} tokens/s; {overall:.1f} tokens/s overall, warm-up "
+        "included"
     ) in lines
     report = run_cli("report", "--storage", tokens["storage"]).output.splitlines()
     trial = record["trial"]

@@ -51,7 +51,8 @@ def _code(document: dict[str, Any]) -> list[str]:
     config = _forms.export_config(document)
     total_steps = _forms.one_cycle_arguments(document)["total_steps"]
     lines = [
-        '# args = TrainingArguments(output_dir="out", **exported["TrainingArguments"]); model and train_dataset are yours',
+        '# args = TrainingArguments(output_dir="out", **exported["TrainingArguments"]); model and train_dataset are '
+        "yours",
         "import math" if total_steps is None else None,
         "import torch",
         "from transformers import Trainer",

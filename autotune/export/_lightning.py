@@ -46,7 +46,8 @@ def _run_length(document: dict[str, Any]) -> dict[str, int]:
 def _code(document: dict[str, Any]) -> list[str]:
     config = _forms.export_config(document)
     lines = [
-        '# trainer = lightning.Trainer(**exported["Trainer"]); loader = DataLoader(train_dataset, **exported["DataLoader"])',
+        '# trainer = lightning.Trainer(**exported["Trainer"]); loader = DataLoader(train_dataset, '
+        '**exported["DataLoader"])',
         "import torch",
     ]
     lines += _forms.workload_knob_lines(config)

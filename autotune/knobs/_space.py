@@ -74,7 +74,7 @@ class Knob:
         if self.low is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return False
-            if not self.low <= value <= self.high:
+            if self.high is None or not self.low <= value <= self.high:
                 return False
             if self.step is None:
                 return True
@@ -128,7 +128,7 @@ class SearchSpace:
             described["effective_batch"] = self.effective_batch
         return described
 
-    def with_effective_batch(self, effective_batch: int | None) -> tuple[SearchSpace, list[str]]:
+    def with_effective_batch(self, effective_batch: int | Literal["free"] | None) -> tuple[SearchSpace, list[str]]:
         """Fix batch_size x accumulation_steps: only batch sizes dividing it remain, and
         accumulation_steps is derived from the batch size. ``None`` keeps the file's setting."""
         effective_batch = effective_batch or self.effective_batch
@@ -211,7 +211,7 @@ class SearchSpace:
         names = self.searched
         points: list[dict[str, Any]] = []
         for values in itertools.product(*(self.knobs[name].choices or () for name in names)):
-            point = dict(zip(names, values))
+            point = dict(zip(names, values, strict=True))
             if point.get("num_workers", baseline.num_workers) == 0:
                 point = {name: value for name, value in point.items() if name not in WORKER_KNOBS}
             if point not in points:

@@ -110,7 +110,8 @@ class SearchPrinter(SearchListener):
 
     def on_workload_check(self, plan: SearchPlan) -> None:
         console.print(
-            f"checking the workload: its first training step at the baseline (batch_size {plan.baseline.batch_size}) ..."
+            "checking the workload: its first training step at the baseline "
+            f"(batch_size {plan.baseline.batch_size}) ..."
         )
 
     def on_note(self, message: str) -> None:
@@ -146,7 +147,8 @@ class SearchPrinter(SearchListener):
         peak = format_size(TrialRecord.of(trial).peak_memory_bytes)
         tag = " [cyan]baseline[/]" if TrialRecord.of(trial).baseline else ""
         config = TrialRecord.of(trial).config
-        line = f"#{trial.number:<3} [{style}]{status:<8}[/] {figure}  peak {peak:>10}  {escape(describe_config(config)) if config else ''}{tag}"
+        knobs = escape(describe_config(config)) if config else ""
+        line = f"#{trial.number:<3} [{style}]{status:<8}[/] {figure}  peak {peak:>10}  {knobs}{tag}"
         console.print(line)
         if status != "ok" and TrialRecord.of(trial).reason:
             console.print(f"      [dim]{escape(TrialRecord.of(trial).reason)}[/]")
@@ -220,7 +222,8 @@ def print_export(export: Export) -> None:
         console.print(escape(line))
     console.print(
         f"trial #{provenance['trial']} of study {escape(provenance['study'])}: "
-        f"{_records.rate(measured):.1f} {escape(_records.unit(measured))}/s, peak {format_size(measured['peak_memory_bytes'])}, "
+        f"{_records.rate(measured):.1f} {escape(_records.unit(measured))}/s, "
+        f"peak {format_size(measured['peak_memory_bytes'])}, "
         f"warm-up {format_duration(measured['warmup_seconds'])}, effective batch {measured['effective_batch_size']}"
     )
     console.print(f"  {escape(describe_config(export.config))}")

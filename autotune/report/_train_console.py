@@ -152,7 +152,7 @@ def print_run_record(record: RunRecord) -> None:
         if in_unit:
             rates = f"{record.unit_per_second:.1f} {unit}/s ({rates})"
         line = f"  throughput {rates} steady"
-        if in_unit and record.measured_unit_per_second:
+        if in_unit and record.unit_per_second is not None and record.measured_unit_per_second:
             line += (
                 f", {record.unit_per_second / record.measured_unit_per_second:.2f}x the measured "
                 f"{record.measured_unit_per_second:.1f} {unit}/s"

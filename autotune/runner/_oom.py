@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 _OOM_MESSAGES = (
     "out of memory",  # CUDA ("CUDA out of memory", "CUDA error: out of memory"), HIP, MPS
     "can't allocate memory",  # DefaultCPUAllocator
@@ -17,7 +19,9 @@ def is_oom_error(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     try:
-        import torch
+        import torch as _torch
+
+        torch: Any = _torch
     except ImportError:  # pragma: no cover - torch is a dependency
         torch = None
     if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):

@@ -12,6 +12,7 @@ autotune.runner._child``), as it is where the forkserver is unavailable (Windows
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.popen_forkserver
@@ -129,7 +130,7 @@ class _TrialPopen(multiprocessing.popen_forkserver.Popen):
 
         multiprocessing.spawn.get_preparation_data = without_main
         try:
-            super()._launch(process_obj)
+            super()._launch(process_obj)  # type: ignore[misc]  # Popen's private start step, extended
         finally:
             multiprocessing.spawn.get_preparation_data = real
 
@@ -180,12 +181,13 @@ def _trial_main(channel_fd: int, watchdog_fd: int, log_fd: int, job: str, env: d
 
     tempfile.tempdir = None  # TMPDIR is the trial's scratch folder now
     # multiprocessing's own temporary folder too (the parent's, copied into this process's config).
-    multiprocessing.current_process()._config.pop("tempdir", None)
+    multiprocessing.current_process()._config.pop("tempdir", None)  # type: ignore[attr-defined]
     # A fresh interpreter's default start method (multiprocessing set forkserver's for this child):
     # the DataLoader's workers start as they would in the user's own run.
     multiprocessing.set_start_method(None, force=True)
-    sys.stdout.reconfigure(write_through=True)
-    sys.stderr.reconfigure(write_through=True)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(write_through=True)
     from autotune.runner._child import run
 
     run(channel_fd, watchdog_fd, job)
@@ -196,5 +198,7 @@ def server_pids() -> set[int]:
     of the pool that outlive each trial (they end with the process that started them)."""
     from multiprocessing import forkserver, resource_tracker
 
-    pids = {forkserver._forkserver._forkserver_pid, resource_tracker._resource_tracker._pid}
+    server: Any = forkserver._forkserver  # multiprocessing's own singletons: no public pid
+    tracker: Any = resource_tracker._resource_tracker
+    pids = {server._forkserver_pid, tracker._pid}
     return {pid for pid in pids if pid is not None}

@@ -82,7 +82,7 @@ def _run(
         job_text = json.dumps(job.to_json())
         try:
             if pooled():
-                process = PooledProcess(
+                process: PooledProcess | subprocess.Popen[bytes] = PooledProcess(
                     write_fd, watchdog_read, log.fileno(), job_text, _child_environment(scratch), job.workload
                 )
             else:
@@ -101,6 +101,7 @@ def _run(
             raise
         os.close(write_fd)
         os.close(watchdog_read)
+        assert process.pid is not None  # started
         tree = ProcessTree(process.pid)
         follower = _Follower(job, tree, on_window, slow_below, started)
         if isinstance(process, subprocess.Popen):

@@ -72,7 +72,8 @@ class Budgets:
 
     def describe_time_limit(self) -> str:
         margin = f" less the {format_duration(self.safety_margin_seconds)} margin" if self.safety_margin_seconds else ""
-        return f"{format_duration(self.time_limit_seconds)} (the deadline {format_duration(self.deadline_seconds)}{margin})"
+        deadline = format_duration(self.deadline_seconds)
+        return f"{format_duration(self.time_limit_seconds)} (the deadline {deadline}{margin})"
 
     def project(
         self, trial_attrs: TrialRecord | Mapping[str, Any], samples_per_second: float | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autotune.exceptions import WorkloadError
 from autotune.runner import MeasureSettings, Status, TrialJob, TrialOutcome, run_trial
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 SAME_ERROR_TRIALS = 3  # the search stops when its first trials, this many, all fail with one same error
 # The shortest run_trial measures: one warm-up step, then one timed window of one step.
-_ONE_STEP = dict(warmup_steps=0, windows=1, window_seconds=0.01, max_window_steps=1, divergence_factor=None)
+_ONE_STEP: dict[str, Any] = dict(
+    warmup_steps=0, windows=1, window_seconds=0.01, max_window_steps=1, divergence_factor=None
+)
 
 
 @dataclasses.dataclass(frozen=True)

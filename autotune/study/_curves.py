@@ -43,9 +43,9 @@ def memory_fit(trials: Iterable[Any], config: dict[str, Any]) -> dict[str, Any] 
     """Peak memory = intercept + slope x batch_size, least squares over the trials that ran with
     ``config``'s memory-relevant knobs; None below two distinct batch sizes or without growth."""
     points = [
-        (TrialRecord.of(t).config["batch_size"], TrialRecord.of(t).peak_memory_bytes, t.number)
+        (record.config["batch_size"], record.peak_memory_bytes, t.number)
         for t in _group(trials, config, MEMORY_NEUTRAL_KNOBS)
-        if TrialRecord.of(t).peak_memory_bytes
+        if (record := TrialRecord.of(t)).peak_memory_bytes is not None
     ]
     if len({batch for batch, _, _ in points}) < 2:
         return None
@@ -60,7 +60,7 @@ def memory_fit(trials: Iterable[Any], config: dict[str, Any]) -> dict[str, Any] 
     }
 
 
-def predicted_peak(fit: dict[str, Any], batch_size: int) -> float:
+def predicted_peak(fit: dict[str, Any], batch_size: float) -> float:
     return fit["intercept_bytes"] + fit["bytes_per_sample"] * batch_size
 
 

@@ -4,7 +4,6 @@ the side-by-side re-measurement, all recorded in the Optuna study."""
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -83,7 +82,8 @@ def _search(
         _enqueue_baseline(study, plan, storage)
         n_trials = options.n_trials
         if options.sampler == "grid":
-            n_trials = min(n_trials or math.inf, _enqueue_grid(study, plan, storage))
+            grid = _enqueue_grid(study, plan, storage)
+            n_trials = grid if n_trials is None else min(n_trials, grid)
         study.optimize(
             objective,
             n_trials=n_trials,

@@ -77,7 +77,7 @@ class LRFindResult:
 
 def suggest_max_lr(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[float, float, float]:
     """(suggestion, lr_at_min_loss, lr_steepest) from a sweep's smoothed losses; see the module doc."""
-    points = list(zip(lrs, smoothed))
+    points = list(zip(lrs, smoothed, strict=True))
     if len(points) < 5:
         raise LRFindError(f"the LR sweep stopped after {len(points)} steps: too few to read a curve from")
     skip = max(1, len(points) // 10)  # the first points are mostly the average warming up
@@ -87,7 +87,7 @@ def suggest_max_lr(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[flo
     window = [(lr, loss) for lr, loss in usable[: min_index + 1] if lr >= lr_min / 100]
     slopes = [
         ((b_loss - a_loss) / (math.log(b_lr) - math.log(a_lr)), a_lr)
-        for (a_lr, a_loss), (b_lr, b_loss) in zip(window, window[1:])
+        for (a_lr, a_loss), (b_lr, b_loss) in zip(window, window[1:], strict=False)
     ]
     lr_steep = min(slopes)[1] if slopes else lr_min / MIN_LOSS_DIVISOR
     suggestion = max(min(lr_min / MIN_LOSS_DIVISOR, lr_steep), lr_min / FLOOR_DIVISOR)

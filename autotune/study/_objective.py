@@ -183,9 +183,9 @@ class Objective:
                     timeout_seconds=self.plan.trial_timeout_seconds,
                     rank_against=max(
                         (
-                            TrialRecord.of(t).samples_per_second
+                            rate
                             for t in finished
-                            if _records.status(t) == "ok" and TrialRecord.of(t).samples_per_second
+                            if _records.status(t) == "ok" and (rate := TrialRecord.of(t).samples_per_second)
                         ),
                         default=None,
                     ),
@@ -318,6 +318,7 @@ def _answered_from(trial: optuna.Trial, measured: optuna.trial.FrozenTrial, unit
     )
     for name, value in measured.constraints.items():
         trial.set_constraint(name, value)
+    assert measured.value is not None  # a measured trial finished with its objective value
     return measured.value
 
 

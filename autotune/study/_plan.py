@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from autotune.exceptions import SearchSpaceError
 from autotune.knobs._config import TrainConfig
@@ -106,7 +106,7 @@ def _recipe(workload: Workload, space: SearchSpace) -> TrainConfig:
 
 def _effective_batch(
     options: SearchOptions, workload: Workload, space: SearchSpace, recipe_batch: int
-) -> tuple[int | None, list[str]]:
+) -> tuple[int | Literal["free"] | None, list[str]]:
     """The effective batch every trial keeps, and a note saying why: --effective-batch N, the space
     file's, else the recipe's own; None (--effective-batch free, or the file's "free"): any, each ranked
     by the time to the recipe's progress."""
@@ -125,7 +125,8 @@ def _effective_batch(
                 []
                 if held == recipe_batch
                 else [
-                    f"{source}: effective batch {held}, not the recipe's {recipe_batch}: every trial is projected to the "
+                    f"{source}: effective batch {held}, not the recipe's {recipe_batch}: every trial is projected "
+                    "to the "
                     "recipe's progress (gradient noise scale), and max_lr follows the batch"
                 ]
             )

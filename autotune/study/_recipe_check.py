@@ -336,7 +336,8 @@ def exportable(
     if recipe_batch is None or "effective_batch" in (setup.space or {}):
         return list(candidates), []
     kept_trials = {check.trial for check in checks if check.kept} | set(keep_trials)
-    keep, dropped = [], []
+    keep: list[Any] = []
+    dropped: list[Any] = []
     for candidate in candidates:
         batch = effective_batch_of(candidate.attrs)
         (keep if candidate.is_baseline or batch == recipe_batch or candidate.number in kept_trials else dropped).append(

@@ -129,14 +129,12 @@ def recover_interrupted(study: optuna.Study, storage: Any) -> list[int]:
                 # so it is ended only when no other search process is alive.
                 if others_alive:
                     continue
-                why = "its search process stopped before the trial started"
+                why: str | None = "its search process stopped before the trial started"
             elif owner not in processes:
                 continue
             else:
                 why = _gone(processes[owner], now)
-                if why is None:
-                    continue
-            if _interrupt(study, storage, study_id, trial, why):
+            if why is not None and _interrupt(study, storage, study_id, trial, why):
                 recovered.append(trial.number)
     return recovered
 

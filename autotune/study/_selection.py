@@ -278,8 +278,9 @@ def _timed(feasible: Sequence[Candidate], budgets: Budgets, objective: str) -> b
 
 def _gain(challenger: Candidate, reference: Candidate, budgets: Budgets, timed: bool) -> float:
     """How much faster ``challenger`` is than ``reference``: by projected time, else by throughput."""
-    if timed:
-        return reference.projected(budgets) / challenger.projected(budgets) - 1.0
+    reference_seconds, challenger_seconds = reference.projected(budgets), challenger.projected(budgets)
+    if timed and reference_seconds is not None and challenger_seconds:
+        return reference_seconds / challenger_seconds - 1.0
     return challenger.rate / reference.rate - 1.0
 
 
@@ -294,7 +295,7 @@ def _by_preference(
 ) -> tuple[Candidate, str]:
     """``timed``: "fastest" is the shortest projected full run, else the highest throughput."""
     if timed:
-        fastest = min(feasible, key=lambda c: c.projected(budgets))
+        fastest = min(feasible, key=lambda c: _seconds(c, budgets))
         best_line = (
             f"trial #{fastest.number}, the shortest projected full run "
             f"({format_duration(fastest.projected(budgets))} at {fastest.rate:.1f} {fastest.unit}/s)"
@@ -363,9 +364,14 @@ def _time_against_throughput(chosen: Candidate, feasible: Sequence[Candidate], b
     ]
 
 
+def _seconds(candidate: Candidate, budgets: Budgets) -> float:
+    """The projected full run, for ranking: a candidate without one ranks last (timed pools have one each)."""
+    seconds = candidate.projected(budgets)
+    return float("inf") if seconds is None else seconds
+
+
 def _closest_miss(misses: Sequence[Candidate], budgets: Budgets, study_name: str) -> Selection:
-    projected = [(c.record.projected_full_run_seconds, c) for c in misses]
-    projected = [(seconds, c) for seconds, c in projected if seconds is not None]
+    projected = [(seconds, c) for c in misses if (seconds := c.record.projected_full_run_seconds) is not None]
     if not projected or budgets.time_limit_seconds is None:
         raise NoFeasibleTrialError(f"study {study_name!r} has no feasible trial to export")
     seconds, closest = min(projected, key=lambda pair: pair[0])

@@ -46,7 +46,9 @@ def keep_study_objective(storage: Any, plan: SearchPlan) -> SearchPlan:
     if recorded == plan.objective:
         return plan
     note = f"the study ranks by {recorded} (it was started so); --objective {plan.objective} applies to new studies"
-    return dataclasses.replace(plan, objective=recorded, notes=[*plan.notes, note])
+    return dataclasses.replace(
+        plan, objective="time" if recorded == "time" else "throughput", notes=[*plan.notes, note]
+    )
 
 
 def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: SearchPlan) -> None:

@@ -77,7 +77,8 @@ def _new_tf32_api() -> bool:
 def tf32_enabled() -> tuple[bool, bool]:
     """Whether fp32 matmuls and cuDNN convolutions may use TF32: (matmul, convolution)."""
     if _new_tf32_api():
-        return (torch.backends.cuda.matmul.fp32_precision == "tf32", torch.backends.cudnn.conv.fp32_precision == "tf32")
+        cudnn_conv: Any = torch.backends.cudnn.conv  # type: ignore[attr-defined]  # torch's stubs predate it
+        return (torch.backends.cuda.matmul.fp32_precision == "tf32", cudnn_conv.fp32_precision == "tf32")
     return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
 
@@ -86,7 +87,8 @@ def set_tf32(enabled: bool | tuple[bool, bool]) -> None:
     matmul, convolution = enabled if isinstance(enabled, tuple) else (enabled, enabled)
     if _new_tf32_api():
         torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
-        torch.backends.cudnn.conv.fp32_precision = "tf32" if convolution else "ieee"
+        cudnn_conv: Any = torch.backends.cudnn.conv  # type: ignore[attr-defined]  # torch's stubs predate it
+        cudnn_conv.fp32_precision = "tf32" if convolution else "ieee"
     else:
         torch.backends.cuda.matmul.allow_tf32 = matmul
         torch.backends.cudnn.allow_tf32 = convolution
@@ -154,7 +156,7 @@ def prepare_model(
         enable_gradient_checkpointing(model, gradient_checkpointing)
     model = model.to(device)
     if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it
     model.train()
     return model
 
@@ -171,7 +173,8 @@ def enable_gradient_checkpointing(model: Any, hook: Callable[[Any], None] | None
             model.enable_input_require_grads()
     else:
         raise WorkloadError(
-            "gradient_checkpointing needs Workload.gradient_checkpointing or a model with gradient_checkpointing_enable()"
+            "gradient_checkpointing needs Workload.gradient_checkpointing or a model with "
+            "gradient_checkpointing_enable()"
         )
 
 
@@ -321,6 +324,8 @@ def one_cycle(
     ``cycle_momentum=None`` decides from the optimizer (see cycles_momentum)."""
     if cycle_momentum is None:
         cycle_momentum = cycles_momentum(optimizer)
+    if anneal_strategy not in ("cos", "linear"):
+        raise ValueError(f"anneal_strategy must be cos or linear, got {anneal_strategy!r}")
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=config.max_lr if max_lr is None else max_lr,
@@ -328,7 +333,7 @@ def one_cycle(
         pct_start=pct_start,
         div_factor=div_factor,
         final_div_factor=final_div_factor,
-        anneal_strategy=anneal_strategy,
+        anneal_strategy="linear" if anneal_strategy == "linear" else "cos",
         cycle_momentum=cycle_momentum,
     )
 
@@ -415,7 +420,7 @@ class TrainStep:
     def __call__(self, micro_batches: Iterable[Any]) -> torch.Tensor:
         total, kept = self.accumulate(micro_batches)
         if self.closure:
-            self.optimizer.step(lambda: self._replay(kept))
+            self.optimizer.step(lambda: float(self._replay(kept)))
         elif self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -476,7 +481,10 @@ class TrainStep:
         """The closure: gradients zeroed, forward and backward again over the step's micro-batches."""
         with torch.enable_grad():
             self.optimizer.zero_grad(set_to_none=True)
-            return sum(self._forward_backward(batch) for batch in batches)
+            total = torch.zeros((), device=self.device)
+            for batch in batches:
+                total = total + self._forward_backward(batch)
+            return total
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's, the scheduler's and the GradScaler's state, for a checkpoint."""

@@ -91,8 +91,14 @@ def rng_state() -> dict[str, Any]:
         import numpy
     except ImportError:
         return state
-    kind, keys, position, has_gauss, cached = numpy.random.get_state()
-    state["numpy"] = (kind, keys.tolist(), position, has_gauss, cached)  # plain values: weights_only loads them
+    kind, keys, position, has_gauss, cached = numpy.random.get_state(legacy=True)  # the tuple form
+    state["numpy"] = (
+        kind,
+        numpy.asarray(keys).tolist(),
+        position,
+        has_gauss,
+        cached,
+    )  # plain values: weights_only loads them
     return state
 
 

@@ -85,7 +85,9 @@ def estimate(gradient_sq: Sequence[float], trace: Sequence[float]) -> NoiseScale
     value = max(0.0, mean_s / mean_g)
     stderr = None
     if n >= 3:
-        leave_one_out = [(total_s - s) / (total_g - g) for g, s in zip(gradient_sq, trace) if total_g - g > 0]
+        leave_one_out = [
+            (total_s - s) / (total_g - g) for g, s in zip(gradient_sq, trace, strict=True) if total_g - g > 0
+        ]
         if len(leave_one_out) == n:
             mean = math.fsum(leave_one_out) / n
             stderr = math.sqrt((n - 1) / n * math.fsum((v - mean) ** 2 for v in leave_one_out))

@@ -44,7 +44,7 @@ def run(plan: RunPlan, listener: TrainListener) -> RunRecord:
     started_at = now()
     begin = time.perf_counter()
     saved = checkpoints.load_checkpoint(plan.resume_from) if plan.resume_from is not None else None
-    if saved is not None:
+    if saved is not None and plan.resume_from is not None:
         checkpoints.check_same_config(plan.resume_from, saved["config"], plan.config.to_dict())
     if plan.options.seed is not None:
         _seed(plan.options.seed)
@@ -53,7 +53,7 @@ def run(plan: RunPlan, listener: TrainListener) -> RunRecord:
         torch.cuda.set_device(device)
     dataset = plan.workload.dataset()  # built once: its size sets the run's length before Training uses it
     length = run_length(plan, len(dataset))
-    if saved is not None:
+    if saved is not None and plan.resume_from is not None:
         length = check_resumed_length(plan.resume_from, saved["length"], length, plan.options)
     # The config's max_lr rules; the rest of the export's one_cycle: shapes the schedule.
     one_cycle = {key: value for key, value in plan.one_cycle.items() if key not in ("max_lr", "total_steps")}
@@ -257,6 +257,7 @@ class _Loop:
         """The workload's evaluate (eval mode, no_grad, the config's autocast), timed apart from training."""
         _synchronize(self.training.device)
         begin = time.perf_counter()
+        assert self.plan.workload.evaluate is not None  # scheduled only for a workload that has one
         metrics = evaluate(self.plan.workload.evaluate, self.training.model, self.plan.config, self.training.device)
         _synchronize(self.training.device)
         seconds = time.perf_counter() - begin

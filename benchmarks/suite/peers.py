@@ -149,7 +149,8 @@ def example_input(batch: Any) -> Any:
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
         return batch[0]
     raise TypeError(
-        f"pytorch-autotune needs a tensor, a dict or a tuple starting with a tensor; the batch is {type(batch).__name__}"
+        "pytorch-autotune needs a tensor, a dict or a tuple starting with a tensor; the batch is "
+        f"{type(batch).__name__}"
     )
 
 
@@ -290,7 +291,7 @@ def probe(workload: Workload, batch_size: int) -> dict[str, Any]:
     out_of_memory = False
     steps = 0
     try:
-        for _, batch in zip(range(STEPS_PER_TRIAL), loader):
+        for _, batch in zip(range(STEPS_PER_TRIAL), loader, strict=False):
             optimizer.zero_grad(set_to_none=True)
             workload.loss(model, batch).backward()
             optimizer.step()
@@ -352,7 +353,8 @@ def run_hf_largest(workload: Workload, args: argparse.Namespace) -> dict[str, An
         f"started at {start} (--start-batch {args.start_batch}, dataset length {dataset_length}), x0.9 after each "
         f"out-of-memory error: {', '.join(str(r['batch_size']) for r in tried)}",
         f"stopped: batch {pick} fits ({tried[-1]['peak_memory_bytes']} bytes <= {budget})",
-        f"{len(tried)} probes, {seconds:.1f}s of training-side time, {wall:.1f}s of wall time with each probe's imports",
+        f"{len(tried)} probes, {seconds:.1f}s of training-side time, "
+        f"{wall:.1f}s of wall time with each probe's imports",
     ]
     config.update(batch_size=int(pick), accumulation_steps=1)
     return {"config": config, "search_seconds": seconds, "notes": notes, "tried": tried}

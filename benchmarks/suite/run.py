@@ -276,7 +276,7 @@ def fidelity(
     long = [run["samples_per_second"] for run in longs]
     stated = pick["search_samples_per_second"]
     # Ratios round by round: a round's short and long runs are neighbours, so drift cancels.
-    long_over_short = [b / a for a, b in zip(short, long)]
+    long_over_short = [b / a for a, b in zip(short, long, strict=True)]
     return {
         "rounds": rounds,
         "steps": steps,
@@ -371,7 +371,7 @@ def round_ratios(pick: dict[str, Any], other: dict[str, Any]) -> list[float]:
     """``pick``'s throughput over ``other``'s, round by round: the two ran in the same interleaved
     round, so the machine's drift between rounds cancels out of each ratio."""
     mine, theirs = ((p.get("measured") or {}).get("units_per_second") or {} for p in (pick, other))
-    return [a / b for a, b in zip(mine.get("rounds") or [], theirs.get("rounds") or []) if a and b]
+    return [a / b for a, b in zip(mine.get("rounds") or [], theirs.get("rounds") or [], strict=False) if a and b]
 
 
 def goals(result: dict[str, Any]) -> dict[str, Any]:
@@ -458,7 +458,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, started: str
     lines = [
         f"# Benchmark suite, {started}",
         "",
-        f"Machine: {machine()}. Run: `{' '.join(['python benchmarks/suite/run.py', *sys.argv[1:]])}` ({seconds / 60:.0f} minutes; "
+        f"Machine: {machine()}. Run: `{' '.join(['python benchmarks/suite/run.py', *sys.argv[1:]])}` "
+        f"({seconds / 60:.0f} minutes; "
         f"trial budget {args.trials} for autotune, random and tpe; every method's memory budget "
         f"{args.max_memory / 1024**3:.1f} GiB; independent measurement: {args.rounds} interleaved rounds of "
         f"{args.seconds:g} s per config, each a fresh process).",

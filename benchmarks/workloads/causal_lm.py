@@ -216,7 +216,7 @@ def _optimizer(params, lr: float, **kwargs) -> torch.optim.Optimizer:
 @functools.lru_cache(maxsize=1)
 def _held_out() -> tuple[torch.Tensor, torch.Tensor]:
     data = CharWindows(HELD_OUT_WINDOWS, HELD_OUT_SEED)
-    xs, ys = zip(*(data[i] for i in range(len(data))))
+    xs, ys = zip(*(data[i] for i in range(len(data))), strict=True)
     return torch.stack(xs), torch.stack(ys)
 
 
