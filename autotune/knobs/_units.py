@@ -83,6 +83,7 @@ def parse_fraction(text: str | float, *, what: str = "fraction") -> float:
 
 
 def format_size(num_bytes: float | None) -> str:
+    """Bytes in binary units, as sizes are written on the command line ("640.0 MiB"); "-" for None."""
     if num_bytes is None:
         return "-"
     value = float(num_bytes)
@@ -94,6 +95,7 @@ def format_size(num_bytes: float | None) -> str:
 
 
 def format_duration(seconds: float | None) -> str:
+    """Seconds as a short duration ("42.0s", "3.5m", "2.1h"); "-" for None."""
     if seconds is None:
         return "-"
     if seconds < 90:

@@ -21,6 +21,9 @@ from autotune.training._run_record import actuals
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """What ``autotune report`` shows of a study: its trials by status, the best ones, the range tests,
+    the re-measurement, the full runs recorded against it, and the setup's notes."""
+
     study: str
     status_counts: dict[str, int]
     rows: list[dict[str, Any]]  # the top trials by throughput, then the baseline if it is not among them
@@ -44,6 +47,8 @@ class Report:
 def build_report(
     study_name: str | None = None, storage: str | None = None, top: int = 10, plots: str | Path | None = None
 ) -> Report:
+    """The report of study ``study_name`` in ``storage`` (the default storage's only study when None): its
+    ``top`` trials, and with ``plots`` a folder for the figures as PNG files."""
     study = load_study(study_name, storage)
     trials = study.get_trials(deepcopy=False)
     budgets = Budgets.from_json(_records.read_setup(study).budgets)

@@ -120,6 +120,8 @@ class SearchPlan:
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
+    """What a search gave: the study, its best and baseline trials, the range test and the notes."""
+
     study_name: str
     storage: str
     trials_run: int

@@ -66,6 +66,8 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
+    """The config chosen for the user's run, the baseline it was compared with, and why."""
+
     chosen: Candidate
     baseline: Candidate | None
     fits_deadline: bool

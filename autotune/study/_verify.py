@@ -16,6 +16,8 @@ from autotune.study._selection import Candidate
 
 @dataclasses.dataclass(frozen=True)
 class Verification:
+    """Candidates re-measured side by side: their figures over interleaved rounds of fresh processes."""
+
     candidates: list[Candidate]  # re-measured figures; candidates with no successful round are left out
     rounds: list[dict[str, Any]]  # per candidate: trial number, each round's samples/s (None when it failed)
     seconds: float  # wall time spent re-measuring

@@ -162,6 +162,8 @@ def prepare_model(
 
 
 def enable_gradient_checkpointing(model: Any, hook: Callable[[Any], None] | None = None) -> None:
+    """Gradient checkpointing on ``model``: the workload's hook when it has one, else the model's own
+    ``gradient_checkpointing_enable()`` (Hugging Face models); a WorkloadError when there is neither."""
     if hook is not None:
         hook(model)
     elif callable(getattr(model, "gradient_checkpointing_enable", None)):
