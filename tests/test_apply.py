@@ -1,9 +1,10 @@
-"""autotune.training: the one place each knob acts."""
+"""autotune.training._apply (public as ``from autotune import training``): the one place each knob acts."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,15 @@ import torch.nn.functional as F
 from conftest import workload_spec
 from torch import nn
 
+import autotune
 from autotune import training
 from autotune.exceptions import WorkloadError
 from autotune.knobs._config import TrainConfig
 from autotune.runner import TrialJob, run_trial
 from autotune.workload import Workload, load_workload
 
-PACKAGE = Path(training.__file__).parent
+PACKAGE = Path(autotune.__file__).parent
+APPLY = Path(sys.modules[training.Training.__module__].__file__)  # where the public training functions live
 
 
 class Points(torch.utils.data.Dataset):
@@ -312,8 +315,8 @@ def test_training_refuses_a_dataset_smaller_than_the_batch() -> None:
         training.Training(workload, TrainConfig(batch_size=8), "cpu")
 
 
-# Each knob acts in autotune/training.py only: these calls appear nowhere else in the package
-# (autotune/frameworks/ writes code lines for other frameworks as text; it applies nothing).
+# Each knob acts in the apply module only: these calls appear nowhere else in the package
+# (the export forms in autotune/export/ write code lines for other frameworks as text; they apply nothing).
 KNOB_CALLS = [
     r"torch\.compile\(",
     r"allow_tf32",
@@ -333,17 +336,20 @@ def test_knobs_act_only_in_the_training_module(pattern: str) -> None:
     offenders = [
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
-        if path.name not in ("training.py", "demo.py")
-        and "frameworks" not in path.relative_to(PACKAGE).parts
-        and re.search(pattern, path.read_text())
+        if path != APPLY and "export" not in path.relative_to(PACKAGE).parts and re.search(pattern, path.read_text())
     ]
     assert offenders == []
-    assert re.search(pattern, (PACKAGE / "training.py").read_text())
+    assert re.search(pattern, APPLY.read_text())
 
 
 def test_the_harness_applies_knobs_through_the_training_module() -> None:
-    harness = (PACKAGE / "runner" / "_harness.py").read_text()
-    assert "from autotune.training import Training, backend_flags, evaluate" in harness
+    from autotune.runner import _harness
+
+    assert (_harness.Training, _harness.backend_flags, _harness.evaluate) == (
+        training.Training,
+        training.backend_flags,
+        training.evaluate,
+    )
 
 
 def test_train_step_with_a_closure_replays_the_micro_batches() -> None:
@@ -515,3 +521,91 @@ def test_a_trial_times_the_workloads_evaluation_once(fast_measure) -> None:
     assert outcome.status.value == "ok", outcome.reason
     assert outcome.evaluation_seconds is not None and outcome.evaluation_seconds > 0
     assert outcome.user_attrs()["evaluation_seconds"] == outcome.evaluation_seconds
+
+
+# --- the helpers a training loop of its own calls ---------------------------------------------------------
+
+
+def test_steps_per_epoch_counts_the_groups_optimizer_steps_yields() -> None:
+    config = TrainConfig(batch_size=8, accumulation_steps=3)
+    loader = training.dataloader(Points(64), config)  # 8 full micro-batches: 2 groups of 3, 2 left over
+    groups = list(training.optimizer_steps(loader, config))
+    assert training.steps_per_epoch(64, config) == len(groups) == 2
+    assert [len(group) for group in groups] == [3, 3]
+    assert training.steps_per_epoch(7, TrainConfig(batch_size=8)) == 0  # not one full batch
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        (1.5, "loss must return a scalar tensor, got float 1.5"),
+        (torch.ones(3, requires_grad=True), "loss must return a scalar tensor, got shape (3,)"),
+        (torch.tensor(1.0), "loss must return a tensor that requires grad (it was computed without the model's graph)"),
+    ],
+)
+def test_check_loss_refuses_what_backward_cannot_start_from(loss, message) -> None:
+    with pytest.raises(WorkloadError) as info:
+        training.check_loss(loss)
+    assert str(info.value) == message
+    training.check_loss(_loss(_linear(), (torch.randn(2, 4), torch.tensor([0, 1]))))  # a model's scalar: fine
+
+
+def test_pins_memory_only_for_copies_to_a_cuda_device() -> None:
+    assert training.pins_memory(TrainConfig(pin_memory=True), "cuda:0") is True
+    assert training.pins_memory(TrainConfig(pin_memory=True), "cpu") is False
+    assert training.pins_memory(TrainConfig(pin_memory=False), "cuda") is False
+
+
+def test_enable_gradient_checkpointing_takes_the_hook_else_the_models_own_method() -> None:
+    hooked = []
+    training.enable_gradient_checkpointing(_linear(), hooked.append)
+    assert len(hooked) == 1 and isinstance(hooked[0], nn.Linear)
+
+    class HuggingFaceStyle(nn.Linear):
+        enabled = False
+
+        def gradient_checkpointing_enable(self) -> None:
+            self.enabled = True
+
+    model = HuggingFaceStyle(4, 2)
+    training.enable_gradient_checkpointing(model)
+    assert model.enabled is True
+    with pytest.raises(WorkloadError, match="gradient_checkpointing needs Workload.gradient_checkpointing"):
+        training.enable_gradient_checkpointing(_linear())
+
+
+def test_unsupported_by_workload_drops_the_knobs_its_model_cannot_use() -> None:
+    from autotune.training._apply import unsupported_by_workload
+
+    linear = unsupported_by_workload(Workload(model=_linear, dataset=Points, loss=_loss))
+    assert linear["gradient_checkpointing"] == {
+        True: "the workload has no gradient_checkpointing hook and its model no gradient_checkpointing_enable()"
+    }
+    assert linear["channels_last"] == {True: "the model has no 2-D convolutions for channels_last to speed up"}
+    convolutional = Workload(
+        model=lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()),
+        dataset=Points,
+        loss=_loss,
+        gradient_checkpointing=lambda model: None,
+    )
+    kept = unsupported_by_workload(convolutional)
+    assert "channels_last" not in kept and "gradient_checkpointing" not in kept
+
+    def unbuildable():
+        raise RuntimeError("needs real weights")
+
+    assert unsupported_by_workload(Workload(model=unbuildable, dataset=Points, loss=_loss)) == {}
+
+
+def test_fixed_samples_loss_is_taken_over_the_same_samples_whatever_the_runs_seed() -> None:
+    workload = Workload(model=_linear, dataset=Points, loss=_loss)
+    run = training.Training(workload, TrainConfig(batch_size=8, precision="bf16"), "cpu", total_steps=2)
+    torch.manual_seed(1)
+    first = training.fixed_samples_loss(run, 16)
+    torch.manual_seed(2)
+    assert training.fixed_samples_loss(run, 16) == first  # the same 16 samples, in fp32
+    assert run.model.training is True  # back in training mode
+    everything = training.fixed_samples_loss(run, 10_000)  # capped at the dataset's 64
+    with torch.no_grad():
+        x, y = Points().x, Points().y
+        assert everything == pytest.approx(float(F.cross_entropy(run.model(x), y)), rel=1e-5)
