@@ -81,7 +81,9 @@ def test_scratch_folder_under_a_deep_temporary_folder_goes_to_tmp(tmp_path, monk
 # --- sweep_stale_scratch -----------------------------------------------------------------------------------
 
 
-def test_sweep_stale_scratch_removes_a_dead_parents_folder_and_what_still_uses_it(tmp_path):
+def test_sweep_stale_scratch_removes_a_dead_parents_folder_and_what_still_uses_it(temp_root):
+    # In a temporary folder of this test's own: another autotune process sweeping /tmp meanwhile (a search, a
+    # test run) would remove the stale folder, and kill what uses it, before this sweep could.
     with scratch_folder() as live:
         stale = tempfile.mkdtemp(prefix="autotune-trial-")
         Path(stale, ".owner").write_text("12345\n")  # its parent died: nobody holds the lock
