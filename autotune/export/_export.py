@@ -23,9 +23,9 @@ from autotune.store._records import ExportDocument, StudySetup, TrialRecord, as_
 from autotune.store._storage import DEFAULT_STORAGE, load_study, redact
 from autotune.study import _recipe_check as recipe_check
 from autotune.study._budget import Budgets
-from autotune.study._lr_find import scaled_lr, scaling_rule, stored_result
+from autotune.study._lr_find import LRFindResult, scaled_lr, scaling_rule, stored_result
 from autotune.study._selection import Candidate, Preference, Selection, paired_lines, paired_pool, select
-from autotune.study._verify import verify
+from autotune.study._verify import Verification, verify
 from autotune.training import _noise_scale as noise_scale
 
 if TYPE_CHECKING:
@@ -87,10 +87,6 @@ def export_best(
     """Choose among the study's feasible trials (optionally re-measuring the top ``verify_top``)
     and write the choice as YAML or JSON, or in a training framework's form (``fmt``: hf, lightning,
     accelerate, torch)."""
-    import importlib.metadata
-
-    import optuna
-
     path = Path(out) if out is not None else None
     fmt = export_format(path, fmt)
     if verify_top < 0 or rounds < 1:
@@ -100,9 +96,51 @@ def export_best(
     trials = study.get_trials(deepcopy=False)
     budgets = Budgets.from_json(setup.budgets).with_noise_scale(trials)
     checks = recipe_check.stored_checks(study)
+    baseline_trial = _records.baseline_trial(trials)
+    selection, verification = _choose(study, setup, trials, budgets, checks, prefer, verify_top, rounds, on_verify_run)
+    chosen = selection.chosen
+    config, lr_section, lr_line = _learning_rate(study, chosen, budgets, setup)
+    progress = _progress(chosen, config, budgets, setup, trials, checks)
+    if progress is not None:
+        selection.explanation.append(progress["line"])
+    selection.explanation.append(lr_line)
+    search_seconds = _search_seconds(study, trials, verification)
+    document = ExportDocument(
+        config=config.to_dict(),
+        measured=_measured(chosen),
+        one_cycle=_one_cycle(config, chosen, budgets),
+        lr_find=lr_section,
+        progress=progress,
+        full_run=_full_run(selection, budgets),
+        payoff=_payoff(selection, budgets, baseline_trial, search_seconds),
+        selection={
+            "prefer": prefer,
+            "explanation": selection.explanation,
+            "verified": None if verification is None else verification.rounds,
+        },
+        provenance=_provenance(study, storage, setup, selection, baseline_trial),
+    ).to_dict()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(document, fmt, as_json=path.suffix == ".json", name=path.name))
+    return Export(document=document, path=path)
+
+
+def _choose(
+    study: Any,
+    setup: StudySetup,
+    trials: list[FrozenTrial],
+    budgets: Budgets,
+    checks: list[recipe_check.RecipeCheck],
+    prefer: Preference,
+    verify_top: int,
+    rounds: int,
+    on_verify_run: Callable[[int, int, Candidate, float | None], None] | None,
+) -> tuple[Selection, Verification | None]:
+    """The selection among the exportable trials (re-measured, or a paired comparison's pool), with its
+    explanation so far, and the verification when one ran."""
     candidates = [Candidate.from_trial(t) for t in _records.feasible_trials(trials)]
     feasible, unchecked = recipe_check.exportable(candidates, setup, checks)
-    baseline_trial = _records.baseline_trial(trials)
     misses = _deadline_misses(trials)
     if not feasible and not misses:
         counts = _records.status_counts(trials)
@@ -112,14 +150,8 @@ def export_best(
         )
     verification = None
     if verify_top and feasible:
-        if setup.objective == "time":
-            top = sorted(feasible, key=lambda c: c.projected(budgets) or float("inf"))[:verify_top]
-        else:
-            top = sorted(feasible, key=lambda c: c.rate, reverse=True)[:verify_top]
-        top += [c for c in feasible if c.is_baseline and c not in top]
-        verification = verify(top, setup, rounds=rounds, on_run=on_verify_run)
+        verification = _verify_top(study, feasible, setup, budgets, verify_top, rounds, on_verify_run)
         feasible = verification.candidates
-        study.set_user_attr("verification", {"rounds": verification.rounds, "seconds": verification.seconds})
     paired = study.user_attrs.get("paired")
     held_off: list[str] = []
     if verification is None and paired:
@@ -137,58 +169,70 @@ def export_best(
     )
     selection.explanation[1:1] = held_off
     selection.explanation.extend(_unchecked_lines(selection, unchecked, candidates, baseline, budgets, prefer, setup))
-    chosen = selection.chosen
     if verification is None and paired:
         first, *challengers = paired_lines(paired)
-        selection.explanation.extend(([first] if chosen.number == paired["trial"] else []) + challengers)
-    config, lr_section, lr_line = _learning_rate(study, chosen, budgets, setup)
-    progress = _progress(chosen, config, budgets, setup, trials, checks)
-    if progress is not None:
-        selection.explanation.append(progress["line"])
-    selection.explanation.append(lr_line)
+        selection.explanation.extend(([first] if selection.chosen.number == paired["trial"] else []) + challengers)
+    return selection, verification
+
+
+def _verify_top(
+    study: Any,
+    feasible: list[Candidate],
+    setup: StudySetup,
+    budgets: Budgets,
+    verify_top: int,
+    rounds: int,
+    on_verify_run: Callable[[int, int, Candidate, float | None], None] | None,
+) -> Verification:
+    """Re-measure the top ``verify_top`` candidates (and the baseline) and note the rounds on the study."""
+    if setup.objective == "time":
+        top = sorted(feasible, key=lambda c: c.projected(budgets) or float("inf"))[:verify_top]
+    else:
+        top = sorted(feasible, key=lambda c: c.rate, reverse=True)[:verify_top]
+    top += [c for c in feasible if c.is_baseline and c not in top]
+    verification = verify(top, setup, rounds=rounds, on_run=on_verify_run)
+    study.set_user_attr("verification", {"rounds": verification.rounds, "seconds": verification.seconds})
+    return verification
+
+
+def _search_seconds(study: Any, trials: list[FrozenTrial], verification: Verification | None) -> float:
+    """The search's wall time: its trials', or every search's where recorded, and the re-measurement's."""
     trial_seconds = sum(
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
         if t.datetime_complete is not None and t.datetime_start is not None
     )
     # Every search's whole wall time (range test and re-measurement included), where recorded.
-    search_seconds = max(trial_seconds, float(study.user_attrs.get("search_seconds") or 0.0)) + (
+    return max(trial_seconds, float(study.user_attrs.get("search_seconds") or 0.0)) + (
         verification.seconds if verification else 0.0
     )
-    document = ExportDocument(
-        config=config.to_dict(),
-        measured=_measured(chosen),
-        one_cycle=_one_cycle(config, chosen, budgets),
-        lr_find=lr_section,
-        progress=progress,
-        full_run=_full_run(selection, budgets),
-        payoff=_payoff(selection, budgets, baseline_trial, search_seconds),
-        selection={
-            "prefer": prefer,
-            "explanation": selection.explanation,
-            "verified": None if verification is None else verification.rounds,
-        },
-        provenance={
-            "study": study.study_name,
-            "storage": redact(storage or DEFAULT_STORAGE),
-            "trial": chosen.number,
-            "workload": setup.workload,
-            "device": chosen.record.device,
-            "torch_version": chosen.record.torch_version,
-            "optuna_version": optuna.__version__,
-            "autotune_version": importlib.metadata.version("autotune"),
-            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "baseline_trial": baseline_trial.number if baseline_trial is not None else None,
-            "baseline_samples_per_second": _baseline_rate(selection, baseline_trial),
-            "speedup_over_baseline": _speedup(selection, baseline_trial),
-            # The optimizer's step takes a closure the workload did not declare (found by the search).
-            "step_closure": setup.step_closure,
-        },
-    ).to_dict()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(document, fmt, as_json=path.suffix == ".json", name=path.name))
-    return Export(document=document, path=path)
+
+
+def _provenance(
+    study: Any, storage: str | None, setup: StudySetup, selection: Selection, baseline_trial: FrozenTrial | None
+) -> dict[str, Any]:
+    """Where the export came from: the study, trial, workload, device, versions, time and baseline."""
+    import importlib.metadata
+
+    import optuna
+
+    chosen = selection.chosen
+    return {
+        "study": study.study_name,
+        "storage": redact(storage or DEFAULT_STORAGE),
+        "trial": chosen.number,
+        "workload": setup.workload,
+        "device": chosen.record.device,
+        "torch_version": chosen.record.torch_version,
+        "optuna_version": optuna.__version__,
+        "autotune_version": importlib.metadata.version("autotune"),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "baseline_trial": baseline_trial.number if baseline_trial is not None else None,
+        "baseline_samples_per_second": _baseline_rate(selection, baseline_trial),
+        "speedup_over_baseline": _speedup(selection, baseline_trial),
+        # The optimizer's step takes a closure the workload did not declare (found by the search).
+        "step_closure": setup.step_closure,
+    }
 
 
 def _unchecked_lines(
@@ -269,19 +313,7 @@ def _learning_rate(
     setup = as_setup(setup)
     config = TrainConfig.from_dict(chosen.record.config)
     result = stored_result(study, chosen.record.config)
-    section = (
-        None
-        if result is None
-        else {
-            "trial": result.trial,
-            "suggestion": result.suggestion,
-            "lr_at_min_loss": result.lr_at_min_loss,
-            "lr_steepest": result.lr_steepest,
-            "rule": "min(lr_at_min_loss / 4, lr_steepest), at least lr_at_min_loss / 10",
-            "check": _check_section(result.check),
-            "exported_max_lr": result.max_lr,
-        }
-    )
+    section = _lr_find_section(result)
     checks = recipe_check.stored_checks(study, chosen.number)
     kept = [check for check in checks if check.kept]
     if kept:
@@ -294,33 +326,70 @@ def _learning_rate(
             (f"max_lr {max_lr:.3g}, checked against the recipe: {kept[-1].reason}"),
         )
     if "max_lr" in _records.searched_knobs(setup):
-        if result is None:
-            return (
-                config,
-                None,
-                (
-                    f"max_lr {config.max_lr:g} as searched: no LR range test covers this effective "
-                    f"batch and precision (run 'autotune lr-find --study {study.study_name} --trial "
-                    f"{chosen.number}')"
-                ),
-            )
-        if config.max_lr <= result.lr_at_min_loss / 2:
-            return (
-                config,
-                section,
-                (
-                    f"max_lr {config.max_lr:g} as searched: the LR range test finds it clear of the "
-                    f"edge (minimum loss at {result.lr_at_min_loss:.3g})"
-                ),
-            )
+        return _searched_lr(study, chosen, config, result, section)
+    return _recipe_lr(chosen, config, budgets, setup, result, section, checks)
+
+
+def _lr_find_section(result: LRFindResult | None) -> dict[str, Any] | None:
+    """The LR range test's figures for the export (None where no range test covers the config)."""
+    return (
+        None
+        if result is None
+        else {
+            "trial": result.trial,
+            "suggestion": result.suggestion,
+            "lr_at_min_loss": result.lr_at_min_loss,
+            "lr_steepest": result.lr_steepest,
+            "rule": "min(lr_at_min_loss / 4, lr_steepest), at least lr_at_min_loss / 10",
+            "check": _check_section(result.check),
+            "exported_max_lr": result.max_lr,
+        }
+    )
+
+
+def _searched_lr(
+    study: Any, chosen: Candidate, config: TrainConfig, result: LRFindResult | None, section: dict[str, Any] | None
+) -> tuple[TrainConfig, dict | None, str]:
+    """A searched max_lr: as the trial ran it, unless the LR range test finds it too close to the edge."""
+    if result is None:
         return (
-            dataclasses.replace(config, max_lr=result.max_lr),
-            section,
+            config,
+            None,
             (
-                f"max_lr {result.max_lr:.3g} from the LR range test (minimum loss at {result.lr_at_min_loss:.3g}); the "
-                f"trial's searched {config.max_lr:g} is too close to the edge"
+                f"max_lr {config.max_lr:g} as searched: no LR range test covers this effective "
+                f"batch and precision (run 'autotune lr-find --study {study.study_name} --trial "
+                f"{chosen.number}')"
             ),
         )
+    if config.max_lr <= result.lr_at_min_loss / 2:
+        return (
+            config,
+            section,
+            (
+                f"max_lr {config.max_lr:g} as searched: the LR range test finds it clear of the "
+                f"edge (minimum loss at {result.lr_at_min_loss:.3g})"
+            ),
+        )
+    return (
+        dataclasses.replace(config, max_lr=result.max_lr),
+        section,
+        (
+            f"max_lr {result.max_lr:.3g} from the LR range test (minimum loss at {result.lr_at_min_loss:.3g}); the "
+            f"trial's searched {config.max_lr:g} is too close to the edge"
+        ),
+    )
+
+
+def _recipe_lr(
+    chosen: Candidate,
+    config: TrainConfig,
+    budgets: Budgets,
+    setup: StudySetup,
+    result: LRFindResult | None,
+    section: dict[str, Any] | None,
+    checks: list[recipe_check.RecipeCheck],
+) -> tuple[TrainConfig, dict | None, str]:
+    """The recipe's base_lr, scaled by the study's rule where the effective batch changed."""
     recipe = _recipe_config(setup, config)
     recipe_lr = recipe.max_lr
     recipe_batch = budgets.baseline_effective_batch or recipe.effective_batch_size
@@ -379,9 +448,6 @@ def _progress(
     factor = projection.get("progress_factor", 1.0)
     recipe_samples = (projection["samples"] / factor) if projection.get("samples") else None
     batch = config.effective_batch_size
-    check = next(
-        (c for c in reversed(checks) if c.trial == chosen.number and c.config["max_lr"] == config.max_lr), None
-    )
     recipe_lr = _recipe_config(setup, TrainConfig.from_dict(chosen.record.config)).max_lr
     changes = recipe_check.changes_recipe(config.to_dict(), {"max_lr": recipe_lr}, recipe_batch)
     section: dict[str, Any] = {
@@ -402,25 +468,43 @@ def _progress(
         "max_lr": config.max_lr,
         "lr_rule": scaling_rule(setup.lr_scaling, chosen.record.adaptive_optimizer),
         "changes": changes,
-        "recipe_check": None
-        if check is None
-        else {key: value for key, value in check.to_json().items() if key not in ("config", "recipe_config")},
+        "recipe_check": _recipe_check_summary(checks, chosen, config),
     }
+    section["line"] = _progress_line(section, noise)
+    return section
+
+
+def _recipe_check_summary(
+    checks: list[recipe_check.RecipeCheck], chosen: Candidate, config: TrainConfig
+) -> dict[str, Any] | None:
+    """The latest recipe check of the chosen trial at the exported max_lr, less its two configs."""
+    check = next(
+        (c for c in reversed(checks) if c.trial == chosen.number and c.config["max_lr"] == config.max_lr), None
+    )
+    return (
+        None
+        if check is None
+        else {key: value for key, value in check.to_json().items() if key not in ("config", "recipe_config")}
+    )
+
+
+def _progress_line(section: dict[str, Any], noise: noise_scale.NoiseScale | None) -> str:
+    """The explanation's line on the progress: the effective batch kept, or changed and what that costs."""
+    batch, recipe_batch = section["effective_batch"], section["recipe_effective_batch"]
+    factor = section["samples_factor"]
     noise_text = "no gradient noise scale measured" if noise is None else f"gradient noise scale {noise.describe()}"
     if batch == recipe_batch:
-        section["line"] = (
+        return (
             f"the recipe's effective batch {batch} is kept: {section['recipe_steps']} optimizer steps, "
             f"as the recipe makes ({noise_text})"
         )
-    else:
-        section["line"] = (
-            f"effective batch {batch} instead of the recipe's {recipe_batch}: {factor:.3g}x the samples to the "
-            f"recipe's progress ({noise_text}), {section['steps']} optimizer steps instead of "
-            f"{section['recipe_steps']}; the full run to that progress projects "
-            f"{format_duration(section['projected_seconds'])} "
-            f"({format_duration(section['same_samples_projected_seconds'])} for the recipe's samples alone)"
-        )
-    return section
+    return (
+        f"effective batch {batch} instead of the recipe's {recipe_batch}: {factor:.3g}x the samples to the "
+        f"recipe's progress ({noise_text}), {section['steps']} optimizer steps instead of "
+        f"{section['recipe_steps']}; the full run to that progress projects "
+        f"{format_duration(section['projected_seconds'])} "
+        f"({format_duration(section['same_samples_projected_seconds'])} for the recipe's samples alone)"
+    )
 
 
 def _check_section(check: dict[str, Any] | None) -> dict[str, Any] | None:

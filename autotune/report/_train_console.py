@@ -132,8 +132,30 @@ def _deadline(deadline: Deadline | None) -> str:
     )
 
 
-def print_run_record(record: RunRecord) -> None:
+def _throughput_line(record: RunRecord) -> str:
+    """The record's steady throughput against the measured one, and its overall throughput."""
     unit = record.unit
+    # A workload with a unit of its own: every figure in it, the steady samples/s beside.
+    in_unit = unit != "samples" and record.unit_per_second is not None
+    rates = f"{record.samples_per_second:.1f} samples/s"
+    if in_unit:
+        rates = f"{record.unit_per_second:.1f} {unit}/s ({rates})"
+    line = f"  throughput {rates} steady"
+    if in_unit and record.unit_per_second is not None and record.measured_unit_per_second:
+        line += (
+            f", {record.unit_per_second / record.measured_unit_per_second:.2f}x the measured "
+            f"{record.measured_unit_per_second:.1f} {unit}/s"
+        )
+    elif record.throughput_ratio is not None:
+        line += f", {record.throughput_ratio:.2f}x the measured {record.measured_samples_per_second:.1f} samples/s"
+    if in_unit and record.overall_unit_per_second is not None:
+        line += f"; {record.overall_unit_per_second:.1f} {unit}/s overall, warm-up included"
+    elif record.overall_samples_per_second is not None:
+        line += f"; {record.overall_samples_per_second:.1f} samples/s overall, warm-up included"
+    return line
+
+
+def print_run_record(record: RunRecord) -> None:
     length = f"{record.steps} steps ({record.epochs:.2f} epochs)"
     if record.status == "interrupted":
         console.print(
@@ -146,24 +168,7 @@ def print_run_record(record: RunRecord) -> None:
             f"(setup {format_duration(record.setup_seconds)})"
         )
     if record.samples_per_second is not None:
-        # A workload with a unit of its own: every figure in it, the steady samples/s beside.
-        in_unit = unit != "samples" and record.unit_per_second is not None
-        rates = f"{record.samples_per_second:.1f} samples/s"
-        if in_unit:
-            rates = f"{record.unit_per_second:.1f} {unit}/s ({rates})"
-        line = f"  throughput {rates} steady"
-        if in_unit and record.unit_per_second is not None and record.measured_unit_per_second:
-            line += (
-                f", {record.unit_per_second / record.measured_unit_per_second:.2f}x the measured "
-                f"{record.measured_unit_per_second:.1f} {unit}/s"
-            )
-        elif record.throughput_ratio is not None:
-            line += f", {record.throughput_ratio:.2f}x the measured {record.measured_samples_per_second:.1f} samples/s"
-        if in_unit and record.overall_unit_per_second is not None:
-            line += f"; {record.overall_unit_per_second:.1f} {unit}/s overall, warm-up included"
-        elif record.overall_samples_per_second is not None:
-            line += f"; {record.overall_samples_per_second:.1f} samples/s overall, warm-up included"
-        console.print(escape(line))
+        console.print(escape(_throughput_line(record)))
     if record.projected_seconds is not None:
         console.print(
             f"  time {format_duration(record.seconds)} against {format_duration(record.projected_seconds)} "

@@ -605,15 +605,7 @@ class Training:
             config,
         )
         self.cycle_momentum = cycles_momentum(self.optimizer)
-        self.scheduler = None
-        if total_steps is not None:
-            args = {
-                key: value
-                for key, value in (one_cycle_args or {}).items()
-                if key in ONE_CYCLE_DEFAULTS or key in ("max_lr", "cycle_momentum")
-            }
-            args.setdefault("cycle_momentum", self.cycle_momentum)
-            self.scheduler = one_cycle(self.optimizer, config, total_steps, **args)
+        self.scheduler = self._one_cycle_schedule(total_steps, one_cycle_args)
         self.forward_model = compile_model(self.model, config)
         self.dataset = workload.dataset(**config.factory_kwargs("dataset"))
         self.loader = dataloader(self.dataset, config, self.device, collate_fn=workload.collate_fn)
@@ -631,6 +623,20 @@ class Training:
             closure=workload.step_closure,
             after_step=self._after_step if workload.after_step else None,
         )
+
+    def _one_cycle_schedule(
+        self, total_steps: int | None, one_cycle_args: dict[str, Any] | None
+    ) -> torch.optim.lr_scheduler.OneCycleLR | None:
+        """The OneCycle schedule over ``total_steps`` (None: none), with the export's arguments it takes."""
+        if total_steps is None:
+            return None
+        args = {
+            key: value
+            for key, value in (one_cycle_args or {}).items()
+            if key in ONE_CYCLE_DEFAULTS or key in ("max_lr", "cycle_momentum")
+        }
+        args.setdefault("cycle_momentum", self.cycle_momentum)
+        return one_cycle(self.optimizer, self.config, total_steps, **args)
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:

@@ -24,7 +24,7 @@ from autotune.training._run_record import (
     RunRecord,
     record_on_study,
 )
-from autotune.workload._workload import DEMO_SPEC, load_workload
+from autotune.workload._workload import DEMO_SPEC, Workload, load_workload
 
 
 def plan_run(options: TrainOptions) -> RunPlan:
@@ -43,56 +43,17 @@ def plan_run(options: TrainOptions) -> RunPlan:
     }
     provenance, measured = document.provenance, document.measured
     notes: list[str] = []
-    if options.same_progress and not section["progress"].get("samples_factor"):
-        raise UsageError(
-            f"--same-progress needs the export's progress: section, and {options.config} has none "
-            "(write it with autotune export-best)"
-        )
-    if options.time_seconds is not None and not measured.get("samples_per_second"):
-        raise UsageError(
-            f"--time sizes the OneCycle schedule from the measured throughput, and {options.config} has no "
-            "measured: section (write it with autotune export-best); give --steps or --epochs instead"
-        )
+    _check_sections(options, section["progress"], measured)
     spec = options.workload or provenance.get("workload") or DEMO_SPEC
-    workload = load_workload(spec)
-    if provenance.get("step_closure") and not workload.step_closure:
-        workload = dataclasses.replace(workload, step_closure=True)
-        notes.append("the optimizer steps with a closure, as the search found it must (Workload.step_closure)")
+    workload = _load_workload(spec, provenance, notes)
     device = detect_device(options.device).torch_device
-    measured_on = str(provenance.get("device") or "").split(" ")[0]
-    if measured_on and measured_on.split(":")[0] != device.split(":")[0]:
-        notes.append(
-            f"the config was measured on {measured_on}, this run is on {device}: its figures compare across devices"
-        )
+    _note_device(provenance, device, notes)
     epochs = None
     if options.steps is None and options.time_seconds is None:
         epochs = float(options.epochs or section["full_run"].get("epochs") or workload.epochs)
     storage = _storage_for_record(options, provenance)
-    folder = Path(options.checkpoint_dir)
-    latest = checkpoints.latest_checkpoint(folder)
-    if options.resume and latest is None:
-        notes.append(f"no checkpoint in {folder} to resume from: starting at step 0")
-    if not options.resume and latest is not None:
-        raise CheckpointError(
-            f"{folder} already holds a run's checkpoints ({latest.name}); continue it with --resume, "
-            "or give another --checkpoint-dir"
-        )
-    factor = float(section["progress"].get("samples_factor") or 1.0)
-    if options.same_progress and (options.epochs is None and options.steps is None or factor == 1.0):
-        notes.append(
-            "--same-progress changes nothing: "
-            + (
-                "the config keeps the recipe's effective batch"
-                if factor == 1.0
-                else "the export's epochs already reach the recipe's progress"
-            )
-        )
-    elif options.same_progress and epochs is not None:
-        epochs *= factor
-        notes.append(
-            f"--same-progress: {options.epochs:g} of the recipe's epochs are {epochs:g} at effective batch "
-            f"{config.effective_batch_size} ({factor:.3g}x the samples to the recipe's progress)"
-        )
+    latest = _latest_checkpoint(options, notes)
+    epochs = _same_progress(options, config, epochs, float(section["progress"].get("samples_factor") or 1.0), notes)
     return RunPlan(
         options=options,
         config=config,
@@ -109,6 +70,74 @@ def plan_run(options: TrainOptions) -> RunPlan:
         notes=notes,
         progress=section["progress"],
     )
+
+
+def _check_sections(options: TrainOptions, progress: dict[str, Any], measured: dict[str, Any]) -> None:
+    """Refuse --same-progress and --time where the export lacks the section they need."""
+    if options.same_progress and not progress.get("samples_factor"):
+        raise UsageError(
+            f"--same-progress needs the export's progress: section, and {options.config} has none "
+            "(write it with autotune export-best)"
+        )
+    if options.time_seconds is not None and not measured.get("samples_per_second"):
+        raise UsageError(
+            f"--time sizes the OneCycle schedule from the measured throughput, and {options.config} has no "
+            "measured: section (write it with autotune export-best); give --steps or --epochs instead"
+        )
+
+
+def _load_workload(spec: str, provenance: dict[str, Any], notes: list[str]) -> Workload:
+    """The workload, stepping with a closure where the search found it must (noted in ``notes``)."""
+    workload = load_workload(spec)
+    if provenance.get("step_closure") and not workload.step_closure:
+        workload = dataclasses.replace(workload, step_closure=True)
+        notes.append("the optimizer steps with a closure, as the search found it must (Workload.step_closure)")
+    return workload
+
+
+def _note_device(provenance: dict[str, Any], device: str, notes: list[str]) -> None:
+    """Note in ``notes`` a run on another kind of device than the one the config was measured on."""
+    measured_on = str(provenance.get("device") or "").split(" ")[0]
+    if measured_on and measured_on.split(":")[0] != device.split(":")[0]:
+        notes.append(
+            f"the config was measured on {measured_on}, this run is on {device}: its figures compare across devices"
+        )
+
+
+def _latest_checkpoint(options: TrainOptions, notes: list[str]) -> Path | None:
+    """The checkpoint folder's latest checkpoint; one that a run without --resume would overwrite is refused."""
+    folder = Path(options.checkpoint_dir)
+    latest = checkpoints.latest_checkpoint(folder)
+    if options.resume and latest is None:
+        notes.append(f"no checkpoint in {folder} to resume from: starting at step 0")
+    if not options.resume and latest is not None:
+        raise CheckpointError(
+            f"{folder} already holds a run's checkpoints ({latest.name}); continue it with --resume, "
+            "or give another --checkpoint-dir"
+        )
+    return latest
+
+
+def _same_progress(
+    options: TrainOptions, config: TrainConfig, epochs: float | None, factor: float, notes: list[str]
+) -> float | None:
+    """The run's epochs, scaled to the recipe's progress by --same-progress where that changes them (noted)."""
+    if options.same_progress and (options.epochs is None and options.steps is None or factor == 1.0):
+        notes.append(
+            "--same-progress changes nothing: "
+            + (
+                "the config keeps the recipe's effective batch"
+                if factor == 1.0
+                else "the export's epochs already reach the recipe's progress"
+            )
+        )
+    elif options.same_progress and epochs is not None:
+        epochs *= factor
+        notes.append(
+            f"--same-progress: {options.epochs:g} of the recipe's epochs are {epochs:g} at effective batch "
+            f"{config.effective_batch_size} ({factor:.3g}x the samples to the recipe's progress)"
+        )
+    return epochs
 
 
 def train(options: TrainOptions, listener: TrainListener | None = None) -> RunRecord:

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 from autotune.store._records import TrialRecord, as_record
 
 if TYPE_CHECKING:
+    import torch
+
     from autotune.training._apply import Training
 
 MIN_GROUPS = 4  # groups of micro-batches a measurement takes at least, however long they last
@@ -148,9 +150,7 @@ def measure(
 
     step, config = training.train_step, training.config
     count = max(2, config.accumulation_steps)
-    parameters = [p for group in training.optimizer.param_groups for p in group["params"] if p.requires_grad]
-    if not parameters:
-        raise ValueError("the optimizer has no parameters that require grad")
+    parameters = _trainable_parameters(training)
     device = parameters[0].device
     small = torch.zeros((), dtype=torch.float64, device=device)  # this group's sum of micro-batch norms^2
     running = torch.zeros((), dtype=torch.float64, device=device)  # the micro-batch in flight
@@ -174,13 +174,7 @@ def measure(
             small.zero_()
             running.zero_()
             step.accumulate(training.batches, count, after_backward=micro_batch_done)
-            grads = [p.grad for p in parameters if p.grad is not None]
-            big = torch.stack([g.detach().pow(2).sum(dtype=torch.float64) for g in grads]).sum()
-            # .item(): one sync per group. The hooks saw each micro-batch's gradient divided by the
-            # count (the loss is), and every gradient multiplied by the GradScaler's scale (fp16).
-            scale = step.scaler.get_scale() if step.scaler is not None else 1.0
-            small_sq = float(small) * count / scale**2  # mean over micro-batches of |g_i|^2: (count/scale)^2 / count
-            big_sq = float(big) / scale**2
+            small_sq, big_sq = _norms_sq(small, parameters, step.scaler, count)
             if not (math.isfinite(small_sq) and math.isfinite(big_sq)):
                 skipped += 1  # an overflowed fp16 step: the GradScaler would skip it too
                 continue
@@ -191,9 +185,40 @@ def measure(
         for handle in handles:
             handle.remove()
         training.optimizer.zero_grad(set_to_none=True)
+    return _measurement(config.batch_size, count, gradient_sq, trace, skipped, began)
+
+
+def _trainable_parameters(training: Training) -> list[torch.nn.Parameter]:
+    """The optimizer's parameters that require grad; an optimizer with none is refused."""
+    parameters = [p for group in training.optimizer.param_groups for p in group["params"] if p.requires_grad]
+    if not parameters:
+        raise ValueError("the optimizer has no parameters that require grad")
+    return parameters
+
+
+def _norms_sq(
+    small: torch.Tensor, parameters: list[torch.nn.Parameter], scaler: torch.amp.GradScaler | None, count: int
+) -> tuple[float, float]:
+    """A group's two squared gradient norms, unscaled: the mean of its micro-batches' and its accumulated one's."""
+    import torch
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    big = torch.stack([g.detach().pow(2).sum(dtype=torch.float64) for g in grads]).sum()
+    # .item(): one sync per group. The hooks saw each micro-batch's gradient divided by the
+    # count (the loss is), and every gradient multiplied by the GradScaler's scale (fp16).
+    scale = scaler.get_scale() if scaler is not None else 1.0
+    small_sq = float(small) * count / scale**2  # mean over micro-batches of |g_i|^2: (count/scale)^2 / count
+    big_sq = float(big) / scale**2
+    return small_sq, big_sq
+
+
+def _measurement(
+    micro_batch: int, count: int, gradient_sq: list[float], trace: list[float], skipped: int, began: float
+) -> dict[str, Any]:
+    """The measurement as a trial records it: its groups' estimates, and the estimate over them."""
     result = estimate(gradient_sq, trace) if gradient_sq else None
     return {
-        "micro_batch": config.batch_size,
+        "micro_batch": micro_batch,
         "micro_batches": count,
         "groups": len(gradient_sq),
         "skipped": skipped,

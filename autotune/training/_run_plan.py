@@ -145,17 +145,7 @@ def make_record(
     checkpoint: Path | None,
     started_at: str,
 ) -> RunRecord:
-    config, measured, full_run = plan.config, plan.measured, plan.full_run
-    projected = project_seconds(counters.steps, config.effective_batch_size, measured)
-    time_ratio = ratio(counters.seconds, projected)
-    full_projected = full_run.get("projected_seconds")
-    if length.full_run_steps is not None and status == "finished" and counters.steps == length.full_run_steps:
-        full_estimate: float | None = counters.seconds  # this was the full run the search projected
-    else:
-        full_estimate = full_projected * time_ratio if full_projected is not None and time_ratio is not None else None
-    deadline = full_run.get("deadline_seconds")
-    margin = full_run.get("safety_margin_seconds") or 0.0
-    steady_rate = ratio(counters.steady_samples, counters.steady_seconds)
+    config = plan.config
     return RunRecord(
         status=status,  # type: ignore[arg-type]
         signal=signal_name,
@@ -172,28 +162,9 @@ def make_record(
         unit=unit,
         effective_batch_size=config.effective_batch_size,
         dataset_size=dataset_size,
-        seconds=counters.seconds,
-        setup_seconds=counters.setup_seconds,
-        warmup_seconds=counters.warmup_seconds,
-        checkpoint_seconds=counters.checkpoint_seconds,
-        evaluation_seconds=counters.evaluation_seconds,
-        data_wait_fraction=ratio(counters.data_wait_seconds, counters.seconds),
-        resumes=max(0, counters.starts - 1),
-        samples_per_second=steady_rate,
-        unit_per_second=ratio(counters.steady_units, counters.steady_seconds),
-        overall_samples_per_second=ratio(counters.samples, counters.seconds),
-        overall_unit_per_second=ratio(counters.units, counters.seconds),
-        measured_samples_per_second=measured.get("samples_per_second"),
-        measured_unit_per_second=measured.get("unit_per_second"),
-        throughput_ratio=ratio(steady_rate, measured.get("samples_per_second")),
-        projected_seconds=projected,
-        time_ratio=time_ratio,
-        full_run_steps=length.full_run_steps,
-        full_run_projected_seconds=full_projected,
-        full_run_estimate_seconds=full_estimate,
-        deadline_seconds=deadline,
-        safety_margin_seconds=margin if deadline is not None else None,
-        fits_deadline=None if deadline is None or full_estimate is None else full_estimate <= deadline - margin,
+        **_time_spent(counters),
+        **_throughput(counters, plan.measured),
+        **_against_projection(plan, length, counters, status),
         final_loss=final_loss,
         evaluations=counters.evaluations,
         curve=counters.curve,
@@ -205,6 +176,57 @@ def make_record(
         started_at=started_at,
         finished_at=now(),
     )
+
+
+def _time_spent(counters: RunCounters) -> dict[str, Any]:
+    """The record's figures on where the run's time went, and how often it was resumed."""
+    return {
+        "seconds": counters.seconds,
+        "setup_seconds": counters.setup_seconds,
+        "warmup_seconds": counters.warmup_seconds,
+        "checkpoint_seconds": counters.checkpoint_seconds,
+        "evaluation_seconds": counters.evaluation_seconds,
+        "data_wait_fraction": ratio(counters.data_wait_seconds, counters.seconds),
+        "resumes": max(0, counters.starts - 1),
+    }
+
+
+def _throughput(counters: RunCounters, measured: dict[str, Any]) -> dict[str, Any]:
+    """The record's rates, steady and overall, against the export's measured ones."""
+    steady_rate = ratio(counters.steady_samples, counters.steady_seconds)
+    return {
+        "samples_per_second": steady_rate,
+        "unit_per_second": ratio(counters.steady_units, counters.steady_seconds),
+        "overall_samples_per_second": ratio(counters.samples, counters.seconds),
+        "overall_unit_per_second": ratio(counters.units, counters.seconds),
+        "measured_samples_per_second": measured.get("samples_per_second"),
+        "measured_unit_per_second": measured.get("unit_per_second"),
+        "throughput_ratio": ratio(steady_rate, measured.get("samples_per_second")),
+    }
+
+
+def _against_projection(plan: RunPlan, length: RunLength, counters: RunCounters, status: str) -> dict[str, Any]:
+    """The record's time against the export's projections, and the full run's estimate against the deadline."""
+    config, measured, full_run = plan.config, plan.measured, plan.full_run
+    projected = project_seconds(counters.steps, config.effective_batch_size, measured)
+    time_ratio = ratio(counters.seconds, projected)
+    full_projected = full_run.get("projected_seconds")
+    if length.full_run_steps is not None and status == "finished" and counters.steps == length.full_run_steps:
+        full_estimate: float | None = counters.seconds  # this was the full run the search projected
+    else:
+        full_estimate = full_projected * time_ratio if full_projected is not None and time_ratio is not None else None
+    deadline = full_run.get("deadline_seconds")
+    margin = full_run.get("safety_margin_seconds") or 0.0
+    return {
+        "projected_seconds": projected,
+        "time_ratio": time_ratio,
+        "full_run_steps": length.full_run_steps,
+        "full_run_projected_seconds": full_projected,
+        "full_run_estimate_seconds": full_estimate,
+        "deadline_seconds": deadline,
+        "safety_margin_seconds": margin if deadline is not None else None,
+        "fits_deadline": None if deadline is None or full_estimate is None else full_estimate <= deadline - margin,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
