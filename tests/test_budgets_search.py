@@ -130,9 +130,9 @@ def test_search_effective_batch_baseline_runs_as_its_batch_times_four(effective)
 
 def test_search_effective_batch_is_recorded_with_the_study(effective):
     setup = _records.read_setup(effective["study"])
-    assert setup["space"]["effective_batch"] == 32
-    assert setup["baseline"]["batch_size"] == 8
-    assert setup["baseline"]["accumulation_steps"] == 4
+    assert setup.space["effective_batch"] == 32
+    assert setup.baseline["batch_size"] == 8
+    assert setup.baseline["accumulation_steps"] == 4
 
 
 def test_export_best_effective_batch_is_measured_and_kept(effective):
@@ -333,7 +333,7 @@ def test_search_impossible_deadline_every_ok_trial_misses_it(missed):
     trials = missed["study"].trials
     assert [t.user_attrs["status"] for t in trials] == ["ok", "ok"]
     # Projected to the recipe's progress: batch 256 with the noise scale the two trials measured.
-    budgets = Budgets.from_json(_records.read_setup(missed["study"])["budgets"]).with_noise_scale(trials)
+    budgets = Budgets.from_json(_records.read_setup(missed["study"]).budgets).with_noise_scale(trials)
     assert budgets.baseline_effective_batch == 8 and budgets.noise_scale > 0
     for trial in trials:
         projected = trial.user_attrs["projected_full_run_seconds"]
@@ -409,7 +409,7 @@ def test_export_best_generous_deadline_fits(shared):
     paired = _study(shared["storage"]).user_attrs.get("paired") or {}
     rate = paired["samples_per_second"] if paired.get("trial") == chosen.number else None
     study = _study(shared["storage"])
-    budgets = Budgets.from_json(_records.read_setup(study)["budgets"]).with_noise_scale(study.trials)
+    budgets = Budgets.from_json(_records.read_setup(study).budgets).with_noise_scale(study.trials)
     assert document["full_run"]["projected_seconds"] == pytest.approx(budgets.project(chosen.user_attrs, rate))
     assert not any(line.startswith("no config fits") for line in document["selection"]["explanation"])
 
@@ -552,7 +552,7 @@ def test_search_timeout_stops_a_hanging_trial(space_file, storage_url, fast_meas
     assert hung.state == optuna.trial.TrialState.PRUNED
     assert hung.user_attrs["reason"] == "stopped when the search's time budget ran out"
     assert result.status_counts == {"ok": 1, "timeout": 1}
-    assert math.isclose(_records.read_setup(_study(storage, first.study_name))["trial_timeout_seconds"], 6)
+    assert math.isclose(_records.read_setup(_study(storage, first.study_name)).trial_timeout_seconds, 6)
 
 
 def test_verify_runs_each_round_with_the_studys_windows_and_no_more(shared, monkeypatch):
@@ -564,13 +564,13 @@ def test_verify_runs_each_round_with_the_studys_windows_and_no_more(shared, monk
     study = _study(shared["storage"])
     setup = _records.read_setup(study)
     # The search's trials may go on to 4 windows while theirs spread (the CLI's default: twice the count).
-    setup = {**setup, "measure": {**setup["measure"], "max_windows": 2 * setup["measure"]["windows"]}}
+    setup = dataclasses.replace(setup, measure={**setup.measure, "max_windows": 2 * setup.measure["windows"]})
     jobs = []
     real = verify_module.run_trial
     monkeypatch.setattr(verify_module, "run_trial", lambda job, **kwargs: jobs.append(job) or real(job, **kwargs))
     verification = verify_module.verify([Candidate.from_trial(study.trials[0])], setup, rounds=1)
     assert [job.measure.max_windows for job in jobs] == [None]
-    assert jobs[0].measure.windows == setup["measure"]["windows"]
+    assert jobs[0].measure.windows == setup.measure["windows"]
     assert jobs[0] == dataclasses.replace(
         verify_module.trial_job(setup, study.trials[0].user_attrs["config"]), measure=jobs[0].measure
     )
@@ -619,7 +619,7 @@ def test_search_keeps_the_recipes_effective_batch_in_every_trial_by_default(stor
     configs = [t.user_attrs["config"] for t in study.trials if "config" in t.user_attrs]
     assert len(configs) == 5
     assert {c["batch_size"] * c["accumulation_steps"] for c in configs} == {12}
-    assert _records.read_setup(study)["budgets"]["baseline_effective_batch"] == 12
+    assert _records.read_setup(study).budgets["baseline_effective_batch"] == 12
     # The baseline measured the gradient noise scale, for the export to state.
     baseline = study.trials[0]
     assert baseline.user_attrs["noise"]["groups"] >= 4

@@ -431,7 +431,7 @@ def test_export_best_takes_the_range_tests_max_lr_only_once_a_recipe_check_kept_
         trial,
         trial,
         result.max_lr,
-        Budgets.from_json(_records.read_setup(study)["budgets"]),
+        Budgets.from_json(_records.read_setup(study).budgets),
     )
     assert check.kept, check.reason
     recipe_check.store(study, check)

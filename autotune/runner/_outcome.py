@@ -6,7 +6,7 @@ import dataclasses
 import statistics
 from typing import Any
 
-from autotune.store._records import TrialRecord, TrialStatus
+from autotune.store._records import TRIAL_KEYS, TrialRecord, TrialStatus
 
 Status = TrialStatus  # how a trial ended (the record's enum)
 
@@ -178,5 +178,16 @@ class TrialOutcome:
         return TrialRecord(**figures)
 
     def user_attrs(self) -> dict[str, Any]:
-        """The record as the trial's user attributes."""
-        return self.record().to_attrs()
+        """The record as the trial's user attributes: every figure a trial measures, None where it could not."""
+        record = self.record()
+        optional = ("loss_decrease", "noise_scale", "noise_scale_stderr", "log_tail")  # where there is one
+        keys = [key for key in OUTCOME_KEYS if key not in optional]
+        keys += [key for key in optional if getattr(record, key) is not None]
+        return record.to_attrs(["status", *(key for key in keys if key != "status")])
+
+
+# The figures a trial process reports (the record's fields a TrialOutcome has, and the windows' rates).
+OUTCOME_KEYS: tuple[str, ...] = (
+    *(field.name for field in dataclasses.fields(TrialOutcome) if field.name in TRIAL_KEYS),
+    "window_samples_per_second",
+)

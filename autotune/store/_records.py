@@ -103,11 +103,15 @@ class TrialRecord:
         """The record of a trial (finished or running), or of its user attributes."""
         return cls.from_attrs(trial if isinstance(trial, Mapping) else trial.user_attrs)
 
-    def to_attrs(self) -> dict[str, Any]:
-        """The user attributes to store: the recorded figures (None left out), with the schema version."""
-        attrs = {key: getattr(self, key) for key in TRIAL_KEYS if key != "schema"}
-        attrs = {key: value for key, value in attrs.items() if value is not None and value != TRIAL_DEFAULTS[key]}
-        if self.status is not None:
+    def to_attrs(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
+        """The user attributes to store, with the schema version: ``keys`` (None values included: the
+        dashboard lists a figure a trial could not measure), else every field set away from its default."""
+        if keys is None:
+            attrs = {key: getattr(self, key) for key in TRIAL_KEYS if key != "schema"}
+            attrs = {key: value for key, value in attrs.items() if value is not None and value != TRIAL_DEFAULTS[key]}
+        else:
+            attrs = {key: getattr(self, key) for key in keys}
+        if self.status is not None and "status" in attrs:
             attrs["status"] = self.status.value
         return {SCHEMA_KEY: TRIAL_SCHEMA, **attrs}
 

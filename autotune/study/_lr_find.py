@@ -27,7 +27,7 @@ from typing import Any, Literal
 from autotune.exceptions import AutotuneError, StudyError
 from autotune.knobs._config import TrainConfig
 from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
-from autotune.store._records import TrialRecord
+from autotune.store._records import StudySetup, TrialRecord
 from autotune.study._budget import Budgets
 
 Scaling = Literal["auto", "adascale", "linear", "sqrt", "none"]
@@ -77,7 +77,7 @@ class LRFindResult:
 
 def suggest_max_lr(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[float, float, float]:
     """(suggestion, lr_at_min_loss, lr_steepest) from a sweep's smoothed losses; see the module doc."""
-    points = list(zip(lrs, smoothed, strict=True))
+    points = list(zip(lrs, smoothed, strict=False))
     if len(points) < 5:
         raise LRFindError(f"the LR sweep stopped after {len(points)} steps: too few to read a curve from")
     skip = max(1, len(points) // 10)  # the first points are mostly the average warming up
@@ -159,12 +159,18 @@ def lr_find(
             centre_lr /= span  # blew up at once: the edge lies below this sweep
             continue
         suggestion, lr_min, lr_steep = suggest_max_lr(curve["lrs"], curve["smoothed"])
-        edge = len(curve["smoothed"]) // 20 + 1
-        at_top = not curve["stopped_early"] and lr_min >= curve["lrs"][-edge]
-        at_bottom = lr_min <= curve["lrs"][len(curve["lrs"]) // 10 + edge]
-        if last or not (at_top or at_bottom):
+        end = _minimum_at_end(curve, lr_min)
+        if last or end is None:
             break
-        centre_lr = centre_lr * span if at_top else centre_lr / span
+        centre_lr = centre_lr * span if end == "top" else centre_lr / span
+    return _result(config, curve, centre_lr, (suggestion, lr_min, lr_steep))
+
+
+def _result(
+    config: TrainConfig, curve: dict[str, Any], centre_lr: float, read: tuple[float, float, float]
+) -> LRFindResult:
+    """The range test's result: the last sweep's curve, around ``centre_lr``, and what suggest_max_lr read from it."""
+    suggestion, lr_min, lr_steep = read
     return LRFindResult(
         config=config.to_dict(),
         lrs=curve["lrs"],
@@ -176,6 +182,16 @@ def lr_find(
         lr_steepest=lr_steep,
         centre_lr=centre_lr,
     )
+
+
+def _minimum_at_end(curve: dict[str, Any], lr_min: float) -> Literal["top", "bottom"] | None:
+    """The end of the sweep where the curve's minimum ``lr_min`` sits (the top first), or None inside it."""
+    edge = len(curve["smoothed"]) // 20 + 1
+    at_top = not curve["stopped_early"] and lr_min >= curve["lrs"][-edge]
+    at_bottom = lr_min <= curve["lrs"][len(curve["lrs"]) // 10 + edge]
+    if at_top:
+        return "top"
+    return "bottom" if at_bottom else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,30 +242,10 @@ def check_suggestion(
             lr_sweep={"mode": "check", "steps": steps},
             step_closure=step_closure,
         )
-        outcome = run_trial(job, deadline=deadline)
-        if outcome.status is not Status.OK or outcome.lr_curve is None:
-            raise LRFindError(f"the check run at max_lr {lr:.3g} ended as {outcome.status.value}: {outcome.reason}")
-        runs[name] = outcome.lr_curve["losses"]
+        runs[name] = _check_run(job, lr, deadline)
     ending = {name: _ending_loss(losses, steps, divergence_factor) for name, losses in runs.items()}
     suggested, base = ending["suggested"], ending["scaled_base"]
-    compared = f"{steps} steps of the exported schedule"
-    if suggested is None:
-        kept, reason = False, f"max_lr {suggested_lr:.3g} diverged in {compared}"
-    elif base is not None and suggested > base:
-        kept, reason = (
-            False,
-            (
-                f"max_lr {suggested_lr:.3g} ended at loss {suggested:.4g} after {compared}, worse than "
-                f"{base:.4g} at the scaled base_lr {scaled_base_lr:.3g}"
-            ),
-        )
-    else:
-        kept = True
-        against = "which diverged" if base is None else f"loss {base:.4g}"
-        reason = (
-            f"max_lr {suggested_lr:.3g} ended at loss {suggested:.4g} after {compared}, no worse than the "
-            f"scaled base_lr {scaled_base_lr:.3g} ({against})"
-        )
+    kept, reason = _check_verdict(suggested, base, suggested_lr, scaled_base_lr, steps)
     return LRCheck(
         steps=steps,
         suggested_lr=suggested_lr,
@@ -260,6 +256,36 @@ def check_suggestion(
         scaled_base_loss=base,
         kept=kept,
         reason=reason,
+    )
+
+
+def _check_run(job: TrialJob, lr: float, deadline: float | None) -> list[float]:
+    """The losses of one check run at max_lr ``lr``, in a fresh process; an LRFindError where it did not finish."""
+    outcome = run_trial(job, deadline=deadline)
+    if outcome.status is not Status.OK or outcome.lr_curve is None:
+        raise LRFindError(f"the check run at max_lr {lr:.3g} ended as {outcome.status.value}: {outcome.reason}")
+    return outcome.lr_curve["losses"]
+
+
+def _check_verdict(
+    suggested: float | None, base: float | None, suggested_lr: float, scaled_base_lr: float, steps: int
+) -> tuple[bool, str]:
+    """Whether the suggestion is kept, from the two runs' ending losses (None: diverged), and why."""
+    compared = f"{steps} steps of the exported schedule"
+    if suggested is None:
+        return False, f"max_lr {suggested_lr:.3g} diverged in {compared}"
+    if base is not None and suggested > base:
+        return (
+            False,
+            (
+                f"max_lr {suggested_lr:.3g} ended at loss {suggested:.4g} after {compared}, worse than "
+                f"{base:.4g} at the scaled base_lr {scaled_base_lr:.3g}"
+            ),
+        )
+    against = "which diverged" if base is None else f"loss {base:.4g}"
+    return True, (
+        f"max_lr {suggested_lr:.3g} ended at loss {suggested:.4g} after {compared}, no worse than the "
+        f"scaled base_lr {scaled_base_lr:.3g} ({against})"
     )
 
 
@@ -319,16 +345,7 @@ def lr_find_for_trial(
     from autotune.store import _records
 
     trials = study.get_trials(deepcopy=False)
-    if trial_number is None:
-        feasible = _records.feasible_trials(trials)
-        if not feasible:
-            raise StudyError(f"study {study.study_name!r} has no feasible trial to run the LR range test on")
-        trial = max(feasible, key=_records.throughput)
-    else:
-        matching = [t for t in trials if t.number == trial_number]
-        if not matching or not TrialRecord.of(matching[0]).config:
-            raise StudyError(f"study {study.study_name!r} has no trial #{trial_number} with a config")
-        trial = matching[0]
+    trial = _trial_to_test(study, trials, trial_number)
     setup = _records.read_setup(study)
     config = TrainConfig.from_dict(TrialRecord.of(trial).config)
     baseline = TrainConfig.from_dict(setup.baseline)
@@ -339,6 +356,41 @@ def lr_find_for_trial(
     centre = scaled_lr(
         baseline.max_lr, config.effective_batch_size, recipe_batch, scaling, budgets.noise_scale, adaptive
     )
+    result, check = _test_and_check(setup, config, centre, budgets, steps, check_steps, deadline)
+    result = dataclasses.replace(
+        result, trial=trial.number, check=check.to_json(), rule=scaling_rule(scaling, adaptive)
+    )
+    stored = dict(study.user_attrs.get("lr_find", {}))
+    stored[str(trial.number)] = result.to_json()
+    study.set_user_attr("lr_find", stored)
+    return result
+
+
+def _trial_to_test(study: Any, trials: list[Any], trial_number: int | None) -> Any:
+    """The study's trial ``trial_number`` (it must have a config), else its fastest feasible one."""
+    from autotune.store import _records
+
+    if trial_number is None:
+        feasible = _records.feasible_trials(trials)
+        if not feasible:
+            raise StudyError(f"study {study.study_name!r} has no feasible trial to run the LR range test on")
+        return max(feasible, key=_records.throughput)
+    matching = [t for t in trials if t.number == trial_number]
+    if not matching or not TrialRecord.of(matching[0]).config:
+        raise StudyError(f"study {study.study_name!r} has no trial #{trial_number} with a config")
+    return matching[0]
+
+
+def _test_and_check(
+    setup: StudySetup,
+    config: TrainConfig,
+    centre: float,
+    budgets: Budgets,
+    steps: int,
+    check_steps: int,
+    deadline: float | None,
+) -> tuple[LRFindResult, LRCheck]:
+    """The range test around ``centre`` with the study's settings, then its suggestion's check against ``centre``."""
     result = lr_find(
         setup.workload,
         config,
@@ -366,13 +418,7 @@ def lr_find_for_trial(
         deadline=deadline,
         step_closure=setup.step_closure,
     )
-    result = dataclasses.replace(
-        result, trial=trial.number, check=check.to_json(), rule=scaling_rule(scaling, adaptive)
-    )
-    stored = dict(study.user_attrs.get("lr_find", {}))
-    stored[str(trial.number)] = result.to_json()
-    study.set_user_attr("lr_find", stored)
-    return result
+    return result, check
 
 
 def stored_result(study: Any, config: dict[str, Any]) -> LRFindResult | None:
