@@ -156,3 +156,13 @@ def test_the_framework_forms_pass_the_implementation_to_the_optimizer():
     assert _forms.optimizer_line(document) == (
         "optimizer = torch.optim.AdamW(model.parameters(), lr=0.002, fused=True)  # or your optimizer"
     )
+
+
+def test_the_forms_take_each_knobs_plain_field_name_from_the_table():
+    values = TrainConfig(batch_size=16, accumulation_steps=4, num_workers=2).to_dict()
+    hf = _table.form_fields("hf", values)
+    assert hf["per_device_train_batch_size"] == 16 and hf["gradient_accumulation_steps"] == 4
+    assert hf["dataloader_num_workers"] == 2 and "dataloader_prefetch_factor" not in hf  # None: left out
+    assert "code" not in hf and "bf16 / fp16 / tf32" not in hf  # the form's own lines and mapping
+    assert _table.form_fields("lightning", values) == {"accumulate_grad_batches": 4}
+    assert _table.form_fields("accelerate", values) == {"gradient_accumulation_steps": 4}

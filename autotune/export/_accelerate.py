@@ -14,7 +14,7 @@ def accelerate_export(document: dict[str, Any]) -> dict[str, Any]:
     config = _forms.export_config(document)
     accelerator: dict[str, Any] = {
         "mixed_precision": _forms.MIXED_PRECISION[config.precision] or "no",
-        "gradient_accumulation_steps": config.accumulation_steps,
+        **_forms.form_fields("accelerate", config.to_dict()),  # gradient_accumulation_steps
     }
     if _forms.tuned_on_cpu(document):
         accelerator["cpu"] = True

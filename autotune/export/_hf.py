@@ -15,17 +15,18 @@ def hf_export(document: dict[str, Any]) -> dict[str, Any]:
     loader = _forms.dataloader_arguments(document)
     on_cpu = _forms.tuned_on_cpu(document)
     total_steps = _forms.one_cycle_arguments(document)["total_steps"]
-    arguments: dict[str, Any] = {
-        "per_device_train_batch_size": config.batch_size,
-        "gradient_accumulation_steps": config.accumulation_steps,
-        "learning_rate": _forms.one_cycle_arguments(document)["max_lr"],
-        "dataloader_num_workers": loader["num_workers"],
-        "dataloader_pin_memory": loader["pin_memory"],  # TrainingArguments' default is True
-        "dataloader_persistent_workers": loader.get("persistent_workers", False),
-        "dataloader_drop_last": loader["drop_last"],  # full batches only: static shapes, as measured
+    # The knobs' own fields (the knob table's names), with the DataLoader's values where it decides them:
+    # pin_memory as measured (TrainingArguments' default is True), prefetch and persistence only with
+    # workers (TrainingArguments raises on a prefetch factor without them).
+    values = {
+        **config.to_dict(),
+        "prefetch_factor": None,
+        "persistent_workers": False,
+        **loader,
+        "max_lr": _forms.one_cycle_arguments(document)["max_lr"],
     }
-    if "prefetch_factor" in loader:  # TrainingArguments raises on a prefetch factor without workers
-        arguments["dataloader_prefetch_factor"] = loader["prefetch_factor"]
+    arguments: dict[str, Any] = _forms.form_fields("hf", values)
+    arguments["dataloader_drop_last"] = loader["drop_last"]  # full batches only: static shapes, as measured
     arguments["bf16"] = config.precision == "bf16"
     arguments["fp16"] = config.precision == "fp16"
     # Explicit, never left unset: with torch_compile and tf32 unset (or with bf16), TrainingArguments turns
@@ -36,8 +37,8 @@ def hf_export(document: dict[str, Any]) -> dict[str, Any]:
     arguments["torch_compile"] = config.compile != "off"
     if config.compile != "off":
         arguments["torch_compile_mode"] = config.compile
-    # transformers 5.x's name; `gradient_checkpointing` is its deprecated alias (a FutureWarning).
-    arguments["activation_checkpointing"] = config.gradient_checkpointing
+    # activation_checkpointing (the table's name) is transformers 5.x's; `gradient_checkpointing` is its
+    # deprecated alias (a FutureWarning).
     if total_steps is not None:
         arguments["max_steps"] = total_steps  # exactly the OneCycle schedule's length
     else:

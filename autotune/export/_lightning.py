@@ -20,7 +20,7 @@ def lightning_export(document: dict[str, Any]) -> dict[str, Any]:
         "accelerator": "cpu" if _forms.tuned_on_cpu(document) else "cuda" if on_cuda else "auto",
         "devices": 1,  # one device, as measured: several would multiply the effective batch
         "precision": PRECISION[config.precision],
-        "accumulate_grad_batches": config.accumulation_steps,
+        **_forms.form_fields("lightning", config.to_dict()),  # accumulate_grad_batches
     }
     trainer.update(_run_length(document))
     if on_cuda:

@@ -27,6 +27,7 @@ COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 OPTIMIZER_IMPLS: tuple[str, ...] = get_args(OptimizerImpl)
 
 FORMS = ("hf", "lightning", "accelerate")  # the framework forms of export-best that name knobs
+CODE = "code"  # a knob a form has no field for: its code lines do what the knob does
 
 
 class Effect(enum.Enum):
@@ -58,7 +59,9 @@ class Knob:
     requires: Mapping[Any, Requirement] = dataclasses.field(default_factory=dict)
     # The trial line's words for a value ("bf16", "pinned"); None shows nothing.
     show: Callable[[Any], str | None] = lambda value: None
-    forms: Mapping[str, str] = dataclasses.field(default_factory=dict)  # its name in each framework form
+    # Its name in each framework form (hf, lightning, accelerate): a plain field name takes the knob's value
+    # as it is (the form reads it from here); "code", "DataLoader.x" or a description: the form's own lines.
+    forms: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # Keyword arguments it adds to the optimizer's constructor (the apply module rebuilds the optimizer).
     optimizer_kwargs: Callable[[Any], dict[str, Any]] | None = None
     name: str = ""
@@ -181,7 +184,11 @@ class Knobs:
             "bf16": Requirement("bf16", "the device has no bfloat16 support"),
         },
         show=lambda value: str(value),
-        forms={"hf": "bf16 / fp16 / tf32", "lightning": "precision", "accelerate": "mixed_precision"},
+        forms={
+            "hf": "bf16 / fp16 / tf32",
+            "lightning": "precision: 32-true, bf16-mixed, 16-mixed",
+            "accelerate": "mixed_precision: no, bf16, fp16",
+        },
     )
     channels_last: bool = knob(
         False,
@@ -198,7 +205,7 @@ class Knobs:
         effects=frozenset({Effect.MEMORY, Effect.NUMERICS}),
         requires={"reduce-overhead": Requirement("cuda", "reduce-overhead relies on CUDA graphs")},
         show=lambda value: f"compile {value}" if value != "off" else None,
-        forms={"hf": "torch_compile_mode", "lightning": "code", "accelerate": "TorchDynamoPlugin.mode"},
+        forms={"hf": "torch_compile + torch_compile_mode", "lightning": "code", "accelerate": "TorchDynamoPlugin.mode"},
     )
     gradient_checkpointing: bool = knob(
         False,
@@ -246,6 +253,16 @@ MEMORY_NEUTRAL_KNOBS: tuple[str, ...] = ("batch_size", *(n for n, e in KNOBS.ite
 def describe(values: Mapping[str, Any]) -> list[str]:
     """The trial line's words for a config's knobs, in the table's order (batch and workers aside)."""
     return [words for name, entry in KNOBS.items() if name in values and (words := entry.show(values[name]))]
+
+
+def form_fields(form: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of framework form ``form`` that take a knob's value as it is (a plain field name in the
+    table), from ``values`` (the config's, or the DataLoader's where it decides); None values left out."""
+    return {
+        entry.forms[form]: values[name]
+        for name, entry in KNOBS.items()
+        if entry.forms.get(form, CODE).isidentifier() and entry.forms[form] != CODE and values.get(name) is not None
+    }
 
 
 def optimizer_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
