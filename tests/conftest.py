@@ -88,6 +88,12 @@ def error_line(result) -> str:
     return lines[0]
 
 
+def _recipe_max_lr(setup) -> float:
+    """The recipe's max_lr in a study's setup (a record, or a mapping of its parts)."""
+    baseline = setup["baseline"] if isinstance(setup, dict) else setup.baseline
+    return float(baseline["max_lr"])
+
+
 @contextlib.contextmanager
 def recipe_checks_keep():
     """Inside: the search's recipe checks keep every changed recipe without running it, for tests of what
@@ -99,7 +105,7 @@ def recipe_checks_keep():
         return recipe_check.RecipeCheck(
             trial=trial.number,
             config={**trial.user_attrs["config"], "max_lr": max_lr},
-            recipe_config={**recipe.user_attrs["config"], "max_lr": float(setup["baseline"]["max_lr"])},
+            recipe_config={**recipe.user_attrs["config"], "max_lr": float(_recipe_max_lr(setup))},
             effective_batch=config.effective_batch_size,
             recipe_effective_batch=budgets.baseline_effective_batch,
             noise_scale=budgets.noise_scale,

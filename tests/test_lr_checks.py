@@ -13,7 +13,6 @@ from conftest import recipe_checks_keep, workload_spec
 from optuna.trial import TrialState
 
 from autotune.knobs._config import TrainConfig
-from autotune.store import _records
 from autotune.store._storage import open_storage
 from autotune.study import _recipe_check as recipe_check
 from autotune.study._lr_checks import (
@@ -66,16 +65,15 @@ def _study(storage_url: str, space: dict | None = None) -> optuna.Study:
     batch 32 (the fastest), #2 at batch 8 in bf16."""
     study = optuna.create_study(study_name="tiny", storage=open_storage(storage_url))
     baseline = TrainConfig(batch_size=8, max_lr=0.01)
-    _records.write_setup(
-        study,
-        {
-            "workload": workload_spec(),
-            "space": space or {"batch_size": [8, 32], "precision": ["fp32", "bf16"]},
-            "baseline": baseline.to_dict(),
-            "budgets": {"baseline_effective_batch": 8},
-            "objective": "time",
-        },
-    )
+    setup = {
+        "space": space or {"batch_size": [8, 32], "precision": ["fp32", "bf16"]},
+        "baseline": baseline.to_dict(),
+        "budgets": {"baseline_effective_batch": 8},
+        "objective": "time",
+        "workload": workload_spec(),  # last: it marks the setup complete
+    }
+    for key, value in setup.items():
+        study.set_user_attr(key, value)
     for number, (config, rate) in enumerate(
         [
             (baseline, 1000.0),
@@ -226,7 +224,7 @@ def test_no_range_test_check_where_nothing_changes_the_recipes_max_lr(finished_s
     study = optuna.load_study(study_name=name, storage=storage)
     best, budgets = study.trials[0], study_budgets(study)
     assert check_suggested_lr(study, best, best, None, budgets, _Listener(), None) == []  # no range test ran
-    recipes = float(_records.read_setup(study)["baseline"]["max_lr"])
+    recipes = float(study.user_attrs["baseline"]["max_lr"])
     assert check_suggested_lr(study, best, best, _range_test(recipes), budgets, _Listener(), None) == []
     searched = _study(storage_url, space={"batch_size": 8, "max_lr": {"low": 1e-3, "high": 1e-1, "log": True}})
     trial = searched.trials[2]  # a searched max_lr is the trial's own: nothing to check
@@ -236,7 +234,7 @@ def test_no_range_test_check_where_nothing_changes_the_recipes_max_lr(finished_s
 def study_budgets(study):
     from autotune.study._budget import Budgets
 
-    return Budgets.from_json(_records.read_setup(study).get("budgets"))
+    return Budgets.from_json(study.user_attrs.get("budgets"))
 
 
 # --- the range test, once per study ----------------------------------------------------------------------

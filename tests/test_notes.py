@@ -80,7 +80,11 @@ def test_study_note_takes_a_changed_effective_batch_as_winner_only_once_a_recipe
         _trial(1, 32, rate=4000.0),  # another effective batch than the recipe's 8
         _trial(2, 8, rate=1300.0, precision="bf16"),
     ]
-    setup = {"budgets": {"baseline_effective_batch": 8}, "space": {"batch_size": [8, 32]}}
+    setup = {
+        "workload": "tiny.py:workload",
+        "budgets": {"baseline_effective_batch": 8},
+        "space": {"batch_size": [8, 32]},
+    }
     unchecked = study_note("tiny", trials, BUDGETS, {}, setup=setup, checks=[])
     assert "**Winner:** trial #2, 1300.0 samples/s" in unchecked
     kept = recipe_check.RecipeCheck(
@@ -126,7 +130,7 @@ def test_explain_study_writes_the_note_of_a_finished_study_with_its_checks_and_f
     assert "**LR range test** (trial #0): suggested max_lr 0.00278, minimum loss at 0.0215" in note
     assert "**Recipe check** (kept): trial #0 in 594 steps at effective batch 8, the recipe in 594 steps at 8" in note
     assert optuna_dashboard.get_note(study) == note
-    setup_budgets = Budgets.from_json(_records.read_setup(study)["budgets"])
+    setup_budgets = Budgets.from_json(study.user_attrs["budgets"])
     assert (
         note
         == study_note(

@@ -32,7 +32,6 @@ MiB = 1024**2
 
 MEASURED_ATTRS = (
     "status",
-    "reason",
     "samples_per_second",
     "unit_per_second",
     "throughput_cv",
@@ -83,7 +82,7 @@ def test_search_finished_trials_record_every_measured_user_attribute(tiny_study)
         assert missing == [], f"trial {trial.number} lacks {missing}"
         assert set(trial.user_attrs["config"]) == set(FIELD_NAMES)
         assert trial.user_attrs["status"] == "ok"
-        assert trial.user_attrs["reason"] == ""
+        assert trial.user_attrs.get("reason", "") == ""  # an ok trial has none to give
         assert trial.user_attrs["device"] == "cpu"
         assert trial.user_attrs["samples_per_second"] > 0
         # The objective: the full run's projected time (its steady part, warm-up included).
