@@ -17,7 +17,7 @@ import torch
 
 from autotune.knobs._config import TrainConfig
 from autotune.runner._memory import process_peak_rss
-from autotune.runner._outcome import TrialJob
+from autotune.runner._outcome import MeasureSettings, TrialJob
 from autotune.training import _noise_scale as noise_scale
 from autotune.training._apply import Training, backend_flags, evaluate
 from autotune.workload._workload import Workload
@@ -53,10 +53,30 @@ def run_harness(job: TrialJob, workload: Workload, emit: Emit) -> None:
 
 
 def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> None:
-    measure = job.measure
-    config, device, batches, step = training.config, training.device, training.batches, training.step
-    guard = _DivergenceGuard(measure.divergence_factor)
+    """The trial's measurement: warm-up, timed windows, the evaluation, the noise scale, each figure emitted."""
+    guard = _DivergenceGuard(job.measure.divergence_factor)
+    loss_start = _warm_up(job, training, emit, started, guard)
+    loss_end, skipped_steps = _timed_windows(job, training, emit, guard, loss_start)
+    evaluation_seconds = _timed_evaluation(training)
+    device_peak = _device_peak_memory(training.device)  # what the run measured needs, before the noise groups
+    noise = _noise(job, training)
+    emit(
+        {
+            "event": "done",
+            "noise": noise,
+            "evaluation_seconds": evaluation_seconds,
+            "loss_end": loss_end,
+            "scaler_skipped_steps": skipped_steps if training.scaler is not None else None,
+            "device_peak_memory_bytes": device_peak,
+            "process_peak_rss_bytes": process_peak_rss(),
+        }
+    )
 
+
+def _warm_up(job: TrialJob, training: Training, emit: Emit, started: float, guard: _DivergenceGuard) -> float | None:
+    """The untimed warm-up steps, each emitted, then the warm-up's figures; the first step's loss."""
+    measure = job.measure
+    config, batches, step = training.config, training.batches, training.step
     # Warm-up: worker start, torch.compile, cuDNN autotune, allocator growth. Not timed as throughput.
     warmup_steps = max(1, measure.warmup_steps) + (1 if config.compile != "off" else 0)
     step_seconds = []
@@ -97,7 +117,16 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
             "adaptive_optimizer": "betas" in training.optimizer.defaults,
         }
     )
+    return loss_start
 
+
+def _timed_windows(
+    job: TrialJob, training: Training, emit: Emit, guard: _DivergenceGuard, loss_start: float | None
+) -> tuple[float | None, int]:
+    """Timed windows until the measure has enough of them, each emitted; the last window's mean loss
+    (the warm-up's without one) and the optimizer steps the GradScaler skipped."""
+    measure = job.measure
+    device, batches = training.device, training.batches
     loss_end = loss_start
     skipped_steps = 0
     rates: list[float] = []
@@ -108,13 +137,7 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
         batches.reset_counters()
         _synchronize(device)  # window edge: no earlier work leaks into this window
         begin = time.perf_counter()
-        steps = 0
-        loss_sum = torch.zeros((), device=device)
-        while steps < measure.min_window_steps or (
-            steps < measure.max_window_steps and time.perf_counter() - begin < measure.window_seconds
-        ):
-            loss_sum += step().detach().float()
-            steps += 1
+        steps, loss_sum = _window_steps(measure, training.step, device, begin)
         _synchronize(device)  # window edge: every step issued above has finished on the device
         seconds = time.perf_counter() - begin  # wall seconds, data loading included
         loss_end = float(loss_sum) / steps
@@ -133,33 +156,46 @@ def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> N
                 "loss": loss_end,
             }
         )
-    evaluation_seconds = None
-    if training.workload.evaluate is not None:
-        # The full run's evaluation, once, timed for its projection (evaluations x this).
-        _synchronize(device)
-        begin = time.perf_counter()
-        evaluate(training.workload.evaluate, training.model, config, device)
-        _synchronize(device)
-        evaluation_seconds = time.perf_counter() - begin
-    device_peak = _device_peak_memory(device)  # what the run measured needs, before the noise groups
-    noise = None
-    if job.noise_seconds:
-        # After everything timed: groups of the config's micro-batches that do not step (noise_scale).
-        try:
-            noise = noise_scale.measure(training, job.noise_seconds)
-        except Exception as exc:  # noqa: BLE001 - the speed was measured; the noise figure is recorded as missing
-            noise = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
-    emit(
-        {
-            "event": "done",
-            "noise": noise,
-            "evaluation_seconds": evaluation_seconds,
-            "loss_end": loss_end,
-            "scaler_skipped_steps": skipped_steps if training.scaler is not None else None,
-            "device_peak_memory_bytes": device_peak,
-            "process_peak_rss_bytes": process_peak_rss(),
-        }
-    )
+    return loss_end, skipped_steps
+
+
+def _window_steps(
+    measure: MeasureSettings, step: Callable[[], torch.Tensor], device: torch.device, begin: float
+) -> tuple[int, torch.Tensor]:
+    """One window's steps, from ``begin``: at least its minimum, then until its time or its maximum; the
+    steps and their summed loss, on the device (no synchronisation inside the window)."""
+    steps = 0
+    loss_sum = torch.zeros((), device=device)
+    while steps < measure.min_window_steps or (
+        steps < measure.max_window_steps and time.perf_counter() - begin < measure.window_seconds
+    ):
+        loss_sum += step().detach().float()
+        steps += 1
+    return steps, loss_sum
+
+
+def _timed_evaluation(training: Training) -> float | None:
+    """The seconds of the workload's evaluation, run once; None for a workload without one."""
+    if training.workload.evaluate is None:
+        return None
+    device = training.device
+    # The full run's evaluation, once, timed for its projection (evaluations x this).
+    _synchronize(device)
+    begin = time.perf_counter()
+    evaluate(training.workload.evaluate, training.model, training.config, device)
+    _synchronize(device)
+    return time.perf_counter() - begin
+
+
+def _noise(job: TrialJob, training: Training) -> dict[str, Any] | None:
+    """The gradient noise scale measured for ``job.noise_seconds``, an error where it failed, None where not asked."""
+    if not job.noise_seconds:
+        return None
+    # After everything timed: groups of the config's micro-batches that do not step (noise_scale).
+    try:
+        return noise_scale.measure(training, job.noise_seconds)
+    except Exception as exc:  # noqa: BLE001 - the speed was measured; the noise figure is recorded as missing
+        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
 
 
 def _configure_device(device: torch.device, memory_budget_bytes: int | None) -> None:

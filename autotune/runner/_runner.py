@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import IO
 
 from autotune.knobs._units import format_size
 from autotune.runner._device_lock import device_lock
@@ -81,20 +82,7 @@ def _run(
     with tempfile.TemporaryFile() as log, scratch_folder() as scratch:
         job_text = json.dumps(job.to_json())
         try:
-            if pooled():
-                process: PooledProcess | subprocess.Popen[bytes] = PooledProcess(
-                    write_fd, watchdog_read, log.fileno(), job_text, _child_environment(scratch), job.workload
-                )
-            else:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "autotune.runner._child", str(write_fd), str(watchdog_read)],
-                    stdin=subprocess.PIPE,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(write_fd, watchdog_read),
-                    start_new_session=True,  # its own process group: killed as one, workers included
-                    env=_child_environment(scratch),
-                )
+            process = _start(job, job_text, write_fd, watchdog_read, log, scratch)
         except BaseException:
             for fd in (read_fd, write_fd, watchdog_read, watchdog_write):
                 os.close(fd)
@@ -105,12 +93,7 @@ def _run(
         tree = ProcessTree(process.pid)
         follower = _Follower(job, tree, on_window, slow_below, started)
         if isinstance(process, subprocess.Popen):
-            try:
-                assert process.stdin is not None
-                process.stdin.write(job_text.encode())
-                process.stdin.close()
-            except BrokenPipeError:
-                pass  # it died at start; its exit status tells why
+            _send_job(process, job_text)
         if deadline is not None and deadline < started + job.timeout_seconds:
             timeout_reason = "stopped when the search's time budget ran out"
         else:
@@ -129,6 +112,34 @@ def _run(
         log.seek(max(0, log.tell() - 4000))
         outcome.log_tail = log.read().decode(errors="replace")
     return outcome
+
+
+def _start(
+    job: TrialJob, job_text: str, write_fd: int, watchdog_read: int, log: IO[bytes], scratch: str
+) -> PooledProcess | subprocess.Popen[bytes]:
+    """The trial's process: from the pool where one is kept, else a fresh interpreter (the job is sent
+    to it on stdin, by _send_job)."""
+    if pooled():
+        return PooledProcess(write_fd, watchdog_read, log.fileno(), job_text, _child_environment(scratch), job.workload)
+    return subprocess.Popen(
+        [sys.executable, "-m", "autotune.runner._child", str(write_fd), str(watchdog_read)],
+        stdin=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        pass_fds=(write_fd, watchdog_read),
+        start_new_session=True,  # its own process group: killed as one, workers included
+        env=_child_environment(scratch),
+    )
+
+
+def _send_job(process: subprocess.Popen[bytes], job_text: str) -> None:
+    """The job written to a fresh trial process's stdin, which is then closed."""
+    try:
+        assert process.stdin is not None
+        process.stdin.write(job_text.encode())
+        process.stdin.close()
+    except BrokenPipeError:
+        pass  # it died at start; its exit status tells why
 
 
 def _child_environment(scratch: str) -> dict[str, str]:

@@ -97,26 +97,14 @@ class Budgets:
             return None
         effective_batch = record.effective_batch
         recipe_batch = self.baseline_effective_batch or effective_batch
-        if self.steps is not None:
-            samples = float(self.steps * recipe_batch)
-            size = f"{self.steps} steps x {recipe_batch} samples"
-        elif dataset_size:
-            samples = float(dataset_size * self.epochs)
-            size = f"{self.epochs:g} epochs x {dataset_size} samples"
-        else:
+        run = self._run_samples(dataset_size, recipe_batch)
+        if run is None:
             return None
+        samples, size = run
         factor = _noise.samples_factor(effective_batch, recipe_batch, self.noise_scale)
         samples *= factor
         if factor != 1.0:
-            noise = (
-                f"gradient noise scale {self.noise_scale:.3g}"
-                if self.noise_scale
-                else "no gradient noise scale measured: as many steps as the recipe"
-            )
-            size += (
-                f" x {factor:.3g} to the recipe's progress (effective batch {effective_batch}, not "
-                f"{recipe_batch}; {noise})"
-            )
+            size += self._to_progress(factor, effective_batch, recipe_batch)
         steady = samples / rate
         warmup = float(record.warmup_seconds or 0.0)
         compile_seconds = float(record.compile_seconds or 0.0)
@@ -140,6 +128,26 @@ class Budgets:
             "progress_factor": factor,
             "includes": includes,
         }
+
+    def _run_samples(self, dataset_size: int | None, recipe_batch: int) -> tuple[float, str] | None:
+        """The full run's samples at the recipe's effective batch, and how they are counted: its steps, else
+        the dataset's epochs; None when neither is known."""
+        if self.steps is not None:
+            return float(self.steps * recipe_batch), f"{self.steps} steps x {recipe_batch} samples"
+        if dataset_size:
+            return float(dataset_size * self.epochs), f"{self.epochs:g} epochs x {dataset_size} samples"
+        return None
+
+    def _to_progress(self, factor: float, effective_batch: int, recipe_batch: int) -> str:
+        """What a run at another effective batch than the recipe's multiplies its samples by, and why."""
+        noise = (
+            f"gradient noise scale {self.noise_scale:.3g}"
+            if self.noise_scale
+            else "no gradient noise scale measured: as many steps as the recipe"
+        )
+        return (
+            f" x {factor:.3g} to the recipe's progress (effective batch {effective_batch}, not {recipe_batch}; {noise})"
+        )
 
     def with_noise_scale(self, trials: Any) -> Budgets:
         """These budgets with the gradient noise scale pooled over ``trials`` (trials or their user attributes)."""

@@ -16,7 +16,7 @@ from autotune.store._storage import open_storage, redact, storage_exists, study_
 from autotune.study._checks import check_workload
 from autotune.study._notes import explain_study
 from autotune.study._objective import Objective, TrialError
-from autotune.study._recovery import Heartbeat, sigterm_as_interrupt
+from autotune.study._recovery import Heartbeat, SearchProcess, sigterm_as_interrupt
 
 if TYPE_CHECKING:
     import optuna
@@ -58,20 +58,9 @@ def search(options: SearchOptions, listener: SearchListener | None = None) -> Se
 def _search(
     options: SearchOptions, plan: SearchPlan, storage: Any, listener: SearchListener, deadline: float | None
 ) -> SearchResult:
-    import optuna
-
     started = time.monotonic()
     plan = keep_study_objective(storage, plan)
-    study = optuna.create_study(
-        study_name=plan.study_name,
-        storage=storage,
-        direction="minimize" if plan.objective == "time" else "maximize",
-        load_if_exists=True,
-        sampler=_sampler(options),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-        if options.pruning
-        else optuna.pruners.NopPruner(),
-    )
+    study = _create_study(options, plan, storage)
     check_or_record_setup(study, options, plan)
     listener.on_plan(plan)
     with Heartbeat(storage, plan.study_name) as heartbeat:
@@ -79,36 +68,11 @@ def _search(
         trials_deadline = None if deadline is None else cut_trials_at(plan, options, deadline)
         objective = Objective(options, plan, listener, trials_deadline, storage=storage, process=heartbeat.process)
         objective.recover(study)  # trials a dead search left running: ended as interrupted, run again
-        _enqueue_baseline(study, plan, storage)
-        n_trials = options.n_trials
-        if options.sampler == "grid":
-            grid = _enqueue_grid(study, plan, storage)
-            n_trials = grid if n_trials is None else min(n_trials, grid)
-        study.optimize(
-            objective,
-            n_trials=n_trials,
-            timeout=None if trials_deadline is None else max(0.0, trials_deadline - time.monotonic()),
-            catch=(TrialError,),
-            callbacks=[objective.after_trial],
-        )
-        repeated = objective.repeated_errors.error()
-        if repeated is not None:
-            explain_study(study)
-            raise repeated
+        _run_trials(study, objective, options, plan, storage, trials_deadline)
         trials = study.get_trials(deepcopy=False)
-        budgets = plan.budgets.with_noise_scale(trials)
-        baseline = _records.baseline_trial(trials)
-        best = _records.best_trial(trials, plan.objective, budgets)
-        best, notes = check_changed_batch(study, best, baseline, plan, budgets, options, listener, deadline)
-        paired, paired_notes = remeasure_best(study, best, baseline, options, deadline)
-        notes += paired_notes
-        if paired is not None:  # the range test follows the trial the re-measurement settled on
-            best = next(t for t in trials if t.number == paired["trial"])
-        if best is not None and _records.effective_batch_of(best) == budgets.baseline_effective_batch:
-            lr_result, lr_notes = run_lr_find(study, storage, best, options, listener, deadline, heartbeat.process)
-            notes += lr_notes + check_suggested_lr(study, best, baseline, lr_result, budgets, listener, deadline)
-        else:  # max_lr follows a changed batch by its scaling rule, checked against the recipe above
-            lr_result = None
+        best, notes, paired, lr_result = _after_trials(
+            study, trials, storage, options, plan, listener, deadline, heartbeat.process
+        )
     seconds = time.monotonic() - started
     # Everything every search on this study did, for the export's payoff.
     study.set_user_attr("search_seconds", float(study.user_attrs.get("search_seconds") or 0.0) + seconds)
@@ -125,6 +89,78 @@ def _search(
         paired=paired,
         seconds=seconds,
     )
+
+
+def _create_study(options: SearchOptions, plan: SearchPlan, storage: Any) -> optuna.Study:
+    """The plan's study, created or loaded, with the options' sampler and pruner."""
+    import optuna
+
+    return optuna.create_study(
+        study_name=plan.study_name,
+        storage=storage,
+        direction="minimize" if plan.objective == "time" else "maximize",
+        load_if_exists=True,
+        sampler=_sampler(options),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        if options.pruning
+        else optuna.pruners.NopPruner(),
+    )
+
+
+def _run_trials(
+    study: optuna.Study,
+    objective: Objective,
+    options: SearchOptions,
+    plan: SearchPlan,
+    storage: Any,
+    trials_deadline: float | None,
+) -> None:
+    """The baseline (and the grid) enqueued, then the trials run until their number or deadline; the
+    repeated error raised where every config failed the same way."""
+    _enqueue_baseline(study, plan, storage)
+    n_trials = options.n_trials
+    if options.sampler == "grid":
+        grid = _enqueue_grid(study, plan, storage)
+        n_trials = grid if n_trials is None else min(n_trials, grid)
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=None if trials_deadline is None else max(0.0, trials_deadline - time.monotonic()),
+        catch=(TrialError,),
+        callbacks=[objective.after_trial],
+    )
+    repeated = objective.repeated_errors.error()
+    if repeated is not None:
+        explain_study(study)
+        raise repeated
+
+
+def _after_trials(
+    study: optuna.Study,
+    trials: list[optuna.trial.FrozenTrial],
+    storage: Any,
+    options: SearchOptions,
+    plan: SearchPlan,
+    listener: SearchListener,
+    deadline: float | None,
+    process: SearchProcess,
+) -> tuple[Any, list[str], dict[str, Any] | None, Any]:
+    """What follows the trials: the best checked at a changed batch, re-measured beside the baseline,
+    then its LR range test; the best, the notes, the paired record and the range test's result."""
+    budgets = plan.budgets.with_noise_scale(trials)
+    baseline = _records.baseline_trial(trials)
+    best = _records.best_trial(trials, plan.objective, budgets)
+    best, notes = check_changed_batch(study, best, baseline, plan, budgets, options, listener, deadline)
+    paired, paired_notes = remeasure_best(study, best, baseline, options, deadline)
+    notes += paired_notes
+    if paired is not None:  # the range test follows the trial the re-measurement settled on
+        best = next(t for t in trials if t.number == paired["trial"])
+    if best is not None and _records.effective_batch_of(best) == budgets.baseline_effective_batch:
+        lr_result, lr_notes = run_lr_find(study, storage, best, options, listener, deadline, process)
+        notes += lr_notes + check_suggested_lr(study, best, baseline, lr_result, budgets, listener, deadline)
+    else:  # max_lr follows a changed batch by its scaling rule, checked against the recipe above
+        lr_result = None
+    return best, notes, paired, lr_result
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from autotune.study._recovery import SearchProcess, claim_trial, mark_interrupte
 if TYPE_CHECKING:
     import optuna
 
+    from autotune.knobs._config import TrainConfig
     from autotune.study._loop import SearchListener, SearchOptions, SearchPlan
 
 FIGURE_EVERY = 5  # trials between refreshes of the figures stored for optuna-dashboard
@@ -94,12 +95,7 @@ class Objective:
         import optuna
 
         is_baseline = bool(TrialRecord.of(trial).baseline)
-        if is_baseline:
-            for name in self.plan.space.fixed_params(self.plan.baseline):
-                self.plan.space.knobs[name].suggest(trial)  # the enqueued value: records the params
-            config = self.plan.baseline
-        else:
-            config = self.plan.space.suggest(trial, self.plan.baseline)
+        config = self._config(trial, is_baseline)
         budgets = self.plan.budgets
         write_trial(trial, config=config.to_dict())
         write_trial(trial, memory_budget_bytes=budgets.memory_budget_bytes)
@@ -111,6 +107,25 @@ class Objective:
         measured = None if is_baseline else _records.measured_before(finished, config.to_dict())
         if measured is not None:
             return _answered_from(trial, measured, self.plan.unit)
+        outcome = self._settled(trial, config, finished, is_baseline)
+        if outcome is None:
+            outcome = self._measured(trial, config, finished, is_baseline)
+        return self._record(trial, outcome)
+
+    def _config(self, trial: optuna.Trial, is_baseline: bool) -> TrainConfig:
+        """The trial's config: the baseline (its fixed params recorded) or the sampler's."""
+        if is_baseline:
+            for name in self.plan.space.fixed_params(self.plan.baseline):
+                self.plan.space.knobs[name].suggest(trial)  # the enqueued value: records the params
+            return self.plan.baseline
+        return self.plan.space.suggest(trial, self.plan.baseline)
+
+    def _settled(
+        self, trial: optuna.Trial, config: TrainConfig, finished: list[optuna.trial.FrozenTrial], is_baseline: bool
+    ) -> TrialOutcome | None:
+        """The outcome that earlier trials, or the curves fitted to them, settle without a process; None
+        when the config has to run."""
+        budgets = self.plan.budgets
         proof = _records.proven_out_of_memory(finished, config.to_dict(), budgets.memory_budget_bytes)
         crash = _records.crashed_before(finished, config.to_dict())
         compile_failure = _records.failed_compile(finished, config.compile)
@@ -124,86 +139,77 @@ class Objective:
         )
         saturated = None if not predicts else _curves.past_the_knee(curves.get("throughput_fit"), config.to_dict())
         if compile_failure is not None:
-            outcome = _not_run(
+            return _not_run(
                 trial,
                 Status.ERROR,
                 f"compile mode {config.compile} failed on this workload in trial "
                 f"{compile_failure.number} ({TrialRecord.of(compile_failure).reason})",
                 crashed=True,
             )
-        elif crash is not None:
-            outcome = _not_run(
+        if crash is not None:
+            return _not_run(
                 trial,
                 Status.ERROR,
                 f"this config crashed its process in trial {crash.number} ({TrialRecord.of(crash).reason})",
                 crashed=True,
             )
-        elif proof is not None:
-            outcome = _not_run(
+        if proof is not None:
+            return _not_run(
                 trial,
                 Status.OOM,
                 f"batch_size {config.batch_size} >= {TrialRecord.of(proof).config['batch_size']}, "
                 f"which ran out of memory in trial {proof.number} with the same memory-relevant knobs",
                 peak_memory_bytes=TrialRecord.of(proof).peak_memory_bytes,
             )
-        elif predicted_oom is not None:
+        if predicted_oom is not None:
             fit, peak = predicted_oom
-            outcome = _not_run(
-                trial,
-                Status.OOM,
-                f"predicted peak {format_size(int(peak))} at batch_size {config.batch_size}, above "
-                f"{budgets.describe_memory_limit()} (memory line fitted to trials "
-                f"{', '.join(f'#{n}' for n in fit['trials'])}: {'-' if fit['intercept_bytes'] < 0 else ''}"
-                f"{format_size(abs(int(fit['intercept_bytes'])))} + {format_size(int(fit['bytes_per_sample']))} "
-                "per sample)",
-                peak_memory_bytes=int(peak),
-                predicted=True,
-            )
-        elif saturated is not None:
-            outcome = _not_run(
-                trial,
-                Status.SLOW,
-                f"batch_size {config.batch_size} is past {_curves.PAST_KNEE:g}x the throughput knee "
-                f"(batch {saturated['knee_batch']:.0f}, {_curves.SATURATION:.0%} of the fitted ceiling "
-                f"{saturated['ceiling_per_second']:.1f} {self.plan.unit}/s, from trials "
-                f"{', '.join(f'#{n}' for n in saturated['trials'])})",
-                predicted=True,
-            )
-        else:
-            # The speed reference (the workload's unit per second): the fastest trial that ran fine,
-            # whatever its deadline verdict.
-            best = max((_records.rate(t) for t in finished if _records.status(t) == "ok"), default=None)
-            outcome = run_trial(
-                TrialJob(
-                    workload=self.options.workload,
-                    config=config.to_dict(),
-                    device=self.plan.device.torch_device,
-                    measure=self.options.measure,
-                    memory_budget_bytes=budgets.memory_budget_bytes,
-                    timeout_seconds=self.plan.trial_timeout_seconds,
-                    rank_against=max(
-                        (
-                            rate
-                            for t in finished
-                            if _records.status(t) == "ok" and (rate := TrialRecord.of(t).samples_per_second)
-                        ),
-                        default=None,
+            why = _predicted_oom_reason(config, fit, peak, budgets.describe_memory_limit())
+            return _not_run(trial, Status.OOM, why, peak_memory_bytes=int(peak), predicted=True)
+        if saturated is not None:
+            why = _saturated_reason(config, saturated, self.plan.unit)
+            return _not_run(trial, Status.SLOW, why, predicted=True)
+        return None
+
+    def _measured(
+        self, trial: optuna.Trial, config: TrainConfig, finished: list[optuna.trial.FrozenTrial], is_baseline: bool
+    ) -> TrialOutcome:
+        """The config run in a fresh process; a crash, or a compile mode that fails, marked so it never runs again."""
+        budgets = self.plan.budgets
+        predicts = self.options.pruning and not is_baseline
+        # The speed reference (the workload's unit per second): the fastest trial that ran fine,
+        # whatever its deadline verdict.
+        best = max((_records.rate(t) for t in finished if _records.status(t) == "ok"), default=None)
+        outcome = run_trial(
+            TrialJob(
+                workload=self.options.workload,
+                config=config.to_dict(),
+                device=self.plan.device.torch_device,
+                measure=self.options.measure,
+                memory_budget_bytes=budgets.memory_budget_bytes,
+                timeout_seconds=self.plan.trial_timeout_seconds,
+                rank_against=max(
+                    (
+                        rate
+                        for t in finished
+                        if _records.status(t) == "ok" and (rate := TrialRecord.of(t).samples_per_second)
                     ),
-                    noise_seconds=self._noise_seconds(is_baseline),
-                    step_closure=self.plan.step_closure,
+                    default=None,
                 ),
-                on_window=None if is_baseline else self._report_window(trial),
-                slow_below=None if not predicts or best is None else self.options.slow_fraction * best,
-                deadline=self.deadline,
-                on_wait=self.listener.on_note,
-            )
-            if process_crashed(outcome):
-                write_trial(trial, crashed=True)  # the same config would crash the same way: not run again
-            if config.compile != "off" and _compile_failed(outcome):
-                # Infeasible on this workload: no later trial runs this compile mode.
-                write_trial(trial, compile_failed=True)
-                write_trial(trial, crashed=True)
-        return self._record(trial, outcome)
+                noise_seconds=self._noise_seconds(is_baseline),
+                step_closure=self.plan.step_closure,
+            ),
+            on_window=None if is_baseline else self._report_window(trial),
+            slow_below=None if not predicts or best is None else self.options.slow_fraction * best,
+            deadline=self.deadline,
+            on_wait=self.listener.on_note,
+        )
+        if process_crashed(outcome):
+            write_trial(trial, crashed=True)  # the same config would crash the same way: not run again
+        if config.compile != "off" and _compile_failed(outcome):
+            # Infeasible on this workload: no later trial runs this compile mode.
+            write_trial(trial, compile_failed=True)
+            write_trial(trial, crashed=True)
+        return outcome
 
     def _noise_seconds(self, is_baseline: bool) -> float | None:
         """How long a trial measures the gradient noise scale after its windows: the baseline always (the
@@ -320,6 +326,27 @@ def _answered_from(trial: optuna.Trial, measured: optuna.trial.FrozenTrial, unit
         trial.set_constraint(name, value)
     assert measured.value is not None  # a measured trial finished with its objective value
     return measured.value
+
+
+def _predicted_oom_reason(config: TrainConfig, fit: dict[str, Any], peak: float, limit: str) -> str:
+    """Why a config is not run: the memory line fitted to earlier trials puts its peak above the limit."""
+    return (
+        f"predicted peak {format_size(int(peak))} at batch_size {config.batch_size}, above "
+        f"{limit} (memory line fitted to trials "
+        f"{', '.join(f'#{n}' for n in fit['trials'])}: {'-' if fit['intercept_bytes'] < 0 else ''}"
+        f"{format_size(abs(int(fit['intercept_bytes'])))} + {format_size(int(fit['bytes_per_sample']))} "
+        "per sample)"
+    )
+
+
+def _saturated_reason(config: TrainConfig, saturated: dict[str, Any], unit: str) -> str:
+    """Why a config is not run: its batch is past the knee of the throughput curve fitted to earlier trials."""
+    return (
+        f"batch_size {config.batch_size} is past {_curves.PAST_KNEE:g}x the throughput knee "
+        f"(batch {saturated['knee_batch']:.0f}, {_curves.SATURATION:.0%} of the fitted ceiling "
+        f"{saturated['ceiling_per_second']:.1f} {unit}/s, from trials "
+        f"{', '.join(f'#{n}' for n in saturated['trials'])})"
+    )
 
 
 def _not_run(

@@ -12,7 +12,7 @@ from autotune.store._records import StudySetup
 from autotune.study._budget import Budgets
 
 if TYPE_CHECKING:
-    pass
+    from autotune.study._verify import Verification
 from autotune.study._options import SearchOptions
 
 PAIRED_ROUNDS = 2  # at least; more, up to PAIRED_MAX_ROUNDS, while the speedup's noise is above PAIRED_NOISE
@@ -64,18 +64,31 @@ def remeasure_best(study: Any, best: Any, baseline: Any, options: SearchOptions,
     if best is None or baseline is None or best.number == baseline.number or _records.status(baseline) != "ok":
         return None, []
     from autotune.study import _recipe_check as recipe_check
-    from autotune.study._selection import Candidate, fastest_against, gain_over, paired_pool, select
+    from autotune.study._selection import Candidate
 
     setup = _records.read_setup(study)
     trials = study.get_trials(deepcopy=False)
     budgets = Budgets.from_json(setup.budgets).with_noise_scale(trials)
-    objective = setup.objective
     feasible, _dropped = recipe_check.exportable(
         [Candidate.from_trial(t) for t in _records.feasible_trials(trials)],
         setup,
         recipe_check.stored_checks(study),
         keep_trials=(best.number,),
     )
+    paired, notes = _rounds(feasible, best, baseline, setup, deadline, budgets)
+    if paired is not None:
+        study.set_user_attr("paired", paired)
+    return paired, notes
+
+
+def _rounds(
+    feasible: list[Any], best: Any, baseline: Any, setup: StudySetup, deadline: float | None, budgets: Budgets
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The re-measurements in turn: the winner and the baseline, then each challenger export-best would
+    still take, up to PAIRED_CHALLENGERS; the last paired record and a note per turn."""
+    from autotune.study._selection import Candidate
+
+    objective = setup.objective
     singles = {c.number: c for c in feasible}  # each trial's own figure, measured once
     reference = Candidate.from_trial(baseline)
     measuring = [singles.get(best.number) or Candidate.from_trial(best), reference]
@@ -88,27 +101,14 @@ def remeasure_best(study: Any, best: Any, baseline: Any, options: SearchOptions,
             notes.append(note if paired is None else f"trial #{measuring[0].number} {note}")
             break
         paired = {**measured, "runners_up": runners} if runners else measured
-        pool, _held = paired_pool(feasible, paired, budgets, objective)
-        chosen = select(pool, next((c for c in pool if c.is_baseline), None), budgets, objective=objective).chosen
-        winner = next(c for c in pool if c.number == paired["trial"])
+        pool, chosen, winner = _export_pick(feasible, paired, budgets, objective)
         if chosen.is_baseline:
             # Side by side, nothing beat the baseline. A trial measured once can have read low in a
             # slow process: the next that measured faster than the baseline once gets its turn.
-            remeasured = {row["trial"] for row in paired["figures"]}
-            rest = [
-                c
-                for c in feasible
-                if c.number not in remeasured
-                and not c.is_baseline
-                and not _records.runs_baseline_config(c.attrs, reference.attrs)
-            ]
-            runner = fastest_against(rest, reference, budgets, objective) if rest else None
-            if runner is None or gain_over(runner, reference, budgets, objective) <= 0:
+            turn = _runner_up(feasible, paired, winner, reference, budgets, objective)
+            if turn is None:
                 break
-            line = (
-                f"trial #{winner.number} was no faster than the baseline side by side; trial #{runner.number}, "
-                f"{runner.rate:.1f} {runner.unit}/s once against the baseline's {reference.rate:.1f}, is next"
-            )
+            runner, line = turn
             beside, runners = "the baseline", [*runners, runner.number]
             following = [runner, reference]
         else:
@@ -116,19 +116,7 @@ def remeasure_best(study: Any, best: Any, baseline: Any, options: SearchOptions,
             # an earlier round of re-measurement is re-measured again, as the machine may have drifted.
             if chosen.number not in singles or any(c.number == chosen.number for c in measuring):
                 break
-            if chosen.window_spread is None:
-                line = (
-                    f"trial #{chosen.number} measured {chosen.rate:.1f} {chosen.unit}/s once, beyond the noise "
-                    f"of trial #{winner.number}'s {winner.rate:.1f} side by side"
-                )
-            else:  # compared as speedups over the baseline of each one's round
-                base = next(c for c in pool if c.is_baseline)
-                line = (
-                    f"trial #{chosen.number} measured {chosen.rate / base.rate:.2f}x the baseline in an earlier "
-                    f"re-measurement, beyond the noise of trial #{winner.number}'s {winner.rate / base.rate:.2f}x "
-                    "side by side"
-                )
-            beside = "the two"
+            line, beside = _challenger_line(chosen, winner, pool), "the two"
             following = [singles[chosen.number], singles.get(winner.number) or measuring[-2], reference]
         if attempt == PAIRED_CHALLENGERS:
             notes.append(
@@ -138,9 +126,60 @@ def remeasure_best(study: Any, best: Any, baseline: Any, options: SearchOptions,
             break
         notes.append(f"{line}: re-measured beside {beside}")
         measuring = following
-    if paired is not None:
-        study.set_user_attr("paired", paired)
     return paired, notes
+
+
+def _export_pick(
+    feasible: list[Any], paired: dict[str, Any], budgets: Budgets, objective: str
+) -> tuple[list[Any], Any, Any]:
+    """The candidates with the side-by-side figures, export-best's pick among them, and the side-by-side winner."""
+    from autotune.study._selection import paired_pool, select
+
+    pool, _held = paired_pool(feasible, paired, budgets, objective)
+    chosen = select(pool, next((c for c in pool if c.is_baseline), None), budgets, objective=objective).chosen
+    winner = next(c for c in pool if c.number == paired["trial"])
+    return pool, chosen, winner
+
+
+def _runner_up(
+    feasible: list[Any], paired: dict[str, Any], winner: Any, reference: Any, budgets: Budgets, objective: str
+) -> tuple[Any, str] | None:
+    """The fastest trial not yet re-measured that beat the baseline once, and the line saying it is next;
+    None when no such trial is left."""
+    from autotune.study._selection import fastest_against, gain_over
+
+    remeasured = {row["trial"] for row in paired["figures"]}
+    rest = [
+        c
+        for c in feasible
+        if c.number not in remeasured
+        and not c.is_baseline
+        and not _records.runs_baseline_config(c.attrs, reference.attrs)
+    ]
+    runner = fastest_against(rest, reference, budgets, objective) if rest else None
+    if runner is None or gain_over(runner, reference, budgets, objective) <= 0:
+        return None
+    line = (
+        f"trial #{winner.number} was no faster than the baseline side by side; trial #{runner.number}, "
+        f"{runner.rate:.1f} {runner.unit}/s once against the baseline's {reference.rate:.1f}, is next"
+    )
+    return runner, line
+
+
+def _challenger_line(chosen: Any, winner: Any, pool: list[Any]) -> str:
+    """The line saying why export-best's pick ``chosen`` is re-measured beside the side-by-side winner."""
+    if chosen.window_spread is None:
+        return (
+            f"trial #{chosen.number} measured {chosen.rate:.1f} {chosen.unit}/s once, beyond the noise "
+            f"of trial #{winner.number}'s {winner.rate:.1f} side by side"
+        )
+    # compared as speedups over the baseline of each one's round
+    base = next(c for c in pool if c.is_baseline)
+    return (
+        f"trial #{chosen.number} measured {chosen.rate / base.rate:.2f}x the baseline in an earlier "
+        f"re-measurement, beyond the noise of trial #{winner.number}'s {winner.rate / base.rate:.2f}x "
+        "side by side"
+    )
 
 
 def _side_by_side(
@@ -154,7 +193,7 @@ def _side_by_side(
     """``measuring`` (challengers and the winner, then the baseline) re-measured over interleaved rounds;
     the paired record with the fastest of them as the winner, the figures of ``previous`` kept for
     trials not measured again. None and a note when the time budget or a run stops it."""
-    from autotune.study._selection import fastest_against, noise_margin
+    from autotune.study._selection import fastest_against
     from autotune.study._verify import verify
 
     runs = len(measuring) * PAIRED_ROUNDS
@@ -181,6 +220,21 @@ def _side_by_side(
         )
     *others, reference = (measured[c.number] for c in measuring)
     winner = fastest_against(others, reference, budgets, objective)
+    return _paired_record(winner, reference, others, measured, verification, previous), ""
+
+
+def _paired_record(
+    winner: Any,
+    reference: Any,
+    others: list[Any],
+    measured: dict[int, Any],
+    verification: Verification,
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The paired record of one re-measurement: ``winner`` against the baseline ``reference``, every
+    trial's latest figure (``previous``'s kept for trials not measured again), its challengers and time."""
+    from autotune.study._selection import noise_margin
+
     figures = {row["trial"]: row for row in (previous or {}).get("figures") or ()}
     for c in measured.values():
         figures[c.number] = {
@@ -208,4 +262,4 @@ def _side_by_side(
             dict.fromkeys([*(previous or {}).get("challengers", []), *(c.number for c in others[:-1])])
         ),
         "seconds": verification.seconds + (previous or {}).get("seconds", 0.0),
-    }, ""
+    }

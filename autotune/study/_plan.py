@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from autotune.exceptions import SearchSpaceError
 from autotune.knobs._config import TrainConfig
-from autotune.knobs._device import detect_device, unsupported_values
+from autotune.knobs._device import DeviceInfo, detect_device, unsupported_values
 from autotune.knobs._space import SearchSpace, load_space
 from autotune.store._storage import DEFAULT_STORAGE
 from autotune.study._budget import Budgets, derive_trial_timeout
@@ -25,6 +25,38 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     workload = workload or load_workload(options.workload)
     space = load_space(options.space if options.space is not None else workload.space)
     recipe_batch = recipe_effective_batch(workload, space)
+    space, notes = _held_batch_space(options, workload, space, recipe_batch)
+    device = detect_device(options.device)
+    unsupported = _unsupported(workload, space, device)
+    restricted, dropped = space.restrict(unsupported)
+    notes += dropped
+    requested = space.baseline(workload.baseline_overrides())
+    baseline = _runnable(requested, unsupported, notes)
+    if options.sampler == "grid":
+        grid = restricted.grid_points(baseline)  # a space with ranges is refused here, before anything runs
+        notes.append(f"exhaustive grid: {len(grid)} configs")
+    budgets = _budgets(options, workload, device, recipe_batch)
+    trial_timeout = options.trial_timeout_seconds or derive_trial_timeout(options.timeout_seconds, options.n_trials)
+    return SearchPlan(
+        study_name=options.study_name or workload_name(options.workload),
+        storage=options.storage or DEFAULT_STORAGE,
+        device=device,
+        space=restricted,
+        requested_space=space.describe(),
+        baseline=baseline,
+        budgets=budgets,
+        trial_timeout_seconds=trial_timeout,
+        notes=notes,
+        objective=options.objective,
+        unit=workload.unit,
+    )
+
+
+def _held_batch_space(
+    options: SearchOptions, workload: Workload, space: SearchSpace, recipe_batch: int
+) -> tuple[SearchSpace, list[str]]:
+    """The space with the effective batch every trial keeps (or none, where it is free), and the notes
+    saying which and why."""
     held, notes = _effective_batch(options, workload, space, recipe_batch)
     if held is not None and not space.knobs["batch_size"].is_searched:
         # A batch the space does not search stays the baseline's; accumulation follows the held batch.
@@ -42,7 +74,12 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
             f"{exc}, the recipe's, which every trial keeps (--effective-batch free releases it)"
         ) from None
     notes += fixed
-    device = detect_device(options.device)
+    return space, notes
+
+
+def _unsupported(workload: Workload, space: SearchSpace, device: DeviceInfo) -> dict[str, dict[object, str]]:
+    """Each knob's values this run cannot take, and why: the device's, the workload's, a closure's
+    (no fp16) and the machine's cores' (DataLoader workers)."""
     unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
     from autotune.training._apply import unsupported_by_workload  # torch: not at import
 
@@ -56,15 +93,13 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     too_many = [w for w in _choices(space, "num_workers") if isinstance(w, int) and w > cores]
     if too_many:
         unsupported["num_workers"] = {w: f"more DataLoader workers than this machine's {cores} cores" for w in too_many}
-    restricted, dropped = space.restrict(unsupported)
-    notes += dropped
-    requested = space.baseline(workload.baseline_overrides())
-    baseline = _runnable(requested, unsupported, notes)
-    if options.sampler == "grid":
-        grid = restricted.grid_points(baseline)  # a space with ranges is refused here, before anything runs
-        notes.append(f"exhaustive grid: {len(grid)} configs")
+    return unsupported
+
+
+def _budgets(options: SearchOptions, workload: Workload, device: DeviceInfo, recipe_batch: int) -> Budgets:
+    """The search's budgets: the memory and time limits, the full run's length and its evaluations."""
     epochs = float(options.epochs if options.epochs is not None else workload.epochs)
-    budgets = Budgets(
+    return Budgets(
         memory_budget_bytes=options.max_memory_bytes or device.total_memory_bytes,
         memory_headroom=options.memory_headroom,
         epochs=epochs,
@@ -74,20 +109,6 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
         # autotune train evaluates every evaluate_every epochs: as many times in the full run.
         evaluations=float(max(1, math.floor(epochs / workload.evaluate_every))) if workload.evaluate else 0.0,
         baseline_effective_batch=recipe_batch,
-    )
-    trial_timeout = options.trial_timeout_seconds or derive_trial_timeout(options.timeout_seconds, options.n_trials)
-    return SearchPlan(
-        study_name=options.study_name or workload_name(options.workload),
-        storage=options.storage or DEFAULT_STORAGE,
-        device=device,
-        space=restricted,
-        requested_space=space.describe(),
-        baseline=baseline,
-        budgets=budgets,
-        trial_timeout_seconds=trial_timeout,
-        notes=notes,
-        objective=options.objective,
-        unit=workload.unit,
     )
 
 

@@ -137,18 +137,9 @@ def run_check(
     recipe_config = {**recipe_attrs.config, "max_lr": float(setup.baseline["max_lr"])}
     base_seed = int((setup.measure or {}).get("seed", 0))
     numbers = [base_seed + 1 + index for index in range(seeds)]
-    losses: list[float | None] = []
-    recipe_losses: list[float | None] = []
-    failures: list[str] = []
-    for seed in numbers:
-        for side, run_config, run_steps, into in (
-            ("recipe", recipe_config, recipe_steps, recipe_losses),
-            ("candidate", config, candidate_steps, losses),
-        ):
-            loss, failure = _run(setup, run_config, run_steps, seed, deadline, 3 * run_seconds)
-            into.append(loss)
-            if failure:
-                failures.append(f"the {side}'s run with seed {seed} {failure}")
+    losses, recipe_losses, failures = _interleaved(
+        setup, (config, candidate_steps), (recipe_config, recipe_steps), numbers, deadline, 3 * run_seconds
+    )
     batch = effective_batch_of(attrs)
     recipe_batch = budgets.baseline_effective_batch or effective_batch_of(recipe_attrs)
     kept, reason = _verdict(
@@ -169,6 +160,31 @@ def run_check(
         reason=reason,
         seconds=time.monotonic() - began,
     )
+
+
+def _interleaved(
+    setup: StudySetup,
+    candidate: tuple[dict[str, Any], int],
+    recipe: tuple[dict[str, Any], int],
+    seeds: list[int],
+    deadline: float | None,
+    least_timeout: float,
+) -> tuple[list[float | None], list[float | None], list[str]]:
+    """Each (config, steps) side run once per seed, the recipe first each time: the candidate's losses,
+    the recipe's, and a line for each run that failed."""
+    losses: list[float | None] = []
+    recipe_losses: list[float | None] = []
+    failures: list[str] = []
+    for seed in seeds:
+        for side, (run_config, run_steps), into in (
+            ("recipe", recipe, recipe_losses),
+            ("candidate", candidate, losses),
+        ):
+            loss, failure = _run(setup, run_config, run_steps, seed, deadline, least_timeout)
+            into.append(loss)
+            if failure:
+                failures.append(f"the {side}'s run with seed {seed} {failure}")
+    return losses, recipe_losses, failures
 
 
 def not_run(

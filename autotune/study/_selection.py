@@ -106,16 +106,7 @@ def select(
     ]
     feasible = [c for c in feasible if c not in twins]
     timed = _timed(feasible, budgets, objective)
-    if prefer == "recipe":
-        keeping = [c for c in feasible if not recipe_changes(c, recipe)]
-        chosen, line = _by_preference(keeping or feasible, budgets, "fastest", timed)
-        line = (
-            "recipe: " + line.removeprefix("fastest: ") + ", keeping " + ", ".join(sorted(recipe))
-            if keeping and recipe
-            else f"recipe: no workload knob changes the recipe; {line}"
-        )
-    else:
-        chosen, line = _by_preference(feasible, budgets, prefer, timed)
+    chosen, line = _preferred(feasible, budgets, prefer, timed, recipe)
     explanation = [line]
     if twins:
         numbers = ", ".join(f"#{c.number}" for c in twins)
@@ -126,27 +117,52 @@ def select(
         )
     if timed:
         explanation += _time_against_throughput(chosen, feasible, budgets)
-    if baseline is not None and not chosen.is_baseline:
-        gain = _gain(chosen, baseline, budgets, timed)
-        margin = noise_margin(chosen, baseline)
-        if gain <= margin:
-            explanation.append(
-                f"no faster config found: trial #{chosen.number} is {gain:+.1%} against the baseline, within "
-                f"the measured noise (±{margin:.1%}); exporting the baseline (trial #{baseline.number})"
-            )
-            chosen = baseline
-        else:
-            explanation.append(
-                f"trial #{chosen.number} beats the baseline by {gain:.1%}, beyond the measured noise (±{margin:.1%})"
-            )
-    elif baseline is None:
-        explanation.append("the baseline has no feasible measurement to compare with")
+    chosen, lines = _against_baseline(chosen, baseline, budgets, timed)
+    explanation += lines
     for name, (was, now) in recipe_changes(chosen, recipe).items():
         explanation.append(
             f"{name} {now} (the baseline's {was}) changes the recipe: what the run learns differs, "
             "not only its speed (--prefer recipe keeps it)"
         )
     return Selection(chosen=chosen, baseline=baseline, fits_deadline=True, explanation=explanation)
+
+
+def _preferred(
+    feasible: Sequence[Candidate], budgets: Budgets, prefer: Preference, timed: bool, recipe: dict[str, Any]
+) -> tuple[Candidate, str]:
+    """The candidate the preference picks and the line saying why; ``recipe``: the fastest of those that
+    keep the recipe's workload knobs (the fastest of all when none does)."""
+    if prefer != "recipe":
+        return _by_preference(feasible, budgets, prefer, timed)
+    keeping = [c for c in feasible if not recipe_changes(c, recipe)]
+    chosen, line = _by_preference(keeping or feasible, budgets, "fastest", timed)
+    line = (
+        "recipe: " + line.removeprefix("fastest: ") + ", keeping " + ", ".join(sorted(recipe))
+        if keeping and recipe
+        else f"recipe: no workload knob changes the recipe; {line}"
+    )
+    return chosen, line
+
+
+def _against_baseline(
+    chosen: Candidate, baseline: Candidate | None, budgets: Budgets, timed: bool
+) -> tuple[Candidate, list[str]]:
+    """The baseline guarantee: ``chosen`` only where it beats the baseline beyond the measured noise, else
+    the baseline; with the line saying which."""
+    if baseline is None:
+        return chosen, ["the baseline has no feasible measurement to compare with"]
+    if chosen.is_baseline:
+        return chosen, []
+    gain = _gain(chosen, baseline, budgets, timed)
+    margin = noise_margin(chosen, baseline)
+    if gain <= margin:
+        return baseline, [
+            f"no faster config found: trial #{chosen.number} is {gain:+.1%} against the baseline, within "
+            f"the measured noise (±{margin:.1%}); exporting the baseline (trial #{baseline.number})"
+        ]
+    return chosen, [
+        f"trial #{chosen.number} beats the baseline by {gain:.1%}, beyond the measured noise (±{margin:.1%})"
+    ]
 
 
 def hold_off(
