@@ -175,3 +175,28 @@ def test_train_runs_the_old_export(tmp_path):
         str(tmp_path / "run.json"),
     )
     assert result.exit_code == 0, result.output
+
+
+def test_the_old_study_resumes_with_todays_demo_and_its_newer_knob(old_study):
+    from autotune import SearchOptions, search
+    from autotune.runner import MeasureSettings
+    from autotune.study import SearchListener
+
+    class Notes(SearchListener):
+        notes: list[str] = []
+
+        def on_plan(self, plan):
+            self.notes.extend(plan.notes)
+
+    measure = MeasureSettings(warmup_steps=1, windows=1, window_seconds=0.2, max_window_steps=5)
+    options = SearchOptions(
+        study_name=OLD_STUDY, storage=old_study, space="demo", n_trials=1, measure=measure, lr_find=False, seed=0
+    )
+    search(options, Notes())
+    assert any(
+        note.startswith("optimizer_impl is newer than this study: its earlier trials ran it at 'default'")
+        for note in Notes.notes
+    )
+    study = optuna.load_study(study_name=OLD_STUDY, storage=old_study)
+    assert len(study.trials) == 5
+    assert _records.read_setup(study).space["optimizer_impl"] == ["default", "foreach", "fused"]

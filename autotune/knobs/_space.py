@@ -82,6 +82,15 @@ class Knob:
             return math.isclose(steps, round(steps), abs_tol=1e-9)
         return _same(value, self.fixed)
 
+    def shown(self) -> str:
+        """The domain as a message shows it: ``[8, 16, 32]``, ``8..512 (log)`` or the fixed value."""
+        if self.choices is not None:
+            return f"[{', '.join(_show(c) for c in self.choices)}]"
+        if self.low is not None:
+            low, high = (int(v) if float(v).is_integer() else v for v in (self.low, self.high or self.low))
+            return f"{low}..{high}" + (" (log)" if self.log else "") + (f" step {self.step:g}" if self.step else "")
+        return "baseline" if self.from_baseline else _show(self.fixed)
+
     def describe(self) -> Any:
         """A plain, comparable form (stored with the study to detect a changed space)."""
         if self.changes_recipe:
@@ -141,7 +150,7 @@ class SearchSpace:
         allowed = divisors if batch.from_baseline else [d for d in divisors if batch.contains(d)]
         if not allowed:
             raise SearchSpaceError(
-                f"{self.source}: no batch_size in {batch.describe()} divides the effective batch {effective_batch}"
+                f"{self.source}: no batch_size in {batch.shown()} divides the effective batch {effective_batch}"
             )
         knobs = dict(self.knobs)
         default = batch.default if batch.default in allowed else None
@@ -232,7 +241,7 @@ class SearchSpace:
             if not kept:
                 raise SearchSpaceError(
                     f"{self.source}: the dataset has {dataset_size} samples, fewer than every "
-                    f"batch_size in {batch.describe()} (x{accumulation_steps} accumulation)"
+                    f"batch_size in {batch.shown()} (x{accumulation_steps} accumulation)"
                 )
             capped = dataclasses.replace(batch, choices=kept, default=batch.default if batch.default in kept else None)
         else:

@@ -7,7 +7,7 @@ from typing import Any
 
 from autotune.knobs._units import format_duration, format_size
 from autotune.store import _records
-from autotune.store._records import StudySetup, TrialRecord
+from autotune.store._records import StudySetup, TrialRecord, as_setup
 from autotune.study import _recipe_check as recipe_check
 from autotune.study._budget import Budgets
 from autotune.study._figures import study_figures, to_plotly
@@ -62,7 +62,8 @@ def study_note(
     baseline_trial = _records.baseline_trial(trials)
     baseline = next((c for c in feasible if c.is_baseline), None)
     if feasible:
-        selection = select(feasible, baseline, budgets)
+        objective = as_setup(setup).objective if setup is not None else "throughput"
+        selection = select(feasible, baseline, budgets, objective=objective)  # ranked as export-best ranks
         chosen = selection.chosen
         rate, per_second = _records.rate(chosen.attrs), f"{_records.unit(chosen.attrs)}/s"
         speedup = (

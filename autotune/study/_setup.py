@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.exceptions import StudyError
 from autotune.knobs._space import diff_spaces
+from autotune.knobs._table import KNOBS
 from autotune.store import _records
 from autotune.store._records import StudySetup, TrialRecord
+from autotune.workload._workload import MOVED_SPECS
 
 if TYPE_CHECKING:
     import optuna
@@ -73,12 +75,14 @@ def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Sea
         _records.write_setup(study, setup)
         study.set_metric_names([metric_name(plan.objective, plan.unit)])
         return
-    if recorded.workload != setup.workload:
+    if MOVED_SPECS.get(recorded.workload, recorded.workload) != setup.workload:  # a built-in's old name too
         raise StudyError(
             f"study {plan.study_name!r} tunes workload {recorded.workload!r}, not {setup.workload!r}; "
             "use another --study name"
         )
-    changes = diff_spaces(recorded.space, setup.space)
+    # A knob added to autotune after the study started: its earlier trials ran it at its default.
+    newer = [name for name in KNOBS if name not in recorded.space and name in setup.space]
+    changes = diff_spaces({**{name: setup.space[name] for name in newer}, **recorded.space}, setup.space)
     if changes:
         raise StudyError(
             f"study {plan.study_name!r} was started with another search space ({'; '.join(changes)}); "
@@ -89,5 +93,10 @@ def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Sea
     if recorded.requested != setup.requested or recorded.measure != setup.measure:
         # export-best selects with the latest budgets; earlier trials keep the verdicts they were given.
         plan.notes.append("budgets or measurement settings differ from the study's last run; the new ones apply")
+    for name in newer:
+        plan.notes.append(
+            f"{name} is newer than this study: its earlier trials ran it at {KNOBS[name].default!r}, "
+            f"and from now on it is {setup.space[name]!r}"
+        )
     current = ("torch_device", "budgets", "requested", "measure", "trial_timeout_seconds", "lr_scaling")
-    _records.write_setup(study, setup, current)
+    _records.write_setup(study, setup, (*current, "space") if newer else current)
