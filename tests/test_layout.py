@@ -140,3 +140,17 @@ def test_every_module_over_1_5_kb_has_its_own_test_file():
 def test_module_names_are_unique_so_each_test_file_names_one_module():
     stems = [path.stem.lstrip("_") for path in PACKAGE.rglob("*.py") if path.name != "__init__.py"]
     assert sorted({stem for stem in stems if stems.count(stem) > 1}) == []
+
+
+MAX_FUNCTION_LINES = 60  # def to last line, as ruff format writes it
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []

@@ -107,7 +107,7 @@ class PassedFd:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return _received_fd, (multiprocessing.reduction.DupFd(self.fd),)
 
 
@@ -119,7 +119,7 @@ class _TrialPopen(multiprocessing.popen_forkserver.Popen):
     """forkserver's Popen without the caller's ``__main__``: multiprocessing would run the
     parent's main script again in the child (the ``autotune`` command, pytest, a user's script)."""
 
-    def _launch(self, process_obj):
+    def _launch(self, process_obj: Any) -> None:
         real = multiprocessing.spawn.get_preparation_data
 
         def without_main(name: str) -> dict:
@@ -137,7 +137,7 @@ class _TrialPopen(multiprocessing.popen_forkserver.Popen):
 
 class _TrialProcess(multiprocessing.context.ForkServerProcess):
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: Any) -> _TrialPopen:
         return _TrialPopen(process_obj)
 
 

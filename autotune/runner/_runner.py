@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 from autotune.knobs._units import format_size
 from autotune.runner._device_lock import device_lock
@@ -165,7 +165,9 @@ def _user() -> str:
         return "unknown"
 
 
-def _follow(process, read_fd, tree, follower, stop_at, timeout_reason) -> None:
+def _follow(
+    process: Any, read_fd: int, tree: ProcessTree, follower: _Follower, stop_at: float, timeout_reason: str
+) -> None:
     reader = _EventReader(read_fd, follower)
     while follower.stop is None:
         pending = reader.read(_POLL_SECONDS)

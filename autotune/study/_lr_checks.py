@@ -134,14 +134,14 @@ def _recipe_check(
 
 
 def run_lr_find(
-    study,
-    storage,
-    best,
+    study: Any,
+    storage: Any,
+    best: Any,
     options: SearchOptions,
     listener: SearchListener,
     deadline: float | None,
     process: SearchProcess,
-):
+) -> tuple[LRFindResult | None, list[str]]:
     """The range test on the winner, in its own process, once per study; it never fails the search.
 
     A result stored for the winner's effective batch and precision stands; while one search runs

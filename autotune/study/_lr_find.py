@@ -301,18 +301,18 @@ def _ending_loss(losses: Sequence[float], steps: int, divergence_factor: float |
 
 
 def _sweep(
-    workload,
-    config,
-    centre_lr,
-    device,
-    steps,
-    span,
-    memory_budget_bytes,
-    timeout_seconds,
-    seed,
-    deadline=None,
-    step_closure=None,
-) -> dict:
+    workload: str,
+    config: TrainConfig,
+    centre_lr: float,
+    device: str,
+    steps: int,
+    span: float,
+    memory_budget_bytes: int | None,
+    timeout_seconds: float,
+    seed: int,
+    deadline: float | None = None,
+    step_closure: bool | None = None,
+) -> dict[str, Any]:
     job = TrialJob(
         workload=workload,
         config=config.to_dict(),

@@ -52,7 +52,9 @@ def paired_settled(figures: list[Any], budgets: Budgets | None = None, objective
     return gain <= floor or gain > noise
 
 
-def remeasure_best(study: Any, best: Any, baseline: Any, options: SearchOptions, deadline: float | None):
+def remeasure_best(
+    study: Any, best: Any, baseline: Any, options: SearchOptions, deadline: float | None
+) -> tuple[dict[str, Any] | None, list[str]]:
     """The winner and the baseline re-measured in fresh processes, interleaved over rounds, so the
     speedup rests on figures taken side by side (a baseline measured once, first, can be off by the
     machine's drift). Stored with the study (user attribute ``paired``); export-best uses it.
