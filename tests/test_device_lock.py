@@ -2,7 +2,7 @@
 
 Both searches run for real, in processes of their own, on one study; their trials note any other
 trial process alive while they step (faults.watches_overlap). That the LR range test runs once
-per study is tested in test_loop.py, without processes.
+per study is tested in test_lr_checks.py, without processes.
 """
 
 from __future__ import annotations
