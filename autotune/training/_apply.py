@@ -708,34 +708,3 @@ def _batch_length(batch: Any) -> int:
             return len(batch)  # a list of samples' records (per-image target dicts, ...)
         return _batch_length(batch[0])
     return 1
-
-
-__all__ = [
-    "ONE_CYCLE_DEFAULTS",
-    "Batches",
-    "TrainStep",
-    "Training",
-    "autocast",
-    "autocast_dtype",
-    "backend_flags",
-    "check_loss",
-    "compile_model",
-    "cycles_momentum",
-    "dataloader",
-    "dataloader_kwargs",
-    "default_optimizer",
-    "enable_gradient_checkpointing",
-    "evaluate",
-    "fixed_samples_loss",
-    "grad_scaler",
-    "one_cycle",
-    "optimizer_implementation",
-    "optimizer_steps",
-    "pins_memory",
-    "set_tf32",
-    "tf32_enabled",
-    "prepare_model",
-    "steps_per_epoch",
-    "to_device",
-    "trainable_parameters",
-]
