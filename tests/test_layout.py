@@ -126,13 +126,18 @@ def test_the_circle_finder_finds_one():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def _test_name(path: Path) -> str:
+    """A module's test file: test_<module>.py, its name without the leading underscore; a package's
+    __init__ is tested as the package, test_<package>.py."""
+    name = path.parent.name if path.name == "__init__.py" else path.stem.lstrip("_")
+    return f"test_{name}.py"
+
+
 def test_every_module_over_1_5_kb_has_its_own_test_file():
     missing = [
-        f"{path.relative_to(PACKAGE.parent)} -> tests/test_{path.stem.lstrip('_')}.py"
+        f"{path.relative_to(PACKAGE.parent)} -> tests/{_test_name(path)}"
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path.stat().st_size > 1536
-        and path.name != "__init__.py"
-        and not (TESTS / f"test_{path.stem.lstrip('_')}.py").exists()
+        if path.stat().st_size > 1536 and not (TESTS / _test_name(path)).exists()
     ]
     assert missing == []
 
