@@ -264,6 +264,7 @@ def test_search_a_config_proposed_again_is_answered_from_its_measurement_not_run
         measure=fast_measure,
         seed=0,
         lr_find=False,
+        slow_fraction=0.0,  # measured in full whatever the machine's load: this is about duplicates
     )
     search(options)  # the baseline, batch 8
     for batch in (16, 16, 8):  # 16 twice, then the baseline's own config
