@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from autotune.export import _forms
+from autotune.knobs._table import form_fields
 
 
 def accelerate_export(document: dict[str, Any]) -> dict[str, Any]:
@@ -14,7 +15,7 @@ def accelerate_export(document: dict[str, Any]) -> dict[str, Any]:
     config = _forms.export_config(document)
     accelerator: dict[str, Any] = {
         "mixed_precision": _forms.MIXED_PRECISION[config.precision] or "no",
-        **_forms.form_fields("accelerate", config.to_dict()),  # gradient_accumulation_steps
+        **form_fields("accelerate", config.to_dict()),  # gradient_accumulation_steps
     }
     if _forms.tuned_on_cpu(document):
         accelerator["cpu"] = True

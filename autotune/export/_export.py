@@ -601,8 +601,9 @@ def _baseline_rate(selection: Selection, baseline_trial: FrozenTrial | None) -> 
     """The baseline's samples/s (what projections take), re-measured when it was."""
     if selection.baseline is not None:
         return selection.baseline.samples_per_second
-    if baseline_trial is not None and TrialRecord.of(baseline_trial).status == "ok":
-        return float(TrialRecord.of(baseline_trial).samples_per_second or 0.0) or None
+    record = None if baseline_trial is None else TrialRecord.of(baseline_trial)
+    if record is not None and record.status == "ok":
+        return float(record.samples_per_second or 0.0) or None
     return None
 
 

@@ -7,7 +7,6 @@ import json
 import math
 from typing import Any
 
-from autotune.knobs import _table
 from autotune.knobs._config import TrainConfig
 from autotune.knobs._table import optimizer_kwargs
 
@@ -41,11 +40,6 @@ def dataloader_arguments(document: dict[str, Any]) -> dict[str, Any]:
 
     device = "cpu" if tuned_on_cpu(document) else "cuda"
     return {"shuffle": True, **dataloader_kwargs(export_config(document), device)}
-
-
-def form_fields(form: str, values: dict[str, Any]) -> dict[str, Any]:
-    """The fields of framework form ``form`` that take a knob's value as it is, named by the knob table."""
-    return _table.form_fields(form, values)
 
 
 def one_cycle_arguments(document: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from autotune.export import _forms
+from autotune.knobs._table import form_fields
 
 
 def hf_export(document: dict[str, Any]) -> dict[str, Any]:
@@ -25,7 +26,7 @@ def hf_export(document: dict[str, Any]) -> dict[str, Any]:
         **loader,
         "max_lr": _forms.one_cycle_arguments(document)["max_lr"],
     }
-    arguments: dict[str, Any] = _forms.form_fields("hf", values)
+    arguments: dict[str, Any] = form_fields("hf", values)
     arguments["dataloader_drop_last"] = loader["drop_last"]  # full batches only: static shapes, as measured
     arguments["bf16"] = config.precision == "bf16"
     arguments["fp16"] = config.precision == "fp16"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from autotune.export import _forms
+from autotune.knobs._table import form_fields
 
 # TrainConfig.precision -> Trainer(precision=...); tf32 trains in fp32 with TF32 matmuls (see the code).
 PRECISION = {"fp32": "32-true", "tf32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
@@ -20,7 +21,7 @@ def lightning_export(document: dict[str, Any]) -> dict[str, Any]:
         "accelerator": "cpu" if _forms.tuned_on_cpu(document) else "cuda" if on_cuda else "auto",
         "devices": 1,  # one device, as measured: several would multiply the effective batch
         "precision": PRECISION[config.precision],
-        **_forms.form_fields("lightning", config.to_dict()),  # accumulate_grad_batches
+        **form_fields("lightning", config.to_dict()),  # accumulate_grad_batches
     }
     trainer.update(_run_length(document))
     if on_cuda:

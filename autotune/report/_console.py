@@ -139,21 +139,21 @@ class SearchPrinter(SearchListener):
     def on_trial_end(self, trial: FrozenTrial, best: FrozenTrial | None) -> None:
         if self.progress is not None:
             self.progress.advance(self.task)
+        record = TrialRecord.of(trial)
         status = _records.status(trial)
         style = _STATUS_STYLE.get(status, "white")
-        per_second = f"{escape(_records.unit(trial))}/s"
-        measured = status == "ok" and TrialRecord.of(trial).samples_per_second is not None
-        figure = f"{_records.rate(trial):9.1f} {per_second}" if measured else " " * (10 + len(per_second))
-        peak = format_size(TrialRecord.of(trial).peak_memory_bytes)
-        tag = " [cyan]baseline[/]" if TrialRecord.of(trial).baseline else ""
-        config = TrialRecord.of(trial).config
-        knobs = escape(describe_config(config)) if config else ""
+        per_second = f"{escape(_records.unit(record))}/s"
+        measured = status == "ok" and record.samples_per_second is not None
+        figure = f"{record.rate:9.1f} {per_second}" if measured else " " * (10 + len(per_second))
+        peak = format_size(record.peak_memory_bytes)
+        tag = " [cyan]baseline[/]" if record.baseline else ""
+        knobs = escape(describe_config(record.config)) if record.config else ""
         line = f"#{trial.number:<3} [{style}]{status:<8}[/] {figure}  peak {peak:>10}  {knobs}{tag}"
         console.print(line)
-        if status != "ok" and TrialRecord.of(trial).reason:
-            console.print(f"      [dim]{escape(TrialRecord.of(trial).reason)}[/]")
-        if TrialRecord.of(trial).noise_scale is not None:
-            console.print(f"      [dim]gradient noise scale {escape(noise_line(TrialRecord.of(trial)))}[/]")
+        if status != "ok" and record.reason:
+            console.print(f"      [dim]{escape(record.reason)}[/]")
+        if record.noise_scale is not None:
+            console.print(f"      [dim]gradient noise scale {escape(noise_line(record))}[/]")
         if best is not None and best.number == trial.number:
             console.print(f"      [bold green]new best[/] {_records.rate(best):.1f} {escape(_records.unit(best))}/s")
 

@@ -89,7 +89,7 @@ def _fitted_curve(
 
 def _span(trials: Sequence[Any], points: int = 40) -> list[float]:
     """Batch sizes from the smallest to the largest any trial had, evenly spaced on a log scale."""
-    batches = [TrialRecord.of(t).config["batch_size"] for t in trials if TrialRecord.of(t).config]
+    batches = [config["batch_size"] for t in trials if (config := TrialRecord.of(t).config)]
     low, high = min(batches, default=1), max(batches, default=1)
     if high <= low:
         return [float(low)]

@@ -347,12 +347,13 @@ def lr_find_for_trial(
     trials = study.get_trials(deepcopy=False)
     trial = _trial_to_test(study, trials, trial_number)
     setup = _records.read_setup(study)
-    config = TrainConfig.from_dict(TrialRecord.of(trial).config)
+    record = TrialRecord.of(trial)
+    config = TrainConfig.from_dict(record.config)
     baseline = TrainConfig.from_dict(setup.baseline)
     budgets = Budgets.from_json(setup.budgets).with_noise_scale(trials)
     # The recipe's own effective batch and base_lr are where the scaling starts from.
     recipe_batch = budgets.baseline_effective_batch or baseline.effective_batch_size
-    adaptive = TrialRecord.of(trial).adaptive_optimizer
+    adaptive = record.adaptive_optimizer
     centre = scaled_lr(
         baseline.max_lr, config.effective_batch_size, recipe_batch, scaling, budgets.noise_scale, adaptive
     )

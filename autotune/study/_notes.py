@@ -100,19 +100,18 @@ def study_note(
 
 def memory_limit_found(trials: Sequence[Any]) -> str:
     """Where the memory limit lies: the largest batch that fitted, the smallest that did not."""
-    ran = [t for t in trials if TrialRecord.of(t).config and TrialRecord.of(t).peak_memory_bytes is not None]
-    fitted = [t for t in ran if TrialRecord.of(t).status in ("ok", "slow", "diverged")]
-    out = [t for t in ran if TrialRecord.of(t).status == "oom" and not TrialRecord.of(t).skipped]
+    records = [(t.number, TrialRecord.of(t)) for t in trials]
+    ran = [(n, r) for n, r in records if r.config and r.peak_memory_bytes is not None]
+    fitted = [(n, r) for n, r in ran if r.status in ("ok", "slow", "diverged")]
+    out = [(n, r) for n, r in ran if r.status == "oom" and not r.skipped]
     parts = []
     if fitted:
-        largest = max(fitted, key=lambda t: TrialRecord.of(t).config["batch_size"])
+        number, largest = max(fitted, key=lambda pair: pair[1].config["batch_size"])
         parts.append(
-            f"Largest batch that fitted: {TrialRecord.of(largest).config['batch_size']} "
-            f"(trial #{largest.number}, peak {format_size(TrialRecord.of(largest).peak_memory_bytes)})."
+            f"Largest batch that fitted: {largest.config['batch_size']} "
+            f"(trial #{number}, peak {format_size(largest.peak_memory_bytes)})."
         )
     if out:
-        smallest = min(out, key=lambda t: TrialRecord.of(t).config["batch_size"])
-        parts.append(
-            f"Smallest that ran out: {TrialRecord.of(smallest).config['batch_size']} (trial #{smallest.number})."
-        )
+        number, smallest = min(out, key=lambda pair: pair[1].config["batch_size"])
+        parts.append(f"Smallest that ran out: {smallest.config['batch_size']} (trial #{number}).")
     return " ".join(parts) if parts else "No trial has run out of memory."

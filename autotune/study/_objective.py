@@ -97,8 +97,7 @@ class Objective:
         is_baseline = bool(TrialRecord.of(trial).baseline)
         config = self._config(trial, is_baseline)
         budgets = self.plan.budgets
-        write_trial(trial, config=config.to_dict())
-        write_trial(trial, memory_budget_bytes=budgets.memory_budget_bytes)
+        write_trial(trial, config=config.to_dict(), memory_budget_bytes=budgets.memory_budget_bytes)
         self.listener.on_trial_start(trial.number, config, is_baseline)
 
         finished = trial.study.get_trials(
@@ -207,8 +206,7 @@ class Objective:
             write_trial(trial, crashed=True)  # the same config would crash the same way: not run again
         if config.compile != "off" and _compile_failed(outcome):
             # Infeasible on this workload: no later trial runs this compile mode.
-            write_trial(trial, compile_failed=True)
-            write_trial(trial, crashed=True)
+            write_trial(trial, compile_failed=True, crashed=True)
         return outcome
 
     def _noise_seconds(self, is_baseline: bool) -> float | None:
@@ -231,7 +229,7 @@ class Objective:
         window's throughput in the workload's unit."""
         config = TrialRecord.of(trial).config or {}
         trials = trial.study.get_trials(deepcopy=False)
-        dataset_size = next((TrialRecord.of(t).dataset_size for t in trials if TrialRecord.of(t).dataset_size), None)
+        dataset_size = next((size for t in trials if (size := TrialRecord.of(t).dataset_size)), None)
         budgets = self._budgets(trials)
 
         def report(window: WindowResult) -> tuple[Status, str] | None:
@@ -314,11 +312,11 @@ def _answered_from(trial: optuna.Trial, measured: optuna.trial.FrozenTrial, unit
     """A config the sampler proposed again: no process runs it. The trial takes the earlier
     measurement's objective value and constraints, so the sampler learns what it would have; its
     status is ``duplicate``, so it is never a candidate of its own (the earlier trial is)."""
-    write_trial(trial, skipped=True)
-    write_trial(trial, duplicate_of=measured.number)
-    write_trial(trial, status=TrialStatus.DUPLICATE)
     write_trial(
         trial,
+        skipped=True,
+        duplicate_of=measured.number,
+        status=TrialStatus.DUPLICATE,
         reason=f"not run: the same config as trial #{measured.number} ({_records.rate(measured):.1f} {unit}/s); "
         "a sampler may propose a config again",
     )

@@ -95,8 +95,7 @@ class Heartbeat:
 def claim_trial(trial: optuna.Trial, process: SearchProcess) -> None:
     """Record which process runs ``trial``: the first thing a trial does."""
     trial.storage.set_trial_system_attr(trial._trial_id, _OWNER_KEY, process.key)
-    write_trial(trial, host=process.host)
-    write_trial(trial, pid=process.pid)
+    write_trial(trial, host=process.host, pid=process.pid)
 
 
 def process_alive(storage: Any, study_id: int, key: str | None) -> bool:
@@ -163,8 +162,7 @@ def mark_interrupted(trial: optuna.Trial, why: str) -> None:
     retry, suffix = _retry(trial)
     if retry is not None:
         trial.study.enqueue_trial(dict(trial.params), user_attrs=retry)
-    write_trial(trial, status=TrialStatus.INTERRUPTED)
-    write_trial(trial, reason=why + suffix)
+    write_trial(trial, status=TrialStatus.INTERRUPTED, reason=why + suffix)
     _note(trial, why + suffix)
 
 

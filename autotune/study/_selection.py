@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -32,9 +33,9 @@ class Candidate:
     # that more rounds do not lower. None for a trial's own figure.
     window_spread: float | None = None
 
-    @property
+    @functools.cached_property
     def record(self) -> TrialRecord:
-        """The trial's record (its figures as the search stored them)."""
+        """The trial's record (its figures as the search stored them), read from ``attrs`` once."""
         return TrialRecord.from_attrs(self.attrs)
 
     @property
@@ -49,7 +50,7 @@ class Candidate:
 
     def projected(self, budgets: Budgets) -> float | None:
         """The full run's projected seconds at this candidate's (possibly re-measured) throughput."""
-        return budgets.project(self.attrs, self.samples_per_second)
+        return budgets.project(self.record, self.samples_per_second)
 
     @classmethod
     def from_trial(cls, trial: Any) -> Candidate:

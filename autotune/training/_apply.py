@@ -249,8 +249,8 @@ def _optimizer_unsupported(workload: Workload, model: Any, device: torch.device 
             if not kwargs:
                 continue
             try:
-                rebuilt_optimizer(optimizer, kwargs)  # the argument
-                rebuilt_optimizer(optimizer, kwargs, [torch.nn.Parameter(torch.zeros(2, device=device))])  # the device
+                # One build over a small parameter on the device checks both the argument and the device.
+                rebuilt_optimizer(optimizer, kwargs, [torch.nn.Parameter(torch.zeros(2, device=device))])
             except WorkloadError as exc:
                 dropped.setdefault(name, {})[value] = f"the workload's optimizer: {exc}"
             except Exception as exc:  # noqa: BLE001 - its message is the reason

@@ -34,26 +34,19 @@ def plan_run(options: TrainOptions) -> RunPlan:
 
     config = TrainConfig.load(options.config)
     document = _read_document(Path(options.config), config)
-    section = {
-        "measured": document.measured,
-        "one_cycle": document.one_cycle,
-        "full_run": document.full_run,
-        "provenance": document.provenance,
-        "progress": document.progress or {},
-    }
-    provenance, measured = document.provenance, document.measured
+    provenance, measured, progress = document.provenance, document.measured, document.progress or {}
     notes: list[str] = []
-    _check_sections(options, section["progress"], measured)
+    _check_sections(options, progress, measured)
     spec = options.workload or provenance.get("workload") or DEMO_SPEC
     workload = _load_workload(spec, provenance, notes)
     device = detect_device(options.device).torch_device
     _note_device(provenance, device, notes)
     epochs = None
     if options.steps is None and options.time_seconds is None:
-        epochs = float(options.epochs or section["full_run"].get("epochs") or workload.epochs)
+        epochs = float(options.epochs or document.full_run.get("epochs") or workload.epochs)
     storage = _storage_for_record(options, provenance)
     latest = _latest_checkpoint(options, notes)
-    epochs = _same_progress(options, config, epochs, float(section["progress"].get("samples_factor") or 1.0), notes)
+    epochs = _same_progress(options, config, epochs, float(progress.get("samples_factor") or 1.0), notes)
     return RunPlan(
         options=options,
         config=config,
@@ -61,14 +54,14 @@ def plan_run(options: TrainOptions) -> RunPlan:
         workload=workload,
         device=device,
         measured=measured,
-        one_cycle=section["one_cycle"],
-        full_run=section["full_run"],
+        one_cycle=document.one_cycle,
+        full_run=document.full_run,
         provenance=provenance,
         epochs=epochs,
         storage=storage,
         resume_from=latest if options.resume else None,
         notes=notes,
-        progress=section["progress"],
+        progress=progress,
     )
 
 
