@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from autotune import training
 from autotune.exceptions import WorkloadError
 from autotune.knobs._config import TrainConfig
 from autotune.runner import TrialJob, run_trial
+from autotune.training import _apply
 from autotune.workload import Workload, load_workload
 
 PACKAGE = Path(autotune.__file__).parent
@@ -609,3 +611,29 @@ def test_fixed_samples_loss_is_taken_over_the_same_samples_whatever_the_runs_see
     with torch.no_grad():
         x, y = Points().x, Points().y
         assert everything == pytest.approx(float(F.cross_entropy(run.model(x), y)), rel=1e-5)
+
+
+@pytest.mark.real_precision_probe  # the probe's readings faked, its rule real
+def test_slow_precisions_drops_a_precision_slower_than_fp32_with_its_figures(monkeypatch):
+    rates = {"fp32": 40e9, "bf16": 1e9, "fp16": 30e9}
+    monkeypatch.setattr(_apply, "_matmul_rate", lambda device, precision: rates[precision])
+    slow = _apply.slow_precisions("cpu", ["fp32", "bf16", "fp16", "tf32"])
+    assert list(slow) == ["bf16"]  # fp16 at 0.75x fp32 is kept: it may still gain memory or bandwidth
+    assert "bf16 matmuls run at 1 GFLOP/s" in slow["bf16"] and "0.025x fp32's 40" in slow["bf16"]
+    rates["bf16"] = None  # a precision that cannot run at all is left to its trial
+    assert _apply.slow_precisions("cpu", ["bf16"]) == {}
+    assert _apply.slow_precisions("cpu", ["fp32", "tf32"]) == {}  # nothing to probe
+
+
+@pytest.mark.real_precision_probe
+def test_matmul_probe_measures_this_machine_quickly_and_restores_threads():
+    threads = torch.get_num_threads()
+    _apply._matmul_rate.cache_clear()
+    began = time.perf_counter()
+    fp32 = _apply._matmul_rate("cpu", "fp32")
+    bf16 = _apply._matmul_rate("cpu", "bf16")
+    assert time.perf_counter() - began < 5  # a probe, not a benchmark (each reading well under a second)
+    assert fp32 is not None and fp32 > 1e8 and bf16 is not None and bf16 > 0
+    assert torch.get_num_threads() == threads
+    slow = _apply.slow_precisions("cpu", ["bf16"])
+    assert (bf16 < _apply.SLOW_PRECISION * fp32) == ("bf16" in slow)

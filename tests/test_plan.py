@@ -204,3 +204,22 @@ def test_cap_batch_leaves_a_space_that_searches_the_dataset_itself(space_file):
     space = space_file("knobs: {batch_size: [8, 1024], dataset.size: [256, 4096]}\n")
     plan = plan_search(SearchOptions(workload=workload_spec(file="knobs.py"), effective_batch="free", space=space))
     assert cap_batch(plan, 512) is plan  # each trial's dataset may differ in size
+
+
+@pytest.mark.real_precision_probe
+def test_plan_drops_a_precision_the_probe_finds_slow_but_never_the_baselines(monkeypatch, space_file):
+    from autotune.training import _apply
+
+    rates = {"fp32": 40e9, "bf16": 1e9}
+    monkeypatch.setattr(_apply, "_matmul_rate", lambda device, precision: rates[precision])
+    plan = plan_search(SearchOptions(workload="autotune.workload.demo:workload", device="cpu"))
+    assert plan.space.knobs["precision"].choices == ("fp32",)
+    assert any(
+        note.startswith("precision=bf16 dropped from the search: bf16 matmuls run at 1 GFLOP/s") for note in plan.notes
+    )
+    recipe = space_file("knobs:\n  precision: {choices: [fp32, bf16], default: bf16}\n")
+    plan = plan_search(SearchOptions(workload=workload_spec(), space=recipe, device="cpu"))
+    assert plan.baseline.precision == "bf16" and "bf16" in plan.space.knobs["precision"].choices  # the user's run
+    rates["bf16"] = 60e9  # a CPU with bf16 instructions: searched
+    plan = plan_search(SearchOptions(workload="autotune.workload.demo:workload", device="cpu"))
+    assert "bf16" in plan.space.knobs["precision"].choices

@@ -27,10 +27,10 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     recipe_batch = recipe_effective_batch(workload, space)
     space, notes = _held_batch_space(options, workload, space, recipe_batch)
     device = detect_device(options.device)
-    unsupported = _unsupported(workload, space, device)
+    requested = space.baseline(workload.baseline_overrides())
+    unsupported = _unsupported(workload, space, device, requested)
     restricted, dropped = space.restrict(unsupported)
     notes += dropped
-    requested = space.baseline(workload.baseline_overrides())
     baseline = _runnable(requested, unsupported, notes)
     if options.sampler == "grid":
         grid = restricted.grid_points(baseline)  # a space with ranges is refused here, before anything runs
@@ -77,11 +77,15 @@ def _held_batch_space(
     return space, notes
 
 
-def _unsupported(workload: Workload, space: SearchSpace, device: DeviceInfo) -> dict[str, dict[object, str]]:
-    """Each knob's values this run cannot take, and why: the device's, the workload's, a closure's
-    (no fp16) and the machine's cores' (DataLoader workers)."""
+def _unsupported(
+    workload: Workload, space: SearchSpace, device: DeviceInfo, baseline: TrainConfig
+) -> dict[str, dict[object, str]]:
+    """Each knob's values this run cannot take, or that cannot gain on this device, and why: the
+    device's, the workload's, a closure's (no fp16), the precisions the device's probe finds slower
+    than fp32 (never the baseline's own: it is the user's run) and the machine's cores' (DataLoader
+    workers)."""
     unsupported = {name: dict(values) for name, values in unsupported_values(device).items()}
-    from autotune.training._apply import unsupported_by_workload  # torch: not at import
+    from autotune.training._apply import slow_precisions, unsupported_by_workload  # torch: not at import
 
     for name, values in unsupported_by_workload(workload, device.torch_device).items():
         unsupported.setdefault(name, {}).update(values)
@@ -89,6 +93,15 @@ def _unsupported(workload: Workload, space: SearchSpace, device: DeviceInfo) -> 
         unsupported.setdefault("precision", {})["fp16"] = (
             "the optimizer steps with a closure, which GradScaler cannot scale"
         )
+    probed = [
+        p
+        for p in _choices(space, "precision")
+        if p not in unsupported.get("precision", {})
+        and p != baseline.precision
+        and space.knobs["precision"].is_searched
+    ]
+    for value, reason in slow_precisions(device.torch_device, probed).items():
+        unsupported.setdefault("precision", {})[value] = reason
     cores = _usable_cores()
     too_many = [w for w in _choices(space, "num_workers") if isinstance(w, int) and w > cores]
     if too_many:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -233,6 +234,60 @@ def unsupported_by_workload(workload: Workload, device: torch.device | str = "cp
     for name, values in _optimizer_unsupported(workload, model, device).items():
         dropped.setdefault(name, {}).update(values)
     return dropped
+
+
+# A precision whose matmuls run below this share of fp32's on the device is not searched: no step gains.
+SLOW_PRECISION = 0.5
+_PROBE_SIZE = 256  # a square matmul: large enough for the vector units, small enough for any device
+_PROBE_SECONDS = 0.15  # per precision, over _PROBE_ROUNDS rounds: the probe takes well under a second
+_PROBE_ROUNDS = 3
+
+
+def slow_precisions(device: torch.device | str, precisions: Iterable[str]) -> dict[str, str]:
+    """The ``precisions`` (of bf16, fp16) whose matmuls under the knob's own autocast run below
+    SLOW_PRECISION of fp32's on ``device``, each with its reason: a short probe of the device before the
+    search (a CPU without bf16 instructions runs bf16 a hundred times slower than fp32; one with them,
+    faster). A precision the device cannot run at all is left to the trial that tries it."""
+    wanted = [p for p in precisions if p in ("bf16", "fp16")]
+    if not wanted:
+        return {}
+    rates = {name: _matmul_rate(str(torch.device(device)), name) for name in ("fp32", *wanted)}
+    fp32 = rates["fp32"]
+    return {
+        name: (
+            f"{name} matmuls run at {rate / 1e9:.2g} GFLOP/s on this {torch.device(device).type}, "
+            f"{rate / fp32:.2g}x fp32's {fp32 / 1e9:.3g} (a short probe before the search): no step gains from it here"
+        )
+        for name, rate in rates.items()
+        if name != "fp32" and rate is not None and fp32 and rate < SLOW_PRECISION * fp32
+    }
+
+
+@functools.cache
+def _matmul_rate(device: str, precision: str) -> float | None:
+    """FLOP/s of a square matmul under ``precision``'s autocast on ``device``, on one CPU thread (the
+    fastest of a few short rounds, so a busy machine reads less low; once per process); None where it
+    cannot run there."""
+    config = TrainConfig(precision=precision)
+    rates = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core's instructions: what a precision's support decides, whatever the load
+    try:
+        with torch.no_grad(), autocast(config, device):
+            a = torch.randn(_PROBE_SIZE, _PROBE_SIZE, device=device)
+            (a @ a).sum().item()  # the first call pays for kernel selection, not measured
+            for _ in range(_PROBE_ROUNDS):
+                count, began = 0, time.perf_counter()
+                while count < 1 or time.perf_counter() - began < _PROBE_SECONDS / _PROBE_ROUNDS:
+                    b = a @ a
+                    count += 1
+                b.sum().item()  # waits for the device
+                rates.append(count * 2 * _PROBE_SIZE**3 / (time.perf_counter() - began))
+    except Exception:  # noqa: BLE001 - a precision the device cannot run: its trial says why
+        return None
+    finally:
+        torch.set_num_threads(threads)
+    return max(rates)
 
 
 def _optimizer_unsupported(workload: Workload, model: Any, device: torch.device | str) -> dict[str, dict[Any, str]]:
