@@ -14,6 +14,7 @@ it measured; a second invocation with the same --out goes on where the first sto
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -119,6 +120,43 @@ def measured(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip() and '"config"' in line]
 
 
+def describe_machine(device: str) -> str:
+    """The machine the table was measured on: its CPU model and the matmul extensions that decide which
+    precisions are fast there (tables from two machines of one name can differ tenfold on bf16)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    extensions = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
+    return (
+        f"{model}, {torch.get_num_threads()} threads, {device}; CPU extensions: {' '.join(extensions) or 'none listed'}"
+    )
+
+
+def top_configs(out: Path, count: int, passes: int) -> list[dict[str, Any]]:
+    """The ``count`` configs of the table at ``out`` with the highest mean figure so far, the ones a
+    table's best is chosen among: more passes there keep its best from being one lucky run. The header
+    records it."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for line in measured(out):
+        runs.setdefault(json.dumps(line["config"], sort_keys=True), []).append(line)
+
+    def mean(lines: list[dict[str, Any]]) -> float:
+        figures = [line["unit_per_second"] or line["samples_per_second"] or 0.0 for line in lines]
+        return sum(f for f, line in zip(figures, lines, strict=True) if line["status"] == "ok") / len(lines)
+
+    ranked = sorted(runs.values(), key=mean, reverse=True)[:count]
+    lines = out.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["table"]["top"] = {"configs": count, "passes": passes}
+    out.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    return [group[0]["config"] for group in ranked]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default="autotune.workload.demo:workload")
@@ -136,6 +174,12 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--window-seconds", type=float, default=0.5)
     parser.add_argument("--trial-timeout", type=float, default=240.0)
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=None,
+        help="measure only the N best configs of the existing --out table, up to --passes passes each",
+    )
     parser.add_argument("--hours", type=float, default=None, help="stop starting runs after this long")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -163,13 +207,15 @@ def main() -> None:
                 "compile_share": args.compile_share,
                 "effective_batch": args.effective_batch,
                 "measure": {"windows": args.windows, "window_seconds": args.window_seconds},
-                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {plan.device.describe()}",
+                "machine": describe_machine(plan.device.describe()),
                 "torch": torch.__version__,
                 "notes": plan.notes,
             }
         }
         out.write_text(json.dumps(header) + "\n")
     done = {(json.dumps(r["config"], sort_keys=True), r["pass"]) for r in measured(out)}
+    if args.top is not None:
+        configs = top_configs(out, args.top, args.passes)
     started = time.monotonic()
     for pass_index in range(args.passes):
         order = list(configs)

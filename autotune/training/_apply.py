@@ -268,7 +268,7 @@ def _matmul_rate(device: str, precision: str) -> float | None:
     """FLOP/s of a square matmul under ``precision``'s autocast on ``device``, on one CPU thread (the
     fastest of a few short rounds, so a busy machine reads less low; once per process); None where it
     cannot run there."""
-    config = TrainConfig(precision=precision)
+    config = TrainConfig.from_dict({"precision": precision})
     rates = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core's instructions: what a precision's support decides, whatever the load
