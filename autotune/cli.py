@@ -311,9 +311,10 @@ _strategy_options = _stack(
     click.option(
         "--sampler",
         type=click.Choice(SAMPLERS),
-        default="tpe",
+        default="guided",
         show_default=True,
-        help="tpe: Optuna's TPE; random: uniform; grid: every config of the space once (each searched "
+        help="guided: each knob moved a step from the best config so far (the batch first), then TPE; "
+        "tpe: Optuna's TPE; random: uniform; grid: every config of the space once (each searched "
         "knob a list of choices).",
     ),
     click.option(

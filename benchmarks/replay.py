@@ -255,7 +255,9 @@ def hf_rule(table: Table, lookup: Lookup, clock: Clock, rng: random.Random, tria
     return [(clock.seconds, 0.0)]
 
 
-def autotune_search(table: Table, lookup: Lookup, clock: Clock, rng: random.Random, trials: int) -> Curve:
+def autotune_search(
+    table: Table, lookup: Lookup, clock: Clock, rng: random.Random, trials: int, sampler: str = "guided"
+) -> Curve:
     """autotune's search and export-best, with the table standing in for the trial processes."""
     from autotune import SearchOptions, export_best, search
     from autotune.study import SearchListener, _loop, _recipe_check
@@ -285,6 +287,7 @@ def autotune_search(table: Table, lookup: Lookup, clock: Clock, rng: random.Rand
             lr_find=False,
             effective_batch="free",
             objective="throughput",
+            sampler=sampler,
             measure=MeasureSettings(windows=measure["windows"], window_seconds=measure["window_seconds"]),
         )
         search(options, Follow())
@@ -299,8 +302,12 @@ def _stand_ins(lookup: Lookup, loop: Any, recipe_check: Any) -> Iterator[None]:
     import autotune.study._checks as checks
     import autotune.study._objective as objective
     import autotune.study._verify as verify
+    import autotune.training._apply as apply
 
     saved = [(module, "run_trial", module.run_trial) for module in (checks, objective, verify)]
+    # The table's domains are what its machine could run: this machine's precision probe does not apply.
+    saved.append((apply, "slow_precisions", apply.slow_precisions))
+    apply.slow_precisions = lambda device, precisions: {}
     saved.append((loop, "check_changed_batch", loop.check_changed_batch))
     saved.append((recipe_check, "exportable", recipe_check.exportable))
     for module in (checks, objective, verify):
@@ -316,6 +323,7 @@ def _stand_ins(lookup: Lookup, loop: Any, recipe_check: Any) -> Iterator[None]:
 
 METHODS: dict[str, Callable[..., Curve]] = {
     "autotune": autotune_search,
+    "autotune-tpe": lambda *args: autotune_search(*args, sampler="tpe"),
     "random": random_search,
     "tpe": _optuna_search(optuna.samplers.TPESampler()),
     "gp": _optuna_search(optuna.samplers.GPSampler()),

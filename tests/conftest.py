@@ -148,8 +148,8 @@ TINY_STUDY_SPACE = (
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
-    """One finished search of tiny, run once for the whole test run: the baseline and two TPE trials,
-    measured in their processes (slow pruning off, so all run). Its options, its SearchResult, its
+    """One finished search of tiny, run once for the whole test run: the baseline and two guided trials,
+    measured in their processes (pruning off, so all run). Its options, its SearchResult, its
     storage and its folder; a test that adds to it works on ``copy_study(tiny_study, tmp_path)``."""
     from autotune.study._loop import search
     from autotune.study._options import SearchOptions
@@ -167,6 +167,7 @@ def tiny_study(tmp_path_factory):
         measure=FAST,
         seed=0,
         slow_fraction=0.0,
+        pruning=False,
     )
     result = search(options)
     return {"options": options, "result": result, "storage": storage, "folder": folder}

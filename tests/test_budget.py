@@ -261,18 +261,19 @@ def test_derive_trial_timeout_small_share_is_floored_at_thirty_seconds():
     assert derive_trial_timeout(120, 20) == 30  # 3 x 6 s share, floored
 
 
-def test_derive_trial_timeout_is_three_shares():
-    assert derive_trial_timeout(3600, 4) == 2700
+def test_derive_trial_timeout_is_three_shares_but_at_most_three_tenths_of_the_budget():
     assert derive_trial_timeout(3600, 40) == 270
+    assert derive_trial_timeout(3600, 4) == 1080  # three shares would be 2700: one trial would take most of it
 
 
 def test_derive_trial_timeout_without_trial_count_assumes_four():
-    assert derive_trial_timeout(3600, None) == 2700
+    assert derive_trial_timeout(3600, None) == 1080
+    assert derive_trial_timeout(300, None) == 90  # a five-minute search: no trial takes a third of it
 
 
 @pytest.mark.parametrize(
     ("timeout", "n_trials", "expected"),
-    [(10, 1, 10), (20, 100, 20), (60, 1, 60), (3600, 1, 3600), (3600, 2, 3600)],
+    [(10, 1, 10), (20, 100, 6), (60, 1, 60), (3600, 1, 3600), (3600, 2, 3600)],
 )
 def test_derive_trial_timeout_never_above_the_search_timeout(timeout, n_trials, expected):
     assert derive_trial_timeout(timeout, n_trials) == expected

@@ -287,3 +287,42 @@ def test_search_stops_when_its_first_trials_all_fail_with_one_error(storage_url,
     )
     trials = _load("tiny", storage_url).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 3  # stopped there: no fourth trial
+
+
+def test_a_new_study_starts_from_the_best_of_an_earlier_one_on_the_same_workload_and_device(
+    storage_url, space_file, fast_measure, set_figures
+):
+    set_figures(lambda job: 1000.0 + 500 * (job.config["precision"] == "bf16") + job.config["num_workers"])
+    space = space_file("knobs: {batch_size: [8], num_workers: [0, 1], precision: [fp32, bf16]}\n")
+    shared = dict(workload=workload_spec(), storage=storage_url, space=space, measure=fast_measure, lr_find=False)
+    search(SearchOptions(**shared, study_name="first", n_trials=4))
+    search(SearchOptions(**shared, study_name="second", n_trials=2))
+    trials = _load("second", storage_url).trials
+    assert trials[0].user_attrs["baseline"] is True
+    assert trials[1].user_attrs["from_study"] == "first"  # right after the baseline
+    assert (trials[1].params["precision"], trials[1].params["num_workers"]) == ("bf16", 1)
+    search(SearchOptions(**shared, study_name="second", n_trials=1))  # resumed: its own records lead
+    assert [t.user_attrs.get("from_study") for t in _load("second", storage_url).trials].count("first") == 1
+
+
+def test_the_guided_search_says_which_knobs_it_left_at_the_baseline_and_why(
+    storage_url, space_file, fast_measure, set_figures, tmp_path
+):
+    from autotune import export_best
+
+    set_figures(lambda job: 1000.0 + 500 * (job.config["precision"] == "bf16") - job.config["num_workers"])
+    space = space_file(
+        "knobs: {batch_size: [8], num_workers: [0, 1], precision: [fp32, bf16], compile: [off, default]}\n"
+    )
+    search(
+        SearchOptions(
+            workload=workload_spec(), storage=storage_url, space=space, measure=fast_measure, n_trials=4, lr_find=False
+        )
+    )
+    study = _load("tiny", storage_url)
+    assert "too short to repay a compile" in study.user_attrs["held_knobs"]["compile"]
+    kept = export_best("tiny", storage_url).document["selection"]["kept_at_baseline"]
+    assert set(kept) == {"num_workers", "compile"}
+    assert kept["num_workers"].startswith("num_workers left at 0: ")
+    assert "with 1 were not chosen (the fastest of them, trial #2, 1499.0 samples/s)" in kept["num_workers"]
+    assert kept["compile"] == study.user_attrs["held_knobs"]["compile"]

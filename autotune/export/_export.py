@@ -24,6 +24,7 @@ from autotune.store._storage import DEFAULT_STORAGE, load_study, redact
 from autotune.study import _recipe_check as recipe_check
 from autotune.study._budget import Budgets
 from autotune.study._lr_find import LRFindResult, scaled_lr, scaling_rule, stored_result
+from autotune.study._notes import HELD_ATTR, kept_at_baseline
 from autotune.study._selection import Candidate, Preference, Selection, paired_lines, paired_pool, select
 from autotune.study._verify import Verification, verify
 from autotune.training import _noise_scale as noise_scale
@@ -105,6 +106,15 @@ def export_best(
         selection.explanation.append(progress["line"])
     selection.explanation.append(lr_line)
     search_seconds = _search_seconds(study, trials, verification)
+    kept = kept_at_baseline(
+        trials,
+        chosen.record.config or {},
+        setup.baseline,
+        setup.searched_knobs,
+        study.user_attrs.get(HELD_ATTR) or {},
+        _records.unit(chosen.attrs),
+    )
+    selection.explanation.extend(kept.values())
     document = ExportDocument(
         config=config.to_dict(),
         measured=_measured(chosen),
@@ -117,6 +127,7 @@ def export_best(
             "prefer": prefer,
             "explanation": selection.explanation,
             "verified": None if verification is None else verification.rounds,
+            "kept_at_baseline": kept,
         },
         provenance=_provenance(study, storage, setup, selection, baseline_trial),
     ).to_dict()

@@ -81,6 +81,7 @@ class TrialRecord:
     compile_failed: bool = False
     predicted: bool = False  # skipped on a fitted curve's prediction
     duplicate_of: int | None = None
+    from_study: str | None = None  # enqueued from an earlier study of the same workload and device
     host: str | None = None
     pid: int | None = None
     baseline: bool = False  # the user's current config, measured first

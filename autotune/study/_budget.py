@@ -14,6 +14,7 @@ from autotune.training import _noise_scale as _noise
 
 DEFAULT_TRIAL_TIMEOUT_SECONDS = 600.0
 MIN_TRIAL_TIMEOUT_SECONDS = 30.0
+TRIAL_SHARE_CAP = 0.3  # of the search's --timeout: the most one trial may take
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +173,11 @@ def check_positive_number(name: str, value: object) -> None:
 
 
 def derive_trial_timeout(timeout_seconds: float | None, n_trials: int | None) -> float:
-    """Without --trial-timeout: a few times a trial's fair share of the search budget."""
+    """Without --trial-timeout: a few times a trial's fair share of the search budget, and never more than
+    TRIAL_SHARE_CAP of the budget where four trials or more may run (a short budget keeps room for several
+    trials measured to the end)."""
     if timeout_seconds is None:
         return DEFAULT_TRIAL_TIMEOUT_SECONDS
     share = timeout_seconds / (n_trials or 4)
-    return min(timeout_seconds, max(MIN_TRIAL_TIMEOUT_SECONDS, 3 * share))
+    cap = timeout_seconds if n_trials is not None and n_trials < 4 else TRIAL_SHARE_CAP * timeout_seconds
+    return min(cap, max(MIN_TRIAL_TIMEOUT_SECONDS, 3 * share))

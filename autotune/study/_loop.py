@@ -70,6 +70,7 @@ def _search(
         objective.recover(study)  # trials a dead search left running: ended as interrupted, run again
         _run_trials(study, objective, options, plan, storage, trials_deadline)
         trials = study.get_trials(deepcopy=False)
+        _record_held(study, trials)
         best, notes, paired, lr_result = _after_trials(
             study, trials, storage, options, plan, listener, deadline, heartbeat.process
         )
@@ -91,6 +92,15 @@ def _search(
     )
 
 
+def _record_held(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """The knobs the guided search held at the baseline, and why, for the note and the export."""
+    from autotune.study._guided import GuidedSampler
+    from autotune.study._notes import HELD_ATTR
+
+    if isinstance(study.sampler, GuidedSampler):
+        study.set_user_attr(HELD_ATTR, study.sampler.held_knobs(trials))
+
+
 def _create_study(options: SearchOptions, plan: SearchPlan, storage: Any) -> optuna.Study:
     """The plan's study, created or loaded, with the options' sampler and pruner."""
     import optuna
@@ -100,10 +110,8 @@ def _create_study(options: SearchOptions, plan: SearchPlan, storage: Any) -> opt
         storage=storage,
         direction="minimize" if plan.objective == "time" else "maximize",
         load_if_exists=True,
-        sampler=_sampler(options),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-        if options.pruning
-        else optuna.pruners.NopPruner(),
+        sampler=_sampler(options, plan),
+        pruner=_pruner(options),
     )
 
 
@@ -118,6 +126,8 @@ def _run_trials(
     """The baseline (and the grid) enqueued, then the trials run until their number or deadline; the
     repeated error raised where every config failed the same way."""
     _enqueue_baseline(study, plan, storage)
+    if options.sampler == "guided":
+        _enqueue_earlier_best(study, plan, storage, options.workload)
     n_trials = options.n_trials
     if options.sampler == "grid":
         grid = _enqueue_grid(study, plan, storage)
@@ -176,13 +186,32 @@ def _optuna_quiet() -> Iterator[None]:
         optuna.logging.set_verbosity(verbosity)
 
 
-def _sampler(options: SearchOptions) -> Any:
+def _sampler(options: SearchOptions, plan: SearchPlan) -> Any:
     import optuna
 
+    tpe = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True, constant_liar=True)
+    if options.sampler == "guided":
+        from autotune.study._guided import GuidedSampler
+
+        return GuidedSampler(plan.space, plan.baseline, tpe, maximize=plan.objective != "time")
     if options.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True, constant_liar=True)
+        return tpe
     # grid: every trial is an enqueued grid point; the sampler only records them.
     return optuna.samplers.RandomSampler(seed=options.seed)
+
+
+def _pruner(options: SearchOptions) -> Any:
+    """The guided search's pruner stops a trial reading well below the best so far; TPE's, Optuna's
+    median rule; none without pruning."""
+    import optuna
+
+    if not options.pruning:
+        return optuna.pruners.NopPruner()
+    if options.sampler == "guided":
+        from autotune.study._guided import IncumbentPruner
+
+        return IncumbentPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
 def _enqueue_grid(study: optuna.Study, plan: SearchPlan, storage: Any) -> int:
@@ -194,6 +223,42 @@ def _enqueue_grid(study: optuna.Study, plan: SearchPlan, storage: Any) -> int:
         for point in plan.space.grid_points(plan.baseline):
             study.enqueue_trial(point, skip_if_exists=True)
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+def _enqueue_earlier_best(study: optuna.Study, plan: SearchPlan, storage: Any, workload: str) -> None:
+    """A new study starts from what earlier ones learned: the best config of each other study in the
+    storage with the same workload on the same device goes right after the baseline (where the space
+    holds it), so the guided stages start from there if it is still the fastest."""
+    import optuna
+
+    with study_lock(storage, study.study_name):
+        if len(study.get_trials(deepcopy=False)) > 1:  # not a new study: its own records lead
+            return
+        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            if summary.study_name == study.study_name:
+                continue
+            earlier = optuna.load_study(study_name=summary.study_name, storage=storage)
+            setup = _records.read_setup(earlier)
+            if setup.workload != workload or setup.device != plan.device.describe():
+                continue
+            best = _records.best_trial(earlier.get_trials(deepcopy=False), setup.objective)
+            params = None if best is None else _earlier_params(plan, TrialRecord.of(best).config or {})
+            if params is not None:
+                study.enqueue_trial(params, user_attrs={"from_study": summary.study_name}, skip_if_exists=True)
+
+
+def _earlier_params(plan: SearchPlan, config: dict[str, Any]) -> dict[str, Any] | None:
+    """An earlier study's config as this space's params, or None where this space does not hold it."""
+    from autotune.knobs._table import WORKER_KNOBS
+
+    params = {}
+    for name in plan.space.searched:
+        if name in WORKER_KNOBS and not config.get("num_workers"):
+            continue
+        if name not in config or not plan.space.knobs[name].contains(config[name]):
+            return None
+        params[name] = config[name]
+    return params
 
 
 def _enqueue_baseline(study: optuna.Study, plan: SearchPlan, storage: Any) -> None:

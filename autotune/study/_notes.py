@@ -29,6 +29,7 @@ def explain_study(study: Any, *, figures: bool = True) -> str:
         study.user_attrs.get("lr_find", {}),
         setup=setup,
         checks=recipe_check.stored_checks(study),
+        held=study.user_attrs.get(HELD_ATTR),
     )
     for check in recipe_check.stored_checks(study):
         note += f"\n**Recipe check** ({'kept' if check.kept else 'not kept'}): {check.reason}\n"
@@ -54,6 +55,7 @@ def study_note(
     *,
     setup: StudySetup | Mapping[str, Any] | None = None,
     checks: Sequence[Any] = (),
+    held: Mapping[str, str] | None = None,
 ) -> str:
     lines = [f"## autotune: {name}", ""]
     feasible = [Candidate.from_trial(t) for t in _records.feasible_trials(trials)]
@@ -65,7 +67,8 @@ def study_note(
         objective = as_setup(setup).objective if setup is not None else "throughput"
         selection = select(feasible, baseline, budgets, objective=objective)  # ranked as export-best ranks
         chosen = selection.chosen
-        rate, per_second = _records.rate(chosen.attrs), f"{_records.unit(chosen.attrs)}/s"
+        unit = _records.unit(chosen.attrs)
+        rate, per_second = _records.rate(chosen.attrs), f"{unit}/s"
         speedup = (
             f", **{rate / _records.rate(baseline.attrs):.2f}x** the baseline "
             f"(trial #{baseline.number}, {_records.rate(baseline.attrs):.1f} {per_second})"
@@ -78,6 +81,12 @@ def study_note(
         projected = chosen.record.projected_full_run_seconds
         if projected is not None:
             lines.append(f"- full run ({budgets.epochs:g} epochs) projected at {format_duration(projected)}")
+        if setup is not None:
+            recorded = as_setup(setup)
+            kept = kept_at_baseline(
+                trials, chosen.record.config or {}, recorded.baseline, recorded.searched_knobs, held or {}, unit
+            )
+            lines += [f"- {line}" for line in kept.values()]
     else:
         state = "no trial yet" if not trials else "no feasible trial yet"
         lines.append(
@@ -115,3 +124,47 @@ def memory_limit_found(trials: Sequence[Any]) -> str:
         number, smallest = min(out, key=lambda pair: pair[1].config["batch_size"])
         parts.append(f"Smallest that ran out: {smallest.config['batch_size']} (trial #{number}).")
     return " ".join(parts) if parts else "No trial has run out of memory."
+
+
+HELD_ATTR = "held_knobs"  # the study's user attribute: the knobs the guided search held, with why
+
+
+def kept_at_baseline(
+    trials: Sequence[Any],
+    chosen: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+    searched: Sequence[str],
+    held: Mapping[str, str],
+    unit: str = "samples",
+) -> dict[str, str]:
+    """Each searched knob the chosen config leaves at the baseline's value, with why: held by the search,
+    the trials with other values not chosen (slower, or not exportable; the fastest of them named), or
+    none measured."""
+    kept: dict[str, str] = {}
+    ran = [(t, record) for t in trials if (record := TrialRecord.of(t)).config and not record.skipped]
+    for name in searched:
+        if name not in chosen or chosen.get(name) != baseline.get(name):
+            continue
+        value = chosen[name]
+        if name in held:
+            kept[name] = held[name]
+            continue
+        others = [(t, r) for t, r in ran if r.config.get(name) != value]
+        if not others:
+            kept[name] = f"{name} left at {_shown(value)}: no other value was measured"
+            continue
+        tried = sorted({_shown(r.config.get(name)) for _, r in others})
+        fastest = max(others, key=lambda pair: rate_of(pair[0]))
+        kept[name] = (
+            f"{name} left at {_shown(value)}: {len(others)} trial(s) with {', '.join(tried)} were not chosen "
+            f"(the fastest of them, trial #{fastest[0].number}, {rate_of(fastest[0]):.1f} {unit}/s)"
+        )
+    return kept
+
+
+def rate_of(trial: Any) -> float:
+    return _records.rate(trial)
+
+
+def _shown(value: Any) -> str:
+    return "off" if value is None else str(value).lower() if isinstance(value, bool) else str(value)

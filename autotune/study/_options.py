@@ -29,10 +29,10 @@ TIME_METRIC_NAME = "full run (s)"  # the objective's name when studies rank by t
 ObjectiveKind = Literal["time", "throughput"]
 
 
-SamplerKind = Literal["tpe", "random", "grid"]
+SamplerKind = Literal["guided", "tpe", "random", "grid"]
 
 
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = ("guided", "tpe", "random", "grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +67,7 @@ class SearchOptions:
     device: str = "auto"
     measure: MeasureSettings = MeasureSettings()
     # tpe: Optuna's TPE; random: uniform sampling; grid: every config of the space once (choices only).
-    sampler: SamplerKind = "tpe"
+    sampler: SamplerKind = "guided"
     # False: every trial measured in full: no median or slow-fraction pruning, no batch skipped on a
     # fitted curve's prediction (a config already proven out of memory or crashing is still not run).
     pruning: bool = True
