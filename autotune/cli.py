@@ -292,7 +292,8 @@ _strategy_options = _stack(
         type=FRACTION,
         default=0.5,
         show_default=True,
-        help="Prune a trial whose first window is below this fraction of the best trial's throughput.",
+        help="Prune a trial whose first window is below this fraction of the best trial's throughput (0: no trial "
+        "is ended for being slow).",
     ),
     click.option(
         "--lr-find/--no-lr-find",

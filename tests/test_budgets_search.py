@@ -540,7 +540,8 @@ def test_search_timeout_stops_a_hanging_trial(space_file, storage_url, fast_meas
     first = search(options)
     _study(storage, first.study_name).enqueue_trial({"batch_size": 24})
     started = time.monotonic()
-    result = search(dataclasses.replace(options, n_trials=5, timeout_seconds=6))
+    # Two trials at most: one trial may take the whole budget (with four or more, at most 30% of it).
+    result = search(dataclasses.replace(options, n_trials=2, timeout_seconds=6))
     elapsed = time.monotonic() - started
     assert elapsed < 60  # a sanity bound, not a speed test
     assert result.trials_run == 1

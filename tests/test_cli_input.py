@@ -54,7 +54,7 @@ def usage_error(result) -> str:
 # "Error: Invalid value for ".
 REFUSED = [
     (["search", "--trials", "0"], "'--trials': 0 is not in the range x>=1."),
-    (["search", "--sampler", "bogus"], "'--sampler': 'bogus' is not one of 'tpe', 'random', 'grid'."),
+    (["search", "--sampler", "bogus"], "'--sampler': 'bogus' is not one of 'guided', 'tpe', 'random', 'grid'."),
     (["search", "--objective", "cost"], "'--objective': 'cost' is not one of 'time', 'throughput'."),
     (
         ["search", "--lr-scaling", "cubic"],

@@ -327,11 +327,15 @@ def test_print_search_result_with_the_side_by_side_figures_and_the_range_test(ou
         "baseline_trial": 0,
         "speedup": 2.4,
         "noise": 0.03,
+        "samples_per_second": 240.0,
         "rounds": [{"trial": 1, "samples_per_second": [1.0, 1.0, 1.0]}],
     }
     print_search_result(search_result(paired=paired, lr_find=lr_result()))
     text = out.lines
-    best = text.index("best: trial #1 at 250.0 samples/s, 2.50x the baseline (trial #0)")
+    # the side-by-side rounds' figure, not the single trial's that won the ranking
+    best = text.index(
+        "best: trial #1 at 240.0 samples/s side by side, 2.40x the baseline (trial #0); its own trial read 250.0"
+    )
     assert text[best + 2 : best + 2 + len(paired_lines(paired))] == paired_lines(paired)
     assert "suggested max_lr 0.003 for OneCycle" in text
 

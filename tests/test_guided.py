@@ -167,3 +167,41 @@ def test_batch_ladder_jumps_by_four_inside_its_range(value, expected):
     assert guided().neighbours("num_workers", 1) == [2, 0]
     assert guided().neighbours("precision", "fp32") == ["bf16"]
     assert not math.isnan(speed(BASELINE))
+
+
+def test_a_held_effective_batch_moves_the_micro_batch_with_its_accumulation_and_goes_on():
+    space, _ = parse_space(
+        {"knobs": {"batch_size": [4, 8], "num_workers": [0, 1], "channels_last": [False, True]}}
+    ).with_effective_batch(8)
+    baseline = space.baseline({"batch_size": 8})
+    sampler = GuidedSampler(space, baseline, optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+
+    def objective(trial):
+        config = baseline if trial.number == 0 else space.suggest(trial, baseline)
+        write_trial(trial, config=config.to_dict(), status=TrialStatus.OK, samples_per_second=100.0 + trial.number)
+        return 100.0 + trial.number
+
+    study.optimize(objective, n_trials=5)
+    guided_trials = [t for t in study.trials if STAGE_ATTR in t.system_attrs]
+    seen = [(t.user_attrs["config"]["batch_size"], t.user_attrs["config"]["accumulation_steps"]) for t in study.trials]
+    assert (4, 2) in seen  # the micro-batch of 4, twice per optimizer step
+    assert len({json.dumps(t.user_attrs["config"], sort_keys=True) for t in guided_trials}) == len(guided_trials)
+    assert any(t.user_attrs["config"]["num_workers"] == 1 for t in guided_trials)  # the stages went on
+
+
+def test_after_the_stages_a_config_measured_already_is_drawn_again():
+    space = parse_space({"knobs": {"num_workers": [0, 1, 2], "channels_last": [False, True]}})
+    baseline = space.baseline({})
+    fallback = optuna.samplers.TPESampler(seed=0, n_startup_trials=1, multivariate=True, group=True)
+    study = optuna.create_study(direction="maximize", sampler=GuidedSampler(space, baseline, fallback))
+    study.enqueue_trial(space.fixed_params(baseline))  # the baseline, as the search enqueues it
+
+    def objective(trial):
+        config = space.suggest(trial, baseline)
+        write_trial(trial, config=config.to_dict(), status=TrialStatus.OK, samples_per_second=100.0)
+        return 100.0 + config.num_workers
+
+    study.optimize(objective, n_trials=6)  # six configs in all: each once
+    keys = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in study.trials]
+    assert len(set(keys)) == 6

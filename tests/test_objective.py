@@ -465,7 +465,14 @@ def test_the_studys_pruner_stops_a_trial_below_the_median_unless_pruning_is_off(
         study.enqueue_trial({"batch_size": batch})
     space = space_file(f"effective_batch: free\nknobs: {{batch_size: [8, {', '.join(map(str, batches))}]}}\n")
     options = _options(
-        storage_url, space, fast_measure, n_trials=6, objective="throughput", slow_fraction=0.0, pruning=pruning
+        storage_url,
+        space,
+        fast_measure,
+        n_trials=6,
+        objective="throughput",
+        slow_fraction=0.0,
+        pruning=pruning,
+        sampler="tpe",  # TPE's pruner: Optuna's median rule
     )
     search(options)
     slow = _load("tiny", storage_url).trials[5]

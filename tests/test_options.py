@@ -41,7 +41,7 @@ def test_search_options_out_of_range_name_the_parameter_not_a_cli_option(options
         ({"slow_fraction": 1.0}, "slow_fraction must be in [0, 1), got 1.0", ("slow_fraction",)),
         ({"slow_fraction": -0.1}, "slow_fraction must be in [0, 1), got -0.1", ("slow_fraction",)),
         ({"objective": "speed"}, "objective must be time or throughput, got 'speed'", ("objective",)),
-        ({"sampler": "cmaes"}, "sampler must be one of tpe, random, grid, got 'cmaes'", ("sampler",)),
+        ({"sampler": "cmaes"}, "sampler must be one of guided, tpe, random, grid, got 'cmaes'", ("sampler",)),
         (
             {"lr_scaling": "cubic"},
             "lr_scaling must be one of auto, adascale, linear, sqrt, none, got 'cubic'",

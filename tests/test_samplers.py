@@ -93,7 +93,7 @@ def test_a_grid_over_a_range_is_refused_before_anything_is_created(tmp_path, spa
 
 
 def test_an_unknown_sampler_is_refused():
-    with pytest.raises(ParameterError, match="sampler must be one of tpe, random, grid"):
+    with pytest.raises(ParameterError, match="sampler must be one of guided, tpe, random, grid"):
         SearchOptions(sampler="cmaes")  # type: ignore[arg-type]
 
 

@@ -100,12 +100,6 @@ def export_best(
     baseline_trial = _records.baseline_trial(trials)
     selection, verification = _choose(study, setup, trials, budgets, checks, prefer, verify_top, rounds, on_verify_run)
     chosen = selection.chosen
-    config, lr_section, lr_line = _learning_rate(study, chosen, budgets, setup)
-    progress = _progress(chosen, config, budgets, setup, trials, checks)
-    if progress is not None:
-        selection.explanation.append(progress["line"])
-    selection.explanation.append(lr_line)
-    search_seconds = _search_seconds(study, trials, verification)
     kept = kept_at_baseline(
         trials,
         chosen.record.config or {},
@@ -115,6 +109,12 @@ def export_best(
         _records.unit(chosen.attrs),
     )
     selection.explanation.extend(kept.values())
+    config, lr_section, lr_line = _learning_rate(study, chosen, budgets, setup)
+    progress = _progress(chosen, config, budgets, setup, trials, checks)
+    if progress is not None:
+        selection.explanation.append(progress["line"])
+    selection.explanation.append(lr_line)
+    search_seconds = _search_seconds(study, trials, verification)
     document = ExportDocument(
         config=config.to_dict(),
         measured=_measured(chosen),

@@ -175,7 +175,8 @@ class SearchSpace:
         """The space with knob ``name`` fixed at ``value``."""
         return dataclasses.replace(self, knobs={**self.knobs, name: Knob(name, fixed=value, default=value)})
 
-    def _derive_accumulation(self, values: dict[str, Any]) -> None:
+    def derive_accumulation(self, values: dict[str, Any]) -> None:
+        """``values``' accumulation_steps, where the space holds the effective batch: what its batch_size leaves."""
         if isinstance(self.effective_batch, int):
             values["accumulation_steps"] = self.effective_batch // values["batch_size"]
 
@@ -192,7 +193,7 @@ class SearchSpace:
             requested = values.get("batch_size", TrainConfig.batch_size)
             # The user's micro-batch when it divides the effective batch, else the largest one below it that does.
             values["batch_size"] = max((d for d in allowed if d <= requested), default=min(allowed))
-            self._derive_accumulation(values)
+            self.derive_accumulation(values)
         return TrainConfig.from_dict(values, source="baseline").normalized()
 
     def suggest(self, trial: optuna.trial.BaseTrial, baseline: TrainConfig) -> TrainConfig:
@@ -205,7 +206,7 @@ class SearchSpace:
                 values[name] = knob.suggest(trial)
             elif not knob.from_baseline:
                 values[name] = knob.fixed if knob.choices is None else knob.choices[0]
-        self._derive_accumulation(values)
+        self.derive_accumulation(values)
         return TrainConfig.from_dict(values, source=f"trial {trial.number}").normalized()
 
     def grid_points(self, baseline: TrainConfig) -> list[dict[str, Any]]:

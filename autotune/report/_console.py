@@ -192,10 +192,21 @@ def print_search_result(result: SearchResult) -> None:
         console.print("[red]no feasible trial yet[/]")
         return
     best = result.best
-    line = f"best: trial #{best.number} at {_records.rate(best):.1f} {escape(_records.unit(best))}/s"
-    if result.baseline is not None and TrialRecord.of(result.baseline).status == "ok":
-        speedup = _records.rate(best) / _records.rate(result.baseline)
-        line += f", {speedup:.2f}x the baseline (trial #{result.baseline.number})"
+    unit = escape(_records.unit(best))
+    paired = result.paired if result.paired is not None and result.paired["trial"] == best.number else None
+    if paired is not None:  # the rounds' figure, not the single one that won the ranking (it reads high)
+        record = TrialRecord.of(best)
+        per_sample = _records.rate(best) / record.samples_per_second if record.samples_per_second else 1.0
+        line = (
+            f"best: trial #{best.number} at {paired['samples_per_second'] * per_sample:.1f} {unit}/s side by side, "
+            f"{paired['speedup']:.2f}x the baseline (trial #{paired['baseline_trial']}); "
+            f"its own trial read {_records.rate(best):.1f}"
+        )
+    else:
+        line = f"best: trial #{best.number} at {_records.rate(best):.1f} {unit}/s"
+        if result.baseline is not None and TrialRecord.of(result.baseline).status == "ok":
+            speedup = _records.rate(best) / _records.rate(result.baseline)
+            line += f", {speedup:.2f}x the baseline (trial #{result.baseline.number})"
     console.print(line)
     console.print(f"  {escape(describe_config(TrialRecord.of(best).config))}")
     if result.paired is not None:

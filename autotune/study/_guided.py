@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.knobs._config import TrainConfig
@@ -49,7 +50,9 @@ STAGES = (
     "workload",  # the workload's own knobs
     "batch_size:final",
 )
-STAGE_ATTR = "autotune:guided_stage"  # a trial's system attribute: the stage that proposed it
+STAGE_ATTR = "autotune:guided_stage"
+REDRAWS = 8  # the fallback's draws of a config already measured before a uniform one is taken
+UNIFORM_DRAWS = 200  # a trial's system attribute: the stage that proposed it
 # A compile mode is tried only where its compile time is at most this share of the projected full run.
 COMPILE_SHARE = 0.05
 # Before any trial compiled here: what a compile is taken to cost (the CPU's inductor takes 20-60 s for a
@@ -94,10 +97,20 @@ class GuidedSampler(optuna.samplers.BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if trial._trial_id in self._proposals:
+        if trial._trial_id in self._proposals or not search_space:
             return {}
-        sampled = self.fallback.sample_relative(study, trial, search_space)
-        return {name: self._held(study, name, value) for name, value in sampled.items()}
+        trials = study.get_trials(deepcopy=False)
+        tried = {_key(config) for t in trials if (config := TrialRecord.of(t).config)}
+        sampled: dict[str, Any] = {}
+        for _ in range(REDRAWS):  # a config measured already is a trial spent for nothing: drawn again
+            sampled = {
+                name: self._held(study, name, value)
+                for name, value in self.fallback.sample_relative(study, trial, search_space).items()
+            }
+            drawn = self._config(_merged(self._current(trials), sampled))
+            if drawn is None or _key(drawn) not in tried:
+                return sampled
+        return self._untried(search_space, tried, trials) or sampled
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -137,10 +150,27 @@ class GuidedSampler(optuna.samplers.BaseSampler):
             for name in self._stage_knobs(STAGES[stage]):
                 if name in held:
                     continue
-                for value in self.neighbours(name, current[name], jump=STAGES[stage] == "batch_size"):
-                    moved = self._config({**current, name: value})
+                for value in self.neighbours(name, _get(current, name), jump=STAGES[stage] == "batch_size"):
+                    moved = self._config(_with(current, name, value))
                     if moved is not None and _key(moved) not in tried:
                         return stage, self._params(moved)
+        return None
+
+    def _current(self, trials: list[FrozenTrial]) -> dict[str, Any]:
+        best = self.incumbent(trials)
+        return dict(TrialRecord.of(best).config or {}) if best is not None else self.baseline.to_dict()
+
+    def _untried(
+        self, search_space: dict[str, BaseDistribution], tried: set[str], trials: list[FrozenTrial]
+    ) -> dict[str, Any] | None:
+        """Uniform draws over ``search_space`` until one is a config not measured yet (None: none found)."""
+        rng = random.Random(len(trials))
+        for _ in range(UNIFORM_DRAWS):
+            drawn = {name: _uniform(rng, dist) for name, dist in search_space.items()}
+            drawn = {name: self._held_value(trials, name, value) for name, value in drawn.items()}
+            config = self._config(_merged(self._current(trials), drawn))
+            if config is not None and _key(config) not in tried:
+                return drawn
         return None
 
     def _stage_knobs(self, stage: str) -> list[str]:
@@ -214,7 +244,10 @@ class GuidedSampler(optuna.samplers.BaseSampler):
 
     def _held(self, study: optuna.Study, name: str, value: Any) -> Any:
         """The fallback's proposal, except for a knob held at the baseline."""
-        if name in self.held_knobs(study.get_trials(deepcopy=False)):
+        return self._held_value(study.get_trials(deepcopy=False), name, value)
+
+    def _held_value(self, trials: list[FrozenTrial], name: str, value: Any) -> Any:
+        if name in self.held_knobs(trials):
             return self.baseline.to_dict()[name]
         return value
 
@@ -226,6 +259,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         """``values`` as the space would sample them (normalized, every knob inside its domain), or None.
         Workers switched on take the loader knobs' defaults from the space."""
         values = dict(values)
+        self.space.derive_accumulation(values)  # a held effective batch: as the space samples it
         if values.get("num_workers"):
             for name in WORKER_KNOBS:
                 knob = self.space.knobs.get(name)
@@ -236,20 +270,51 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         except Exception:  # noqa: BLE001 - a combination the config refuses is not proposed
             return None
         for name in self._params(config):
-            if not self.space.knobs[name].contains(config[name]):
+            if not self.space.knobs[name].contains(_get(config, name)):
                 return None
         return config
 
     def _full(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {**self.baseline.to_dict(), **params}
+        return _merged(self.baseline.to_dict(), params)
 
     def _params(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config's values of the knobs the space samples (the loader's own only with workers)."""
         return {
-            name: config[name]
+            name: _get(config, name)
             for name in self.space.searched
-            if name in config and not (name in WORKER_KNOBS and not config["num_workers"])
+            if (name in config or "." in name) and not (name in WORKER_KNOBS and not config["num_workers"])
         }
+
+
+def _get(config: dict[str, Any], name: str) -> Any:
+    """A knob's value in a config dict: a workload knob's ("model.width") under ``workload_knobs``."""
+    return (config.get("workload_knobs") or {}).get(name) if "." in name else config.get(name)
+
+
+def _with(config: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
+    if "." in name:
+        return {**config, "workload_knobs": {**(config.get("workload_knobs") or {}), name: value}}
+    return {**config, name: value}
+
+
+def _merged(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    for name, value in params.items():
+        config = _with(config, name, value)
+    return config
+
+
+def _uniform(rng: random.Random, distribution: BaseDistribution) -> Any:
+    """One uniform draw (log-uniform on a log range) from an Optuna distribution."""
+    if isinstance(distribution, CategoricalDistribution):
+        return rng.choice(list(distribution.choices))
+    if isinstance(distribution, (IntDistribution, FloatDistribution)):
+        low, high = distribution.low, distribution.high
+        value = math.exp(rng.uniform(math.log(low), math.log(high))) if distribution.log else rng.uniform(low, high)
+        if isinstance(distribution, IntDistribution):
+            step = distribution.step
+            return min(high, low + round((value - low) / step) * step)
+        return value
+    raise TypeError(f"no uniform draw from {distribution!r}")
 
 
 def _is_int_knob(knob: Any) -> bool:
@@ -269,7 +334,7 @@ class IncumbentPruner(optuna.pruners.BasePruner):
     ``margin`` (its mean, so one slow window does not end it): short windows for many configs, the
     full measurement for the few that could win. Not before ``min_trials`` have finished."""
 
-    def __init__(self, margin: float = 0.15, min_trials: int = 1) -> None:
+    def __init__(self, margin: float = 0.3, min_trials: int = 1) -> None:
         self.margin = margin
         self.min_trials = min_trials
 

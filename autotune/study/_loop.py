@@ -70,7 +70,7 @@ def _search(
         objective.recover(study)  # trials a dead search left running: ended as interrupted, run again
         _run_trials(study, objective, options, plan, storage, trials_deadline)
         trials = study.get_trials(deepcopy=False)
-        _record_held(study, trials)
+        _record_held(study, trials, plan)
         best, notes, paired, lr_result = _after_trials(
             study, trials, storage, options, plan, listener, deadline, heartbeat.process
         )
@@ -92,13 +92,23 @@ def _search(
     )
 
 
-def _record_held(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
-    """The knobs the guided search held at the baseline, and why, for the note and the export."""
+def _record_held(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], plan: SearchPlan) -> None:
+    """The knobs held at the baseline, and why, for the note and the export: those whose other values
+    the plan dropped before the search (the device, the workload, the probe), and those the guided
+    search held."""
     from autotune.study._guided import GuidedSampler
     from autotune.study._notes import HELD_ATTR
 
+    held: dict[str, str] = {}
+    for name, knob in plan.space.knobs.items():
+        dropped = [note for note in plan.notes if note.startswith(f"{name}=") and " dropped from the search: " in note]
+        if dropped and not knob.is_searched:
+            held[name] = f"{name} left at {plan.baseline.to_dict().get(name)}: " + "; ".join(
+                note.replace(" dropped from the search", "") for note in dropped
+            )
     if isinstance(study.sampler, GuidedSampler):
-        study.set_user_attr(HELD_ATTR, study.sampler.held_knobs(trials))
+        held.update(study.sampler.held_knobs(trials))
+    study.set_user_attr(HELD_ATTR, held)
 
 
 def _create_study(options: SearchOptions, plan: SearchPlan, storage: Any) -> optuna.Study:
@@ -201,8 +211,8 @@ def _sampler(options: SearchOptions, plan: SearchPlan) -> Any:
 
 
 def _pruner(options: SearchOptions) -> Any:
-    """The guided search's pruner stops a trial reading well below the best so far; TPE's, Optuna's
-    median rule; none without pruning."""
+    """The guided search's pruner stops a trial reading well below the best so far (not with a slow
+    fraction of 0: no trial is ended for being slow); TPE's, Optuna's median rule; none without pruning."""
     import optuna
 
     if not options.pruning:
@@ -210,7 +220,7 @@ def _pruner(options: SearchOptions) -> Any:
     if options.sampler == "guided":
         from autotune.study._guided import IncumbentPruner
 
-        return IncumbentPruner()
+        return IncumbentPruner() if options.slow_fraction > 0 else optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
