@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -291,7 +292,10 @@ def autotune_search(
             measure=MeasureSettings(windows=measure["windows"], window_seconds=measure["window_seconds"]),
         )
         search(options, Follow())
-        chosen = export_best("replay", storage).document["config"]
+        document = export_best("replay", storage).document
+        chosen = document["config"]
+        if os.environ.get("REPLAY_DEBUG"):
+            print("\n".join(document["selection"]["explanation"]))
     curve.append((clock.seconds, table.true_figure(config_key(chosen))))
     return curve
 
