@@ -215,7 +215,10 @@ def test_cli_search_prints_one_line_per_trial_and_the_best(searched):
     assert len(best) == 1
     # Batches 32 and 64 change the recipe's 8: the best is the one the recipe check keeps, else the baseline.
     assert re.fullmatch(r"best: trial #[012] at \d+\.\d samples/s, \d+\.\d\dx the baseline \(trial #0\)", best[0])
-    assert any(line.startswith("note: recipe check (sqrt max_lr ") for line in lines), result.output
+    # A changed batch that ranks first is checked against the recipe; where the baseline ranks first (its
+    # gradient noise scale charges the larger batches more samples than they gain here), nothing is.
+    checked = any(line.startswith("note: recipe check (sqrt max_lr ") for line in lines)
+    assert checked or best[0].startswith("best: trial #0 "), result.output
     assert lines[-1] == "export it with: autotune export-best --study tiny"
 
 
