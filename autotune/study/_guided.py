@@ -237,7 +237,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         knob = self.space.knobs.get("gradient_checkpointing")
         if knob is not None and knob.is_searched and not any(TrialRecord.of(t).status == "oom" for t in trials):
             held["gradient_checkpointing"] = (
-                f"gradient_checkpointing left at {self.baseline.gradient_checkpointing}: no trial ran out of "
+                f"gradient_checkpointing left at {shown(self.baseline.gradient_checkpointing)}: no trial ran out of "
                 "memory, and checkpointing only trades speed for memory"
             )
         return held
@@ -295,6 +295,11 @@ def _with(config: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
     if "." in name:
         return {**config, "workload_knobs": {**(config.get("workload_knobs") or {}), name: value}}
     return {**config, name: value}
+
+
+def shown(value: Any) -> str:
+    """A knob's value as the notes write it: false, off, 8."""
+    return "off" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _merged(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
