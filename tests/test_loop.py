@@ -312,7 +312,8 @@ def test_the_guided_search_says_which_knobs_it_left_at_the_baseline_and_why(
 
     set_figures(lambda job: 1000.0 + 500 * (job.config["precision"] == "bf16") - job.config["num_workers"])
     space = space_file(
-        "knobs: {batch_size: [8], num_workers: [0, 1], precision: [fp32, bf16], compile: [off, default]}\n"
+        "knobs: {batch_size: [8], num_workers: [0, 1], precision: [fp32, bf16], compile: [off, default],"
+        " pin_memory: [false, true]}\n"
     )
     search(
         SearchOptions(
@@ -322,7 +323,11 @@ def test_the_guided_search_says_which_knobs_it_left_at_the_baseline_and_why(
     study = _load("tiny", storage_url)
     assert "too short to repay a compile" in study.user_attrs["held_knobs"]["compile"]
     kept = export_best("tiny", storage_url).document["selection"]["kept_at_baseline"]
-    assert set(kept) == {"num_workers", "compile"}
+    assert set(kept) == {"num_workers", "compile", "pin_memory"}
+    # dropped before the search, on this CPU: said as the plan said it
+    assert kept["pin_memory"] == (
+        "pin_memory left at false: pin_memory=true: pinned memory only speeds up copies to a CUDA device"
+    )
     assert kept["num_workers"].startswith("num_workers left at 0: ")
     assert "with 1 were not chosen (the fastest of them, trial #2, 1499.0 samples/s)" in kept["num_workers"]
     assert kept["compile"] == study.user_attrs["held_knobs"]["compile"]

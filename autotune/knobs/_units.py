@@ -103,3 +103,10 @@ def format_duration(seconds: float | None) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def format_value(value: object) -> str:
+    """A knob's value as the notes write it: false, off (a loader knob without workers), 8."""
+    if value is None:
+        return "off"
+    return str(value).lower() if isinstance(value, bool) else str(value)

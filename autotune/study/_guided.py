@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.knobs._config import TrainConfig
 from autotune.knobs._table import INT_KNOBS, WORKER_KNOBS
+from autotune.knobs._units import format_value
 from autotune.store._records import TrialRecord
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         self.fallback = fallback
         self.maximize = maximize
         self._proposals: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._holding: dict[int, dict[str, str]] = {}  # each starting trial's held knobs, found once
 
     # --- Optuna's sampler interface ---------------------------------------------------------------
 
@@ -84,7 +86,9 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         self.fallback.before_trial(study, trial)
         if "fixed_params" in trial.system_attrs:  # enqueued (the baseline, a recovered trial): as given
             return
-        proposal = self.next_config(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        self._holding[trial._trial_id] = held = self.held_knobs(trials)
+        proposal = self.next_config(trials, held)
         if proposal is not None:
             self._proposals[trial._trial_id] = proposal
             study._storage.set_trial_system_attr(trial._trial_id, STAGE_ATTR, proposal[0])
@@ -100,17 +104,17 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         if trial._trial_id in self._proposals or not search_space:
             return {}
         trials = study.get_trials(deepcopy=False)
-        tried = {_key(config) for t in trials if (config := TrialRecord.of(t).config)}
+        tried = _tried(trials)
         sampled: dict[str, Any] = {}
         for _ in range(REDRAWS):  # a config measured already is a trial spent for nothing: drawn again
             sampled = {
-                name: self._held(study, name, value)
+                name: self._held(study, trial, name, value)
                 for name, value in self.fallback.sample_relative(study, trial, search_space).items()
             }
             drawn = self._config(_merged(self._current(trials), sampled))
             if drawn is None or _key(drawn) not in tried:
                 return sampled
-        return self._untried(search_space, tried, trials) or sampled
+        return self._untried(search_space, tried, trials, self._holding.get(trial._trial_id, {})) or sampled
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -121,12 +125,13 @@ class GuidedSampler(optuna.samplers.BaseSampler):
             if param_distribution._contains(param_distribution.to_internal_repr(value)):
                 return value
         value = self.fallback.sample_independent(study, trial, param_name, param_distribution)
-        return self._held(study, param_name, value)
+        return self._held(study, trial, param_name, value)
 
     def after_trial(
         self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         self._proposals.pop(trial._trial_id, None)
+        self._holding.pop(trial._trial_id, None)
         self.fallback.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -134,17 +139,19 @@ class GuidedSampler(optuna.samplers.BaseSampler):
 
     # --- the policy -------------------------------------------------------------------------------
 
-    def next_config(self, trials: list[FrozenTrial]) -> tuple[int, dict[str, Any]] | None:
+    def next_config(
+        self, trials: list[FrozenTrial], held: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]] | None:
         """The next stage and config (its Optuna params): from the stage of the latest guided trial on,
         the first untried move of the stage's knob from the best config so far; None once every stage
         is through (or nothing has finished yet)."""
         best = self.incumbent(trials)
         if best is None:
             return None
-        tried = {_key(config) for t in trials if (config := TrialRecord.of(t).config)}
-        tried |= {_key(self._full(p)) for _, p in self._proposals.values()}  # proposed to trials still starting
+        # with the configs proposed to trials still starting
+        tried = _tried(trials) | {_key(self._full(p)) for _, p in self._proposals.values()}
         current = TrialRecord.of(best).config or {}
-        held = self.held_knobs(trials)
+        held = self.held_knobs(trials) if held is None else held
         reached = max((int(t.system_attrs.get(STAGE_ATTR, 0)) for t in trials), default=0)
         for stage in range(reached, len(STAGES)):
             for name in self._stage_knobs(STAGES[stage]):
@@ -161,13 +168,17 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         return dict(TrialRecord.of(best).config or {}) if best is not None else self.baseline.to_dict()
 
     def _untried(
-        self, search_space: dict[str, BaseDistribution], tried: set[str], trials: list[FrozenTrial]
+        self,
+        search_space: dict[str, BaseDistribution],
+        tried: set[str],
+        trials: list[FrozenTrial],
+        held: dict[str, str],
     ) -> dict[str, Any] | None:
         """Uniform draws over ``search_space`` until one is a config not measured yet (None: none found)."""
         rng = random.Random(len(trials))
         for _ in range(UNIFORM_DRAWS):
             drawn = {name: _uniform(rng, dist) for name, dist in search_space.items()}
-            drawn = {name: self._held_value(trials, name, value) for name, value in drawn.items()}
+            drawn = {name: self.baseline.to_dict()[name] if name in held else v for name, v in drawn.items()}
             config = self._config(_merged(self._current(trials), drawn))
             if config is not None and _key(config) not in tried:
                 return drawn
@@ -206,13 +217,10 @@ class GuidedSampler(optuna.samplers.BaseSampler):
             ladder = sorted(knob.choices)  # a list of sizes is a ladder too
         elif knob.choices is not None:
             return [c for c in knob.choices if c != value or type(c) is not type(value)]
-        elif (
-            knob.low is not None and knob.high is not None and _is_number(value) and (knob.integer or name in INT_KNOBS)
-        ):
-            low, high = int(knob.low or 1), int(knob.high or value)
-            ladder = sorted(
-                {v for v in (value // 4, value // 2, value, value * 2, value * 4, low, high) if low <= v <= high}
-            )
+        elif knob.low is not None and knob.high is not None and _is_number(value) and _is_int_knob(knob):
+            low, high = int(knob.low), int(knob.high)
+            steps = (value // 4, value // 2, value, value * 2, value * 4, low, high)
+            ladder = sorted({v for v in steps if low <= v <= high})
         else:
             return []
         up = [c for c in ladder if c > value]
@@ -237,19 +245,17 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         knob = self.space.knobs.get("gradient_checkpointing")
         if knob is not None and knob.is_searched and not any(TrialRecord.of(t).status == "oom" for t in trials):
             held["gradient_checkpointing"] = (
-                f"gradient_checkpointing left at {shown(self.baseline.gradient_checkpointing)}: no trial ran out of "
-                "memory, and checkpointing only trades speed for memory"
+                f"gradient_checkpointing left at {format_value(self.baseline.gradient_checkpointing)}: no trial ran "
+                "out of memory, and checkpointing only trades speed for memory"
             )
         return held
 
-    def _held(self, study: optuna.Study, name: str, value: Any) -> Any:
+    def _held(self, study: optuna.Study, trial: FrozenTrial, name: str, value: Any) -> Any:
         """The fallback's proposal, except for a knob held at the baseline."""
-        return self._held_value(study.get_trials(deepcopy=False), name, value)
-
-    def _held_value(self, trials: list[FrozenTrial], name: str, value: Any) -> Any:
-        if name in self.held_knobs(trials):
-            return self.baseline.to_dict()[name]
-        return value
+        held = self._holding.get(trial._trial_id)
+        if held is None:  # a trial enqueued with some of its params: held as found now
+            held = self._holding[trial._trial_id] = self.held_knobs(study.get_trials(deepcopy=False))
+        return self.baseline.to_dict()[name] if name in held else value
 
     def _projected_seconds(self, trials: list[FrozenTrial]) -> float | None:
         best = self.incumbent(trials)
@@ -297,11 +303,6 @@ def _with(config: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
     return {**config, name: value}
 
 
-def shown(value: Any) -> str:
-    """A knob's value as the notes write it: false, off, 8."""
-    return "off" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def _merged(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     for name, value in params.items():
         config = _with(config, name, value)
@@ -328,6 +329,11 @@ def _is_int_knob(knob: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _tried(trials: list[FrozenTrial]) -> set[str]:
+    """The configs the trials ran (or are running), as keys."""
+    return {_key(config) for t in trials if (config := TrialRecord.of(t).config)}
 
 
 def _key(config: dict[str, Any]) -> str:

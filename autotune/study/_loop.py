@@ -96,16 +96,20 @@ def _record_held(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], pl
     """The knobs held at the baseline, and why, for the note and the export: those whose other values
     the plan dropped before the search (the device, the workload, the probe), and those the guided
     search held."""
-    from autotune.study._guided import GuidedSampler, shown
+    from autotune.knobs._units import format_value
+    from autotune.study._guided import GuidedSampler
     from autotune.study._notes import HELD_ATTR
 
     held: dict[str, str] = {}
-    for name, knob in plan.space.knobs.items():
-        dropped = [note for note in plan.notes if note.startswith(f"{name}=") and " dropped from the search: " in note]
-        if dropped and not knob.is_searched:
-            held[name] = f"{name} left at {shown(plan.baseline.to_dict().get(name))}: " + "; ".join(
-                note.replace(" dropped from the search", "") for note in dropped
-            )
+    for name, reasons in plan.unsupported.items():
+        requested = plan.requested_space.get(name)
+        dropped = [
+            f"{name}={format_value(value)}: {reason}"
+            for value, reason in reasons.items()
+            if isinstance(requested, list) and any(value == c and type(value) is type(c) for c in requested)
+        ]
+        if dropped and not plan.space.knobs[name].is_searched:
+            held[name] = f"{name} left at {format_value(plan.baseline.to_dict().get(name))}: " + "; ".join(dropped)
     if isinstance(study.sampler, GuidedSampler):
         held.update(study.sampler.held_knobs(trials))
     study.set_user_attr(HELD_ATTR, held)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from autotune.knobs._units import format_duration, format_size
+from autotune.knobs._units import format_duration, format_size, format_value
 from autotune.store import _records
 from autotune.store._records import StudySetup, TrialRecord, as_setup
 from autotune.study import _recipe_check as recipe_check
@@ -151,20 +151,12 @@ def kept_at_baseline(
             continue
         others = [(t, r) for t, r in ran if r.config.get(name) != value]
         if not others:
-            kept[name] = f"{name} left at {_shown(value)}: no other value was measured"
+            kept[name] = f"{name} left at {format_value(value)}: no other value was measured"
             continue
-        tried = sorted({_shown(r.config.get(name)) for _, r in others})
-        fastest = max(others, key=lambda pair: rate_of(pair[0]))
+        tried = sorted({format_value(r.config.get(name)) for _, r in others})
+        fastest = max(others, key=lambda pair: _records.rate(pair[0]))
         kept[name] = (
-            f"{name} left at {_shown(value)}: {len(others)} trial(s) with {', '.join(tried)} were not chosen "
-            f"(the fastest of them, trial #{fastest[0].number}, {rate_of(fastest[0]):.1f} {unit}/s)"
+            f"{name} left at {format_value(value)}: {len(others)} trial(s) with {', '.join(tried)} were not chosen "
+            f"(the fastest of them, trial #{fastest[0].number}, {_records.rate(fastest[0]):.1f} {unit}/s)"
         )
     return kept
-
-
-def rate_of(trial: Any) -> float:
-    return _records.rate(trial)
-
-
-def _shown(value: Any) -> str:
-    return "off" if value is None else str(value).lower() if isinstance(value, bool) else str(value)

@@ -116,6 +116,8 @@ class SearchPlan:
     objective: ObjectiveKind = "time"
     unit: str = "samples"
     step_closure: bool | None = None  # True: the optimizer steps with a closure the workload did not declare
+    # Each knob's values dropped before the search (the device, the workload, the probe, the cores), and why.
+    unsupported: dict[str, dict[Any, str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,6 +49,7 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
         notes=notes,
         objective=options.objective,
         unit=workload.unit,
+        unsupported=unsupported,
     )
 
 
