@@ -146,8 +146,9 @@ def top_configs(out: Path, count: int, passes: int) -> list[dict[str, Any]]:
         runs.setdefault(json.dumps(line["config"], sort_keys=True), []).append(line)
 
     def mean(lines: list[dict[str, Any]]) -> float:
-        figures = [line["unit_per_second"] or line["samples_per_second"] or 0.0 for line in lines]
-        return sum(f for f, line in zip(figures, lines, strict=True) if line["status"] == "ok") / len(lines)
+        """Over every run, one that did not end ok counting 0."""
+        ok = [line["unit_per_second"] or line["samples_per_second"] or 0.0 for line in lines if line["status"] == "ok"]
+        return sum(ok) / len(lines)
 
     ranked = sorted(runs.values(), key=mean, reverse=True)[:count]
     lines = out.read_text().splitlines()
