@@ -84,7 +84,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
     results = [resolution(path, args.splits, args.threshold) for path in args.tables]
-    print("| table | configs | best | within 3% / 5% / 10% | top 5: runs, standard error | configs with 4+ runs | split-half reach |")
+    print(
+        "| table | configs | best | within 3% / 5% / 10% | top 5: runs, standard error "
+        "| configs with 4+ runs | split-half reach |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
         print(

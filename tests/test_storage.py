@@ -232,3 +232,35 @@ def test_open_storage_read_only_missing_sqlite_file_is_refused_and_creates_nothi
         "storage sqlite:///runs/tuning.db: no such database file 'runs/tuning.db'; nothing was searched there"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_open_storage_postgresql_pool_is_small_and_pinged(postgres):
+    storage = open_storage(postgres)
+    pool = storage.engine.pool
+    assert pool.size() == 2
+    assert pool._pre_ping is True  # noqa: SLF001 - SQLAlchemy keeps the option only here
+
+
+def test_postgresql_connections_dropped_by_the_server_cost_a_reconnect_not_the_search(postgres, pg_study):
+    """The server ending every connection of this storage (as a restart does) leaves the study usable."""
+    import sqlalchemy
+
+    storage = open_storage(postgres)
+    study = optuna.create_study(study_name=pg_study, storage=storage)
+    study.enqueue_trial({"x": 1})
+    pids = set()
+    with storage.engine.connect() as connection:  # a pooled connection, returned to the pool after
+        pids.add(connection.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar())
+    killer = sqlalchemy.create_engine(postgres, poolclass=sqlalchemy.pool.NullPool)
+    with killer.connect() as connection:
+        ended = connection.execute(
+            sqlalchemy.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids) AND pg_terminate_backend(pid)"
+            ),
+            {"pids": list(pids)},
+        ).scalar()
+    killer.dispose()
+    assert ended == len(pids) >= 1
+    trial = study.ask()  # the pool's dead connection is found by its ping and replaced
+    study.tell(trial, 1.0)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]

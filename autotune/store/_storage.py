@@ -49,7 +49,7 @@ def open_storage(url: str | None = None, *, create: bool = True) -> optuna.stora
             raise StorageError(
                 f"storage {redact(url)}: no such database file {str(path)!r}; nothing was searched there"
             )
-    engine_kwargs = {"connect_args": {"connect_timeout": 10}} if parsed.get_backend_name() == "postgresql" else {}
+    engine_kwargs = server_engine_kwargs(parsed.get_backend_name())
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except ImportError as exc:  # Optuna wraps the missing driver module in an ImportError
@@ -60,6 +60,30 @@ def open_storage(url: str | None = None, *, create: bool = True) -> optuna.stora
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise StorageError(f"storage {redact(url)}: cannot connect: {_first_line(exc)}") from None
+
+
+# A search process holds few connections at once (its trial loop, the heartbeat thread, a study lock):
+# a small pool keeps many workers on one server under its connection limit.
+POOL_SIZE = 2
+POOL_OVERFLOW = 3
+
+
+def server_engine_kwargs(backend: str) -> dict[str, object]:
+    """SQLAlchemy engine options for a database server (PostgreSQL, MySQL): every connection is
+    pinged as it leaves the pool (``pool_pre_ping``), so a server that restarted, or dropped an idle
+    connection, costs a reconnect rather than the search; the pool is small, and connections are
+    renewed after half an hour. SQLite keeps Optuna's defaults."""
+    if backend not in ("postgresql", "mysql"):
+        return {}
+    kwargs: dict[str, object] = {
+        "pool_pre_ping": True,
+        "pool_size": POOL_SIZE,
+        "max_overflow": POOL_OVERFLOW,
+        "pool_recycle": 1800,
+    }
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
 
 
 def storage_exists(url: str | None = None) -> bool:
