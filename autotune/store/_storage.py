@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,6 +85,25 @@ def server_engine_kwargs(backend: str) -> dict[str, object]:
     if backend == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": 10}
     return kwargs
+
+
+def database_time(storage: object) -> float:
+    """Seconds since the epoch by the database server's clock, for heartbeats that processes on
+    several machines write and judge: their own clocks may disagree by more than the grace period.
+    SQLite's processes share one machine (and its clock); a storage without an engine (Optuna's
+    gRPC proxy) has no server clock to ask, and this machine's is used."""
+    import sqlalchemy
+
+    engine = getattr(storage, "engine", None)
+    queries = {
+        "postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
+        "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
+    }
+    query = queries.get(engine.dialect.name) if engine is not None else None
+    if engine is None or query is None:
+        return time.time()
+    with engine.connect() as connection:
+        return float(connection.execute(sqlalchemy.text(query)).scalar_one())
 
 
 def storage_exists(url: str | None = None) -> bool:

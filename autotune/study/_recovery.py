@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ import psutil
 
 from autotune.exceptions import Terminated
 from autotune.store._records import TrialRecord, TrialStatus, write_trial
-from autotune.store._storage import study_lock
+from autotune.store._storage import database_time, study_lock
 
 if TYPE_CHECKING:
     import optuna
@@ -79,7 +78,7 @@ class Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        value = {**self.process.to_json(), "heartbeat": time.time()}
+        value = {**self.process.to_json(), "heartbeat": database_time(self.storage)}
         self.storage.set_study_system_attr(self.study_id, self.process.key, value)
 
     def _run(self) -> None:
@@ -101,7 +100,7 @@ def claim_trial(trial: optuna.Trial, process: SearchProcess) -> None:
 def process_alive(storage: Any, study_id: int, key: str | None) -> bool:
     """Whether the registered search process ``key`` still runs (by its pid here, by its heartbeat elsewhere)."""
     info = _registered(storage, study_id).get(key or "")
-    return info is not None and _gone(info, time.time()) is None
+    return info is not None and _gone(info, database_time(storage)) is None
 
 
 def recover_interrupted(study: optuna.Study, storage: Any) -> list[int]:
@@ -117,7 +116,7 @@ def recover_interrupted(study: optuna.Study, storage: Any) -> list[int]:
     recovered = []
     with study_lock(storage, study.study_name):
         processes = _registered(storage, study_id)
-        now = time.time()
+        now = database_time(storage)
         others_alive = any(key != me and _gone(info, now) is None for key, info in processes.items())
         for trial in study.get_trials(deepcopy=False, states=running):  # read again, under the lock
             owner = trial.system_attrs.get(_OWNER_KEY)
