@@ -62,11 +62,13 @@ class Table:
             runs.setdefault(config_key(line["config"]), []).append(line)
         return cls(lines[0]["table"], runs)
 
+    def figures(self, key: str) -> list[float]:
+        """The config's throughput in each of its runs that ended ok."""
+        return [r["unit_per_second"] or r["samples_per_second"] for r in self.runs.get(key, []) if r["status"] == "ok"]
+
     def true_figure(self, key: str) -> float:
         """The config's mean throughput over its runs that ended ok (0: it never ran to the end)."""
-        figures = [
-            r["unit_per_second"] or r["samples_per_second"] for r in self.runs.get(key, []) if r["status"] == "ok"
-        ]
+        figures = self.figures(key)
         return statistics.fmean(figures) if figures else 0.0
 
     @property

@@ -18,7 +18,6 @@ Run: python benchmarks/table_resolution.py benchmarks/results/table-*.jsonl
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import math
 import random
@@ -26,16 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-
-def means(path: Path) -> dict[str, list[float]]:
-    runs: dict[str, list[float]] = collections.defaultdict(list)
-    with path.open() as handle:
-        next(handle)  # the table's header line
-        for line in handle:
-            row = json.loads(line)
-            if row["status"] == "ok" and row.get("samples_per_second"):
-                runs[json.dumps(row["config"], sort_keys=True)].append(float(row["samples_per_second"]))
-    return dict(runs)
+from replay import Table  # the replay's table: its config keys and its true figure
 
 
 def split_half(runs: dict[str, list[float]], splits: int, threshold: float, seed: int = 0) -> float:
@@ -56,20 +46,21 @@ def split_half(runs: dict[str, list[float]], splits: int, threshold: float, seed
 
 
 def resolution(path: Path, splits: int, threshold: float) -> dict[str, Any]:
-    runs = means(path)
-    ranked = sorted(runs, key=lambda key: statistics.mean(runs[key]), reverse=True)
-    best = statistics.mean(runs[ranked[0]])
-    top = ranked[:5]
-    errors = [statistics.stdev(runs[key]) / math.sqrt(len(runs[key])) / statistics.mean(runs[key]) for key in top]
-    repeated = {key: rates for key, rates in runs.items() if len(rates) >= 4}
+    table = Table.load(path)
+    figures = {key: table.true_figure(key) for key in table.runs}
+    ranked = sorted(figures, key=figures.__getitem__, reverse=True)
+    best = figures[ranked[0]]
+    top = [table.figures(key) for key in ranked[:5]]
+    errors = [statistics.stdev(values) / math.sqrt(len(values)) / statistics.fmean(values) for values in top]
+    repeated = {key: runs for key in table.runs if len(runs := table.figures(key)) >= 4}
     return {
         "table": path.name,
-        "configs": len(runs),
+        "configs": len(figures),
         "best": round(best, 1),
-        "within_3": sum(statistics.mean(r) >= 0.97 * best for r in runs.values()),
-        "within_5": sum(statistics.mean(r) >= 0.95 * best for r in runs.values()),
-        "within_10": sum(statistics.mean(r) >= 0.90 * best for r in runs.values()),
-        "top5_runs": [len(runs[key]) for key in top],
+        "within_3": sum(figure >= 0.97 * best for figure in figures.values()),
+        "within_5": sum(figure >= 0.95 * best for figure in figures.values()),
+        "within_10": sum(figure >= 0.90 * best for figure in figures.values()),
+        "top5_runs": [len(values) for values in top],
         "top5_standard_error": round(statistics.median(errors), 3),
         "repeated_configs": len(repeated),
         "split_half_reach": round(split_half(repeated, splits, threshold), 3) if len(repeated) >= 2 else None,
