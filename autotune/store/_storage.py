@@ -87,6 +87,12 @@ def server_engine_kwargs(backend: str) -> dict[str, object]:
     return kwargs
 
 
+_CLOCK_QUERIES = {  # the server's clock now, in seconds since the epoch
+    "postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
+    "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
+}
+
+
 def database_time(storage: object) -> float:
     """Seconds since the epoch by the database server's clock, for heartbeats that processes on
     several machines write and judge: their own clocks may disagree by more than the grace period.
@@ -95,11 +101,7 @@ def database_time(storage: object) -> float:
     import sqlalchemy
 
     engine = getattr(storage, "engine", None)
-    queries = {
-        "postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
-        "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
-    }
-    query = queries.get(engine.dialect.name) if engine is not None else None
+    query = _CLOCK_QUERIES.get(engine.dialect.name) if engine is not None else None
     if engine is None or query is None:
         return time.time()
     with engine.connect() as connection:

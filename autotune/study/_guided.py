@@ -51,9 +51,9 @@ STAGES = (
     "workload",  # the workload's own knobs
     "batch_size:final",
 )
-STAGE_ATTR = "autotune:guided_stage"
+STAGE_ATTR = "autotune:guided_stage"  # a trial's system attribute: the stage that proposed it
 REDRAWS = 8  # the fallback's draws of a config already measured before a uniform one is taken
-UNIFORM_DRAWS = 200  # a trial's system attribute: the stage that proposed it
+UNIFORM_DRAWS = 200  # uniform draws of a config not measured yet before the fallback's own is kept
 # A compile mode is tried only where its compile time is at most this share of the projected full run.
 COMPILE_SHARE = 0.05
 # Before any trial compiled here: what a compile is taken to cost (the CPU's inductor takes 20-60 s for a
