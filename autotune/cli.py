@@ -200,7 +200,7 @@ def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             terminated = isinstance(exc, Terminated)
             hint = (
                 "; finished trials are kept in the study: run the same command to resume"
-                if command.__name__ == "search"
+                if command.__name__ in ("search", "worker")
                 else ""
             )
             click.echo(f"{'Terminated' if terminated else 'Interrupted'}{hint}.", err=True)
@@ -359,6 +359,70 @@ def search(**values: Any) -> None:
     printer = SearchPrinter(options.n_trials, options.timeout_seconds)
     try:
         result = run_search(options, printer)
+    finally:
+        printer.close()
+    print_search_result(result)
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  autotune worker --study resnet50 --storage postgresql://user@db/autotune             # until the study has its trials
+  autotune worker --study resnet50 --storage postgresql://user@db/autotune --trials 10 --timeout 1h
+  autotune worker --study resnet50 --storage postgresql://user@db/autotune --workload /mnt/jobs/train.py:workload
+"""
+)
+@click.option("--study", "study_name", metavar="NAME", required=True, help="The study to join (it must exist).")
+@storage_option()
+@workload_option(
+    help="The study's workload, where its file lives at another path here than where the study was started. "
+    "Default: the path the study recorded."
+)
+@click.option(
+    "--trials",
+    "n_trials",
+    type=AT_LEAST_1,
+    default=None,
+    help="Trials this worker runs at most. Default: until the study has the trials its searches asked for.",
+)
+@click.option("--timeout", metavar="DURATION", default=None, help="Budget for this worker, e.g. 90s, 10m, 2h.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N. Default: what the study was started with.")
+@click.option(
+    "--allow-mixed",
+    is_flag=True,
+    help="Join even where the workload file, torch's version or the device kind differ from the study's "
+    "(trials on another device kind are still ranked apart).",
+)
+@_reports_errors
+def worker(
+    study_name: str,
+    storage: str | None,
+    workload_spec: str | None,
+    n_trials: int | None,
+    timeout: str | None,
+    device: str | None,
+    allow_mixed: bool,
+) -> None:
+    """Join a running study from this machine: its workload, space and budgets are read from it."""
+    from autotune.knobs._units import parse_duration
+    from autotune.report._console import SearchPrinter, console, print_search_result
+    from autotune.study._loop import search as run_search
+    from autotune.study._worker import join_options
+
+    joined = join_options(
+        study_name,
+        storage,
+        workload=workload_spec,
+        n_trials=n_trials,
+        timeout_seconds=parse_duration(timeout, what="--timeout") if timeout else None,
+        device=device,
+        allow_mixed=allow_mixed,
+    )
+    for note in joined.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    printer = SearchPrinter(n_trials or joined.target, joined.options.timeout_seconds)
+    try:
+        result = run_search(joined.options, printer)
     finally:
         printer.close()
     print_search_result(result)

@@ -26,6 +26,36 @@ FIXTURES = Path(__file__).parent / "fixtures"
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
 
 
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"  # the machine's PostgreSQL (trust auth)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """The machine's PostgreSQL URL; the test is skipped, saying why, where it is not reachable."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=3).close()
+    except OSError as exc:
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {' '.join(str(exc).split())}")
+    return PG_URL
+
+
+@pytest.fixture
+def pg_study(postgres):
+    """A unique study name on the PostgreSQL server, deleted afterwards."""
+    import uuid
+
+    import optuna
+
+    name = f"autotune-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=postgres)
+    except KeyError:
+        pass
+
+
 def workload_spec(name: str = "workload", file: str = "tiny.py") -> str:
     """``tests/workloads/<file>:<name>`` as a --workload value."""
     return f"{WORKLOADS / file}:{name}"

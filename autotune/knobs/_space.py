@@ -291,12 +291,15 @@ class SearchSpace:
         return dataclasses.replace(self, knobs=knobs), notes
 
 
-def load_space(path: str | Path | None = None) -> SearchSpace:
+def load_space(path: str | Path | Mapping[str, Any] | None = None) -> SearchSpace:
     """Read and validate a space file. ``None`` is the shipped ``default.yaml``; a bare name
-    such as ``demo`` is a shipped space (``search_spaces/demo.yaml``)."""
+    such as ``demo`` is a shipped space (``search_spaces/demo.yaml``); a mapping is a space document
+    itself (a study's recorded space)."""
     import yaml
 
     path = "default" if path is None else path
+    if isinstance(path, Mapping):
+        return parse_space(path, source="the study's recorded space")
     if isinstance(path, str) and path in shipped_spaces():
         source = f"search_spaces/{path}.yaml"
         text = resources.files("autotune.search_spaces").joinpath(f"{path}.yaml").read_text()

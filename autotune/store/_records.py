@@ -63,6 +63,7 @@ class TrialRecord:
     adaptive_optimizer: bool | None = None
     evaluation_seconds: float | None = None
     device: str | None = None
+    device_kind: str | None = None  # "cuda (NVIDIA H200)": trials of different kinds are never ranked together
     torch_version: str | None = None
     noise: dict[str, Any] | None = None  # the gradient noise scale's measurement
     noise_scale: float | None = None
@@ -314,6 +315,12 @@ class StudySetup:
     objective: str = "throughput"  # studies before the objective was recorded ranked by throughput
     step_closure: bool | None = None
     lr_scaling: str = "auto"
+    # What a worker joining the study checks itself against: the workload file's hash, torch's version,
+    # the device kind (autotune.study._worker.identity).
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The options a worker joining the study searches with (autotune.study._worker.JOINED_OPTIONS).
+    search: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trials_target: int | None = None  # the study's trials, all its searches' asked for: workers stop there
     schema: int = 0
 
     @property

@@ -16,7 +16,7 @@ from autotune.store._storage import open_storage, redact, storage_exists, study_
 from autotune.study._checks import check_workload
 from autotune.study._notes import explain_study
 from autotune.study._objective import Objective, TrialError
-from autotune.study._recovery import Heartbeat, SearchProcess, sigterm_as_interrupt
+from autotune.study._recovery import Heartbeat, SearchProcess, others_running_trials, sigterm_as_interrupt
 
 if TYPE_CHECKING:
     import optuna
@@ -71,9 +71,16 @@ def _search(
         _run_trials(study, objective, options, plan, storage, trials_deadline)
         trials = study.get_trials(deepcopy=False)
         _record_held(study, trials, plan)
-        best, notes, paired, lr_result = _after_trials(
-            study, trials, storage, options, plan, listener, deadline, heartbeat.process
-        )
+        if _closes_study(storage, plan, heartbeat):
+            best, notes, paired, lr_result = _after_trials(
+                study, trials, storage, options, plan, listener, deadline, heartbeat.process
+            )
+        else:
+            best, paired, lr_result = _records.best_trial(trials, plan.objective, plan.budgets), None, None
+            notes = [
+                "other processes are still running this study's trials: the last of them to finish "
+                "re-measures the best beside the baseline and runs the LR range test"
+            ]
     seconds = time.monotonic() - started
     # Everything every search on this study did, for the export's payoff.
     study.set_user_attr("search_seconds", float(study.user_attrs.get("search_seconds") or 0.0) + seconds)
@@ -115,10 +122,23 @@ def _record_held(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], pl
     study.set_user_attr(HELD_ATTR, held)
 
 
+def _closes_study(storage: Any, plan: SearchPlan, heartbeat: Heartbeat) -> bool:
+    """Whether this process, its trials done, is the one to close the study (the best re-measured
+    beside the baseline, the range test): the last of the processes sharing it to finish its trials.
+    Saying so and looking at the others is one step across them, so exactly one of them closes."""
+    with study_lock(storage, plan.study_name):
+        heartbeat.set_phase("closing")
+        return not others_running_trials(storage, plan.study_name, heartbeat.process)
+
+
 def _create_study(options: SearchOptions, plan: SearchPlan, storage: Any) -> optuna.Study:
-    """The plan's study, created or loaded, with the options' sampler and pruner."""
+    """The plan's study, created or loaded (a worker's, which exists), with the options' sampler and pruner."""
     import optuna
 
+    if options.join:
+        return optuna.load_study(
+            study_name=plan.study_name, storage=storage, sampler=_sampler(options, plan), pruner=_pruner(options)
+        )
     return optuna.create_study(
         study_name=plan.study_name,
         storage=storage,
@@ -146,17 +166,48 @@ def _run_trials(
     if options.sampler == "grid":
         grid = _enqueue_grid(study, plan, storage)
         n_trials = grid if n_trials is None else min(n_trials, grid)
+    callbacks = [objective.after_trial]
+    target = _records.read_setup(study).trials_target if options.join and n_trials is None else None
+    if target is not None:  # a worker without --trials: until the study has the trials its searches asked for
+        if _trials_taken(study) >= target:
+            return
+        callbacks.append(_stop_at(target))
     study.optimize(
         objective,
         n_trials=n_trials,
         timeout=None if trials_deadline is None else max(0.0, trials_deadline - time.monotonic()),
         catch=(TrialError,),
-        callbacks=[objective.after_trial],
+        callbacks=callbacks,
     )
     repeated = objective.repeated_errors.error()
     if repeated is not None:
         explain_study(study)
         raise repeated
+
+
+def _trials_taken(study: optuna.Study) -> int:
+    """The study's trials that ended or run now: a process stops starting trials once they reach the
+    target, so that the processes sharing the study run it together, none past it."""
+    import optuna
+
+    states = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.RUNNING,
+    )
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _stop_at(target: int) -> Any:
+    """A study.optimize callback (like Optuna's MaxTrialsCallback, counting the trials other
+    processes run now): the study stops once its trials reach ``target``."""
+
+    def stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if _trials_taken(study) >= target:
+            study.stop()
+
+    return stop
 
 
 def _after_trials(

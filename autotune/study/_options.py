@@ -4,6 +4,7 @@ who hears of it (SearchListener)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,7 +43,7 @@ class SearchOptions:
     workload: str = DEMO_SPEC
     study_name: str | None = None
     storage: str | None = None
-    space: str | Path | None = None
+    space: str | Path | Mapping[str, Any] | None = None  # a file, a shipped space's name, or a space document
     n_trials: int | None = 20
     timeout_seconds: float | None = None  # the whole search, the running trial included
     trial_timeout_seconds: float | None = None  # None: derived from timeout_seconds and n_trials
@@ -71,6 +72,9 @@ class SearchOptions:
     # False: every trial measured in full: no median or slow-fraction pruning, no batch skipped on a
     # fitted curve's prediction (a config already proven out of memory or crashing is still not run).
     pruning: bool = True
+    # A worker joining a study another search started (autotune worker): the study is never created, its
+    # setup is taken as recorded, and the workload may live at another path (its file's hash is checked).
+    join: bool = False
 
     def __post_init__(self) -> None:
         """Every value is checked here, before anything is loaded, opened or run."""

@@ -65,6 +65,7 @@ class Heartbeat:
         self.storage = storage
         self.study_id = storage.get_study_id_from_name(study_name)
         self.process = SearchProcess.current()
+        self.phase = "trials"  # then "closing" (its trials done), then "done" (it has stopped)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="autotune-heartbeat", daemon=True)
 
@@ -74,11 +75,22 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        import sqlalchemy.exc
+
         self._stop.set()
         self._thread.join()
+        try:
+            self.set_phase("done")  # gone at once, for processes on other machines too
+        except sqlalchemy.exc.SQLAlchemyError:  # the database is unreachable: the heartbeat ages out instead
+            pass
+
+    def set_phase(self, phase: str) -> None:
+        """Say what this process does now, at once: running trials, closing the study, done."""
+        self.phase = phase
+        self._beat()
 
     def _beat(self) -> None:
-        value = {**self.process.to_json(), "heartbeat": database_time(self.storage)}
+        value = {**self.process.to_json(), "heartbeat": database_time(self.storage), "phase": self.phase}
         self.storage.set_study_system_attr(self.study_id, self.process.key, value)
 
     def _run(self) -> None:
@@ -101,6 +113,17 @@ def process_alive(storage: Any, study_id: int, key: str | None) -> bool:
     """Whether the registered search process ``key`` still runs (by its pid here, by its heartbeat elsewhere)."""
     info = _registered(storage, study_id).get(key or "")
     return info is not None and _gone(info, database_time(storage)) is None
+
+
+def others_running_trials(storage: Any, study_name: str, process: SearchProcess) -> list[dict[str, Any]]:
+    """The other search processes on the study that are alive and still running trials."""
+    study_id = storage.get_study_id_from_name(study_name)
+    now = database_time(storage)
+    return [
+        info
+        for key, info in _registered(storage, study_id).items()
+        if key != process.key and info.get("phase", "trials") == "trials" and _gone(info, now) is None
+    ]
 
 
 def recover_interrupted(study: optuna.Study, storage: Any) -> list[int]:
@@ -213,6 +236,8 @@ def _registered(storage: Any, study_id: int) -> dict[str, dict[str, Any]]:
 def _gone(info: dict[str, Any], now: float) -> str | None:
     """Why a registered search process is taken for dead, or None while it is alive."""
     where = f"pid {info['pid']} on {info['host']}"
+    if info.get("phase") == "done":
+        return f"its search process ({where}) stopped while it ran"
     if info.get("machine") == _machine():
         try:
             process = psutil.Process(info["pid"])

@@ -54,7 +54,12 @@ def keep_study_objective(storage: Any, plan: SearchPlan) -> SearchPlan:
 
 
 def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: SearchPlan) -> None:
-    """A resumed study must keep its workload and space; a new one records them."""
+    """A resumed study must keep its workload and space; a new one records them, with what a worker
+    joining it checks and takes (the identity, the options) and the trials its searches asked for.
+    A joining worker's setup was read from the record: it writes nothing back."""
+    from autotune.study._worker import identity, joined_options, trials_target
+
+    recorded = _records.read_setup(study)
     setup = StudySetup(
         workload=options.workload,
         space=plan.requested_space,
@@ -69,8 +74,14 @@ def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Sea
         objective=plan.objective,
         step_closure=plan.step_closure,
         lr_scaling=options.lr_scaling,
+        identity=identity(options.workload, plan.device),
+        search=joined_options(options, plan),
+        trials_target=trials_target(study, options, recorded.trials_target),
     )
-    recorded = _records.read_setup(study)
+    if options.join and recorded.complete:
+        if recorded.device != setup.device:
+            plan.notes.append(f"study was started on {recorded.device}; this worker measures on {setup.device}")
+        return
     if not recorded.complete:
         _records.write_setup(study, setup)
         study.set_metric_names([metric_name(plan.objective, plan.unit)])
@@ -98,5 +109,15 @@ def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Sea
             f"{name} is newer than this study: its earlier trials ran it at {KNOBS[name].default!r}, "
             f"and from now on it is {setup.space[name]!r}"
         )
-    current = ("torch_device", "budgets", "requested", "measure", "trial_timeout_seconds", "lr_scaling")
+    current = (
+        "torch_device",
+        "budgets",
+        "requested",
+        "measure",
+        "trial_timeout_seconds",
+        "lr_scaling",
+        "identity",
+        "search",
+        "trials_target",
+    )
     _records.write_setup(study, setup, (*current, "space") if newer else current)
