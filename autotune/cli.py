@@ -133,8 +133,18 @@ lr_scaling_option = _shared(
     "gain at the gradient noise scale, linear, square root or none; auto: sqrt for Adam-like optimizers, "
     "adascale for SGD-like ones.",
 )
+timeout_option = _shared(
+    "--timeout", metavar="DURATION", default=None, help="Budget for the whole search, e.g. 90s, 10m, 2h."
+)
 seed_option = _shared("--seed", type=int, default=None, help="Seed of the sampler and of each trial.")
 device_option = _shared("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+devices_option = _shared(
+    "--devices",
+    metavar="all|cpu|cuda:0,cuda:1",
+    default=None,
+    help="Device slots: one trial process per device at a time, each seeing only its own device "
+    "(all: every CUDA device, else the CPU). Default: one, --device.",
+)
 
 # How long each trial measures (MeasureSettings).
 measure_options = _stack(
@@ -225,7 +235,7 @@ _search_budget_options = _stack(
     click.option(
         "--trials", "n_trials", type=AT_LEAST_1, default=20, show_default=True, help="Trials to run in this invocation."
     ),
-    click.option("--timeout", metavar="DURATION", default=None, help="Budget for the whole search, e.g. 90s, 10m, 2h."),
+    timeout_option(),
     click.option(
         "--trial-timeout",
         metavar="DURATION",
@@ -348,6 +358,7 @@ Examples:
 @_strategy_options
 @seed_option()
 @device_option()
+@devices_option()
 @measure_options
 @_reports_errors
 def search(**values: Any) -> None:
@@ -372,7 +383,7 @@ Examples:
   autotune worker --study resnet50 --storage postgresql://user@db/autotune --workload /mnt/jobs/train.py:workload
 """
 )
-@click.option("--study", "study_name", metavar="NAME", required=True, help="The study to join (it must exist).")
+@study_option(help="The study to join (it must exist). Default: the storage's only study.")
 @storage_option()
 @workload_option(
     help="The study's workload, where its file lives at another path here than where the study was started. "
@@ -385,8 +396,10 @@ Examples:
     default=None,
     help="Trials this worker runs at most. Default: until the study has the trials its searches asked for.",
 )
-@click.option("--timeout", metavar="DURATION", default=None, help="Budget for this worker, e.g. 90s, 10m, 2h.")
+@timeout_option(help="Budget for this worker, e.g. 90s, 10m, 2h.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N. Default: what the study was started with.")
+@devices_option()
+@click.option("--until", "until_trials", type=AT_LEAST_1, default=None, hidden=True)  # a --devices slot's stop
 @click.option(
     "--allow-mixed",
     is_flag=True,
@@ -395,15 +408,19 @@ Examples:
 )
 @_reports_errors
 def worker(
-    study_name: str,
+    study_name: str | None,
     storage: str | None,
     workload_spec: str | None,
     n_trials: int | None,
     timeout: str | None,
     device: str | None,
+    devices: str | None,
+    until_trials: int | None,
     allow_mixed: bool,
 ) -> None:
     """Join a running study from this machine: its workload, space and budgets are read from it."""
+    import dataclasses
+
     from autotune.knobs._units import parse_duration
     from autotune.report._console import SearchPrinter, console, print_search_result
     from autotune.study._loop import search as run_search
@@ -415,9 +432,11 @@ def worker(
         workload=workload_spec,
         n_trials=n_trials,
         timeout_seconds=parse_duration(timeout, what="--timeout") if timeout else None,
-        device=device,
         allow_mixed=allow_mixed,
+        **_device_values(device, devices),
     )
+    if until_trials is not None:
+        joined = dataclasses.replace(joined, options=dataclasses.replace(joined.options, trials_target=until_trials))
     for note in joined.notes:
         console.print(f"[yellow]note:[/] {note}")
     printer = SearchPrinter(n_trials or joined.target, joined.options.timeout_seconds)
@@ -450,9 +469,21 @@ def _search_options(values: dict[str, Any]) -> SearchOptions:
         seed=values["seed"],
         sampler=values["sampler"],
         pruning=values["pruning"],
-        device=values["device"],
+        **_device_values(values["device"], values["devices"]),
         measure=_measure_settings(values),
     )
+
+
+def _device_values(device: str | None, devices: str | None) -> dict[str, Any]:
+    """--device and --devices as the library's ``device`` and ``devices``: one slot is --device itself."""
+    from autotune.study._slots import parse_devices
+
+    if devices is None:
+        return {} if device is None else {"device": device}
+    if device not in (None, "auto"):
+        raise ParameterError("give --device or --devices, not both", "devices")
+    slots = parse_devices(devices)
+    return {"device": slots[0], "devices": slots if len(slots) > 1 else ()}
 
 
 def _budget_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -541,6 +572,13 @@ Examples:
     help="Re-measure the top K candidates and the baseline in fresh processes, then choose.",
 )
 @click.option("--rounds", type=AT_LEAST_1, default=3, show_default=True, help="Interleaved rounds of --verify.")
+@click.option(
+    "--device-kind",
+    metavar="KIND",
+    default=None,
+    help="Rank the trials measured on this device kind, e.g. 'cuda (NVIDIA H200)'. Default: the study's own "
+    "(trials on two kinds of device are never ranked together).",
+)
 @_reports_errors
 def export_best(
     study_name: str | None,
@@ -550,6 +588,7 @@ def export_best(
     prefer: str,
     verify_top: int,
     rounds: int,
+    device_kind: str | None,
 ) -> None:
     """Write the best feasible config, its measured figures, its payoff and provenance.
 
@@ -568,6 +607,7 @@ def export_best(
         verify_top=verify_top,
         rounds=rounds,
         on_verify_run=print_verify_run,
+        device_kind=device_kind,
     )
     print_export(export)
 

@@ -84,9 +84,10 @@ def test_cli_help_does_not_import_torch_or_optuna(args):
 
 # Options several commands take, and which commands: each is declared once in autotune.cli (a SharedOption).
 SHARED = {
-    "--study": {"search", "export-best", "lr-find", "report"},
-    "--storage": {"search", "export-best", "lr-find", "dashboard", "report", "train"},
-    "--workload": {"search", "train"},
+    "--study": {"search", "worker", "export-best", "lr-find", "report"},
+    "--storage": {"search", "worker", "export-best", "lr-find", "dashboard", "report", "train"},
+    "--workload": {"search", "worker", "train"},
+    "--timeout": {"search", "worker"},
     "--epochs": {"search", "train"},
     "--steps": {"search", "train"},
     "--seed": {"search", "train"},
@@ -94,7 +95,14 @@ SHARED = {
     "--lr-scaling": {"search", "lr-find"},
 }
 # A name that means something else in one command (the sweep's length, the file written): its own option.
-OWN = {("lr-find", "--steps"), ("export-best", "--out"), ("train", "--out")}
+# A worker's --trials and --device default to the study's target and device, not to search's 20 and auto.
+OWN = {
+    ("lr-find", "--steps"),
+    ("export-best", "--out"),
+    ("train", "--out"),
+    ("worker", "--trials"),
+    ("worker", "--device"),
+}
 # Where a command words a shared option's help for what it means there (same name, type and default).
 REWORDED = {
     ("train", "--workload"),
@@ -103,6 +111,9 @@ REWORDED = {
     ("train", "--steps"),
     ("train", "--seed"),
     ("lr-find", "--lr-scaling"),
+    ("worker", "--study"),
+    ("worker", "--workload"),
+    ("worker", "--timeout"),
 }
 
 

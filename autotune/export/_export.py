@@ -84,17 +84,20 @@ def export_best(
     verify_top: int = 0,
     rounds: int = 3,
     on_verify_run: Callable[[int, int, Candidate, float | None], None] | None = None,
+    device_kind: str | None = None,
 ) -> Export:
     """Choose among the study's feasible trials (optionally re-measuring the top ``verify_top``)
     and write the choice as YAML or JSON, or in a training framework's form (``fmt``: hf, lightning,
-    accelerate, torch)."""
+    accelerate, torch). Trials of one device kind are ranked: ``device_kind``, else the study's own."""
     path = Path(out) if out is not None else None
     fmt = export_format(path, fmt)
     if verify_top < 0 or rounds < 1:
         raise UsageError(f"--verify must be >= 0 and --rounds >= 1, got {verify_top} and {rounds}")
     study = load_study(study_name, storage)
     setup = _records.read_setup(study)
-    trials = study.get_trials(deepcopy=False)
+    trials, kind, kind_lines = _records.of_one_kind(
+        study.get_trials(deepcopy=False), setup.identity.get("device_kind"), device_kind
+    )
     budgets = Budgets.from_json(setup.budgets).with_noise_scale(trials)
     checks = recipe_check.stored_checks(study)
     baseline_trial = _records.baseline_trial(trials)
@@ -108,7 +111,7 @@ def export_best(
         study.user_attrs.get(HELD_ATTR) or {},
         _records.unit(chosen.attrs),
     )
-    selection.explanation.extend(kept.values())
+    selection.explanation.extend([*kind_lines, *kept.values()])
     config, lr_section, lr_line = _learning_rate(study, chosen, budgets, setup)
     progress = _progress(chosen, config, budgets, setup, trials, checks)
     if progress is not None:
@@ -129,7 +132,7 @@ def export_best(
             "verified": None if verification is None else verification.rounds,
             "kept_at_baseline": kept,
         },
-        provenance=_provenance(study, storage, setup, selection, baseline_trial),
+        provenance={**_provenance(study, storage, setup, selection, baseline_trial), "device_kind": kind},
     ).to_dict()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

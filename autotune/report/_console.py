@@ -117,6 +117,10 @@ class SearchPrinter(SearchListener):
     def on_note(self, message: str) -> None:
         console.print(f"  [dim]note:[/] {escape(message)}")
 
+    def on_slot_line(self, slot: str, line: str) -> None:
+        if line.strip():
+            console.print(f"[dim]\\[{escape(slot)}][/] {escape(line)}")
+
     def on_plan(self, plan: SearchPlan) -> None:
         from autotune.store._storage import redact
 

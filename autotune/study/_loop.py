@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from autotune.exceptions import StudyError
 from autotune.runner._scratch import sweep_stale_scratch
 from autotune.store import _records
 from autotune.store._records import TrialRecord
@@ -68,7 +69,7 @@ def _search(
         trials_deadline = None if deadline is None else cut_trials_at(plan, options, deadline)
         objective = Objective(options, plan, listener, trials_deadline, storage=storage, process=heartbeat.process)
         objective.recover(study)  # trials a dead search left running: ended as interrupted, run again
-        _run_trials(study, objective, options, plan, storage, trials_deadline)
+        _run_trials(study, objective, options, plan, storage, trials_deadline, listener)
         trials = study.get_trials(deepcopy=False)
         _record_held(study, trials, plan)
         if _closes_study(storage, plan, heartbeat):
@@ -156,6 +157,7 @@ def _run_trials(
     plan: SearchPlan,
     storage: Any,
     trials_deadline: float | None,
+    listener: SearchListener,
 ) -> None:
     """The baseline (and the grid) enqueued, then the trials run until their number or deadline; the
     repeated error raised where every config failed the same way."""
@@ -167,8 +169,13 @@ def _run_trials(
         grid = _enqueue_grid(study, plan, storage)
         n_trials = grid if n_trials is None else min(n_trials, grid)
     callbacks = [objective.after_trial]
-    target = _records.read_setup(study).trials_target if options.join and n_trials is None else None
-    if target is not None:  # a worker without --trials: until the study has the trials its searches asked for
+    target = options.trials_target
+    if target is None and options.join and n_trials is None:
+        target = _records.read_setup(study).trials_target  # until the study has the trials its searches asked for
+    if len(options.devices) > 1:
+        _run_slots(study, options, plan, listener, trials_deadline, target or _trials_taken(study) + (n_trials or 0))
+        return
+    if target is not None:
         if _trials_taken(study) >= target:
             return
         callbacks.append(_stop_at(target))
@@ -183,6 +190,33 @@ def _run_trials(
     if repeated is not None:
         explain_study(study)
         raise repeated
+
+
+def _run_slots(
+    study: optuna.Study,
+    options: SearchOptions,
+    plan: SearchPlan,
+    listener: SearchListener,
+    trials_deadline: float | None,
+    target: int,
+) -> None:
+    """The trials run by one worker process per device slot, until the study holds ``target``; a slot
+    that failed is a note, every slot failing the same way an error."""
+    from autotune.study._slots import run_slots, slot_command
+
+    remaining = None if trials_deadline is None else trials_deadline - time.monotonic()
+    codes = run_slots(
+        options.devices,
+        lambda device: slot_command(plan.study_name, plan.storage, options.workload, device, target, remaining),
+        listener.on_slot_line,
+    )
+    failed = {slot: code for slot, code in codes.items() if code != 0}
+    if failed and len(failed) == len(codes):
+        raise StudyError(
+            f"every device slot's worker failed ({', '.join(f'{s}: exit {c}' for s, c in failed.items())})"
+        )
+    for slot, code in failed.items():
+        listener.on_note(f"the worker on {slot} exited with code {code}; the other slots went on")
 
 
 def _trials_taken(study: optuna.Study) -> int:

@@ -17,6 +17,8 @@ from autotune.study import _curves
 from autotune.study._checks import RepeatedErrors
 from autotune.study._notes import explain_study, explain_trial
 from autotune.study._recovery import SearchProcess, claim_trial, mark_interrupted, recover_interrupted
+from autotune.study._slots import slot_devices
+from autotune.study._worker import device_kind
 
 if TYPE_CHECKING:
     import optuna
@@ -97,7 +99,13 @@ class Objective:
         is_baseline = bool(TrialRecord.of(trial).baseline)
         config = self._config(trial, is_baseline)
         budgets = self.plan.budgets
-        write_trial(trial, config=config.to_dict(), memory_budget_bytes=budgets.memory_budget_bytes)
+        write_trial(
+            trial,
+            config=config.to_dict(),
+            memory_budget_bytes=budgets.memory_budget_bytes,
+            device_kind=device_kind(self.plan.device),
+            devices=slot_devices(self.plan.device),
+        )
         self.listener.on_trial_start(trial.number, config, is_baseline)
 
         finished = trial.study.get_trials(

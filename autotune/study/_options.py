@@ -75,6 +75,10 @@ class SearchOptions:
     # A worker joining a study another search started (autotune worker): the study is never created, its
     # setup is taken as recorded, and the workload may live at another path (its file's hash is checked).
     join: bool = False
+    # Device slots (--devices): one worker process per device, each seeing only its own; () runs the
+    # trials here, on ``device``.
+    devices: tuple[str, ...] = ()
+    trials_target: int | None = None  # stop once the study holds this many trials (a slot's process)
 
     def __post_init__(self) -> None:
         """Every value is checked here, before anything is loaded, opened or run."""
@@ -157,6 +161,9 @@ class SearchListener:
 
     def on_workload_check(self, plan: SearchPlan) -> None:
         """The workload's first step at the baseline is about to run (a new study only)."""
+
+    def on_slot_line(self, slot: str, line: str) -> None:
+        """A line a device slot's process printed."""
 
     def on_note(self, message: str) -> None:
         """Something the user should know while the search runs (it waits for the device, it

@@ -57,27 +57,8 @@ def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Sea
     """A resumed study must keep its workload and space; a new one records them, with what a worker
     joining it checks and takes (the identity, the options) and the trials its searches asked for.
     A joining worker's setup was read from the record: it writes nothing back."""
-    from autotune.study._worker import identity, joined_options, trials_target
-
     recorded = _records.read_setup(study)
-    setup = StudySetup(
-        workload=options.workload,
-        space=plan.requested_space,
-        baseline=plan.baseline.to_dict(),
-        device=plan.device.describe(),
-        torch_device=plan.device.torch_device,
-        budgets=plan.budgets.to_json(),
-        # What the user asked for (the default memory budget follows the free memory of the day).
-        requested={**plan.budgets.to_json(), "memory_budget_bytes": options.max_memory_bytes},
-        measure=dataclasses.asdict(options.measure),
-        trial_timeout_seconds=plan.trial_timeout_seconds,
-        objective=plan.objective,
-        step_closure=plan.step_closure,
-        lr_scaling=options.lr_scaling,
-        identity=identity(options.workload, plan.device),
-        search=joined_options(options, plan),
-        trials_target=trials_target(study, options, recorded.trials_target),
-    )
+    setup = _setup_of(study, options, plan, recorded)
     if options.join and recorded.complete:
         if recorded.device != setup.device:
             plan.notes.append(f"study was started on {recorded.device}; this worker measures on {setup.device}")
@@ -109,15 +90,42 @@ def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Sea
             f"{name} is newer than this study: its earlier trials ran it at {KNOBS[name].default!r}, "
             f"and from now on it is {setup.space[name]!r}"
         )
-    current = (
-        "torch_device",
-        "budgets",
-        "requested",
-        "measure",
-        "trial_timeout_seconds",
-        "lr_scaling",
-        "identity",
-        "search",
-        "trials_target",
+    _records.write_setup(study, setup, (*CURRENT_PARTS, "space") if newer else CURRENT_PARTS)
+
+
+# The setup's parts a resumed search writes again (the space only where a knob is newer than the study).
+CURRENT_PARTS = (
+    "torch_device",
+    "budgets",
+    "requested",
+    "measure",
+    "trial_timeout_seconds",
+    "lr_scaling",
+    "identity",
+    "search",
+    "trials_target",
+)
+
+
+def _setup_of(study: optuna.Study, options: SearchOptions, plan: SearchPlan, recorded: StudySetup) -> StudySetup:
+    """The setup this search runs with: what it records, or checks against the study's record."""
+    from autotune.study._worker import identity, joined_options, trials_target
+
+    return StudySetup(
+        workload=options.workload,
+        space=plan.requested_space,
+        baseline=plan.baseline.to_dict(),
+        device=plan.device.describe(),
+        torch_device=plan.device.torch_device,
+        budgets=plan.budgets.to_json(),
+        # What the user asked for (the default memory budget follows the free memory of the day).
+        requested={**plan.budgets.to_json(), "memory_budget_bytes": options.max_memory_bytes},
+        measure=dataclasses.asdict(options.measure),
+        trial_timeout_seconds=plan.trial_timeout_seconds,
+        objective=plan.objective,
+        step_closure=plan.step_closure,
+        lr_scaling=options.lr_scaling,
+        identity=identity(options.workload, plan.device),
+        search=joined_options(options, plan),
+        trials_target=trials_target(study, options, recorded.trials_target),
     )
-    _records.write_setup(study, setup, (*current, "space") if newer else current)

@@ -133,13 +133,14 @@ class Joined:
 
 
 def join_options(
-    study_name: str,
+    study_name: str | None,
     storage: str | None,
     *,
     workload: str | None = None,
     n_trials: int | None = None,
     timeout_seconds: float | None = None,
     device: str | None = None,
+    devices: tuple[str, ...] = (),
     allow_mixed: bool = False,
 ) -> Joined:
     """The options a worker searches ``study_name`` with, read from its setup record and checked
@@ -148,7 +149,8 @@ def join_options(
     from autotune.knobs._device import detect_device
     from autotune.study._options import SearchOptions
 
-    study = load_study(study_name, storage)
+    study = load_study(study_name, storage)  # without a name, the storage's only study
+    study_name = study.study_name
     setup = _records.read_setup(study)
     if not setup.complete:
         raise StudyError(
@@ -180,6 +182,7 @@ def join_options(
         n_trials=n_trials,
         timeout_seconds=timeout_seconds,
         device=chosen_device,
+        devices=devices,
         measure=MeasureSettings(**setup.measure),
         join=True,
         **values,
