@@ -307,3 +307,29 @@ def test_search_with_two_slots_runs_its_trials_in_slot_workers_and_closes_the_st
     assert all(t.user_attrs["devices"] == ["cpu"] for t in study.trials)
     assert all(t.user_attrs["device_kind"].startswith("cpu (") for t in study.trials)
     assert "lr_find" in study.user_attrs  # the study was closed here, once the slots were done
+
+
+def test_export_best_ranks_the_trials_of_one_device_kind_and_names_it(storage_url, tmp_path):
+    from conftest import study_with_rates
+
+    from autotune.exceptions import UsageError
+    from autotune.export._export import export_best
+
+    study = study_with_rates(storage_url, {0: 100.0, 1: 150.0})
+    study.set_user_attr("identity", {"device_kind": "cpu (x86_64)"})
+    for number, rate in ((2, 400.0), (3, 410.0)):  # measured by a worker on a GPU: far faster, not comparable
+        attrs = {**study.trials[1].user_attrs, "samples_per_second": rate, "device_kind": "cuda (NVIDIA H200)"}
+        attrs["config"] = {**attrs["config"], "batch_size": 8 + number}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=rate, user_attrs=attrs))
+    export = export_best("challenged", storage_url, tmp_path / "best.yaml")
+    assert export.document["provenance"]["trial"] == 1
+    assert export.document["provenance"]["device_kind"] == "cpu (x86_64)"
+    assert (
+        "ranked among the trials on cpu (x86_64) only; the study also holds cuda (NVIDIA H200) (2 trials) "
+        "(--device-kind picks another)"
+    ) in export.explanation
+    other = export_best("challenged", storage_url, tmp_path / "gpu.yaml", device_kind="cuda (NVIDIA H200)")
+    assert other.document["provenance"]["trial"] == 3
+    assert other.document["provenance"]["device_kind"] == "cuda (NVIDIA H200)"
+    with pytest.raises(UsageError, match=re.escape("--device-kind 'tpu': no trial of the study ran on it")):
+        export_best("challenged", storage_url, tmp_path / "x.yaml", device_kind="tpu")

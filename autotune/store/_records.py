@@ -427,27 +427,27 @@ class ExportDocument:
 EXPORT_SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ExportDocument) if f.name != "schema")
 
 
-def device_kind_of(trial: Any, default: str | None) -> str | None:
-    """The device kind a trial was measured on (``default``, the study's, for a trial that did not record one)."""
-    return as_record(trial).device_kind or default
+def device_kind_of(trial: Any, default: str | None) -> str:
+    """The device kind a trial was measured on: its own, else ``default`` (the study's), else "unrecorded"."""
+    return as_record(trial).device_kind or default or "unrecorded"
 
 
 def of_one_kind(
     trials: list[FrozenTrial], study_kind: str | None, requested: str | None
-) -> tuple[list[FrozenTrial], str | None, list[str]]:
+) -> tuple[list[FrozenTrial], str, list[str]]:
     """The trials measured on one device kind (``requested``, else the study's own), that kind, and a
     line saying so where the study holds several: figures from two kinds of device never rank together."""
     counts: dict[str, int] = {}
     for trial in trials:
         kind = device_kind_of(trial, study_kind)
-        if kind is not None:
-            counts[kind] = counts.get(kind, 0) + 1
+        counts[kind] = counts.get(kind, 0) + 1
     if requested is not None and requested not in counts:
-        listing = ", ".join(f"{kind!r} ({n} trials)" for kind, n in sorted(counts.items())) or "none recorded"
+        listing = ", ".join(f"{kind!r} ({n} trials)" for kind, n in sorted(counts.items())) or "none"
         raise UsageError(f"--device-kind {requested!r}: no trial of the study ran on it (kinds: {listing})")
-    if len(counts) <= 1 and requested is None:
-        return trials, next(iter(counts), study_kind), []
-    kind = requested or (study_kind if study_kind in counts else max(counts, key=lambda k: counts[k]))
+    default = study_kind if study_kind in counts else max(counts, key=lambda k: counts[k], default="unrecorded")
+    kind = requested or default
     others = ", ".join(f"{other} ({n} trials)" for other, n in sorted(counts.items()) if other != kind)
+    if not others:
+        return trials, kind, []
     line = f"ranked among the trials on {kind} only; the study also holds {others} (--device-kind picks another)"
-    return [t for t in trials if device_kind_of(t, study_kind) == kind], kind, [line] if others else []
+    return [t for t in trials if device_kind_of(t, study_kind) == kind], kind, [line]
