@@ -1,0 +1,185 @@
+"""Trials per hour for 1, 2, 4 and 8 workers on one study: straight to PostgreSQL, and through
+Optuna's gRPC storage proxy (``autotune proxy``).
+
+For each way and each count, a fresh study of ``workloads/sleepy.py`` (a step that sleeps 50 ms) is
+started with ``autotune search --trials 1`` (its baseline), then that many ``autotune worker``
+processes join it for ``--seconds``. Each worker has a device-lock folder of its own, as if on a
+machine of its own (on one machine, trials of one device take turns). Trials sleep rather than
+compute, so a 2-core machine shows the storage's own scaling. Counted: the trials that ended inside
+the steady window (the first and last ``--margin`` seconds left out), per hour; the workers' exit
+codes; and every storage error in their output.
+
+Run: ``python benchmarks/workers.py`` (about 14 minutes on 2 CPU cores; needs the PostgreSQL of
+``--storage`` and, for the proxy, ``pip install -e ".[grpc]"``); writes
+``benchmarks/results/workers-<date>.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORKLOAD = f"{HERE / 'workloads' / 'sleepy.py'}:workload"
+SPACE = "effective_batch: free\nknobs:\n  batch_size: {low: 1, high: 100000}\n"  # no config drawn twice
+MEASURE = ["--window-seconds", "1", "--windows", "3", "--max-windows", "3", "--warmup-steps", "1"]
+# What a storage failure prints: a database or gRPC error, a traceback.
+STORAGE_ERROR = re.compile(r"Traceback|OperationalError|StorageError|grpc|StatusCode|Error: storage", re.IGNORECASE)
+
+
+def autotune(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autotune.cli", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_proxy(storage: str) -> tuple[subprocess.Popen[str], str]:
+    """``autotune proxy`` over ``storage`` on a free port, once it answers; its process and URL."""
+    port = free_port()
+    proxy = autotune("proxy", "--storage", storage, "--host", "127.0.0.1", "--port", str(port))
+    give_up = time.monotonic() + 60
+    while time.monotonic() < give_up:
+        if proxy.poll() is not None:
+            raise SystemExit(f"autotune proxy exited: {proxy.communicate()[0]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proxy, f"grpc://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proxy.kill()
+    raise SystemExit("autotune proxy did not listen within 60 s")
+
+
+def run_one(storage: str, via: str, workers: int, seconds: float, margin: float, folder: Path) -> dict:
+    """One study, ``workers`` workers for ``seconds``: its trials per hour and its errors."""
+    import optuna
+
+    study = f"workers-{via}-{workers}-{uuid.uuid4().hex[:8]}"
+    space = folder / "space.yaml"
+    space.write_text(SPACE)
+    first = autotune(
+        "search", "--workload", WORKLOAD, "--space", str(space), "--storage", storage, "--study", study,
+        "--trials", "1", "--no-lr-find", "--sampler", "random", "--no-pruning", "--slow-fraction", "0", *MEASURE,
+    )  # fmt: skip
+    output = first.communicate()[0]
+    if first.returncode != 0:
+        raise SystemExit(f"the first search failed: {output}")
+    proxy, url = start_proxy(storage) if via == "proxy" else (None, storage)
+    try:
+        processes = []
+        started = time.time()
+        for index in range(workers):
+            env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(folder / f"cache-{via}-{workers}-{index}")}
+            processes.append(
+                autotune(
+                    "worker",
+                    "--study",
+                    study,
+                    "--storage",
+                    url,
+                    "--trials",
+                    "100000",
+                    "--timeout",
+                    f"{seconds:.0f}s",
+                    env=env,
+                )  # fmt: skip
+            )
+        outputs = [process.communicate()[0] for process in processes]
+        ended = time.time()
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.communicate(timeout=30)
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    low, high = started + margin, started + seconds - margin
+    inside = [
+        t
+        for t in trials
+        if t.datetime_complete is not None
+        and low <= t.datetime_complete.timestamp() <= high
+        and t.user_attrs.get("status") == "ok"
+    ]
+    errors = [line for output in outputs for line in output.splitlines() if STORAGE_ERROR.search(line)]
+    optuna.delete_study(study_name=study, storage=storage)
+    return {
+        "via": via,
+        "workers": workers,
+        "seconds": seconds,
+        "window_seconds": high - low,
+        "trials_in_window": len(inside),
+        "trials_per_hour": len(inside) / (high - low) * 3600,
+        "trials_total": len(trials),
+        "exit_codes": [process.returncode for process in processes],
+        "storage_errors": errors[:20],
+        "wall_seconds": ended - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--via", nargs="+", choices=["direct", "proxy"], default=["direct", "proxy"])
+    parser.add_argument("--seconds", type=float, default=90.0)
+    parser.add_argument("--margin", type=float, default=15.0, help="Seconds left out at each end of a run.")
+    parser.add_argument("--out", default=None, help="Results stem. Default: results/workers-<date>.")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="autotune-workers-") as folder:
+        for via in args.via:
+            for workers in args.workers:
+                row = run_one(args.storage, via, workers, args.seconds, args.margin, Path(folder))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    stem = Path(args.out) if args.out else HERE / "results" / f"workers-{datetime.date.today().isoformat()}"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(report(rows, machine, args))
+    print(report(rows, machine, args))
+
+
+def report(rows: list[dict], machine: str, args: argparse.Namespace) -> str:
+    lines = [
+        "# Trials per hour against the number of workers on one study",
+        "",
+        f"`python benchmarks/workers.py` on {machine}; storage PostgreSQL at {args.storage.split('@')[-1]}; "
+        f"each run {args.seconds:.0f} s, counted over the middle {args.seconds - 2 * args.margin:.0f} s; "
+        "the workload's step sleeps 50 ms (3 windows of 1 s a trial, random sampling, no pruning).",
+        "",
+        "| way | workers | trials per hour | per worker | scaling over 1 worker | exit codes | storage errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        one = next((r for r in rows if r["via"] == row["via"] and r["workers"] == 1), None)
+        scaling = row["trials_per_hour"] / one["trials_per_hour"] if one and one["trials_per_hour"] else float("nan")
+        lines.append(
+            f"| {row['via']} | {row['workers']} | {row['trials_per_hour']:.0f} | "
+            f"{row['trials_per_hour'] / row['workers']:.0f} | {scaling:.2f}x | "
+            f"{', '.join(map(str, sorted(set(row['exit_codes']))))} | {len(row['storage_errors'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
