@@ -249,6 +249,23 @@ _search_budget_options = _stack(
     ),
 )
 
+
+def nproc_option(help: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--nproc-per-trial N``: data-parallel processes per trial (and per full run)."""
+    return click.option(
+        "--nproc-per-trial",
+        "nproc_per_trial",
+        type=int,
+        metavar="N",
+        default=None,
+        help=help
+        or "Run each trial as N data-parallel processes, one per device, through torch.distributed's launcher "
+        "(torchrun --standalone, no restarts; DistributedDataParallel, a DistributedSampler shard per rank; "
+        "nccl on GPUs, gloo on the CPU). batch_size is each rank's: effective batch = batch_size x "
+        "accumulation_steps x N. Default: 1, one process.",
+    )
+
+
 # The full run each config is ranked for: its batch, length, objective and deadline.
 _full_run_options = _stack(
     click.option(
@@ -256,7 +273,7 @@ _full_run_options = _stack(
         type=EffectiveBatch(),
         metavar="N|free",
         default=None,
-        help="Samples per optimizer step (batch_size x accumulation_steps) every trial keeps; "
+        help="Samples per optimizer step (batch_size x accumulation_steps x --nproc-per-trial) every trial keeps; "
         "accumulation_steps is derived. Default: the recipe's (the baseline's, or the workload's "
         "effective_batch). 'free': any, each ranked by the time to the recipe's progress (gradient noise "
         "scale), a changed one exported only once checked against the recipe.",
@@ -337,6 +354,7 @@ Examples:
   autotune search --storage postgresql://user@db/autotune --study resnet50   # one of many workers
   autotune search --workload train.py:workload --effective-batch 256 --deadline 12h --safety-margin 30m
   autotune search --workload train.py:workload --effective-batch free --timeout 10m   # a larger batch must earn it
+  autotune search --workload train.py:workload --nproc-per-trial 4 --effective-batch 512   # DDP trials, 4 GPUs
 """
 )
 @workload_option()
@@ -346,6 +364,7 @@ Examples:
 @_search_budget_options
 @_full_run_options
 @_strategy_options
+@nproc_option()
 @seed_option()
 @device_option()
 @measure_options
@@ -388,6 +407,7 @@ def _search_options(values: dict[str, Any]) -> SearchOptions:
         pruning=values["pruning"],
         device=values["device"],
         measure=_measure_settings(values),
+        nproc_per_trial=1 if values["nproc_per_trial"] is None else values["nproc_per_trial"],
     )
 
 

@@ -68,8 +68,10 @@ def main() -> None:
     without a word (a signal, an exit) as the trial's failure."""
     events_path, watchdog_fd, job_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     _die_with_parent(watchdog_fd)
+    from autotune.runner._outcome import TrialJob
+
     with open(job_path) as job_file:
-        world_size = int(json.load(job_file)["world_size"])
+        world_size = TrialJob.from_json(json.load(job_file)).world_size
     failures = launch(world_size, ["-m", "autotune.runner._rank", events_path, job_path])
     if failures:
         rank, how = min(failures.items())

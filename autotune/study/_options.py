@@ -71,14 +71,19 @@ class SearchOptions:
     # False: every trial measured in full: no median or slow-fraction pruning, no batch skipped on a
     # fitted curve's prediction (a config already proven out of memory or crashing is still not run).
     pruning: bool = True
+    # Each trial (and the full run) as this many data-parallel processes (torch.distributed's launcher,
+    # DistributedDataParallel), one per device; batch_size is each one's. 1: a single process.
+    nproc_per_trial: int = 1
 
     def __post_init__(self) -> None:
         """Every value is checked here, before anything is loaded, opened or run."""
-        for name in ("n_trials", "effective_batch", "steps"):
+        for name in ("n_trials", "effective_batch", "steps", "nproc_per_trial"):
             value = getattr(self, name)
             if name == "effective_batch" and value == "free":
                 continue
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if (value is not None or name == "nproc_per_trial") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ParameterError(f"{name} must be an integer >= 1, got {value!r}", name)
         for name in ("timeout_seconds", "trial_timeout_seconds", "max_memory_bytes", "epochs", "deadline_seconds"):
             if getattr(self, name) is not None:

@@ -428,10 +428,10 @@ def one_cycle(
     )
 
 
-def steps_per_epoch(dataset_size: int, config: TrainConfig, ranks: int = 1) -> int:
+def steps_per_epoch(dataset_size: int, config: TrainConfig) -> int:
     """Optimizer steps in one pass: full micro-batches (drop_last), grouped by accumulation_steps; with
-    ``ranks`` data-parallel ranks, each reads its shard of the dataset (1/ranks of it) in that many steps."""
-    return (dataset_size // ranks // config.batch_size) // config.accumulation_steps
+    data-parallel ranks (world_size), each reads its shard of the dataset (1/world_size of it) in that many."""
+    return (dataset_size // config.world_size // config.batch_size) // config.accumulation_steps
 
 
 def to_device(batch: Any, device: torch.device | str, config: TrainConfig) -> Any:
@@ -752,7 +752,7 @@ class Training:
 
     @property
     def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.dataset_size, self.config, world_size())
+        return steps_per_epoch(self.dataset_size, self.config)
 
     def step(self) -> torch.Tensor:
         """One optimizer step on the next ``accumulation_steps`` micro-batches; the mean loss."""
