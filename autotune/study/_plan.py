@@ -63,7 +63,7 @@ def _held_batch_space(
     saying which and why."""
     held, notes = _effective_batch(options, workload, space, recipe_batch)
     ranks = options.nproc_per_trial
-    if held is not None and ranks > 1:
+    if isinstance(held, int) and ranks > 1:
         if held % ranks:
             raise SearchSpaceError(
                 f"effective batch {held} cannot be shared by --nproc-per-trial {ranks} ranks "
