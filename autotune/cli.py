@@ -660,6 +660,7 @@ Examples:
   autotune train --config best.yaml --resume        # continue from the latest checkpoint in checkpoints/
   autotune train --workload train.py:workload --config best.yaml --epochs 3 --out run.json
   autotune train --config best.yaml --epochs 3 --same-progress   # the recipe's 3 epochs, at the config's batch
+  autotune train --config best.yaml --nproc-per-trial 2   # 2 DDP ranks (default: the config's world_size)
 """
 )
 @click.option(
@@ -681,6 +682,10 @@ Examples:
     help="Train until this much time is up (e.g. 10m, 2h); OneCycle spans the steps it allows at the measured rate.",
 )
 @device_option()
+@nproc_option(
+    help="Train as N data-parallel processes (torchrun --standalone, DistributedDataParallel), as the search's "
+    "--nproc-per-trial measured. Default: the config's world_size (1: one process)."
+)
 @seed_option(help="Seed of torch, random and NumPy. Default: unseeded.")
 @_checkpoint_options
 @click.option(
@@ -749,6 +754,7 @@ def _train_options(values: dict[str, Any]) -> TrainOptions:
         storage=values["storage"],
         write_back=values["write_back"],
         same_progress=values["same_progress"],
+        nproc_per_trial=values["nproc_per_trial"],
     )
 
 
