@@ -68,6 +68,8 @@ def measure_job(job_text: str, emit: Callable[[dict[str, Any]], None], *, where:
         return False
     except BaseException as exc:  # noqa: BLE001 - the trial's outcome is data; the traceback goes to the log
         traceback.print_exc()
+        if where and _peer_lost(exc):
+            return False  # another rank died first: its own report, or the launcher's, says why
         status = Status.OOM if is_oom_error(exc) else Status.ERROR
         emit(
             {
@@ -114,6 +116,16 @@ def _watch(watchdog_fd: int) -> None:
     while os.read(watchdog_fd, 1):
         pass
     os.killpg(os.getpgrp(), signal.SIGKILL)  # the trial leads its own process group: workers included
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """A collective that failed because another rank of the group is gone (its connection closed or
+    reset): a consequence, not the trial's cause."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    lost = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    return (isinstance(exc, (RuntimeError, dist.DistError))) and any(marker in text for marker in lost)
 
 
 def _in_optimizer_step(exc: BaseException) -> bool:

@@ -74,7 +74,8 @@ def main() -> None:
         world_size = TrialJob.from_json(json.load(job_file)).world_size
     failures = launch(world_size, ["-m", "autotune.runner._rank", events_path, job_path])
     if failures:
-        rank, how = min(failures.items())
+        # A rank killed by a signal is the cause; the others' exits followed it (their peer was gone).
+        rank, how = min(failures.items(), key=lambda item: (not item[1].startswith("signal"), item[0]))
         killed = how == "signal SIGKILL"
         reason = (
             f"rank {rank} was killed by SIGKILL (the host's out-of-memory killer)"
