@@ -135,6 +135,17 @@ lr_scaling_option = _shared(
 )
 seed_option = _shared("--seed", type=int, default=None, help="Seed of the sampler and of each trial.")
 device_option = _shared("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+nproc_option = _shared(
+    "--nproc-per-trial",
+    "nproc_per_trial",
+    type=int,
+    metavar="N",
+    default=None,
+    help="Run each trial as N data-parallel processes, one per device, through torch.distributed's launcher "
+    "(torchrun --standalone, no restarts; DistributedDataParallel, a DistributedSampler shard per rank; "
+    "nccl on GPUs, gloo on the CPU). batch_size is each rank's: effective batch = batch_size x "
+    "accumulation_steps x N. Default: 1, one process.",
+)
 
 # How long each trial measures (MeasureSettings).
 measure_options = _stack(
@@ -248,22 +259,6 @@ _search_budget_options = _stack(
         help="Feasible only below (1 - headroom) x --max-memory; 10% or 0.1.",
     ),
 )
-
-
-def nproc_option(help: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--nproc-per-trial N``: data-parallel processes per trial (and per full run)."""
-    return click.option(
-        "--nproc-per-trial",
-        "nproc_per_trial",
-        type=int,
-        metavar="N",
-        default=None,
-        help=help
-        or "Run each trial as N data-parallel processes, one per device, through torch.distributed's launcher "
-        "(torchrun --standalone, no restarts; DistributedDataParallel, a DistributedSampler shard per rank; "
-        "nccl on GPUs, gloo on the CPU). batch_size is each rank's: effective batch = batch_size x "
-        "accumulation_steps x N. Default: 1, one process.",
-    )
 
 
 # The full run each config is ranked for: its batch, length, objective and deadline.

@@ -92,6 +92,7 @@ SHARED = {
     "--seed": {"search", "train"},
     "--device": {"search", "train"},
     "--lr-scaling": {"search", "lr-find"},
+    "--nproc-per-trial": {"search", "train"},
 }
 # A name that means something else in one command (the sweep's length, the file written): its own option.
 OWN = {("lr-find", "--steps"), ("export-best", "--out"), ("train", "--out")}
@@ -102,6 +103,7 @@ REWORDED = {
     ("train", "--epochs"),
     ("train", "--steps"),
     ("train", "--seed"),
+    ("train", "--nproc-per-trial"),
     ("lr-find", "--lr-scaling"),
 }
 

@@ -167,3 +167,31 @@ def test_exports_of_one_process_are_unchanged():
 def test_trial_record_effective_batch_counts_the_ranks():
     record = TrialRecord(config={"batch_size": 4, "accumulation_steps": 2, "world_size": 2})
     assert (record.world_size, record.effective_batch) == (2, 16)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--nproc-per-trial", "0"], "Error: --nproc-per-trial must be an integer >= 1, got 0"),
+        (
+            ["--nproc-per-trial", "2", "--effective-batch", "9"],
+            "Error: effective batch 9 cannot be shared by --nproc-per-trial 2 ranks (not a multiple of 2); "
+            "choose --effective-batch as a multiple of it",
+        ),
+        (
+            ["--nproc-per-trial", "2", "--effective-batch", "free"],
+            "Error: --nproc-per-trial 2 with a free effective batch: ranking a changed batch needs the gradient "
+            "noise scale, which data-parallel trials do not measure (hold one with --effective-batch N)",
+        ),
+    ],
+)
+def test_search_refuses_data_parallel_input_in_one_line(tmp_path, args, expected):
+    from click.testing import CliRunner
+
+    from autotune.cli import main
+
+    result = CliRunner().invoke(
+        main, ["search", "--workload", workload_spec(), "--storage", f"sqlite:///{tmp_path / 'x.db'}", *args]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == expected
