@@ -75,7 +75,7 @@ class TrainConfig(Knobs):
         if dotted:
             nested = values.get("workload_knobs") or {}
             values["workload_knobs"] = {**nested, **dotted} if isinstance(nested, Mapping) else nested
-        unknown = [key for key in values if key not in FIELD_NAMES]
+        unknown = [key for key in values if key not in FIELD_NAMES and key not in LAUNCH_FIELDS]
         if unknown:
             key = unknown[0]
             hint = difflib.get_close_matches(key, FIELD_NAMES, n=1)
@@ -123,7 +123,11 @@ class TrainConfig(Knobs):
         return cls.from_dict(document, source=str(path))
 
 
-FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(TrainConfig))
+# The knobs a config file writes; world_size, written only above 1, is read as well (LAUNCH_FIELDS).
+LAUNCH_FIELDS = ("world_size",)
+FIELD_NAMES: tuple[str, ...] = tuple(
+    field.name for field in dataclasses.fields(TrainConfig) if field.name not in LAUNCH_FIELDS
+)
 
 
 def check_workload_knob(name: Any, value: Any) -> None:
