@@ -145,6 +145,17 @@ devices_option = _shared(
     help="Device slots: one trial process per device at a time, each seeing only its own device "
     "(all: every CUDA device, else the CPU). Default: one, --device.",
 )
+nproc_option = _shared(
+    "--nproc-per-trial",
+    "nproc_per_trial",
+    type=int,
+    metavar="N",
+    default=None,
+    help="Run each trial as N data-parallel processes, one per device, through torch.distributed's launcher "
+    "(torchrun --standalone, no restarts; DistributedDataParallel, a DistributedSampler shard per rank; "
+    "nccl on GPUs, gloo on the CPU). batch_size is each rank's: effective batch = batch_size x "
+    "accumulation_steps x N. Default: 1, one process.",
+)
 
 # How long each trial measures (MeasureSettings).
 measure_options = _stack(
@@ -259,6 +270,7 @@ _search_budget_options = _stack(
     ),
 )
 
+
 # The full run each config is ranked for: its batch, length, objective and deadline.
 _full_run_options = _stack(
     click.option(
@@ -266,7 +278,7 @@ _full_run_options = _stack(
         type=EffectiveBatch(),
         metavar="N|free",
         default=None,
-        help="Samples per optimizer step (batch_size x accumulation_steps) every trial keeps; "
+        help="Samples per optimizer step (batch_size x accumulation_steps x --nproc-per-trial) every trial keeps; "
         "accumulation_steps is derived. Default: the recipe's (the baseline's, or the workload's "
         "effective_batch). 'free': any, each ranked by the time to the recipe's progress (gradient noise "
         "scale), a changed one exported only once checked against the recipe.",
@@ -347,6 +359,7 @@ Examples:
   autotune search --storage postgresql://user@db/autotune --study resnet50   # one of many workers
   autotune search --workload train.py:workload --effective-batch 256 --deadline 12h --safety-margin 30m
   autotune search --workload train.py:workload --effective-batch free --timeout 10m   # a larger batch must earn it
+  autotune search --workload train.py:workload --nproc-per-trial 4 --effective-batch 512   # DDP trials, 4 GPUs
 """
 )
 @workload_option()
@@ -356,6 +369,7 @@ Examples:
 @_search_budget_options
 @_full_run_options
 @_strategy_options
+@nproc_option()
 @seed_option()
 @device_option()
 @devices_option()
@@ -471,6 +485,7 @@ def _search_options(values: dict[str, Any]) -> SearchOptions:
         pruning=values["pruning"],
         **_device_values(values["device"], values["devices"]),
         measure=_measure_settings(values),
+        nproc_per_trial=1 if values["nproc_per_trial"] is None else values["nproc_per_trial"],
     )
 
 
@@ -744,6 +759,7 @@ Examples:
   autotune train --config best.yaml --resume        # continue from the latest checkpoint in checkpoints/
   autotune train --workload train.py:workload --config best.yaml --epochs 3 --out run.json
   autotune train --config best.yaml --epochs 3 --same-progress   # the recipe's 3 epochs, at the config's batch
+  autotune train --config best.yaml --nproc-per-trial 2   # 2 DDP ranks (default: the config's world_size)
 """
 )
 @click.option(
@@ -765,6 +781,10 @@ Examples:
     help="Train until this much time is up (e.g. 10m, 2h); OneCycle spans the steps it allows at the measured rate.",
 )
 @device_option()
+@nproc_option(
+    help="Train as N data-parallel processes (torchrun --standalone, DistributedDataParallel), as the search's "
+    "--nproc-per-trial measured. Default: the config's world_size (1: one process)."
+)
 @seed_option(help="Seed of torch, random and NumPy. Default: unseeded.")
 @_checkpoint_options
 @click.option(
@@ -833,6 +853,7 @@ def _train_options(values: dict[str, Any]) -> TrainOptions:
         storage=values["storage"],
         write_back=values["write_back"],
         same_progress=values["same_progress"],
+        nproc_per_trial=values["nproc_per_trial"],
     )
 
 

@@ -93,6 +93,8 @@ SHARED = {
     "--seed": {"search", "train"},
     "--device": {"search", "train"},
     "--lr-scaling": {"search", "lr-find"},
+    "--nproc-per-trial": {"search", "train"},
+    "--devices": {"search", "worker"},
 }
 # A name that means something else in one command (the sweep's length, the file written): its own option.
 # A worker's --trials and --device default to the study's target and device, not to search's 20 and auto.
@@ -110,6 +112,7 @@ REWORDED = {
     ("train", "--epochs"),
     ("train", "--steps"),
     ("train", "--seed"),
+    ("train", "--nproc-per-trial"),
     ("lr-find", "--lr-scaling"),
     ("worker", "--study"),
     ("worker", "--workload"),

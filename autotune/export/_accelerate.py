@@ -23,6 +23,15 @@ def accelerate_export(document: dict[str, Any]) -> dict[str, Any]:
     if config.compile != "off":
         form["TorchDynamoPlugin"] = {"backend": "inductor", "mode": config.compile}  # torch.compile's default backend
     form["DataLoader"] = _forms.dataloader_arguments(document)
+    ranks = _forms.world_size(document)
+    if ranks > 1:  # measured as data-parallel ranks: `accelerate launch` starts them
+        form["launch"] = {
+            "num_processes": ranks,
+            "multi_gpu": _forms.tuned_on_cuda(document),
+            "command": f"accelerate launch --num_processes {ranks}"
+            + (" --multi_gpu" if _forms.tuned_on_cuda(document) else "")
+            + " train.py",
+        }
     form["code"] = _code(document)
     form["autotune"] = _forms.provenance(document)
     return form

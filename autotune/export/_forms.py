@@ -18,6 +18,16 @@ def export_config(document: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict(document["config"], source="export config")
 
 
+def world_size(document: dict[str, Any]) -> int:
+    """The data-parallel processes the config was measured with (its world_size; 1: a single process)."""
+    return export_config(document).world_size
+
+
+def torchrun_line(document: dict[str, Any]) -> str:
+    """The command that launches a training script as the config's data-parallel ranks on one machine."""
+    return f"torchrun --standalone --nproc-per-node {world_size(document)} train.py"
+
+
 def tuned_device(document: dict[str, Any]) -> str | None:
     """The torch device the config was tuned on ("cpu", "cuda:0"), from provenance.device
     ("cuda:0 (NVIDIA H100 80GB HBM3)"); None when the export does not say."""

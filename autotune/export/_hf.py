@@ -46,7 +46,12 @@ def hf_export(document: dict[str, Any]) -> dict[str, Any]:
         arguments["num_train_epochs"] = _forms.epochs(document)
     if on_cpu:
         arguments["use_cpu"] = True  # else TrainingArguments takes any GPU there is, and refuses bf16 without one
-    return {"TrainingArguments": arguments, "code": _code(document), "autotune": _forms.provenance(document)}
+    form: dict[str, Any] = {"TrainingArguments": arguments, "code": _code(document)}
+    if _forms.world_size(document) > 1:
+        # Trainer runs DDP under torchrun: per_device_train_batch_size is each rank's, as measured.
+        form["launch"] = _forms.torchrun_line(document)
+    form["autotune"] = _forms.provenance(document)
+    return form
 
 
 def _code(document: dict[str, Any]) -> list[str]:

@@ -19,10 +19,13 @@ def lightning_export(document: dict[str, Any]) -> dict[str, Any]:
     on_cuda = _forms.tuned_on_cuda(document)
     trainer: dict[str, Any] = {
         "accelerator": "cpu" if _forms.tuned_on_cpu(document) else "cuda" if on_cuda else "auto",
-        "devices": 1,  # one device, as measured: several would multiply the effective batch
+        # The devices measured: one process per device (DDP), each taking batch_size samples a micro-step.
+        "devices": config.world_size,
         "precision": PRECISION[config.precision],
         **form_fields("lightning", config.to_dict()),  # accumulate_grad_batches
     }
+    if config.world_size > 1:
+        trainer["strategy"] = "ddp"  # DistributedDataParallel, as measured
     trainer.update(_run_length(document))
     if on_cuda:
         trainer["benchmark"] = True  # cudnn.benchmark, as measured

@@ -28,10 +28,15 @@ class TrainConfig(Knobs):
 
     # The workload's own knobs ({"dataset.max_length": 2048, ...}), passed to its factories.
     workload_knobs: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    # Data-parallel processes (DistributedDataParallel ranks, one per device), each taking batch_size
+    # samples a micro-step. Not searched: --nproc-per-trial sets it. Written only where it is above 1.
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         for entry in KNOBS.values():
             _check(self, entry)
+        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
+            raise ConfigError(f"world_size must be an integer >= 1, got {self.world_size!r}")
         object.__setattr__(self, "max_lr", float(self.max_lr))
         if not isinstance(self.workload_knobs, Mapping):
             raise ConfigError(f"workload_knobs must be a mapping, got {self.workload_knobs!r}")
@@ -46,8 +51,8 @@ class TrainConfig(Knobs):
 
     @property
     def effective_batch_size(self) -> int:
-        """Samples per optimizer step: batch_size x accumulation_steps."""
-        return self.batch_size * self.accumulation_steps
+        """Samples per optimizer step: batch_size x accumulation_steps x world_size (each rank's micro-batches)."""
+        return self.batch_size * self.accumulation_steps * self.world_size
 
     def normalized(self) -> TrainConfig:
         """The same run with knobs that cannot act cleared: prefetch and persistence need workers."""
@@ -58,6 +63,8 @@ class TrainConfig(Knobs):
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["workload_knobs"] = dict(self.workload_knobs)
+        if self.world_size == 1:  # a single process, as every config before data-parallel runs reads
+            del values["world_size"]
         return values
 
     @classmethod
@@ -68,7 +75,7 @@ class TrainConfig(Knobs):
         if dotted:
             nested = values.get("workload_knobs") or {}
             values["workload_knobs"] = {**nested, **dotted} if isinstance(nested, Mapping) else nested
-        unknown = [key for key in values if key not in FIELD_NAMES]
+        unknown = [key for key in values if key not in FIELD_NAMES and key not in LAUNCH_FIELDS]
         if unknown:
             key = unknown[0]
             hint = difflib.get_close_matches(key, FIELD_NAMES, n=1)
@@ -116,7 +123,11 @@ class TrainConfig(Knobs):
         return cls.from_dict(document, source=str(path))
 
 
-FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(TrainConfig))
+# The knobs a config file writes; world_size, written only above 1, is read as well (LAUNCH_FIELDS).
+LAUNCH_FIELDS = ("world_size",)
+FIELD_NAMES: tuple[str, ...] = tuple(
+    field.name for field in dataclasses.fields(TrainConfig) if field.name not in LAUNCH_FIELDS
+)
 
 
 def check_workload_knob(name: Any, value: Any) -> None:

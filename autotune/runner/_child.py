@@ -16,6 +16,7 @@ import sys
 import sysconfig
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -35,6 +36,18 @@ def run(channel_fd: int, watchdog_fd: int | None, job_text: str) -> None:
         channel.write(json.dumps(event) + "\n")
         channel.flush()
 
+    measure_job(job_text, emit)
+    channel.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown (DataLoader workers, CUDA context): the parent reaps the process group.
+    os._exit(0)
+
+
+def measure_job(job_text: str, emit: Callable[[dict[str, Any]], None], *, where: str = "") -> bool:
+    """``job_text`` (a TrialJob as JSON) measured by the harness (or the LR sweep), its events emitted;
+    an exception is emitted as the trial's ``failed`` event, its reason prefixed with ``where`` (a
+    data-parallel trial's rank). True when it ran through, False when it failed."""
     # Imported here so that a broken installation is reported through the channel too.
     from autotune.runner._harness import Diverged, run_harness
     from autotune.runner._oom import is_oom_error
@@ -44,33 +57,39 @@ def run(channel_fd: int, watchdog_fd: int | None, job_text: str) -> None:
 
     try:
         job = TrialJob.from_json(json.loads(job_text))
+        if job.world_size > 1:
+            from autotune.runner._group import start_group
+
+            start_group(job.device, job.timeout_seconds)
         measure = run_lr_sweep if job.lr_sweep is not None else run_harness
         measure(job, load_workload(job.workload), emit)
     except Diverged as exc:
-        emit({"event": "failed", "status": Status.DIVERGED.value, "reason": str(exc)})
+        emit({"event": "failed", "status": Status.DIVERGED.value, "reason": f"{where}{exc}"})
+        return False
     except BaseException as exc:  # noqa: BLE001 - the trial's outcome is data; the traceback goes to the log
         traceback.print_exc()
+        if where and _peer_lost(exc):
+            return False  # another rank died first: its own report, or the launcher's, says why
         status = Status.OOM if is_oom_error(exc) else Status.ERROR
         emit(
             {
                 "event": "failed",
                 "status": status.value,
-                "reason": _reason(exc),
+                "reason": f"{where}{_reason(exc)}"[:500],
                 "in_optimizer_step": _in_optimizer_step(exc),
             }
         )
-    channel.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown (DataLoader workers, CUDA context): the parent reaps the process group.
-    os._exit(0)
+        return False
+    return True
 
 
-def _die_with_parent(watchdog_fd: int | None) -> None:
+def _die_with_parent(watchdog_fd: int | None, parent: int | None = None) -> None:
     """The trial process and its DataLoader workers never outlive the process that started the trial
     (a search killed with SIGKILL, a lost job): on Linux the kernel sends SIGKILL when the parent dies
     (PR_SET_PDEATHSIG), to the trial and to every process it forks; everywhere, a thread that reads
-    end-of-file on the watchdog pipe kills the trial's whole process group."""
+    end-of-file on the watchdog pipe kills the trial's whole process group. ``parent``: the pid the
+    parent must have (a rank's launcher); one already gone by the time the signal is armed ends this
+    process at once."""
     if sys.platform.startswith("linux"):
         prctl = ctypes.CDLL(None, use_errno=True).prctl
         forking = {"parent": os.getpid()}
@@ -84,6 +103,8 @@ def _die_with_parent(watchdog_fd: int | None) -> None:
                 os._exit(1)
 
         die_with_parent()
+        if parent is not None and os.getppid() != parent:  # the launcher died before the signal was armed
+            os._exit(1)
         # Forked DataLoader workers die with the trial process (the setting is not inherited by a fork).
         os.register_at_fork(before=lambda: forking.update(parent=os.getpid()), after_in_child=in_forked_child)
     if watchdog_fd is not None:
@@ -95,6 +116,16 @@ def _watch(watchdog_fd: int) -> None:
     while os.read(watchdog_fd, 1):
         pass
     os.killpg(os.getpgrp(), signal.SIGKILL)  # the trial leads its own process group: workers included
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """A collective that failed because another rank of the group is gone (its connection closed or
+    reset): a consequence, not the trial's cause."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    lost = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    return (isinstance(exc, (RuntimeError, dist.DistError))) and any(marker in text for marker in lost)
 
 
 def _in_optimizer_step(exc: BaseException) -> bool:

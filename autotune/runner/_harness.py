@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from autotune.knobs._config import TrainConfig
+from autotune.runner._group import Group, rank_device
 from autotune.runner._memory import process_peak_rss
 from autotune.runner._outcome import MeasureSettings, TrialJob
 from autotune.training import _noise_scale as noise_scale
@@ -37,11 +38,13 @@ def trial_training(job: TrialJob, workload: Workload, emit: Emit, *, one_cycle_s
     if job.step_closure is not None and job.step_closure != workload.step_closure:
         workload = dataclasses.replace(workload, step_closure=job.step_closure)
     torch.manual_seed(job.measure.seed)
-    device = torch.device(job.device)
+    group = Group.current()  # a data-parallel trial's ranks joined it before (autotune.runner._child)
+    device = rank_device(job.device) if group.is_group else torch.device(job.device)
     _configure_device(device, job.memory_budget_bytes)
-    emit(
-        {"event": "started", "device": _device_name(device), "torch_version": torch.__version__, "unit": workload.unit}
-    )
+    started: dict[str, Any] = {"event": "started", "device": _device_name(device), "torch_version": torch.__version__}
+    if group.is_group:  # rank 0's device names the group's
+        started.update(world_size=group.world_size, backend=group.backend)
+    emit({**started, "unit": workload.unit})
     with backend_flags(config, device):
         yield Training(workload, config, device, total_steps=one_cycle_steps)
 
@@ -53,28 +56,36 @@ def run_harness(job: TrialJob, workload: Workload, emit: Emit) -> None:
 
 
 def _measure(job: TrialJob, training: Training, emit: Emit, started: float) -> None:
-    """The trial's measurement: warm-up, timed windows, the evaluation, the noise scale, each figure emitted."""
+    """The trial's measurement: warm-up, timed windows, the evaluation, the noise scale, each figure emitted.
+    In a data-parallel trial every figure is the group's: memory and seconds the largest rank's."""
+    group = Group.current()
     guard = _DivergenceGuard(job.measure.divergence_factor)
-    loss_start = _warm_up(job, training, emit, started, guard)
-    loss_end, skipped_steps = _timed_windows(job, training, emit, guard, loss_start)
+    loss_start, last_step_seconds = _warm_up(job, training, emit, started, guard, group)
+    loss_end, skipped_steps = _timed_windows(job, training, emit, guard, loss_start, group, last_step_seconds)
     evaluation_seconds = _timed_evaluation(training)
     device_peak = _device_peak_memory(training.device)  # what the run measured needs, before the noise groups
-    noise = _noise(job, training)
+    # The noise groups run backward passes that do not step: in a group, DDP would reduce them in each
+    # rank's own rhythm, so a data-parallel trial measures none.
+    noise = None if group.is_group else _noise(job, training)
+    peaks = group.max([evaluation_seconds or 0.0, device_peak or 0, process_peak_rss(), float(skipped_steps)])
     emit(
         {
             "event": "done",
             "noise": noise,
-            "evaluation_seconds": evaluation_seconds,
+            "evaluation_seconds": None if evaluation_seconds is None else peaks[0],
             "loss_end": loss_end,
-            "scaler_skipped_steps": skipped_steps if training.scaler is not None else None,
-            "device_peak_memory_bytes": device_peak,
-            "process_peak_rss_bytes": process_peak_rss(),
+            "scaler_skipped_steps": int(peaks[3]) if training.scaler is not None else None,
+            "device_peak_memory_bytes": None if device_peak is None else int(peaks[1]),  # the largest rank's
+            "process_peak_rss_bytes": int(peaks[2]),
         }
     )
 
 
-def _warm_up(job: TrialJob, training: Training, emit: Emit, started: float, guard: _DivergenceGuard) -> float | None:
-    """The untimed warm-up steps, each emitted, then the warm-up's figures; the first step's loss."""
+def _warm_up(
+    job: TrialJob, training: Training, emit: Emit, started: float, guard: _DivergenceGuard, group: Group
+) -> tuple[float | None, float]:
+    """The untimed warm-up steps, each emitted (a group's: samples summed, seconds the slowest rank's, the
+    loss the ranks' mean), then the warm-up's figures; the first step's loss and the last step's seconds."""
     measure = job.measure
     config, batches, step = training.config, training.batches, training.step
     # Warm-up: worker start, torch.compile, cuDNN autotune, allocator growth. Not timed as throughput.
@@ -86,7 +97,11 @@ def _warm_up(job: TrialJob, training: Training, emit: Emit, started: float, guar
         begin = time.perf_counter()
         loss = step()
         value = float(loss)  # .item(): synchronises the device, so the step's time is complete
-        step_seconds.append(time.perf_counter() - begin)
+        seconds = time.perf_counter() - begin
+        (value,) = group.mean([value])
+        samples, units = group.sum([batches.samples, batches.units])
+        seconds, wait_seconds = group.max([seconds, batches.wait_seconds])
+        step_seconds.append(seconds)
         guard.check(value, f"warm-up step {index + 1}")
         loss_start = value if loss_start is None else loss_start
         # Lets the parent give up early on a config that cannot reach the slow threshold.
@@ -94,10 +109,10 @@ def _warm_up(job: TrialJob, training: Training, emit: Emit, started: float, guar
             {
                 "event": "warmup_step",
                 "index": index,
-                "samples": batches.samples,
-                "units": batches.units,
+                "samples": int(samples),
+                "units": units,
                 "seconds": step_seconds[-1],
-                "data_wait_seconds": batches.wait_seconds,
+                "data_wait_seconds": wait_seconds,
                 "compiled": config.compile != "off",
             }
         )
@@ -108,7 +123,7 @@ def _warm_up(job: TrialJob, training: Training, emit: Emit, started: float, guar
     emit(
         {
             "event": "warmup",
-            "warmup_seconds": time.perf_counter() - started,
+            "warmup_seconds": group.max([time.perf_counter() - started])[0],
             "compile_seconds": compile_seconds,
             "loss_start": loss_start,
             "dataset_size": training.dataset_size,
@@ -117,57 +132,88 @@ def _warm_up(job: TrialJob, training: Training, emit: Emit, started: float, guar
             "adaptive_optimizer": "betas" in training.optimizer.defaults,
         }
     )
-    return loss_start
+    return loss_start, step_seconds[-1]
 
 
 def _timed_windows(
-    job: TrialJob, training: Training, emit: Emit, guard: _DivergenceGuard, loss_start: float | None
+    job: TrialJob,
+    training: Training,
+    emit: Emit,
+    guard: _DivergenceGuard,
+    loss_start: float | None,
+    group: Group,
+    last_step_seconds: float,
 ) -> tuple[float | None, int]:
     """Timed windows until the measure has enough of them, each emitted; the last window's mean loss
-    (the warm-up's without one) and the optimizer steps the GradScaler skipped."""
+    (the warm-up's without one) and the optimizer steps the GradScaler skipped.
+
+    A group's window is the sum of its ranks' samples over the slowest rank's seconds. Its ranks run the
+    same number of steps in each window (DDP reduces every step's gradients: a rank that stopped early
+    would leave the others waiting), planned from the previous window's (or the last warm-up step's)
+    seconds per step, which every rank has from the same reduction."""
     measure = job.measure
     device, batches = training.device, training.batches
     loss_end = loss_start
     skipped_steps = 0
     rates: list[float] = []
     window = -1
+    step_seconds = last_step_seconds if group.is_group else None  # the same on every rank: reduced
     while not measure.enough_windows(rates, job.rank_against):
         window += 1
         scale_before = training.scale()
         batches.reset_counters()
         _synchronize(device)  # window edge: no earlier work leaks into this window
         begin = time.perf_counter()
-        steps, loss_sum = _window_steps(measure, training.step, device, begin)
+        planned = None if step_seconds is None else _planned_steps(measure, step_seconds)
+        steps, loss_sum = _window_steps(measure, training.step, device, begin, planned)
         _synchronize(device)  # window edge: every step issued above has finished on the device
         seconds = time.perf_counter() - begin  # wall seconds, data loading included
-        loss_end = float(loss_sum) / steps
+        (loss_end,) = group.mean([float(loss_sum) / steps])
+        samples, units = group.sum([batches.samples, batches.units])  # the group's: summed over ranks
+        seconds, wait_seconds = group.max([seconds, batches.wait_seconds])  # the slowest rank's
+        step_seconds = seconds / steps if group.is_group else None
         guard.check(loss_end, f"timed window {window + 1}")
         skipped_steps += _skipped_by_scaler(scale_before, training.scale())
-        rates.append(batches.samples / seconds)
+        rates.append(samples / seconds)
         emit(
             {
                 "event": "window",
                 "index": window,
                 "steps": steps,
-                "samples": batches.samples,
-                "units": batches.units,
+                "samples": int(samples),
+                "units": units,
                 "seconds": seconds,
-                "data_wait_seconds": batches.wait_seconds,
+                "data_wait_seconds": wait_seconds,
                 "loss": loss_end,
             }
         )
     return loss_end, skipped_steps
 
 
+def _planned_steps(measure: MeasureSettings, step_seconds: float) -> int:
+    """The steps that fill a window at ``step_seconds`` a step, within the window's minimum and maximum."""
+    wanted = math.ceil(measure.window_seconds / step_seconds) if step_seconds > 0 else measure.max_window_steps
+    return max(measure.min_window_steps, min(measure.max_window_steps, wanted))
+
+
 def _window_steps(
-    measure: MeasureSettings, step: Callable[[], torch.Tensor], device: torch.device, begin: float
+    measure: MeasureSettings,
+    step: Callable[[], torch.Tensor],
+    device: torch.device,
+    begin: float,
+    planned: int | None = None,
 ) -> tuple[int, torch.Tensor]:
-    """One window's steps, from ``begin``: at least its minimum, then until its time or its maximum; the
-    steps and their summed loss, on the device (no synchronisation inside the window)."""
+    """One window's steps, from ``begin``: at least its minimum, then until its time or its maximum (or
+    exactly ``planned``); the steps and their summed loss, on the device (no synchronisation inside the
+    window)."""
     steps = 0
     loss_sum = torch.zeros((), device=device)
-    while steps < measure.min_window_steps or (
-        steps < measure.max_window_steps and time.perf_counter() - begin < measure.window_seconds
+    while (planned is not None and steps < planned) or (
+        planned is None
+        and (
+            steps < measure.min_window_steps
+            or (steps < measure.max_window_steps and time.perf_counter() - begin < measure.window_seconds)
+        )
     ):
         loss_sum += step().detach().float()
         steps += 1

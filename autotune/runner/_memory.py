@@ -56,12 +56,15 @@ class ProcessTree:
         return self.seen[pid]
 
     def kill(self) -> None:
-        """SIGKILL the process group and every descendant seen, including any that left the group."""
+        """SIGKILL the process group and every descendant seen, including any that left the group (the
+        ranks of a data-parallel trial run in sessions of their own): the descendants are listed first,
+        while the root is alive and they are still its children."""
+        descendants = self._alive()
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        for process in self._alive():
+        for process in [*descendants, *self._alive()]:
             try:
                 process.kill()
             except psutil.Error:
@@ -84,6 +87,38 @@ class ProcessTree:
             except psutil.Error:
                 continue
         return alive
+
+
+class GroupTree(ProcessTree):
+    """A data-parallel trial: the launcher, its ranks (its children) and theirs. Killed as a whole like
+    any tree; its figure is the largest rank's memory (the rank and its DataLoader workers), as a
+    memory budget holds per device: the group runs when each of its ranks fits."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.ranks: dict[int, ProcessTree] = {}
+
+    def sample(self) -> int:
+        """The largest rank's resident memory now; the largest rank's peak so far is kept."""
+        try:
+            if _PROC_CHILDREN:
+                children = _children_of_threads(self.pid, root=True)
+            else:
+                children = [child.pid for child in self.root.children()]
+        except (psutil.Error, ProcessLookupError):  # the launcher is gone: its ranks as last seen
+            children = []
+        for pid in children:
+            if pid not in self.ranks:
+                try:
+                    self.ranks[pid] = ProcessTree(pid)
+                except psutil.Error:  # exited meanwhile
+                    continue
+        largest = 0
+        for rank in self.ranks.values():
+            largest = max(largest, rank.sample())
+            self.seen.update(rank.seen)
+        self.peak_bytes = max([self.peak_bytes, *(rank.peak_bytes for rank in self.ranks.values())])
+        return largest
 
 
 # Linux kernels built with CONFIG_PROC_CHILDREN (the usual distributions) list each thread's children.

@@ -96,6 +96,12 @@ class TrialJob:
     # failed inside optimizer.step() without one and ran with one); None: as the workload says.
     step_closure: bool | None = None
 
+    @property
+    def world_size(self) -> int:
+        """Processes of a data-parallel trial (torch.distributed's launcher, DistributedDataParallel), one
+        per device, as the config says; its batch_size is each one's. 1: a single process, no group."""
+        return int(self.config.get("world_size") or 1)
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

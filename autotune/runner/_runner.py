@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from autotune.knobs._units import format_size
 from autotune.runner._device_lock import device_lock
-from autotune.runner._memory import ProcessTree
+from autotune.runner._memory import GroupTree, ProcessTree
 from autotune.runner._outcome import Status, TrialJob, TrialOutcome, WindowResult
 from autotune.runner._pool import PooledProcess, pooled
 from autotune.runner._scratch import scratch_folder, sweep_stale_scratch
@@ -76,23 +76,30 @@ def _run(
     stop_at = started + job.timeout_seconds
     if deadline is not None:
         stop_at = min(stop_at, deadline)
-    read_fd, write_fd = os.pipe()
     # Nothing is written to the watchdog pipe: the trial reads end-of-file on it when this process dies.
     watchdog_read, watchdog_write = os.pipe()
     with tempfile.TemporaryFile() as log, scratch_folder() as scratch:
         job_text = json.dumps(job.to_json())
+        read_fd, write_fd = _channel(job, scratch)
         try:
-            process = _start(job, job_text, write_fd, watchdog_read, log, scratch)
+            process: PooledProcess | subprocess.Popen[bytes]
+            if write_fd is None:  # a data-parallel trial
+                process = _start_group(job_text, watchdog_read, log, scratch)
+            else:
+                process = _start(job, job_text, write_fd, watchdog_read, log, scratch)
         except BaseException:
             for fd in (read_fd, write_fd, watchdog_read, watchdog_write):
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
             raise
-        os.close(write_fd)
+        if write_fd is not None:
+            os.close(write_fd)
         os.close(watchdog_read)
         assert process.pid is not None  # started
-        tree = ProcessTree(process.pid)
+        # A group's figure is its largest rank's memory; the tree still holds (and kills) every process.
+        tree = GroupTree(process.pid) if job.world_size > 1 else ProcessTree(process.pid)
         follower = _Follower(job, tree, on_window, slow_below, started)
-        if isinstance(process, subprocess.Popen):
+        if isinstance(process, subprocess.Popen) and job.world_size <= 1:
             _send_job(process, job_text)
         if deadline is not None and deadline < started + job.timeout_seconds:
             timeout_reason = "stopped when the search's time budget ran out"
@@ -112,6 +119,46 @@ def _run(
         log.seek(max(0, log.tell() - 4000))
         outcome.log_tail = log.read().decode(errors="replace")
     return outcome
+
+
+_EVENTS_PIPE = "events"  # a data-parallel trial's named pipe, in its scratch folder
+_JOB_FILE = "job.json"  # a data-parallel trial's job, read by each rank
+
+
+def _channel(job: TrialJob, scratch: str) -> tuple[int, int | None]:
+    """The trial's event channel: (read end, write end). A single process writes into a pipe it is
+    handed; a data-parallel trial's ranks, which torch.distributed's launcher starts without this
+    process's descriptors, open a named pipe by its path (no write end here). It is opened for
+    reading and writing so that it never reads end-of-file (the processes' exit is what ends it)."""
+    if job.world_size <= 1:
+        return os.pipe()
+    path = os.path.join(scratch, _EVENTS_PIPE)
+    os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR), None
+
+
+def _start_group(job_text: str, watchdog_read: int, log: IO[bytes], scratch: str) -> subprocess.Popen[bytes]:
+    """A data-parallel trial's launcher (autotune.runner._launch: torchrun in a fresh interpreter),
+    never from the pool: the ranks it starts are fresh interpreters anyway."""
+    job_path = os.path.join(scratch, _JOB_FILE)
+    with open(job_path, "w") as job_file:
+        job_file.write(job_text)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "autotune.runner._launch",
+            os.path.join(scratch, _EVENTS_PIPE),
+            str(watchdog_read),
+            job_path,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        pass_fds=(watchdog_read,),
+        start_new_session=True,  # its own process group; its ranks are reached through the tree
+        env=_child_environment(scratch),
+    )
 
 
 def _start(
@@ -258,8 +305,9 @@ class _Follower:
         elif kind == "lr_curve":
             self.lr_curve = event
         elif kind == "failed":
-            self.failure = (Status(event["status"]), event["reason"])
-            self.in_optimizer_step = bool(event.get("in_optimizer_step"))
+            if self.failure is None:  # a group's first failing rank says why; the launcher's word comes later
+                self.failure = (Status(event["status"]), event["reason"])
+                self.in_optimizer_step = bool(event.get("in_optimizer_step"))
             self.finished = True
         else:
             if kind == "started" and self.started is not None:

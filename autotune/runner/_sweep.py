@@ -6,6 +6,7 @@ import math
 import time
 from typing import Any
 
+from autotune.runner._group import Group
 from autotune.runner._harness import Emit, trial_training
 from autotune.runner._outcome import TrialJob
 from autotune.training._apply import Training, fixed_samples_loss
@@ -38,7 +39,8 @@ def _sweep(
     for index in range(steps):
         lr = min_lr * (max_lr / min_lr) ** (index / max(1, steps - 1))
         training.set_lr(lr)
-        loss = float(training.step())  # .item(): one value per step, synchronised
+        # .item(): one value per step, synchronised; a group's is its ranks' mean, so they stop together.
+        (loss,) = Group.current().mean([float(training.step())])
         lrs.append(lr)
         losses.append(loss)
         if not math.isfinite(loss):
@@ -64,7 +66,8 @@ def _check(training: Training, steps: int, emit: Emit, eval_samples: int | None 
     began = time.perf_counter()
     for _ in range(steps):
         lrs.append(training.optimizer.param_groups[0]["lr"])
-        losses.append(float(training.step()))  # .item(): one value per step, synchronised
+        # .item(): one value per step, synchronised; a group's is its ranks' mean, so they stop together.
+        losses.append(Group.current().mean([float(training.step())])[0])
         if not math.isfinite(losses[-1]):
             break
     seconds = time.perf_counter() - began

@@ -126,7 +126,14 @@ class TrialRecord:
 
     @property
     def effective_batch(self) -> int:
-        return int(self.config.get("batch_size", 1)) * int(self.config.get("accumulation_steps", 1))
+        """Samples per optimizer step: batch_size x accumulation_steps x the data-parallel ranks."""
+        config = self.config
+        return int(config.get("batch_size", 1)) * int(config.get("accumulation_steps", 1)) * self.world_size
+
+    @property
+    def world_size(self) -> int:
+        """The trial's data-parallel processes (its config's world_size; 1: a single process)."""
+        return int(self.config.get("world_size") or 1)
 
 
 def as_record(trial: TrialRecord | FrozenTrial | Mapping[str, Any]) -> TrialRecord:

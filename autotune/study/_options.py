@@ -79,14 +79,19 @@ class SearchOptions:
     # trials here, on ``device``.
     devices: tuple[str, ...] = ()
     trials_target: int | None = None  # stop once the study holds this many trials (a slot's process)
+    # Each trial (and the full run) as this many data-parallel processes (torch.distributed's launcher,
+    # DistributedDataParallel), one per device; batch_size is each one's. 1: a single process.
+    nproc_per_trial: int = 1
 
     def __post_init__(self) -> None:
         """Every value is checked here, before anything is loaded, opened or run."""
-        for name in ("n_trials", "effective_batch", "steps"):
+        for name in ("n_trials", "effective_batch", "steps", "nproc_per_trial"):
             value = getattr(self, name)
             if name == "effective_batch" and value == "free":
                 continue
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if (value is not None or name == "nproc_per_trial") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ParameterError(f"{name} must be an integer >= 1, got {value!r}", name)
         for name in ("timeout_seconds", "trial_timeout_seconds", "max_memory_bytes", "epochs", "deadline_seconds"):
             if getattr(self, name) is not None:
@@ -100,6 +105,11 @@ class SearchOptions:
         if self.lr_scaling not in SCALINGS:
             raise ParameterError(
                 f"lr_scaling must be one of {', '.join(SCALINGS)}, got {self.lr_scaling!r}", "lr_scaling"
+            )
+        if len(self.devices) > 1 and self.nproc_per_trial > 1:
+            raise ParameterError(
+                "devices: one slot per device, or nproc_per_trial ranks per trial over the node's devices, not both",
+                "devices",
             )
         Budgets(  # the budgets' own checks (headroom, margin against deadline), before anything runs
             memory_headroom=self.memory_headroom,

@@ -27,7 +27,10 @@ def plan_search(options: SearchOptions, workload: Workload | None = None) -> Sea
     recipe_batch = recipe_effective_batch(workload, space)
     space, notes = _held_batch_space(options, workload, space, recipe_batch)
     device = detect_device(options.device)
+    notes += check_data_parallel(options.nproc_per_trial, device, space)
     requested = space.baseline(workload.baseline_overrides())
+    if options.nproc_per_trial > 1:
+        requested = dataclasses.replace(requested, world_size=options.nproc_per_trial)
     unsupported = _unsupported(workload, space, device, requested)
     restricted, dropped = space.restrict(unsupported)
     notes += dropped
@@ -59,6 +62,15 @@ def _held_batch_space(
     """The space with the effective batch every trial keeps (or none, where it is free), and the notes
     saying which and why."""
     held, notes = _effective_batch(options, workload, space, recipe_batch)
+    ranks = options.nproc_per_trial
+    if isinstance(held, int) and ranks > 1:
+        if held % ranks:
+            raise SearchSpaceError(
+                f"effective batch {held} cannot be shared by --nproc-per-trial {ranks} ranks "
+                f"(not a multiple of {ranks}); choose --effective-batch as a multiple of it"
+            )
+        notes.append(f"{ranks} data-parallel ranks: {held // ranks} samples per rank and optimizer step")
+        held //= ranks  # what each rank's batch_size x accumulation_steps must make
     if held is not None and not space.knobs["batch_size"].is_searched:
         # A batch the space does not search stays the baseline's; accumulation follows the held batch.
         space = space.pinned("batch_size", _recipe(workload, space).batch_size)
@@ -69,6 +81,18 @@ def _held_batch_space(
             else (dataclasses.replace(space, effective_batch=None), [])
         )  # free: any, whatever the file said
     except SearchSpaceError as exc:
+        if ranks > 1 and held is not None and options.effective_batch is None:
+            # The recipe's batch shared by the ranks leaves each less than the space's smallest batch_size:
+            # the share's divisors are what a data-parallel run of that recipe can take.
+            batch = dataclasses.replace(space.knobs["batch_size"], from_baseline=True)
+            space, fixed = dataclasses.replace(space, knobs={**space.knobs, "batch_size": batch}).with_effective_batch(
+                held
+            )
+            notes.append(
+                f"the recipe's effective batch {recipe_batch} over {ranks} ranks leaves {held} samples per rank, "
+                "below the space's batch_size range: batch_size from the divisors of it"
+            )
+            return space, notes + fixed
         if held != recipe_batch or options.effective_batch is not None:
             raise
         raise SearchSpaceError(
@@ -76,6 +100,33 @@ def _held_batch_space(
         ) from None
     notes += fixed
     return space, notes
+
+
+def check_data_parallel(ranks: int, device: DeviceInfo, space: SearchSpace) -> list[str]:
+    """Refuse, in one line, data-parallel trials this machine or this search cannot run; the notes on
+    how the ranks are placed. ``space`` is the one the search runs (its effective batch held or free)."""
+    if ranks <= 1:
+        return []
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise SearchSpaceError(f"--nproc-per-trial {ranks}: this torch build has no torch.distributed")
+    if space.effective_batch is None:
+        raise SearchSpaceError(
+            f"--nproc-per-trial {ranks} with a free effective batch: ranking a changed batch needs the gradient "
+            "noise scale, which data-parallel trials do not measure (hold one with --effective-batch N)"
+        )
+    if device.is_cuda:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus < ranks:
+            return [
+                f"{ranks} data-parallel ranks on {gpus} GPU(s): ranks share GPUs (cuda:<local_rank mod {gpus}>) "
+                "and reduce through gloo (NCCL refuses two ranks on one GPU)"
+            ]
+        return [f"{ranks} data-parallel ranks, one per GPU (cuda:0..{ranks - 1}), nccl"]
+    return [f"{ranks} data-parallel ranks on the CPU, gloo, {_usable_cores() // ranks or 1} threads each"]
 
 
 def _unsupported(
@@ -114,7 +165,9 @@ def _budgets(options: SearchOptions, workload: Workload, device: DeviceInfo, rec
     """The search's budgets: the memory and time limits, the full run's length and its evaluations."""
     epochs = float(options.epochs if options.epochs is not None else workload.epochs)
     return Budgets(
-        memory_budget_bytes=options.max_memory_bytes or device.total_memory_bytes,
+        # The host's memory is shared by a CPU group's ranks: each rank's budget is its share.
+        memory_budget_bytes=options.max_memory_bytes
+        or (device.total_memory_bytes // (1 if device.is_cuda else options.nproc_per_trial)),
         memory_headroom=options.memory_headroom,
         epochs=epochs,
         deadline_seconds=options.deadline_seconds,

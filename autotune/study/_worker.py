@@ -45,6 +45,7 @@ JOINED_OPTIONS = (
     "max_memory_bytes",
     "memory_headroom",
     "trial_timeout_seconds",
+    "nproc_per_trial",
 )
 
 # What must be the same for two processes' trials to be ranked together, and how it is named.

@@ -104,15 +104,25 @@ def dataloader(
     shuffle: bool = True,
     drop_last: bool = True,
     generator: torch.Generator | None = None,
+    shard: bool | None = None,
 ) -> torch.utils.data.DataLoader:
     """The DataLoader the config measured: micro-batch size, workers, prefetch, persistence and
     pinned memory (CUDA only). ``drop_last`` keeps every step at ``batch_size`` samples, so shapes
-    stay static and a compiled model does not recompile on a short last batch."""
+    stay static and a compiled model does not recompile on a short last batch.
+
+    In a process group of several ranks (DistributedDataParallel), each rank reads its own disjoint
+    shard of the dataset through a DistributedSampler (``shard=None``: where a group is running;
+    False: every rank reads it all); ``batch_size`` is then each rank's. Batches reshuffles the shards
+    each pass (set_epoch)."""
     with_workers = config.num_workers > 0
+    sampler: torch.utils.data.distributed.DistributedSampler | None = None
+    if shard or (shard is None and world_size() > 1):
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=shuffle, drop_last=drop_last)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,  # the sampler shuffles the shards
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=config.num_workers,
         prefetch_factor=config.prefetch_factor if with_workers else None,
@@ -136,6 +146,29 @@ def dataloader_kwargs(config: TrainConfig, device: torch.device | str = "cpu") -
         kwargs["prefetch_factor"] = config.prefetch_factor or 2  # DataLoader's own default
         kwargs["persistent_workers"] = config.persistent_workers
     return kwargs
+
+
+def world_size() -> int:
+    """The processes of the running torch.distributed process group (1 where none runs): the data-parallel
+    ranks that each take ``batch_size`` samples a micro-step."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def distributed_model(model: torch.nn.Module, device: torch.device | str) -> Any:
+    """The model in DistributedDataParallel where a process group of several ranks runs (its gradients
+    averaged over the ranks in every backward, rank 0's weights broadcast at the start; ``device_ids``
+    the rank's GPU on CUDA); the model itself otherwise. Wrap after prepare_model, compile after this."""
+    if world_size() <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return DistributedDataParallel(model, device_ids=[index], output_device=index)
+    return DistributedDataParallel(model)
 
 
 def pins_memory(config: TrainConfig, device: torch.device | str) -> bool:
@@ -396,8 +429,9 @@ def one_cycle(
 
 
 def steps_per_epoch(dataset_size: int, config: TrainConfig) -> int:
-    """Optimizer steps in one pass: full micro-batches (drop_last), grouped by accumulation_steps."""
-    return (dataset_size // config.batch_size) // config.accumulation_steps
+    """Optimizer steps in one pass: full micro-batches (drop_last), grouped by accumulation_steps; with
+    data-parallel ranks (world_size), each reads its shard of the dataset (1/world_size of it) in that many."""
+    return (dataset_size // config.world_size // config.batch_size) // config.accumulation_steps
 
 
 def to_device(batch: Any, device: torch.device | str, config: TrainConfig) -> Any:
@@ -509,7 +543,9 @@ class TrainStep:
             batch = to_device(batch, self.device, self.config)
             if self.closure:
                 kept.append(batch)
-            loss = self._forward_backward(batch, count)
+            # DDP: gradients are reduced over the ranks once, in the last micro-batch's backward.
+            with _no_sync(self.model) if seen < count - 1 and not self.closure else contextlib.nullcontext():
+                loss = self._forward_backward(batch, count)
             if after_backward is not None:
                 after_backward()
             total = loss if total is None else total + loss
@@ -557,6 +593,16 @@ class TrainStep:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
+
+
+def _no_sync(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """DistributedDataParallel's no_sync (the backward accumulates without reducing over the ranks); nothing
+    for any other model, a compiled one included (it reduces every backward: correct, only slower)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def check_loss(loss: Any) -> None:
@@ -620,6 +666,8 @@ class Batches:
             batch = next(self._iterator)
         except StopIteration:  # epoch boundary: a new pass, as the full run makes
             self.passes += 1
+            if isinstance(self.loader.sampler, torch.utils.data.distributed.DistributedSampler):
+                self.loader.sampler.set_epoch(self.passes)  # each pass shuffles the shards anew
             self._iterator = iter(self.loader)
             batch = next(self._iterator)
         self.wait_seconds += time.perf_counter() - begin
@@ -661,7 +709,8 @@ class Training:
         )
         self.cycle_momentum = cycles_momentum(self.optimizer)
         self.scheduler = self._one_cycle_schedule(total_steps, one_cycle_args)
-        self.forward_model = compile_model(self.model, config)
+        # DistributedDataParallel in a process group of several ranks; self.model stays the module itself.
+        self.forward_model = compile_model(distributed_model(self.model, self.device), config)
         self.dataset = workload.dataset(**config.factory_kwargs("dataset"))
         self.loader = dataloader(self.dataset, config, self.device, collate_fn=workload.collate_fn)
         if len(self.loader) == 0:
@@ -736,6 +785,7 @@ def fixed_samples_loss(training: Training, samples: int) -> float:
         shuffle=False,
         drop_last=False,
         collate_fn=training.workload.collate_fn,
+        shard=False,  # every rank's loss over the same samples
     )
     model = training.model
     model.eval()

@@ -18,7 +18,7 @@ from autotune.exceptions import AutotuneError, CheckpointError, UsageError
 from autotune.knobs._config import TrainConfig
 from autotune.store._records import ExportDocument
 from autotune.training import _checkpoint as checkpoints
-from autotune.training import _train_loop
+from autotune.training import _group, _train_loop
 from autotune.training._run_plan import RunPlan, TrainListener, TrainOptions
 from autotune.training._run_record import (
     RunRecord,
@@ -33,6 +33,8 @@ def plan_run(options: TrainOptions) -> RunPlan:
     from autotune.knobs._device import detect_device
 
     config = TrainConfig.load(options.config)
+    if options.nproc_per_trial is not None and options.nproc_per_trial != config.world_size:
+        config = dataclasses.replace(config, world_size=options.nproc_per_trial)
     document = _read_document(Path(options.config), config)
     provenance, measured, progress = document.provenance, document.measured, document.progress or {}
     notes: list[str] = []
@@ -40,6 +42,10 @@ def plan_run(options: TrainOptions) -> RunPlan:
     spec = options.workload or provenance.get("workload") or DEMO_SPEC
     workload = _load_workload(spec, provenance, notes)
     device = detect_device(options.device).torch_device
+    if config.world_size > 1:
+        from autotune.runner._group import rank_device
+
+        device = str(rank_device(device))  # this rank's: cuda:<local_rank>, or the CPU
     _note_device(provenance, device, notes)
     epochs = None
     if options.steps is None and options.time_seconds is None:
@@ -138,11 +144,16 @@ def train(options: TrainOptions, listener: TrainListener | None = None) -> RunRe
     the record then says ``interrupted`` and its exit_code is 130 or 143."""
 
     listener = listener or TrainListener()
+    ranks = options.nproc_per_trial or TrainConfig.load(options.config).world_size
+    if ranks > 1 and not _group.in_group():
+        return _group.run_group(options, ranks, listener)
     plan = plan_run(options)
     for note in plan.notes:
         listener.on_note(note)
     record = _train_loop.run(plan, listener)
     record = dataclasses.replace(record, record_path=str(options.record_path))
+    if not _group.leads():  # rank 0 writes the record and records it with the study
+        return record
     record.write(options.record_path)  # first: a study that is slow to answer cannot cost the record
     if record.status == "finished" and plan.storage is not None and record.trial is not None:
         try:

@@ -285,6 +285,8 @@ class TrainOptions:
     # --epochs or --steps in the recipe's terms, scaled to the recipe's progress at the config's
     # effective batch (the export's progress: samples_factor).
     same_progress: bool = False
+    # Data-parallel processes of the run (torch.distributed's launcher, DDP); None: the config's world_size.
+    nproc_per_trial: int | None = None
 
     def __post_init__(self) -> None:
         given = [
@@ -302,6 +304,9 @@ class TrainOptions:
             raise UsageError(f"--time must be more than 0 seconds, got {self.time_seconds}")
         if self.same_progress and self.time_seconds is not None:
             raise UsageError("--same-progress scales --epochs or --steps to the recipe's progress, not --time")
+        ranks = self.nproc_per_trial
+        if ranks is not None and (isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1):
+            raise UsageError(f"--nproc-per-trial must be an integer >= 1, got {self.nproc_per_trial!r}")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
             raise UsageError(f"--checkpoint-every must be >= 1 step, got {self.checkpoint_every_steps}")
 

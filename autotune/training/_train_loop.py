@@ -19,6 +19,7 @@ import torch
 
 from autotune.exceptions import CheckpointError, TrainingError
 from autotune.training import _checkpoint as checkpoints
+from autotune.training import _group
 from autotune.training._apply import Training, backend_flags, evaluate
 from autotune.training._run_plan import (
     Deadline,
@@ -227,8 +228,11 @@ class _Loop:
         self.counters.curve.append({"step": self.counters.steps, "seconds": self.elapsed(), "loss": loss})
 
     def save(self) -> Path:
-        """A checkpoint of the run as it stands (its counters brought up to date first)."""
+        """A checkpoint of the run as it stands (its counters brought up to date first); in a data-parallel
+        run, rank 0's alone (the other ranks hold the same weights) and the others' path is the folder."""
         self._update()
+        if not _group.leads():
+            return Path(self.options.checkpoint_dir)
         begin = time.perf_counter()
         training = self.training
         path = checkpoints.save_checkpoint(
@@ -282,16 +286,17 @@ class _Loop:
         _synchronize(self.training.device)
         at = time.perf_counter()
         batches, base, counters = self.training.batches, self.base, self.counters
+        ranks = self.plan.config.world_size  # a data-parallel run's ranks step together, each on its shard
         counters.seconds = self.elapsed(at)
-        counters.samples = base.samples + batches.samples
-        counters.units = base.units + batches.units
+        counters.samples = base.samples + batches.samples * ranks
+        counters.units = base.units + batches.units * ranks
         counters.data_wait_seconds = base.data_wait_seconds + batches.wait_seconds
         counters.passes = base.passes + batches.passes
         if self.steady is not None:
             steady_at, samples, units, _, paused = self.steady  # saves and evaluations are left out of the rate
             counters.steady_seconds = base.steady_seconds + at - steady_at - (self.paused_seconds - paused)
-            counters.steady_samples = base.steady_samples + batches.samples - samples
-            counters.steady_units = base.steady_units + batches.units - units
+            counters.steady_samples = base.steady_samples + (batches.samples - samples) * ranks
+            counters.steady_units = base.steady_units + (batches.units - units) * ranks
 
     def _report(self) -> None:
         loss = float(torch.stack(self.report_losses).float().mean())  # a device sync

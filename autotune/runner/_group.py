@@ -1,0 +1,118 @@
+"""Inside a rank of a data-parallel trial: the process group, the rank's device, and the reductions that
+turn each rank's figures into the group's.
+
+A data-parallel trial is ``world_size`` processes started by torch.distributed's launcher (see
+autotune.runner._launch). Each rank measures its own windows; at each window's edge the ranks agree on
+the group's figures: samples and units summed over ranks, seconds the slowest rank's, memory the
+largest rank's. Every rank computes the same figures from the same reductions, so every rank takes
+the same decisions (how many steps the next window runs, when the measurement is done) and the ranks'
+collectives never go out of step.
+
+Outside a process group (a single-process trial) every reduction returns its input unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+Backend = Literal["gloo", "nccl"]
+
+# Forces the backend (gloo or nccl) where the default choice is not wanted.
+BACKEND_ENV = "AUTOTUNE_DDP_BACKEND"
+_MIN_GROUP_TIMEOUT_SECONDS = 60.0  # a collective waits at most this long (or the trial's timeout, if longer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """This process's place in the trial's process group (world_size 1: no group)."""
+
+    rank: int = 0
+    world_size: int = 1
+    backend: str | None = None
+
+    @classmethod
+    def current(cls) -> Group:
+        """The process group this process belongs to, as torch.distributed has it initialised."""
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            return cls()
+        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), backend=str(dist.get_backend()))
+
+    @property
+    def is_group(self) -> bool:
+        return self.world_size > 1
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Each value summed over the ranks."""
+        return self._reduce(values, "sum")
+
+    def max(self, values: Sequence[float]) -> list[float]:
+        """Each value's largest over the ranks."""
+        return self._reduce(values, "max")
+
+    def mean(self, values: Sequence[float]) -> list[float]:
+        """Each value's mean over the ranks."""
+        return [value / self.world_size for value in self.sum(values)]
+
+    def _reduce(self, values: Sequence[float], how: Literal["sum", "max"]) -> list[float]:
+        if not self.is_group:
+            return [float(value) for value in values]
+        import torch.distributed as dist
+
+        # float64: sample counts and byte counts stay exact. nccl reduces device tensors, gloo host ones;
+        # reading the result back (tolist) synchronises, at window edges only.
+        device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        tensor = torch.tensor([float(value) for value in values], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if how == "sum" else dist.ReduceOp.MAX)
+        return [float(value) for value in tensor.tolist()]
+
+
+def local_rank() -> int:
+    """This rank's index on its machine, as torch.distributed's launcher sets it (0 outside a group)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_device(requested: str, local: int | None = None) -> torch.device:
+    """The device of the rank with local index ``local``: ``cuda:<local_rank>`` on a CUDA machine, and
+    ``cuda:<local_rank mod the GPUs>`` where there are fewer GPUs than ranks (ranks then share a GPU);
+    the requested device itself otherwise (the CPU)."""
+    device = torch.device(requested)
+    if device.type != "cuda":
+        return device
+    local = local_rank() if local is None else local
+    return torch.device("cuda", local % max(1, torch.cuda.device_count()))
+
+
+def choose_backend(device: torch.device, world_size: int) -> Backend:
+    """nccl where every rank has a GPU of its own; gloo on the CPU, and where ranks share a GPU (NCCL
+    refuses two ranks on one GPU: "Duplicate GPU detected"; gloo reduces CUDA tensors through the host).
+    ``AUTOTUNE_DDP_BACKEND`` forces one."""
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced in ("gloo", "nccl"):
+        return "nccl" if forced == "nccl" else "gloo"
+    if device.type == "cuda" and torch.cuda.device_count() >= world_size:
+        return "nccl"
+    return "gloo"
+
+
+def start_group(requested_device: str, timeout_seconds: float) -> Group:
+    """The trial's process group, joined through the launcher's environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT): this rank's device selected first. A collective that waits longer than
+    the trial's timeout raises instead of hanging (the parent ends the trial by then anyway)."""
+    import torch.distributed as dist
+
+    world_size = int(os.environ["WORLD_SIZE"])
+    device = rank_device(requested_device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = choose_backend(device, world_size)
+    timeout = datetime.timedelta(seconds=max(_MIN_GROUP_TIMEOUT_SECONDS, timeout_seconds))
+    dist.init_process_group(backend=backend, timeout=timeout)
+    return Group.current()

@@ -1,0 +1,127 @@
+"""The launcher of a data-parallel trial: torch.distributed's own (torchrun), run in this process as
+``python -m autotune.runner._launch EVENTS WATCHDOG_FD JOB``.
+
+It starts ``world_size`` ranks (autotune.runner._rank) on this machine: a standalone c10d rendezvous on
+a free port, no restarts (a rank that fails ends the group), ranks watched every 0.1 s. torchrun starts
+each rank in a session of its own, so stopping the launcher's process group would leave them
+running: each rank dies with the launcher (PR_SET_PDEATHSIG, set in the rank), the launcher dies
+with the trial's parent (the same, and the watchdog pipe), and the parent kills every process of the
+tree it has seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+LAUNCHER_PID_ENV = "AUTOTUNE_LAUNCHER_PID"  # read by each rank: the process it must die with
+_MONITOR_INTERVAL_SECONDS = 0.1  # how often the launcher checks its ranks (a dead one ends the group)
+
+
+def torchrun_arguments(world_size: int, command: Sequence[str]) -> list[str]:
+    """torchrun's arguments for ``world_size`` ranks of ``command`` on this machine (a module: ``-m
+    NAME ARGS...``, or a script and its arguments)."""
+    return [
+        "--standalone",  # c10d rendezvous on localhost, on a free port
+        f"--nproc-per-node={world_size}",
+        "--max-restarts=0",  # a failed rank fails the trial; a restart would measure something else
+        f"--monitor-interval={_MONITOR_INTERVAL_SECONDS}",
+        *command,
+    ]
+
+
+def threads_per_rank(world_size: int) -> int:
+    """CPU threads each rank's intra-op pool gets where OMP_NUM_THREADS is not set: this machine's
+    cores shared out (torchrun's own default, one thread, would starve a CPU rank)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, world_size))
+
+
+def launch(world_size: int, command: Sequence[str]) -> dict[int, str]:
+    """Run ``command`` as ``world_size`` ranks through torch.distributed.run and wait for them; the
+    failed ranks' exit (``exit code N`` or ``signal NAME``) by rank, empty when every rank exited 0."""
+    from torch.distributed import run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(world_size)))
+    try:
+        run.main(torchrun_arguments(world_size, command))
+    except ChildFailedError as exc:
+        return {rank: _how(failure.exitcode, failure.signal_name()) for rank, failure in exc.failures.items()}
+    return {}
+
+
+def _how(exitcode: int, signal_name: str) -> str:
+    """A failed rank's end in words: the signal that killed it, or its exit code."""
+    if exitcode < 0:
+        return f"signal {signal_name}"
+    return f"exit code {exitcode}"
+
+
+def main() -> None:
+    """The trial's launcher: dies with its parent, launches the ranks, and reports a rank that died
+    without a word (a signal, an exit) as the trial's failure."""
+    events_path, watchdog_fd, job_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    _die_with_parent(watchdog_fd)
+    from autotune.runner._outcome import TrialJob
+
+    with open(job_path) as job_file:
+        world_size = TrialJob.from_json(json.load(job_file)).world_size
+    failures = launch(world_size, ["-m", "autotune.runner._rank", events_path, job_path])
+    if failures:
+        # A rank killed by a signal is the cause; the others' exits followed it (their peer was gone).
+        rank, how = min(failures.items(), key=lambda item: (not item[1].startswith("signal"), item[0]))
+        killed = how == "signal SIGKILL"
+        reason = (
+            f"rank {rank} was killed by SIGKILL (the host's out-of-memory killer)"
+            if killed
+            else f"rank {rank} ended with {how} before reporting a result"
+        )
+        with open(events_path, "w") as channel:  # a rank's own report, where it sent one, came first
+            channel.write(json.dumps({"event": "failed", "status": "oom" if killed else "error", "reason": reason}))
+            channel.write("\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if failures else 0)
+
+
+def _die_with_parent(watchdog_fd: int) -> None:
+    """The launcher dies with the trial's parent (PR_SET_PDEATHSIG), its ranks with it; where the
+    parent is gone, a thread reading end-of-file on the watchdog pipe kills every rank and the
+    launcher's own process group."""
+    from autotune.runner._child import _die_with_parent as die_with_parent
+
+    die_with_parent(None)
+    threading.Thread(target=_watch, args=(watchdog_fd,), name="autotune-watchdog", daemon=True).start()
+
+
+def _watch(watchdog_fd: int) -> None:
+    """Nothing is ever written to the pipe: the read returns only when the parent is gone."""
+    while os.read(watchdog_fd, 1):
+        pass
+    kill_descendants(os.getpid())
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def kill_descendants(pid: int) -> None:
+    """SIGKILL every descendant of ``pid``, in whatever session it runs (torchrun's ranks have their own)."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            continue
+
+
+if __name__ == "__main__":
+    main()
