@@ -137,6 +137,64 @@ def recover_interrupted(study: optuna.Study, storage: Any) -> list[int]:
     return recovered
 
 
+class StaleTrialRetry:
+    """Optuna's ``heartbeat_stale_trial_callback``, with autotune's lineage: a trial whose Optuna
+    heartbeat (beaten by ``study.optimize`` from a thread per trial) is older than the grace period
+    ends as ``interrupted`` with a reason, and its config is enqueued again once, with ``retry_of`` and
+    ``interruptions`` (as ``recover_interrupted`` does) and Optuna's own ``failed_trial`` and
+    ``retry_history`` system attributes (as ``optuna.storages.RetryHeartbeatStaleTrialCallback``).
+
+    Optuna fails the stale trial, then calls back with it finished, when its attributes can no longer
+    be written; so the reason is written just before, while it runs (``before_fail``, called by
+    ``ReconnectingStorage._get_stale_trial_ids``). Only the process whose FAIL took effect is called
+    back (``fail_stale_trials`` checks ``set_trial_state_values``' result), and ``recover_interrupted``
+    acts only on trials still RUNNING and checks it too: on PostgreSQL the state change locks the
+    trial's row (SELECT ... FOR UPDATE), so of the two, and of many processes, exactly one retries.
+
+    Where Optuna's heartbeat cannot serve, autotune's own process heartbeat does: a trial cut off
+    before Optuna recorded its first heartbeat is never stale to Optuna (it has no heartbeat row), and
+    an ``autotune proxy`` (Optuna's gRPC storage proxy) carries no trial heartbeat at all.
+    """
+
+    def before_fail(self, storage: Any, trial_id: int) -> None:
+        """The stale trial's status and reason, written while it still runs."""
+        import optuna
+
+        trial = storage.get_trial(trial_id)
+        if trial.state != optuna.trial.TrialState.RUNNING:
+            return
+        _retry_attrs, suffix = _retry(trial)
+        why = f"its trial heartbeat (Optuna's) was silent for more than {GRACE_SECONDS:.0f}s"
+        try:
+            storage.set_trial_user_attr(trial_id, "status", TrialStatus.INTERRUPTED.value)
+            storage.set_trial_user_attr(trial_id, "reason", why + suffix)
+        except optuna.exceptions.UpdateFinishedTrialError:  # its process finished it after all
+            pass
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        import optuna
+
+        retry, _suffix = _retry(trial)
+        if retry is not None:
+            history = [*trial.system_attrs.get("retry_history", []), trial.number]
+            distributions = {name: trial.distributions[name] for name in trial.params}
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.WAITING,
+                    params=dict(trial.params),
+                    distributions=distributions,
+                    user_attrs=retry,
+                    system_attrs={
+                        "fixed_params": dict(trial.params),  # as enqueue_trial records it
+                        "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                        "retry_history": history,
+                    },
+                )
+            )
+        reason = TrialRecord.of(trial).reason or "its trial heartbeat (Optuna's) went silent"
+        _note(optuna.Trial(study, trial._trial_id), reason)
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (what schedulers and ``kill`` send) stops the search the way Ctrl-C does: a
