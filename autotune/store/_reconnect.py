@@ -53,6 +53,11 @@ _RETRIED_PRIVATE = frozenset({"_create_new_trial", "_set_trial_param", "_get_bes
 def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps: Optuna wraps SQLAlchemy's errors in StorageInternalError)
     says the server could not be reached or dropped the connection, rather than refusing the query."""
+    return _connection_error(exc) is not None
+
+
+def _connection_error(exc: BaseException) -> BaseException | None:
+    """The connection-level SQLAlchemy error in ``exc``'s chain of causes, or None."""
     import sqlalchemy.exc
 
     seen: set[int] = set()
@@ -60,11 +65,11 @@ def is_connection_error(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return True
+            return current
         if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
-            return True
+            return current
         current = current.__cause__ or current.__context__
-    return False
+    return None
 
 
 class Outage:
@@ -256,8 +261,8 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
 
 
 def _first_line(exc: BaseException) -> str:
-    while getattr(exc, "__cause__", None) is not None and not hasattr(exc, "orig"):
-        exc = exc.__cause__  # type: ignore[assignment]
-    original = getattr(exc, "orig", None) or exc
+    """The first line of the driver's own message (what the server or the socket said)."""
+    found = _connection_error(exc) or exc
+    original = getattr(found, "orig", None) or found
     text = " ".join(str(original).split("\n")[0].split())
     return text or type(original).__name__

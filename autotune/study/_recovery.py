@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from autotune.exceptions import Terminated
+from autotune.exceptions import StorageError, Terminated
 from autotune.store._records import TrialRecord, TrialStatus, write_trial
 from autotune.store._storage import database_time, study_lock
 
@@ -82,13 +82,25 @@ class Heartbeat:
         self.storage.set_study_system_attr(self.study_id, self.process.key, value)
 
     def _run(self) -> None:
-        import sqlalchemy.exc
-
+        unreachable = _unreachable_errors()
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 self._beat()
-            except sqlalchemy.exc.OperationalError:  # the database is busy or unreachable now: next beat
+            except unreachable:  # the database (or the proxy) is busy or unreachable now: next beat
                 continue
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a storage call raises while its database or its proxy cannot be reached: SQLAlchemy's
+    OperationalError, autotune's StorageError once an outage outlasted its bound, gRPC's RpcError."""
+    import sqlalchemy.exc
+
+    errors: tuple[type[BaseException], ...] = (sqlalchemy.exc.OperationalError, StorageError)
+    try:
+        import grpc
+    except ImportError:
+        return errors
+    return (*errors, grpc.RpcError)
 
 
 def claim_trial(trial: optuna.Trial, process: SearchProcess) -> None:
