@@ -85,7 +85,7 @@ def test_cli_help_does_not_import_torch_or_optuna(args):
 # Options several commands take, and which commands: each is declared once in autotune.cli (a SharedOption).
 SHARED = {
     "--study": {"search", "export-best", "lr-find", "report"},
-    "--storage": {"search", "export-best", "lr-find", "dashboard", "report", "train"},
+    "--storage": {"search", "export-best", "lr-find", "dashboard", "report", "train", "proxy"},
     "--workload": {"search", "train"},
     "--epochs": {"search", "train"},
     "--steps": {"search", "train"},
@@ -94,7 +94,7 @@ SHARED = {
     "--lr-scaling": {"search", "lr-find"},
 }
 # A name that means something else in one command (the sweep's length, the file written): its own option.
-OWN = {("lr-find", "--steps"), ("export-best", "--out"), ("train", "--out")}
+OWN = {("lr-find", "--steps"), ("export-best", "--out"), ("train", "--out"), ("proxy", "--host"), ("proxy", "--port")}
 # Where a command words a shared option's help for what it means there (same name, type and default).
 REWORDED = {
     ("train", "--workload"),
