@@ -241,3 +241,23 @@ def test_stale_optuna_heartbeat_fails_the_trial_and_runs_its_config_again_once(p
     assert again.system_attrs["fixed_params"] == stale.params
     assert again.system_attrs["failed_trial"] == stale.number
     assert again.system_attrs["retry_history"] == [stale.number]
+
+
+def test_a_proxy_waits_out_its_databases_restart_for_its_workers(private_postgres):
+    pytest.importorskip("grpc", reason="the gRPC extra is not installed (pip install 'autotune[grpc]')")
+    from optuna.storages._grpc.server import make_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = make_server(open_storage(private_postgres.url), "127.0.0.1", port)
+    server.start()
+    try:
+        worker = open_storage(f"grpc://127.0.0.1:{port}")
+        study = optuna.create_study(study_name="behind-a-proxy", storage=worker)
+        private_postgres.stop()
+        threading.Timer(1.0, private_postgres.start).start()
+        study.set_user_attr("after", "the restart")
+        assert optuna.load_study(study_name="behind-a-proxy", storage=worker).user_attrs == {"after": "the restart"}
+    finally:
+        server.stop(0).wait()

@@ -7,6 +7,8 @@ storage without an engine (``autotune proxy``, Optuna's gRPC storage proxy) has 
 API, where creating a study is atomic (a name is unique): the lock is a study of its own,
 ``autotune-lock:<study>``, that exists while it is held, with its holder and a heartbeat in its system
 attributes; a waiter that finds its holder dead (by the search processes' liveness rules) takes it over.
+A lock study whose creation the database committed but whose reply was lost has no holder written: it
+is taken over once it has been seen without one for the grace period (60 s lost, not the lock).
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune.exceptions import StorageError, StudyError
-from autotune.store._lock import is_lock_study, study_lock
-
-__all__ = ["study_lock"]  # re-exported: the study lock lives in _lock
+from autotune.store._lock import is_lock_study
+from autotune.store._lock import study_lock as study_lock  # where the search and the recovery import it from
 
 if TYPE_CHECKING:
     import optuna
