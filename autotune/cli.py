@@ -115,8 +115,9 @@ storage_option = _shared(
     "--storage",
     metavar="URL",
     default=None,
-    help="Study storage (SQLAlchemy URL). Default: sqlite:///studies/autotune.db. "
-    "Share one PostgreSQL URL to run several autotune processes on one study.",
+    help="Study storage (SQLAlchemy URL, or grpc://HOST:PORT for an 'autotune proxy'). Default: "
+    "sqlite:///studies/autotune.db. Share one PostgreSQL URL (or one proxy) to run several autotune "
+    "processes on one study.",
 )
 epochs_option = _shared(
     "--epochs", type=POSITIVE, default=None, help="Epochs of the full run. Default: the workload's."
@@ -699,6 +700,30 @@ def dashboard(storage: str | None, host: str, port: int) -> None:
 
     serve(storage, host, port, on_ready=lambda url: click.echo(f"optuna-dashboard at {url} (Ctrl-C to stop)"))
     click.echo("dashboard stopped")
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  autotune proxy --storage postgresql://user@db/autotune --host 0.0.0.0 --port 13000
+  autotune proxy --storage sqlite:///studies/autotune.db   # workers on this machine: grpc://127.0.0.1:13000
+""",
+)
+@storage_option()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
+@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True, help="Port to listen on.")
+@_reports_errors
+def proxy(storage: str | None, host: str, port: int) -> None:
+    """Serve the study storage to workers over gRPC (Optuna's storage proxy); Ctrl-C or SIGTERM stops it.
+
+    Workers take --storage grpc://HOST:PORT wherever a storage URL goes (autotune search --storage
+    grpc://proxy-host:13000 --study resnet50); the database then sees one process's connections,
+    however many workers there are.
+    """
+    from autotune.store._proxy import serve_proxy
+
+    serve_proxy(storage, host, port, on_ready=lambda url: click.echo(f"storage proxy at {url} (Ctrl-C to stop)"))
+    click.echo("proxy stopped")
 
 
 @main.command(

@@ -85,7 +85,7 @@ def test_cli_help_does_not_import_torch_or_optuna(args):
 # Options several commands take, and which commands: each is declared once in autotune.cli (a SharedOption).
 SHARED = {
     "--study": {"search", "worker", "export-best", "lr-find", "report"},
-    "--storage": {"search", "worker", "export-best", "lr-find", "dashboard", "report", "train"},
+    "--storage": {"search", "worker", "export-best", "lr-find", "dashboard", "report", "train", "proxy"},
     "--workload": {"search", "worker", "train"},
     "--timeout": {"search", "worker"},
     "--epochs": {"search", "train"},
@@ -104,6 +104,8 @@ OWN = {
     ("train", "--out"),
     ("worker", "--trials"),
     ("worker", "--device"),
+    ("proxy", "--host"),
+    ("proxy", "--port"),
 }
 # Where a command words a shared option's help for what it means there (same name, type and default).
 REWORDED = {

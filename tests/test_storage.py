@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -17,28 +16,6 @@ from autotune.exceptions import StorageError
 from autotune.store._storage import DEFAULT_STORAGE, load_study, open_storage, redact
 from autotune.study._loop import search
 from autotune.study._options import TIME_METRIC_NAME, SearchOptions
-
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> str:
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=3).close()
-    except OSError as exc:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {' '.join(str(exc).split())}")
-    return PG_URL
-
-
-@pytest.fixture
-def pg_study(postgres):
-    """A unique study name on the PostgreSQL server, deleted afterwards."""
-    name = f"autotune-test-{uuid.uuid4().hex[:12]}"
-    yield name
-    try:
-        optuna.delete_study(study_name=name, storage=postgres)
-    except KeyError:
-        pass
 
 
 def test_open_storage_default_sqlite_creates_its_folder(tmp_path, monkeypatch):

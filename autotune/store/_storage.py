@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import re
 import time
-from collections.abc import Iterator
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autotune.exceptions import StorageError, StudyError
+from autotune.store._lock import is_lock_study
+from autotune.store._lock import study_lock as study_lock  # where the search and the recovery import it from
 
 if TYPE_CHECKING:
     import optuna
@@ -23,17 +22,30 @@ _SECRET_ARGUMENT = re.compile(r"([?&](?:[^=&#]*pass[^=&#]*|pwd|secret|token)=)[^
 _NETLOC = re.compile(r"^(.*?://)([^/?#]+)")
 
 
-def open_storage(url: str | None = None, *, create: bool = True) -> optuna.storages.RDBStorage:
+GRPC_SCHEME = "grpc://"  # an ``autotune proxy`` (Optuna's gRPC storage proxy): grpc://HOST:PORT
+PROXY_WAIT_SECONDS = 10.0  # how long a worker waits for a proxy to answer before it says none does
+
+
+def open_storage(url: str | None = None, *, create: bool = True) -> Any:
     """Open the storage at ``url``; unreachable servers are one clear error.
 
     With ``create`` (``autotune search``), a SQLite file and its folder are created as needed;
     without it (the read-only commands), a SQLite file that does not exist is an error and
     nothing is written to disk.
+
+    A database server's storage (PostgreSQL, MySQL) survives the server's restart (each call is
+    made again through an outage of up to a minute: ``_reconnect.ReconnectingStorage``) and beats
+    Optuna's trial heartbeat, whose stale trials are retried with autotune's lineage
+    (``_recovery.StaleTrialRetry``). SQLite keeps Optuna's plain RDBStorage: its processes share one
+    machine, where autotune's own liveness check (the search process's pid) is surer than a
+    heartbeat. ``grpc://HOST:PORT`` is an ``autotune proxy``: Optuna's GrpcStorageProxy.
     """
     import optuna
     import sqlalchemy.exc
 
     url = url or DEFAULT_STORAGE
+    if url.startswith(GRPC_SCHEME):
+        return _open_proxy(url)
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -50,9 +62,27 @@ def open_storage(url: str | None = None, *, create: bool = True) -> optuna.stora
             raise StorageError(
                 f"storage {redact(url)}: no such database file {str(path)!r}; nothing was searched there"
             )
+    server = parsed.get_backend_name() in SERVER_BACKENDS
     engine_kwargs = server_engine_kwargs(parsed.get_backend_name())
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        if not server:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        from autotune.store._reconnect import ReconnectingStorage
+        from autotune.study._recovery import GRACE_SECONDS, HEARTBEAT_SECONDS, StaleTrialRetry
+
+        with warnings.catch_warnings():  # Optuna flags its heartbeat arguments experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = ReconnectingStorage(
+                optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=int(HEARTBEAT_SECONDS),
+                    grace_period=int(GRACE_SECONDS),
+                    heartbeat_stale_trial_callback=StaleTrialRetry(),
+                ),
+                redact(url),
+            )
+        return storage
     except ImportError as exc:  # Optuna wraps the missing driver module in an ImportError
         missing = getattr(exc.__cause__, "name", None) or str(exc)
         raise StorageError(
@@ -63,10 +93,46 @@ def open_storage(url: str | None = None, *, create: bool = True) -> optuna.stora
         raise StorageError(f"storage {redact(url)}: cannot connect: {_first_line(exc)}") from None
 
 
+def proxy_address(url: str) -> tuple[str, int]:
+    """The host and port of a ``grpc://HOST:PORT`` URL; a one-line error where it has neither."""
+    address = url[len(GRPC_SCHEME) :].rstrip("/")
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # an IPv6 address in brackets
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StorageError(f"storage {redact(url)!r}: not a proxy address (example: grpc://127.0.0.1:13000)")
+    return host, int(port)
+
+
+def _open_proxy(url: str) -> Any:
+    """Optuna's gRPC client of an ``autotune proxy``, once the proxy answers (GrpcStorageProxy
+    itself would wait, silently, for ever at its first call)."""
+    host, port = proxy_address(url)
+    try:
+        import grpc  # noqa: F401 - Optuna imports it lazily, at the first call
+        import optuna
+    except ImportError:
+        raise StorageError(f"storage {url}: the gRPC client is not installed; pip install 'autotune[grpc]'") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    try:
+        storage.wait_server_ready(timeout=PROXY_WAIT_SECONDS)
+    except ConnectionError:
+        storage.close()
+        raise StorageError(
+            f"storage {url}: no proxy answers at {host}:{port} within {PROXY_WAIT_SECONDS:.0f}s "
+            "(start one with 'autotune proxy --storage URL --port PORT')"
+        ) from None
+    return storage
+
+
 # A search process holds few connections at once (its trial loop, the heartbeat thread, a study lock):
 # a small pool keeps many workers on one server under its connection limit.
 POOL_SIZE = 2
 POOL_OVERFLOW = 3
+
+
+SERVER_BACKENDS = ("postgresql", "mysql")
 
 
 def server_engine_kwargs(backend: str) -> dict[str, object]:
@@ -74,7 +140,7 @@ def server_engine_kwargs(backend: str) -> dict[str, object]:
     pinged as it leaves the pool (``pool_pre_ping``), so a server that restarted, or dropped an idle
     connection, costs a reconnect rather than the search; the pool is small, and connections are
     renewed after half an hour. SQLite keeps Optuna's defaults."""
-    if backend not in ("postgresql", "mysql"):
+    if backend not in SERVER_BACKENDS:
         return {}
     kwargs: dict[str, object] = {
         "pool_pre_ping": True,
@@ -96,22 +162,31 @@ _CLOCK_QUERIES = {  # the server's clock now, in seconds since the epoch
 def database_time(storage: object) -> float:
     """Seconds since the epoch by the database server's clock, for heartbeats that processes on
     several machines write and judge: their own clocks may disagree by more than the grace period.
-    SQLite's processes share one machine (and its clock); a storage without an engine (Optuna's
-    gRPC proxy) has no server clock to ask, and this machine's is used."""
+    SQLite's processes share one machine (and its clock); a storage without an engine (an
+    ``autotune proxy``: Optuna's gRPC storage proxy has no call that reads the server's clock) has no
+    server clock to ask, and this machine's is used: workers through a proxy need clocks that agree
+    to well within the grace period (NTP does). Asked again through a server's restart."""
     import sqlalchemy
 
     engine = getattr(storage, "engine", None)
     query = _CLOCK_QUERIES.get(engine.dialect.name) if engine is not None else None
     if engine is None or query is None:
         return time.time()
-    with engine.connect() as connection:
-        return float(connection.execute(sqlalchemy.text(query)).scalar_one())
+
+    def ask() -> float:
+        with engine.connect() as connection:
+            return float(connection.execute(sqlalchemy.text(query)).scalar_one())
+
+    retry = getattr(storage, "retry", None)
+    return ask() if retry is None else float(retry(ask))
 
 
 def storage_exists(url: str | None = None) -> bool:
     """False for a SQLite file that does not exist yet (nothing was searched there); True otherwise."""
     import sqlalchemy.exc
 
+    if (url or "").startswith(GRPC_SCHEME):
+        return True  # a proxy: open_storage says whether it answers
     try:
         parsed = sqlalchemy.engine.make_url(url or DEFAULT_STORAGE)
     except (sqlalchemy.exc.ArgumentError, ValueError):
@@ -126,7 +201,7 @@ def load_study(name: str | None, url: str | None = None) -> optuna.Study:
     import optuna
 
     storage = open_storage(url, create=False)
-    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = study_names(storage)
     where = redact(url or DEFAULT_STORAGE)
     listing = ", ".join(sorted(names)) or "none"
     if name is None:
@@ -138,6 +213,14 @@ def load_study(name: str | None, url: str | None = None) -> optuna.Study:
     if name not in names:
         raise StudyError(f"no study named {name!r} in {where} (studies: {listing})")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def study_names(storage: Any) -> list[str]:
+    """The names of the storage's studies, without the study locks of storages that have no engine."""
+    import optuna
+
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    return [summary.study_name for summary in summaries if not is_lock_study(summary.study_name)]
 
 
 def redact(url: str) -> str:
@@ -153,42 +236,6 @@ def redact(url: str) -> str:
         if "://" not in shown and "@" in shown:  # no scheme: whatever precedes the host may be a secret
             shown = "***@" + shown.rpartition("@")[2]
     return _SECRET_ARGUMENT.sub(r"\1***", shown)
-
-
-@contextlib.contextmanager
-def study_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterator[None]:
-    """Held by one process at a time across every process sharing ``storage``: for check-then-write
-    steps on one study (enqueue the baseline once, recover a dead search's trial once).
-
-    PostgreSQL: a session advisory lock (released by the server if the process dies); MySQL: a named
-    lock; SQLite: a file lock beside the database file (its processes share one machine).
-    """
-    import sqlalchemy
-
-    engine = storage.engine
-    key = int.from_bytes(hashlib.blake2b(f"autotune:{study_name}".encode(), digest_size=8).digest(), "big", signed=True)
-    if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-    elif engine.dialect.name == "mysql":
-        name = f"autotune:{key:x}"
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": name})
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
-    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        path = Path(engine.url.database).expanduser()
-        with open(path.with_name(path.name + ".lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
-            yield
-    else:  # an in-memory database lives in one process
-        yield
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from autotune.exceptions import StudyError
 from autotune.runner._scratch import sweep_stale_scratch
 from autotune.store import _records
 from autotune.store._records import TrialRecord
-from autotune.store._storage import open_storage, redact, storage_exists, study_lock
+from autotune.store._storage import open_storage, redact, storage_exists, study_lock, study_names
 from autotune.study._checks import check_workload
 from autotune.study._notes import explain_study
 from autotune.study._objective import Objective, TrialError
@@ -333,17 +333,17 @@ def _enqueue_earlier_best(study: optuna.Study, plan: SearchPlan, storage: Any, w
     with study_lock(storage, study.study_name):
         if len(study.get_trials(deepcopy=False)) > 1:  # not a new study: its own records lead
             return
-        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-            if summary.study_name == study.study_name:
+        for name in study_names(storage):  # the study locks of a proxy's storage left out
+            if name == study.study_name:
                 continue
-            earlier = optuna.load_study(study_name=summary.study_name, storage=storage)
+            earlier = optuna.load_study(study_name=name, storage=storage)
             setup = _records.read_setup(earlier)
             if setup.workload != workload or setup.device != plan.device.describe():
                 continue
             best = _records.best_trial(earlier.get_trials(deepcopy=False), setup.objective)
             params = None if best is None else _earlier_params(plan, TrialRecord.of(best).config or {})
             if params is not None:
-                study.enqueue_trial(params, user_attrs={"from_study": summary.study_name}, skip_if_exists=True)
+                study.enqueue_trial(params, user_attrs={"from_study": name}, skip_if_exists=True)
 
 
 def _earlier_params(plan: SearchPlan, config: dict[str, Any]) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from autotune.exceptions import Terminated
+from autotune.exceptions import StorageError, Terminated
 from autotune.store._records import TrialRecord, TrialStatus, write_trial
 from autotune.store._storage import database_time, study_lock
 
@@ -81,7 +81,7 @@ class Heartbeat:
         self._thread.join()
         try:
             self.set_phase("done")  # gone at once, for processes on other machines too
-        except sqlalchemy.exc.SQLAlchemyError:  # the database is unreachable: the heartbeat ages out instead
+        except (sqlalchemy.exc.SQLAlchemyError, StorageError):  # unreachable: the heartbeat ages out instead
             pass
 
     def set_phase(self, phase: str) -> None:
@@ -94,13 +94,25 @@ class Heartbeat:
         self.storage.set_study_system_attr(self.study_id, self.process.key, value)
 
     def _run(self) -> None:
-        import sqlalchemy.exc
-
+        unreachable = _unreachable_errors()
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 self._beat()
-            except sqlalchemy.exc.OperationalError:  # the database is busy or unreachable now: next beat
+            except unreachable:  # the database (or the proxy) is busy or unreachable now: next beat
                 continue
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a storage call raises while its database or its proxy cannot be reached: SQLAlchemy's
+    OperationalError, autotune's StorageError once an outage outlasted its bound, gRPC's RpcError."""
+    import sqlalchemy.exc
+
+    errors: tuple[type[BaseException], ...] = (sqlalchemy.exc.OperationalError, StorageError)
+    try:
+        import grpc
+    except ImportError:
+        return errors
+    return (*errors, grpc.RpcError)
 
 
 def claim_trial(trial: optuna.Trial, process: SearchProcess) -> None:
@@ -158,6 +170,64 @@ def recover_interrupted(study: optuna.Study, storage: Any) -> list[int]:
             if why is not None and _interrupt(study, storage, study_id, trial, why):
                 recovered.append(trial.number)
     return recovered
+
+
+class StaleTrialRetry:
+    """Optuna's ``heartbeat_stale_trial_callback``, with autotune's lineage: a trial whose Optuna
+    heartbeat (beaten by ``study.optimize`` from a thread per trial) is older than the grace period
+    ends as ``interrupted`` with a reason, and its config is enqueued again once, with ``retry_of`` and
+    ``interruptions`` (as ``recover_interrupted`` does) and Optuna's own ``failed_trial`` and
+    ``retry_history`` system attributes (as ``optuna.storages.RetryHeartbeatStaleTrialCallback``).
+
+    Optuna fails the stale trial, then calls back with it finished, when its attributes can no longer
+    be written; so the reason is written just before, while it runs (``before_fail``, called by
+    ``ReconnectingStorage._get_stale_trial_ids``). Only the process whose FAIL took effect is called
+    back (``fail_stale_trials`` checks ``set_trial_state_values``' result), and ``recover_interrupted``
+    acts only on trials still RUNNING and checks it too: on PostgreSQL the state change locks the
+    trial's row (SELECT ... FOR UPDATE), so of the two, and of many processes, exactly one retries.
+
+    Where Optuna's heartbeat cannot serve, autotune's own process heartbeat does: a trial cut off
+    before Optuna recorded its first heartbeat is never stale to Optuna (it has no heartbeat row), and
+    an ``autotune proxy`` (Optuna's gRPC storage proxy) carries no trial heartbeat at all.
+    """
+
+    def before_fail(self, storage: Any, trial_id: int) -> None:
+        """The stale trial's status and reason, written while it still runs."""
+        import optuna
+
+        trial = storage.get_trial(trial_id)
+        if trial.state != optuna.trial.TrialState.RUNNING:
+            return
+        _retry_attrs, suffix = _retry(trial)
+        why = f"its trial heartbeat (Optuna's) was silent for more than {GRACE_SECONDS:.0f}s"
+        try:
+            storage.set_trial_user_attr(trial_id, "status", TrialStatus.INTERRUPTED.value)
+            storage.set_trial_user_attr(trial_id, "reason", why + suffix)
+        except optuna.exceptions.UpdateFinishedTrialError:  # its process finished it after all
+            pass
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        import optuna
+
+        retry, _suffix = _retry(trial)
+        if retry is not None:
+            history = [*trial.system_attrs.get("retry_history", []), trial.number]
+            distributions = {name: trial.distributions[name] for name in trial.params}
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.WAITING,
+                    params=dict(trial.params),
+                    distributions=distributions,
+                    user_attrs=retry,
+                    system_attrs={
+                        "fixed_params": dict(trial.params),  # as enqueue_trial records it
+                        "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                        "retry_history": history,
+                    },
+                )
+            )
+        reason = TrialRecord.of(trial).reason or "its trial heartbeat (Optuna's) went silent"
+        _note(optuna.Trial(study, trial._trial_id), reason)
 
 
 @contextlib.contextmanager
