@@ -81,6 +81,20 @@ def joined_setup(study):
     return _records.read_setup(study)
 
 
+def test_worker_searches_a_free_effective_batch_over_a_range_as_the_study_does(tmp_path, storage_url):
+    space = tmp_path / "free.yaml"
+    space.write_text("effective_batch: free\nknobs:\n  batch_size: {low: 1, high: 64}\n")
+    args = ["search", "--workload", workload_spec(), "--space", str(space), "--storage", storage_url]
+    first = _autotune(*args, "--study", "free", "--trials", "1", "--no-lr-find", *FAST, cwd=tmp_path)
+    output = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, output
+    result = run_cli("worker", "--study", "free", "--storage", storage_url, "--trials", "2")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="free", storage=storage_url)
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+    assert {type(t.distributions["batch_size"]).__name__ for t in study.trials} == {"IntDistribution"}
+
+
 def test_worker_without_trials_stops_when_the_study_has_its_trials(started):
     storage, name = started
     study = optuna.load_study(study_name=name, storage=open_storage(storage))

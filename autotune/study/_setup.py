@@ -60,6 +60,9 @@ def check_or_record_setup(study: optuna.Study, options: SearchOptions, plan: Sea
     recorded = _records.read_setup(study)
     setup = _setup_of(study, options, plan, recorded)
     if options.join and recorded.complete:
+        changes = diff_spaces(recorded.space, setup.space)
+        if changes:  # the worker rebuilt the space from the record: it must be the study's
+            raise StudyError(f"study {plan.study_name!r}: this worker's space differs ({'; '.join(changes)})")
         if recorded.device != setup.device:
             plan.notes.append(f"study was started on {recorded.device}; this worker measures on {setup.device}")
         return

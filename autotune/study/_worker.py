@@ -192,9 +192,7 @@ def join_options(
 
 
 def recorded_space(setup: StudySetup) -> dict[str, Any]:
-    """The study's space document, as ``load_space`` reads a file, from its recorded description."""
+    """The study's space document, as ``load_space`` reads a file, from its recorded description (a
+    planned space without an effective batch is a free one: a held batch is always written)."""
     described = dict(setup.space)
-    document: dict[str, Any] = {}
-    if "effective_batch" in described:
-        document["effective_batch"] = described.pop("effective_batch")
-    return {"knobs": described, **document}
+    return {"effective_batch": described.pop("effective_batch", "free"), "knobs": described}
