@@ -35,7 +35,7 @@ WORKLOAD = f"{HERE / 'workloads' / 'sleepy.py'}:workload"
 SPACE = "effective_batch: free\nknobs:\n  batch_size: {low: 1, high: 100000}\n"  # no config drawn twice
 MEASURE = ["--window-seconds", "1", "--windows", "3", "--max-windows", "3", "--warmup-steps", "1"]
 # What a storage failure prints: a database or gRPC error, a traceback.
-STORAGE_ERROR = re.compile(r"Traceback|OperationalError|StorageError|grpc|StatusCode|Error: storage", re.IGNORECASE)
+STORAGE_ERROR = re.compile(r"Traceback|OperationalError|StorageError|_InactiveRpcError|StatusCode\.|Error: storage|connection lost")
 
 
 def autotune(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
