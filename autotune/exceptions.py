@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 
 
 class AutotuneError(Exception):
@@ -64,3 +67,22 @@ class CheckpointError(AutotuneError):
 
 class TrainingError(AutotuneError):
     """A full run cannot go on: its loss became NaN or infinite."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what schedulers and ``kill`` send) stops the search the way Ctrl-C does: a
+    ``Terminated`` (a KeyboardInterrupt) is raised where it runs. A second SIGTERM ends it at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -27,7 +27,7 @@ def trial(backend: str | None) -> dict:
     import torch
 
     from autotune.runner import MeasureSettings, TrialJob, run_trial
-    from autotune.runner._group import BACKEND_ENV
+    from autotune.training._distributed import BACKEND_ENV
 
     if backend is None:
         os.environ.pop(BACKEND_ENV, None)

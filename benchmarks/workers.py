@@ -9,7 +9,7 @@ compute, so a 2-core machine shows the storage's own scaling. Counted: the trial
 the steady window (the first and last ``--margin`` seconds left out), per hour; the workers' exit
 codes; and every storage error in their output.
 
-Run: ``python benchmarks/workers.py`` (about 14 minutes on 2 CPU cores; needs the PostgreSQL of
+Run: ``python benchmarks/workers.py`` (about 20 minutes on 2 CPU cores; needs the PostgreSQL of
 ``--storage`` and, for the proxy, ``pip install -e ".[grpc]"``); writes
 ``benchmarks/results/workers-<date>.md`` and ``.json``.
 """
@@ -33,9 +33,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 WORKLOAD = f"{HERE / 'workloads' / 'sleepy.py'}:workload"
 SPACE = "effective_batch: free\nknobs:\n  batch_size: {low: 1, high: 100000}\n"  # no config drawn twice
-MEASURE = ["--window-seconds", "1", "--windows", "3", "--max-windows", "3", "--warmup-steps", "1"]
+MEASURE = ["--window-seconds", "3", "--windows", "3", "--max-windows", "3", "--warmup-steps", "1"]
 # What a storage failure prints: a database or gRPC error, a traceback.
-STORAGE_ERROR = re.compile(r"Traceback|OperationalError|StorageError|_InactiveRpcError|StatusCode\.|Error: storage|connection lost")
+STORAGE_ERROR = re.compile(
+    r"Traceback|OperationalError|StorageError|_InactiveRpcError|StatusCode\.|Error: storage|connection lost"
+)
 
 
 def autotune(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -141,7 +143,7 @@ def main() -> None:
     parser.add_argument("--storage", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--via", nargs="+", choices=["direct", "proxy"], default=["direct", "proxy"])
-    parser.add_argument("--seconds", type=float, default=90.0)
+    parser.add_argument("--seconds", type=float, default=130.0)
     parser.add_argument("--margin", type=float, default=15.0, help="Seconds left out at each end of a run.")
     parser.add_argument("--out", default=None, help="Results stem. Default: results/workers-<date>.")
     args = parser.parse_args()
@@ -165,7 +167,7 @@ def report(rows: list[dict], machine: str, args: argparse.Namespace) -> str:
         "",
         f"`python benchmarks/workers.py` on {machine}; storage PostgreSQL at {args.storage.split('@')[-1]}; "
         f"each run {args.seconds:.0f} s, counted over the middle {args.seconds - 2 * args.margin:.0f} s; "
-        "the workload's step sleeps 50 ms (3 windows of 1 s a trial, random sampling, no pruning).",
+        "the workload's step sleeps 50 ms (3 windows of 3 s a trial, random sampling, no pruning).",
         "",
         "| way | workers | trials per hour | per worker | scaling over 1 worker | exit codes | storage errors |",
         "|---|---|---|---|---|---|---|",

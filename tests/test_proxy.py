@@ -16,9 +16,8 @@ from conftest import error_line, run_cli, workload_spec
 from optuna.trial import TrialState
 
 from autotune.exceptions import StorageError
-from autotune.store import _lock, _storage
+from autotune.store import _liveness, _lock, _storage
 from autotune.store._storage import load_study, open_storage, study_lock
-from autotune.study import _recovery
 from autotune.study._recovery import SearchProcess
 
 pytest.importorskip("grpc", reason="the gRPC extra is not installed (pip install 'autotune[grpc]')")
@@ -151,7 +150,7 @@ def test_study_lock_through_a_proxy_of_a_dead_holder_is_taken_over(proxy_url):
 
 
 def test_study_lock_through_a_proxy_left_without_a_holder_is_taken_over_after_the_grace(proxy_url, monkeypatch):
-    monkeypatch.setattr(_recovery, "GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(_liveness, "GRACE_SECONDS", 0.3)
     storage = open_storage(proxy_url)
     storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "autotune-lock:shared")  # its creator died here
     with study_lock(storage, "shared"):

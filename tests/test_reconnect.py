@@ -219,12 +219,12 @@ def _stale_running_trial(storage, study: optuna.Study) -> optuna.trial.FrozenTri
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_stale_optuna_heartbeat_fails_the_trial_and_runs_its_config_again_once(private_postgres):
-    storage = open_storage(private_postgres.url)
+    storage = open_storage(private_postgres.url, on_stale_trial=_recovery.StaleTrialRetry())
     assert storage.get_heartbeat_interval() == int(_recovery.HEARTBEAT_SECONDS)
     study = optuna.create_study(study_name="stale", storage=storage)
     stale = _stale_running_trial(storage, study)
 
-    other = open_storage(private_postgres.url)  # a second worker, looking too
+    other = open_storage(private_postgres.url, on_stale_trial=_recovery.StaleTrialRetry())  # a second worker
     for looker in (storage, other, storage):
         optuna.storages.fail_stale_trials(optuna.load_study(study_name="stale", storage=looker))
     assert _recovery.recover_interrupted(study, storage) == []  # autotune's recovery finds nothing left

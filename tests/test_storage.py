@@ -241,35 +241,3 @@ def test_postgresql_connections_dropped_by_the_server_cost_a_reconnect_not_the_s
     trial = study.ask()  # the pool's dead connection is found by its ping and replaced
     study.tell(trial, 1.0)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
-
-
-def test_heartbeats_on_postgresql_use_the_servers_clock_not_the_workers(postgres, pg_study, monkeypatch):
-    """A worker whose clock runs an hour ahead still beats in the server's time, and a process whose
-    beat is recent by the server's clock is alive to a judge whose own clock is an hour behind."""
-    from autotune.store._storage import database_time
-    from autotune.study import _recovery
-
-    storage = open_storage(postgres)
-    optuna.create_study(study_name=pg_study, storage=storage)
-    study_id = storage.get_study_id_from_name(pg_study)
-    server_now = database_time(storage)
-    assert abs(server_now - time.time()) < 60  # the server here shares this machine's clock
-
-    real_time = time.time
-    monkeypatch.setattr(time, "time", lambda: real_time() + 3600.0)
-    beat = _recovery.Heartbeat(storage, pg_study)
-    beat._beat()
-    monkeypatch.setattr(time, "time", lambda: real_time() - 3600.0)
-    written = storage.get_study_system_attrs(study_id)[beat.process.key]
-    assert abs(written["heartbeat"] - server_now) < 30
-    remote = {**written, "machine": "another-machine"}  # judged by its heartbeat, as from another machine
-    assert _recovery._gone(remote, database_time(storage)) is None
-    stale = {**remote, "heartbeat": database_time(storage) - _recovery.GRACE_SECONDS - 5}
-    assert "sent no heartbeat for" in _recovery._gone(stale, database_time(storage))
-
-
-def test_database_time_on_sqlite_is_this_machines_clock(tmp_path):
-    from autotune.store._storage import database_time
-
-    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
-    assert abs(database_time(storage) - time.time()) < 5

@@ -103,14 +103,7 @@ def export_best(
     baseline_trial = _records.baseline_trial(trials)
     selection, verification = _choose(study, setup, trials, budgets, checks, prefer, verify_top, rounds, on_verify_run)
     chosen = selection.chosen
-    kept = kept_at_baseline(
-        trials,
-        chosen.record.config or {},
-        setup.baseline,
-        setup.searched_knobs,
-        study.user_attrs.get(HELD_ATTR) or {},
-        _records.unit(chosen.attrs),
-    )
+    kept = _kept(study, setup, trials, chosen)
     selection.explanation.extend([*kind_lines, *kept.values()])
     config, lr_section, lr_line = _learning_rate(study, chosen, budgets, setup)
     progress = _progress(chosen, config, budgets, setup, trials, checks)
@@ -138,6 +131,18 @@ def export_best(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(document, fmt, as_json=path.suffix == ".json", name=path.name))
     return Export(document=document, path=path)
+
+
+def _kept(study: Any, setup: StudySetup, trials: list[FrozenTrial], chosen: Candidate) -> dict[str, str]:
+    """The searched knobs the export keeps at the baseline's values, and why."""
+    return kept_at_baseline(
+        trials,
+        chosen.record.config or {},
+        setup.baseline,
+        setup.searched_knobs,
+        study.user_attrs.get(HELD_ATTR) or {},
+        _records.unit(chosen.attrs),
+    )
 
 
 def _choose(

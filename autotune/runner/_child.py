@@ -58,7 +58,7 @@ def measure_job(job_text: str, emit: Callable[[dict[str, Any]], None], *, where:
     try:
         job = TrialJob.from_json(json.loads(job_text))
         if job.world_size > 1:
-            from autotune.runner._group import start_group
+            from autotune.training._distributed import start_group
 
             start_group(job.device, job.timeout_seconds)
         measure = run_lr_sweep if job.lr_sweep is not None else run_harness

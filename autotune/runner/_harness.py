@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from autotune.knobs._config import TrainConfig
-from autotune.runner._group import Group, rank_device
 from autotune.runner._memory import process_peak_rss
 from autotune.runner._outcome import MeasureSettings, TrialJob
 from autotune.training import _noise_scale as noise_scale
 from autotune.training._apply import Training, backend_flags, evaluate
+from autotune.training._distributed import Group, rank_device
 from autotune.workload._workload import Workload
 
 Emit = Callable[[dict[str, Any]], None]

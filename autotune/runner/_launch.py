@@ -1,12 +1,12 @@
 """The launcher of a data-parallel trial: torch.distributed's own (torchrun), run in this process as
 ``python -m autotune.runner._launch EVENTS WATCHDOG_FD JOB``.
 
-It starts ``world_size`` ranks (autotune.runner._rank) on this machine: a standalone c10d rendezvous on
-a free port, no restarts (a rank that fails ends the group), ranks watched every 0.1 s. torchrun starts
-each rank in a session of its own, so stopping the launcher's process group would leave them
-running: each rank dies with the launcher (PR_SET_PDEATHSIG, set in the rank), the launcher dies
-with the trial's parent (the same, and the watchdog pipe), and the parent kills every process of the
-tree it has seen.
+It starts ``world_size`` ranks (autotune.runner._rank) on this machine through
+autotune.training._distributed.launch: a standalone c10d rendezvous on a free port, no restarts (a rank
+that fails ends the group), ranks watched every 0.1 s. torchrun starts each rank in a session of its
+own, so stopping the launcher's process group would leave them running: each rank dies with the
+launcher (PR_SET_PDEATHSIG, set in the rank), the launcher dies with the trial's parent (the same, and
+the watchdog pipe), and the parent kills every process of the tree it has seen.
 """
 
 from __future__ import annotations
@@ -16,51 +16,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
 
-LAUNCHER_PID_ENV = "AUTOTUNE_LAUNCHER_PID"  # read by each rank: the process it must die with
-_MONITOR_INTERVAL_SECONDS = 0.1  # how often the launcher checks its ranks (a dead one ends the group)
-
-
-def torchrun_arguments(world_size: int, command: Sequence[str]) -> list[str]:
-    """torchrun's arguments for ``world_size`` ranks of ``command`` on this machine (a module: ``-m
-    NAME ARGS...``, or a script and its arguments)."""
-    return [
-        "--standalone",  # c10d rendezvous on localhost, on a free port
-        f"--nproc-per-node={world_size}",
-        "--max-restarts=0",  # a failed rank fails the trial; a restart would measure something else
-        f"--monitor-interval={_MONITOR_INTERVAL_SECONDS}",
-        *command,
-    ]
-
-
-def threads_per_rank(world_size: int) -> int:
-    """CPU threads each rank's intra-op pool gets where OMP_NUM_THREADS is not set: this machine's
-    cores shared out (torchrun's own default, one thread, would starve a CPU rank)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, world_size))
-
-
-def launch(world_size: int, command: Sequence[str]) -> dict[int, str]:
-    """Run ``command`` as ``world_size`` ranks through torch.distributed.run and wait for them; the
-    failed ranks' exit (``exit code N`` or ``signal NAME``) by rank, empty when every rank exited 0."""
-    from torch.distributed import run
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(world_size)))
-    try:
-        run.main(torchrun_arguments(world_size, command))
-    except ChildFailedError as exc:
-        return {rank: _how(failure.exitcode, failure.signal_name()) for rank, failure in exc.failures.items()}
-    return {}
-
-
-def _how(exitcode: int, signal_name: str) -> str:
-    """A failed rank's end in words: the signal that killed it, or its exit code."""
-    if exitcode < 0:
-        return f"signal {signal_name}"
-    return f"exit code {exitcode}"
+from autotune.training._distributed import launch
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ def main() -> None:
     """Run this rank: dies with the launcher, measures the job, exits (non-zero after a failure, so the
     launcher stops the other ranks too)."""
     from autotune.runner._child import _die_with_parent, measure_job
-    from autotune.runner._launch import LAUNCHER_PID_ENV
+    from autotune.training._distributed import LAUNCHER_PID_ENV
 
     events_path, job_path = sys.argv[1], sys.argv[2]
     launcher = os.environ.get(LAUNCHER_PID_ENV)

@@ -6,10 +6,10 @@ import math
 import time
 from typing import Any
 
-from autotune.runner._group import Group
 from autotune.runner._harness import Emit, trial_training
 from autotune.runner._outcome import TrialJob
 from autotune.training._apply import Training, fixed_samples_loss
+from autotune.training._distributed import Group
 from autotune.workload._workload import Workload
 
 

@@ -109,7 +109,7 @@ def _server_lock(storage: Any, take: str, release: str, arguments: dict[str, Any
 def _storage_api_lock(storage: Any, study_name: str) -> Iterator[None]:
     """The lock as a study of its own (see the module), held while the body runs and beaten from a
     thread, so that a holder on another machine is not taken for dead while it holds the lock long."""
-    from autotune.study._recovery import HEARTBEAT_SECONDS
+    from autotune.store._liveness import HEARTBEAT_SECONDS
 
     name = LOCK_STUDY_PREFIX + study_name
     token = uuid.uuid4().hex
@@ -139,8 +139,7 @@ def _storage_api_lock(storage: Any, study_name: str) -> Iterator[None]:
 
 
 def _owner(storage: Any, token: str) -> dict[str, Any]:
-    from autotune.store._storage import database_time
-    from autotune.study._recovery import SearchProcess
+    from autotune.store._liveness import SearchProcess, database_time
 
     return {**SearchProcess.current().to_json(), "token": token, "heartbeat": database_time(storage)}
 
@@ -167,8 +166,7 @@ def _take(storage: Any, name: str, token: str) -> int:
 def _take_over_if_dead(storage: Any, name: str, ownerless: dict[int, float]) -> None:
     """Remove the lock study ``name`` where its holder is dead, or silent past the grace period (a
     holder that died between creating it and writing its name is silent from the start)."""
-    from autotune.store._storage import database_time
-    from autotune.study._recovery import GRACE_SECONDS, _gone
+    from autotune.store._liveness import GRACE_SECONDS, database_time, gone
 
     def holder() -> tuple[int, dict[str, Any] | None] | None:
         try:
@@ -184,7 +182,7 @@ def _take_over_if_dead(storage: Any, name: str, ownerless: dict[int, float]) -> 
     if owner is None:
         if time.monotonic() - ownerless.setdefault(lock_id, time.monotonic()) <= GRACE_SECONDS:
             return
-    elif _gone(owner, database_time(storage)) is None:
+    elif gone(owner, database_time(storage)) is None:
         return
     # Looked at again just before: SQLite may give a new lock study the id of the one deleted, and
     # the token tells the dead holder's lock from a live one's.

@@ -32,7 +32,7 @@ def serve_proxy(
         raise StorageError("autotune proxy: the gRPC server is not installed; pip install 'autotune[grpc]'") from None
     import optuna
 
-    from autotune.study._recovery import sigterm_as_interrupt
+    from autotune.exceptions import sigterm_as_interrupt
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created (study locks are studies)
     try:

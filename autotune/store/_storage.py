@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune.exceptions import StorageError, StudyError
+from autotune.store._liveness import database_time as database_time  # heartbeats' clock, imported from here too
 from autotune.store._lock import is_lock_study
 from autotune.store._lock import study_lock as study_lock  # where the search and the recovery import it from
 
@@ -26,7 +27,9 @@ GRPC_SCHEME = "grpc://"  # an ``autotune proxy`` (Optuna's gRPC storage proxy): 
 PROXY_WAIT_SECONDS = 10.0  # how long a worker waits for a proxy to answer before it says none does
 
 
-def open_storage(url: str | None = None, *, create: bool = True) -> Any:
+def open_storage(
+    url: str | None = None, *, create: bool = True, on_stale_trial: Callable[[Any, Any], None] | None = None
+) -> Any:
     """Open the storage at ``url``; unreachable servers are one clear error.
 
     With ``create`` (``autotune search``), a SQLite file and its folder are created as needed;
@@ -34,11 +37,12 @@ def open_storage(url: str | None = None, *, create: bool = True) -> Any:
     nothing is written to disk.
 
     A database server's storage (PostgreSQL, MySQL) survives the server's restart (each call is
-    made again through an outage of up to a minute: ``_reconnect.ReconnectingStorage``) and beats
-    Optuna's trial heartbeat, whose stale trials are retried with autotune's lineage
-    (``_recovery.StaleTrialRetry``). SQLite keeps Optuna's plain RDBStorage: its processes share one
-    machine, where autotune's own liveness check (the search process's pid) is surer than a
-    heartbeat. ``grpc://HOST:PORT`` is an ``autotune proxy``: Optuna's GrpcStorageProxy.
+    made again through an outage of up to a minute: ``_reconnect.ReconnectingStorage``); given
+    ``on_stale_trial`` (the search's ``_recovery.StaleTrialRetry``, Optuna's
+    ``heartbeat_stale_trial_callback``), it beats Optuna's trial heartbeat while ``study.optimize`` runs
+    a trial, and a trial whose heartbeat went silent is handed to it. SQLite keeps Optuna's plain
+    RDBStorage: its processes share one machine, where autotune's own liveness check (the search
+    process's pid) is surer than a heartbeat. ``grpc://HOST:PORT`` is an ``autotune proxy``: Optuna's GrpcStorageProxy.
     """
     import optuna
     import sqlalchemy.exc
@@ -62,27 +66,11 @@ def open_storage(url: str | None = None, *, create: bool = True) -> Any:
             raise StorageError(
                 f"storage {redact(url)}: no such database file {str(path)!r}; nothing was searched there"
             )
-    server = parsed.get_backend_name() in SERVER_BACKENDS
     engine_kwargs = server_engine_kwargs(parsed.get_backend_name())
     try:
-        if not server:
+        if parsed.get_backend_name() not in SERVER_BACKENDS:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        from autotune.store._reconnect import ReconnectingStorage
-        from autotune.study._recovery import GRACE_SECONDS, HEARTBEAT_SECONDS, StaleTrialRetry
-
-        with warnings.catch_warnings():  # Optuna flags its heartbeat arguments experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = ReconnectingStorage(
-                optuna.storages.RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=int(HEARTBEAT_SECONDS),
-                    grace_period=int(GRACE_SECONDS),
-                    heartbeat_stale_trial_callback=StaleTrialRetry(),
-                ),
-                redact(url),
-            )
-        return storage
+        return _open_server(url, engine_kwargs, on_stale_trial)
     except ImportError as exc:  # Optuna wraps the missing driver module in an ImportError
         missing = getattr(exc.__cause__, "name", None) or str(exc)
         raise StorageError(
@@ -91,6 +79,28 @@ def open_storage(url: str | None = None, *, create: bool = True) -> Any:
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise StorageError(f"storage {redact(url)}: cannot connect: {_first_line(exc)}") from None
+
+
+def _open_server(url: str, engine_kwargs: dict[str, Any], on_stale_trial: Callable[[Any, Any], None] | None) -> Any:
+    """A database server's storage: reconnecting through an outage, with Optuna's trial heartbeat
+    where ``on_stale_trial`` takes its stale trials."""
+    import optuna
+
+    from autotune.store._liveness import GRACE_SECONDS, HEARTBEAT_SECONDS
+    from autotune.store._reconnect import ReconnectingStorage
+
+    heartbeat: dict[str, Any] = {}
+    if on_stale_trial is not None:
+        heartbeat = {
+            "heartbeat_interval": int(HEARTBEAT_SECONDS),
+            "grace_period": int(GRACE_SECONDS),
+            "heartbeat_stale_trial_callback": on_stale_trial,
+        }
+    with warnings.catch_warnings():  # Optuna flags its heartbeat arguments experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return ReconnectingStorage(
+            optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat), redact(url)
+        )
 
 
 def proxy_address(url: str) -> tuple[str, int]:
@@ -151,34 +161,6 @@ def server_engine_kwargs(backend: str) -> dict[str, object]:
     if backend == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": 10}
     return kwargs
-
-
-_CLOCK_QUERIES = {  # the server's clock now, in seconds since the epoch
-    "postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
-    "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
-}
-
-
-def database_time(storage: object) -> float:
-    """Seconds since the epoch by the database server's clock, for heartbeats that processes on
-    several machines write and judge: their own clocks may disagree by more than the grace period.
-    SQLite's processes share one machine (and its clock); a storage without an engine (an
-    ``autotune proxy``: Optuna's gRPC storage proxy has no call that reads the server's clock) has no
-    server clock to ask, and this machine's is used: workers through a proxy need clocks that agree
-    to well within the grace period (NTP does). Asked again through a server's restart."""
-    import sqlalchemy
-
-    engine = getattr(storage, "engine", None)
-    query = _CLOCK_QUERIES.get(engine.dialect.name) if engine is not None else None
-    if engine is None or query is None:
-        return time.time()
-
-    def ask() -> float:
-        with engine.connect() as connection:
-            return float(connection.execute(sqlalchemy.text(query)).scalar_one())
-
-    retry = getattr(storage, "retry", None)
-    return ask() if retry is None else float(retry(ask))
 
 
 def storage_exists(url: str | None = None) -> bool:

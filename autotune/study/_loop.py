@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from autotune.exceptions import StudyError
+from autotune.exceptions import StudyError, sigterm_as_interrupt
 from autotune.runner._scratch import sweep_stale_scratch
 from autotune.store import _records
 from autotune.store._records import TrialRecord
@@ -17,7 +17,7 @@ from autotune.store._storage import open_storage, redact, storage_exists, study_
 from autotune.study._checks import check_workload
 from autotune.study._notes import explain_study
 from autotune.study._objective import Objective, TrialError
-from autotune.study._recovery import Heartbeat, SearchProcess, others_running_trials, sigterm_as_interrupt
+from autotune.study._recovery import Heartbeat, SearchProcess, others_running_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -37,7 +37,7 @@ def search(options: SearchOptions, listener: SearchListener | None = None) -> Se
     with sigterm_as_interrupt():
         sweep_stale_scratch()  # scratch folders of trials whose search died
         plan = plan_search(options)
-        storage = open_storage(plan.storage) if storage_exists(plan.storage) else None
+        storage = _open(plan.storage) if storage_exists(plan.storage) else None
         measured = None if storage is None else baseline_measured(storage, plan.study_name)
         if measured is None:
             # Before the study exists: a workload that cannot train is refused, and nothing is created.
@@ -49,11 +49,19 @@ def search(options: SearchOptions, listener: SearchListener | None = None) -> Se
         if step_closure and not plan.step_closure:
             plan = with_closure(options, note)
         plan = cap_batch(plan, dataset_size)
-        storage = storage or open_storage(plan.storage)
+        storage = storage or _open(plan.storage)
         with warnings.catch_warnings(), _optuna_quiet():
             # TPE's group/multivariate modes and metric names are stable in practice but flagged experimental.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return _search(options, plan, storage, listener, deadline)
+
+
+def _open(url: str) -> Any:
+    """The study's storage, with Optuna's trial heartbeat where it has one: a trial whose heartbeat
+    goes silent is ended and run again with autotune's lineage (StaleTrialRetry)."""
+    from autotune.study._recovery import StaleTrialRetry
+
+    return open_storage(url, on_stale_trial=StaleTrialRetry())
 
 
 def _search(

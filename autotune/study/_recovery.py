@@ -9,53 +9,21 @@ process is seen gone, from another machine once its heartbeat is older than the 
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import hashlib
-import os
-import signal
-import socket
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
-from autotune.exceptions import StorageError, Terminated
+from autotune.exceptions import StorageError
+from autotune.store._liveness import GRACE_SECONDS, HEARTBEAT_SECONDS, SearchProcess
+from autotune.store._liveness import PROCESS_KEY as _PROCESS_KEY
+from autotune.store._liveness import gone as _gone
 from autotune.store._records import TrialRecord, TrialStatus, write_trial
 from autotune.store._storage import database_time, study_lock
 
 if TYPE_CHECKING:
     import optuna
 
-HEARTBEAT_SECONDS = 10.0  # how often a search process says it is alive
-GRACE_SECONDS = 60.0  # a process on another machine silent for longer is taken for dead
 MAX_INTERRUPTIONS = 3  # a config whose trial was cut off this many times in a row is not run again
-_PROCESS_KEY = "autotune:process:"  # study system attributes: one per search process, with its heartbeat
 _OWNER_KEY = "autotune:owner"  # trial system attribute: the process running the trial
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchProcess:
-    """One search process: where it runs, and how to tell it from a later process with its pid."""
-
-    host: str
-    machine: str  # host name, boot and pid namespace: containers that share a host name differ here
-    pid: int
-    started: float  # the process's start time (seconds since the epoch)
-
-    @classmethod
-    def current(cls) -> SearchProcess:
-        return cls(socket.gethostname(), _machine(), os.getpid(), round(psutil.Process().create_time(), 2))
-
-    @property
-    def key(self) -> str:
-        return f"{_PROCESS_KEY}{self.machine}:{self.pid}:{self.started}"
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class Heartbeat:
@@ -230,25 +198,6 @@ class StaleTrialRetry:
         _note(optuna.Trial(study, trial._trial_id), reason)
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (what schedulers and ``kill`` send) stops the search the way Ctrl-C does: a
-    ``Terminated`` (a KeyboardInterrupt) is raised where it runs. A second SIGTERM ends it at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def mark_interrupted(trial: optuna.Trial, why: str) -> None:
     """The running trial of this process is being stopped (Ctrl-C, SIGTERM): record it, and run its config again."""
     retry, suffix = _retry(trial)
@@ -301,37 +250,3 @@ def _note(trial: optuna.Trial, reason: str) -> None:
 def _registered(storage: Any, study_id: int) -> dict[str, dict[str, Any]]:
     attrs = storage.get_study_system_attrs(study_id)
     return {key: value for key, value in attrs.items() if key.startswith(_PROCESS_KEY)}
-
-
-def _gone(info: dict[str, Any], now: float) -> str | None:
-    """Why a registered search process is taken for dead, or None while it is alive."""
-    where = f"pid {info['pid']} on {info['host']}"
-    if info.get("phase") == "done":
-        return f"its search process ({where}) stopped while it ran"
-    if info.get("machine") == _machine():
-        try:
-            process = psutil.Process(info["pid"])
-            same = abs(process.create_time() - info["started"]) < 1.0  # not a later process with the same pid
-            if same and process.status() != psutil.STATUS_ZOMBIE:
-                return None
-        except psutil.NoSuchProcess:
-            pass
-        except psutil.AccessDenied:  # another user's process with this pid: not for us to judge
-            return None
-        return f"its search process ({where}) stopped while it ran"
-    silent = now - float(info.get("heartbeat", 0.0))
-    if silent <= GRACE_SECONDS:
-        return None
-    return f"its search process ({where}) sent no heartbeat for {silent:.0f}s"
-
-
-@functools.lru_cache(maxsize=1)
-def _machine() -> str:
-    """This machine, as search processes on it see it: the host name, the boot, the pid namespace."""
-    parts = [socket.gethostname()]
-    try:
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
-    except OSError:
-        pass
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]

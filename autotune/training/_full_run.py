@@ -43,7 +43,7 @@ def plan_run(options: TrainOptions) -> RunPlan:
     workload = _load_workload(spec, provenance, notes)
     device = detect_device(options.device).torch_device
     if config.world_size > 1:
-        from autotune.runner._group import rank_device
+        from autotune.training._distributed import rank_device
 
         device = str(rank_device(device))  # this rank's: cuda:<local_rank>, or the CPU
     _note_device(provenance, device, notes)

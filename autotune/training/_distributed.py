@@ -1,12 +1,13 @@
-"""Inside a rank of a data-parallel trial: the process group, the rank's device, and the reductions that
-turn each rank's figures into the group's.
+"""Data-parallel processes, for trials and full runs alike: torch.distributed's launcher (torchrun) run
+in this process, and, inside a rank, the process group, the rank's device, and the reductions that turn
+each rank's figures into the group's.
 
-A data-parallel trial is ``world_size`` processes started by torch.distributed's launcher (see
-autotune.runner._launch). Each rank measures its own windows; at each window's edge the ranks agree on
-the group's figures: samples and units summed over ranks, seconds the slowest rank's, memory the
-largest rank's. Every rank computes the same figures from the same reductions, so every rank takes
-the same decisions (how many steps the next window runs, when the measurement is done) and the ranks'
-collectives never go out of step.
+A data-parallel trial (or ``autotune train --nproc-per-trial N``) is ``world_size`` processes started by
+``launch``: a standalone c10d rendezvous on a free port, no restarts. Each rank measures its own windows;
+at each window's edge the ranks agree on the group's figures: samples and units summed over ranks,
+seconds the slowest rank's, memory the largest rank's. Every rank computes the same figures from the
+same reductions, so every rank takes the same decisions (how many steps the next window runs, when the
+measurement is done) and the ranks' collectives never go out of step.
 
 Outside a process group (a single-process trial) every reduction returns its input unchanged.
 """
@@ -116,3 +117,48 @@ def start_group(requested_device: str, timeout_seconds: float) -> Group:
     timeout = datetime.timedelta(seconds=max(_MIN_GROUP_TIMEOUT_SECONDS, timeout_seconds))
     dist.init_process_group(backend=backend, timeout=timeout)
     return Group.current()
+
+
+LAUNCHER_PID_ENV = "AUTOTUNE_LAUNCHER_PID"  # read by each rank: the process it must die with
+_MONITOR_INTERVAL_SECONDS = 0.1  # how often the launcher checks its ranks (a dead one ends the group)
+
+
+def torchrun_arguments(world_size: int, command: Sequence[str]) -> list[str]:
+    """torchrun's arguments for ``world_size`` ranks of ``command`` on this machine (a module: ``-m
+    NAME ARGS...``, or a script and its arguments)."""
+    return [
+        "--standalone",  # c10d rendezvous on localhost, on a free port
+        f"--nproc-per-node={world_size}",
+        "--max-restarts=0",  # a failed rank fails the trial; a restart would measure something else
+        f"--monitor-interval={_MONITOR_INTERVAL_SECONDS}",
+        *command,
+    ]
+
+
+def threads_per_rank(world_size: int) -> int:
+    """CPU threads each rank's intra-op pool gets where OMP_NUM_THREADS is not set: this machine's
+    cores shared out (torchrun's own default, one thread, would starve a CPU rank)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, world_size))
+
+
+def launch(world_size: int, command: Sequence[str]) -> dict[int, str]:
+    """Run ``command`` as ``world_size`` ranks through torch.distributed.run and wait for them; the
+    failed ranks' exit (``exit code N`` or ``signal NAME``) by rank, empty when every rank exited 0."""
+    from torch.distributed import run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(world_size)))
+    try:
+        run.main(torchrun_arguments(world_size, command))
+    except ChildFailedError as exc:
+        return {rank: _how(failure.exitcode, failure.signal_name()) for rank, failure in exc.failures.items()}
+    return {}
+
+
+def _how(exitcode: int, signal_name: str) -> str:
+    """A failed rank's end in words: the signal that killed it, or its exit code."""
+    if exitcode < 0:
+        return f"signal {signal_name}"
+    return f"exit code {exitcode}"
