@@ -72,7 +72,7 @@ def test_group_trial_memory_budget_is_held_per_rank():
     assert "exceeded the memory budget 300.0 MiB" in outcome.reason
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("how", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_search_killed_mid_trial_leaves_no_rank_alive(tmp_path, how):
     marker = uuid.uuid4().hex
     env = {

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
-import threading
 import time
 
 import optuna
@@ -53,31 +53,33 @@ def test_cli_devices_and_device_together_are_refused(tiny_spec):
     assert "give --device or --devices, not both" in line
 
 
-def test_run_slots_stops_every_slot_when_interrupted(tmp_path):
-    from autotune.study import _slots
+# A slot's process: it says its pid in a file named after its slot, then sleeps.
+_SLOT = (
+    "import os, time; open(os.path.join({folder!r}, os.environ['AUTOTUNE_DEVICES']), 'w').write(str(os.getpid())); "
+    "time.sleep(60)"
+)
+_RUNNER = """
+import sys
+from autotune.exceptions import sigterm_as_interrupt
+from autotune.study._slots import run_slots
+with sigterm_as_interrupt():
+    run_slots(["cpu", "cuda:0"], lambda device: [sys.executable, "-c", sys.argv[1]], lambda slot, line: None)
+"""
 
-    started = tmp_path / "started"
-    script = (
-        f"import os, time; open({str(started)!r} + os.environ['{_slots.SLOT_VARIABLE}'], 'w').close(); time.sleep(60)"
-    )
-    lines: list[tuple[str, str]] = []
 
-    def interrupt() -> None:
-        while len(list(tmp_path.glob("started*"))) < 2:
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    timer = threading.Thread(target=interrupt, daemon=True)
-    timer.start()
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with pytest.raises(KeyboardInterrupt):
-        _slots.run_slots(
-            ["cpu", "cuda:0"],
-            lambda device: [sys.executable, "-c", script],
-            lambda slot, line: lines.append((slot, line)),
-        )
-    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()]
-    assert [p for p in left if p.status() != psutil.STATUS_ZOMBIE] == []
+def test_run_slots_stops_every_slot_when_terminated(tmp_path):
+    runner = subprocess.Popen([sys.executable, "-c", _RUNNER, _SLOT.format(folder=str(tmp_path))])
+    give_up = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2 or any(not p.read_text() for p in tmp_path.iterdir()):
+        assert runner.poll() is None and time.monotonic() < give_up
+        time.sleep(0.05)
+    slots = [psutil.Process(int(path.read_text())) for path in tmp_path.iterdir()]
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=60) != 0  # stopped, as Ctrl-C stops it
+    for slot in slots:
+        with pytest.raises(psutil.NoSuchProcess):
+            slot.wait(timeout=10)
+            slot.status()
 
 
 def test_search_with_two_slots_runs_its_trials_in_slot_workers_and_closes_the_study(tmp_path, storage_url, tiny_spec):
@@ -92,7 +94,7 @@ def test_search_with_two_slots_runs_its_trials_in_slot_workers_and_closes_the_st
         storage=storage_url,
         study_name="slots",
         space=space,
-        n_trials=4,
+        n_trials=3,
         measure=MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20),
         slow_fraction=0.0,
         device="cpu",
@@ -100,7 +102,7 @@ def test_search_with_two_slots_runs_its_trials_in_slot_workers_and_closes_the_st
     )
     result = search(options)
     study = optuna.load_study(study_name="slots", storage=storage_url)
-    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
     assert result.trials_run == 0  # this process ran none: the slots' workers did
     pids = {t.user_attrs["pid"] for t in study.trials}
     assert os.getpid() not in pids and len(pids) >= 1

@@ -44,7 +44,8 @@ def test_rank_zero_alone_prints_the_progress_and_writes_the_files(tmp_path):
     )  # fmt: skip  (the ranks print to the process's own output, which only a real process has)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert sum(line.startswith("training ") for line in lines) == 1  # one rank's progress, not two
-    assert sum(line.startswith("finished 3 steps") for line in lines) == 1
-    assert [path.name for path in checkpoints.iterdir()] == ["step_00000003.pt"]
+    output = result.stdout + result.stderr
+    assert sum(line.startswith("training ") for line in lines) == 1, output  # one rank's progress, not two
+    assert sum(line.startswith("finished 3 steps") for line in lines) == 1, output
+    assert [path.name for path in checkpoints.iterdir()] == ["step_00000003.pt"], output
     assert json.loads((tmp_path / "run.json").read_text())["samples"] == 3 * 8 * 2

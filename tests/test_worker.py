@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import psutil
@@ -53,11 +54,20 @@ def _search(tmp_path, storage: str, study: str, trials: int, *extra: str, worklo
     return output
 
 
+@pytest.fixture(scope="module")
+def _started_once(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("started")
+    _search(folder, f"sqlite:///{folder / 'study.db'}", "joined", 2, "--no-lr-find")
+    return folder / "study.db"
+
+
 @pytest.fixture
-def started(tmp_path, storage_url):
-    """A study of tiny started by a 2-trial search (the range test off), in SQLite: its storage and name."""
-    _search(tmp_path, storage_url, "joined", 2, "--no-lr-find")
-    return storage_url, "joined"
+def started(_started_once, tmp_path):
+    """A study of tiny started by a 2-trial search (the range test off), in a SQLite file of the test's
+    own (a copy of one search, run once for the module): its storage and name."""
+    copy = tmp_path / "study.db"
+    shutil.copyfile(_started_once, copy)
+    return f"sqlite:///{copy}", "joined"
 
 
 def test_worker_reads_the_studys_setup_and_runs_its_trials(started, tmp_path):
@@ -207,7 +217,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_run_again_once_by_another(postg
     while (killed := _running_owned_by(study, victim.pid)) is None:
         assert victim.poll() is None and time.monotonic() < give_up, victim.communicate()[0]
         time.sleep(0.2)
-    survivor = _autotune("worker", "--study", pg_study, "--storage", postgres, "--trials", "3", cwd=tmp_path)
+    survivor = _autotune("worker", "--study", pg_study, "--storage", postgres, "--trials", "2", cwd=tmp_path)
     children = psutil.Process(victim.pid).children(recursive=True)
     os.kill(victim.pid, signal.SIGKILL)
     victim.communicate()
