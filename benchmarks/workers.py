@@ -6,7 +6,8 @@ started with ``autotune search --trials 1`` (its baseline), then that many ``aut
 processes join it for ``--seconds``. Each worker has a device-lock folder of its own, as if on a
 machine of its own (on one machine, trials of one device take turns). Trials sleep rather than
 compute, so a 2-core machine shows the storage's own scaling. Counted: the trials that ended inside
-the steady window (the first and last ``--margin`` seconds left out), per hour; the workers' exit
+the steady window (from the moment every worker runs its first trial, and at least ``--margin`` seconds
+after the start, to ``--margin`` seconds before the end), per hour, and their median wall time; the workers' exit
 codes; and every storage error in their output.
 
 Run: ``python benchmarks/workers.py`` (about 20 minutes on 2 CPU cores; needs the PostgreSQL of
@@ -114,7 +115,15 @@ def run_one(storage: str, via: str, workers: int, seconds: float, margin: float,
             proxy.terminate()
             proxy.communicate(timeout=30)
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-    low, high = started + margin, started + seconds - margin
+    # Steady state: from the moment every worker runs its first trial (workers starting together on 2
+    # cores take their time to import torch) to ``margin`` before the end.
+    firsts: dict[int, float] = {}
+    for t in trials:
+        pid = t.user_attrs.get("pid")
+        if pid is not None and t.datetime_start is not None and not t.user_attrs.get("baseline"):
+            firsts[pid] = min(firsts.get(pid, float("inf")), t.datetime_start.timestamp())
+    low = max([started + margin, *firsts.values()])
+    high = started + seconds - margin
     inside = [
         t
         for t in trials
@@ -122,6 +131,7 @@ def run_one(storage: str, via: str, workers: int, seconds: float, margin: float,
         and low <= t.datetime_complete.timestamp() <= high
         and t.user_attrs.get("status") == "ok"
     ]
+    durations = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in inside if t.datetime_start)
     errors = [line for output in outputs for line in output.splitlines() if STORAGE_ERROR.search(line)]
     optuna.delete_study(study_name=study, storage=storage)
     return {
@@ -132,6 +142,8 @@ def run_one(storage: str, via: str, workers: int, seconds: float, margin: float,
         "trials_in_window": len(inside),
         "trials_per_hour": len(inside) / (high - low) * 3600,
         "trials_total": len(trials),
+        "steady_from_seconds": low - started,
+        "median_trial_seconds": durations[len(durations) // 2] if durations else None,
         "exit_codes": [process.returncode for process in processes],
         "storage_errors": errors[:20],
         "wall_seconds": ended - started,
@@ -169,8 +181,12 @@ def report(rows: list[dict], machine: str, args: argparse.Namespace) -> str:
         f"each run {args.seconds:.0f} s, counted over the middle {args.seconds - 2 * args.margin:.0f} s; "
         "the workload's step sleeps 50 ms (3 windows of 3 s a trial, random sampling, no pruning).",
         "",
-        "| way | workers | trials per hour | per worker | scaling over 1 worker | exit codes | storage errors |",
-        "|---|---|---|---|---|---|---|",
+        "Counted from the moment every worker ran its first trial (8 workers starting together on 2 cores "
+        "take a while to import torch) to the margin before the end.",
+        "",
+        "| way | workers | trials per hour | per worker | scaling over 1 worker | median trial (s) | counted over (s) "
+        "| exit codes | storage errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         one = next((r for r in rows if r["via"] == row["via"] and r["workers"] == 1), None)
@@ -178,6 +194,7 @@ def report(rows: list[dict], machine: str, args: argparse.Namespace) -> str:
         lines.append(
             f"| {row['via']} | {row['workers']} | {row['trials_per_hour']:.0f} | "
             f"{row['trials_per_hour'] / row['workers']:.0f} | {scaling:.2f}x | "
+            f"{row['median_trial_seconds'] or float('nan'):.1f} | {row['window_seconds']:.0f} | "
             f"{', '.join(map(str, sorted(set(row['exit_codes']))))} | {len(row['storage_errors'])} |"
         )
     return "\n".join(lines) + "\n"
