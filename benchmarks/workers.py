@@ -6,8 +6,8 @@ started with ``autotune search --trials 1`` (its baseline), then that many ``aut
 processes join it for ``--seconds``. Each worker has a device-lock folder of its own, as if on a
 machine of its own (on one machine, trials of one device take turns). Trials sleep rather than
 compute, so a 2-core machine shows the storage's own scaling. Counted: the trials that ended inside
-the steady window (from the moment every worker runs its first trial, and at least ``--margin`` seconds
-after the start, to ``--margin`` seconds before the end), per hour, and their median wall time; the workers' exit
+the steady window (from the moment every worker runs its first trial to the last trial the first worker
+to stop finished, within ``--margin`` seconds of either end), per hour, and their median wall time; the workers' exit
 codes; and every storage error in their output.
 
 Run: ``python benchmarks/workers.py`` (about 20 minutes on 2 CPU cores; needs the PostgreSQL of
@@ -116,14 +116,19 @@ def run_one(storage: str, via: str, workers: int, seconds: float, margin: float,
             proxy.communicate(timeout=30)
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
     # Steady state: from the moment every worker runs its first trial (workers starting together on 2
-    # cores take their time to import torch) to ``margin`` before the end.
+    # cores take their time to import torch) to ``margin`` before the end, or earlier:
+    # to the moment the first worker stopped finishing trials (as its time ran out: a worker that does
+    # not close the study leaves as soon as its trials are done).
     firsts: dict[int, float] = {}
+    lasts: dict[int, float] = {}
     for t in trials:
         pid = t.user_attrs.get("pid")
         if pid is not None and t.datetime_start is not None and not t.user_attrs.get("baseline"):
             firsts[pid] = min(firsts.get(pid, float("inf")), t.datetime_start.timestamp())
+        if pid is not None and t.datetime_complete is not None and not t.user_attrs.get("baseline"):
+            lasts[pid] = max(lasts.get(pid, 0.0), t.datetime_complete.timestamp())
     low = max([started + margin, *firsts.values()])
-    high = started + seconds - margin
+    high = min([started + seconds - margin, *lasts.values()])
     inside = [
         t
         for t in trials
@@ -182,7 +187,7 @@ def report(rows: list[dict], machine: str, args: argparse.Namespace) -> str:
         "the workload's step sleeps 50 ms (3 windows of 3 s a trial, random sampling, no pruning).",
         "",
         "Counted from the moment every worker ran its first trial (8 workers starting together on 2 cores "
-        "take a while to import torch) to the margin before the end.",
+        "take a while to import torch) to the last trial the first worker to stop finished, within the margins.",
         "",
         "| way | workers | trials per hour | per worker | scaling over 1 worker | median trial (s) | counted over (s) "
         "| exit codes | storage errors |",
