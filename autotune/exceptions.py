@@ -86,3 +86,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's own message, on one line (a driver's wrapped error: the driver's)."""
+    original = getattr(exc, "orig", None) or exc
+    text = " ".join(str(original).split("\n")[0].split())
+    return text or type(original).__name__

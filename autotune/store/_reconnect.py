@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
-from autotune.exceptions import StorageError
+from autotune.exceptions import StorageError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -262,7 +262,4 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
 
 def _first_line(exc: BaseException) -> str:
     """The first line of the driver's own message (what the server or the socket said)."""
-    found = _connection_error(exc) or exc
-    original = getattr(found, "orig", None) or found
-    text = " ".join(str(original).split("\n")[0].split())
-    return text or type(original).__name__
+    return first_line(_connection_error(exc) or exc)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.exceptions import StorageError, StudyError
+from autotune.exceptions import StorageError, StudyError, first_line
 from autotune.store._liveness import database_time as database_time  # heartbeats' clock, imported from here too
 from autotune.store._lock import is_lock_study
 from autotune.store._lock import study_lock as study_lock  # where the search and the recovery import it from
@@ -78,7 +78,7 @@ def open_storage(
             "for PostgreSQL: pip install 'autotune[postgres]'"
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise StorageError(f"storage {redact(url)}: cannot connect: {_first_line(exc)}") from None
+        raise StorageError(f"storage {redact(url)}: cannot connect: {first_line(exc)}") from None
 
 
 def _open_server(url: str, engine_kwargs: dict[str, Any], on_stale_trial: Callable[[Any, Any], None] | None) -> Any:
@@ -218,9 +218,3 @@ def redact(url: str) -> str:
         if "://" not in shown and "@" in shown:  # no scheme: whatever precedes the host may be a secret
             shown = "***@" + shown.rpartition("@")[2]
     return _SECRET_ARGUMENT.sub(r"\1***", shown)
-
-
-def _first_line(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = " ".join(str(original).split("\n")[0].split())
-    return text or type(original).__name__

@@ -169,6 +169,8 @@ def _run_trials(
 ) -> None:
     """The baseline (and the grid) enqueued, then the trials run until their number or deadline; the
     repeated error raised where every config failed the same way."""
+    import optuna
+
     _enqueue_baseline(study, plan, storage)
     if options.sampler == "guided":
         _enqueue_earlier_best(study, plan, storage, options.workload)
@@ -181,12 +183,15 @@ def _run_trials(
     if target is None and options.join and n_trials is None:
         target = _records.read_setup(study).trials_target  # until the study has the trials its searches asked for
     if len(options.devices) > 1:
-        _run_slots(study, options, plan, listener, trials_deadline, target or _trials_taken(study) + (n_trials or 0))
+        if target is None and n_trials is not None:
+            target = _trials_taken(study) + n_trials
+        _run_slots(study, options, plan, listener, trials_deadline, target)
         return
     if target is not None:
         if _trials_taken(study) >= target:
             return
-        callbacks.append(_stop_at(target))
+        # Optuna's own stop at a number of trials, counting the trials other processes run now.
+        callbacks.append(optuna.study.MaxTrialsCallback(target, states=_taken_states()))
     study.optimize(
         objective,
         n_trials=n_trials,
@@ -206,9 +211,10 @@ def _run_slots(
     plan: SearchPlan,
     listener: SearchListener,
     trials_deadline: float | None,
-    target: int,
+    target: int | None,
 ) -> None:
-    """The trials run by one worker process per device slot, until the study holds ``target``; a slot
+    """The trials run by one worker process per device slot, until the study holds ``target`` (None:
+    until the time is up, or the study's own target); a slot
     that failed is a note, every slot failing the same way an error."""
     from autotune.study._slots import run_slots, slot_command
 
@@ -227,29 +233,18 @@ def _run_slots(
         listener.on_note(f"the worker on {slot} exited with code {code}; the other slots went on")
 
 
-def _trials_taken(study: optuna.Study) -> int:
-    """The study's trials that ended or run now: a process stops starting trials once they reach the
-    target, so that the processes sharing the study run it together, none past it."""
+def _taken_states() -> tuple[optuna.trial.TrialState, ...]:
+    """The states of the trials a target counts: those that ended and those running now, so that the
+    processes sharing the study stop starting trials once they reach it, none past it."""
     import optuna
 
-    states = (
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.PRUNED,
-        optuna.trial.TrialState.FAIL,
-        optuna.trial.TrialState.RUNNING,
-    )
-    return len(study.get_trials(deepcopy=False, states=states))
+    state = optuna.trial.TrialState
+    return (state.COMPLETE, state.PRUNED, state.FAIL, state.RUNNING)
 
 
-def _stop_at(target: int) -> Any:
-    """A study.optimize callback (like Optuna's MaxTrialsCallback, counting the trials other
-    processes run now): the study stops once its trials reach ``target``."""
-
-    def stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if _trials_taken(study) >= target:
-            study.stop()
-
-    return stop
+def _trials_taken(study: optuna.Study) -> int:
+    """The study's trials that ended or run now."""
+    return len(study.get_trials(deepcopy=False, states=_taken_states()))
 
 
 def _after_trials(

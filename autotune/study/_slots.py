@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from autotune.exceptions import ParameterError
@@ -126,9 +126,9 @@ def _relay(slot: str, process: subprocess.Popen[str], on_line: Callable[[str, st
         on_line(slot, line.rstrip("\n"))
 
 
-def _stop(processes: object) -> None:
+def _stop(processes: Iterable[subprocess.Popen[str]]) -> None:
     """SIGTERM to each slot's process (it ends its trial as interrupted), SIGKILL to any still alive later."""
-    alive = [p for p in processes if p.poll() is None]  # type: ignore[attr-defined]
+    alive = [p for p in processes if p.poll() is None]
     for process in alive:
         process.send_signal(signal.SIGTERM)
     give_up = time.monotonic() + STOP_SECONDS

@@ -116,14 +116,6 @@ def trials_target(study: optuna.Study, options: SearchOptions, recorded: int | N
     return max(target, recorded or 0)
 
 
-def finished_trials(study: optuna.Study) -> int:
-    """The study's trials that ended (complete, pruned or failed), the number a target counts."""
-    import optuna
-
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
 @dataclasses.dataclass(frozen=True)
 class Joined:
     """A worker's options for the study it joins, the trials it may still run there, and its notes."""
@@ -171,8 +163,8 @@ def join_options(
             "give its file with --workload"
         )
     values = dict(setup.search)
-    chosen_device = device or values.pop("device", "auto")
-    values.pop("device", None)
+    recorded_device = values.pop("device", "auto")
+    chosen_device = device or recorded_device  # the study's, unless this worker names one
     mine = identity(spec, detect_device(chosen_device))
     notes = check_identity(study_name, setup.identity, mine, allow_mixed=allow_mixed)
     options = SearchOptions(

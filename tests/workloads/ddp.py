@@ -7,8 +7,7 @@ import signal
 import time
 
 import torch
-import torch.nn.functional as F
-from tiny import Points
+from tiny import Points, _loss
 from torch import nn
 
 from autotune import Workload
@@ -22,11 +21,6 @@ def _rank() -> int:
 
 def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
-
-
-def _loss(model, batch):
-    x, y = batch
-    return F.cross_entropy(model(x), y)
 
 
 def _heavy_rank_loss(model, batch):
