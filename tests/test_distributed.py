@@ -15,6 +15,8 @@ from autotune.training._distributed import (
     BACKEND_ENV,
     Group,
     choose_backend,
+    first_cause,
+    killed_by_signal,
     rank_device,
     threads_per_rank,
     torchrun_arguments,
@@ -59,14 +61,15 @@ def test_outside_a_group_every_reduction_is_its_input():
 _RANK = textwrap.dedent(
     """
     import json, os, sys
-    from autotune.training._distributed import start_group
+    from autotune.training._distributed import exit_rank, start_group
     group = start_group("cpu", timeout_seconds=60)
     rank = group.rank
     if sys.argv[2] == "fail" and rank == 1:
-        sys.exit(3)
+        exit_rank(3)
     figures = {"sum": group.sum([rank + 1]), "max": group.max([10 * rank]), "mean": group.mean([rank])}
     with open(f"{sys.argv[1]}/rank{rank}.json", "w") as out:
         json.dump({**figures, "world_size": group.world_size, "backend": group.backend}, out)
+    exit_rank(0)
     """
 )
 
@@ -97,3 +100,12 @@ def test_a_rank_that_fails_is_reported_with_its_exit_and_the_group_is_ended(tmp_
     assert failures[1] == "exit code 3"
     assert failures.get(0) in (None, "signal SIGTERM")  # waiting on its peer: ended by the launcher
     assert not (tmp_path / "rank0.json").exists()
+
+
+def test_the_first_cause_is_a_rank_killed_by_a_signal_then_an_error_exit_then_the_launchers_sigterm():
+    # rank 1 killed: rank 0 exited with an error only because its peer was gone
+    assert first_cause({0: "exit code 1", 1: "signal SIGKILL"}) == (1, "signal SIGKILL")
+    assert first_cause({0: "signal SIGTERM", 1: "exit code 3"}) == (1, "exit code 3")
+    assert first_cause({2: "exit code 1", 1: "exit code 1", 0: "signal SIGTERM"}) == (1, "exit code 1")
+    assert killed_by_signal("signal SIGSEGV") and not killed_by_signal("signal SIGTERM")
+    assert not killed_by_signal("exit code 1")

@@ -8,15 +8,19 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autotune.training._run_plan import TrainOptions
 
 
 def main() -> None:
     """One rank of the run: joins the group, trains; rank 0 shows its progress and writes the files."""
     from autotune.runner._child import _die_with_parent
-    from autotune.training._distributed import LAUNCHER_PID_ENV, start_group
-    from autotune.training._full_run import train
-    from autotune.training._run_plan import TrainListener, TrainOptions
+    from autotune.training._distributed import LAUNCHER_PID_ENV, exit_rank, start_group
+    from autotune.training._run_plan import TrainOptions
 
     launcher = os.environ.get(LAUNCHER_PID_ENV)
     _die_with_parent(None, parent=int(launcher) if launcher else None)  # ranks live in sessions of their own
@@ -24,7 +28,21 @@ def main() -> None:
     from autotune.knobs._device import detect_device
 
     group = start_group(detect_device(options.device).torch_device, timeout_seconds=1800.0)
-    if group.rank != 0:  # only rank 0 checkpoints and shows progress: every rank holds the same weights
+    try:
+        _train(group.rank, options)
+    except BaseException:  # printed as the interpreter would: exit_rank skips the interpreter's teardown
+        traceback.print_exc()
+        exit_rank(1)
+    exit_rank(0)
+
+
+def _train(rank: int, options: TrainOptions) -> None:
+    """Train this rank's part of the run: rank 0 shows the progress and writes the files; the others
+    neither checkpoint nor print (every rank holds the same weights)."""
+    from autotune.training._full_run import train
+    from autotune.training._run_plan import TrainListener
+
+    if rank != 0:
         options = dataclasses.replace(options, checkpoint_every_steps=None, checkpoint_every_seconds=None)
         train(options, TrainListener())
         return

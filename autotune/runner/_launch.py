@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 
-from autotune.training._distributed import launch
+from autotune.training._distributed import first_cause, killed_by_signal, launch
 
 
 def main() -> None:
@@ -31,17 +31,18 @@ def main() -> None:
         world_size = TrialJob.from_json(json.load(job_file)).world_size
     failures = launch(world_size, ["-m", "autotune.runner._rank", events_path, job_path])
     if failures:
-        # A rank killed by a signal is the cause; the others' exits followed it (their peer was gone).
-        rank, how = min(failures.items(), key=lambda item: (not item[1].startswith("signal"), item[0]))
+        rank, how = first_cause(failures)
         killed = how == "signal SIGKILL"
         reason = (
             f"rank {rank} was killed by SIGKILL (the host's out-of-memory killer)"
             if killed
             else f"rank {rank} ended with {how} before reporting a result"
         )
-        with open(events_path, "w") as channel:  # a rank's own report, where it sent one, came first
-            channel.write(json.dumps({"event": "failed", "status": "oom" if killed else "error", "reason": reason}))
-            channel.write("\n")
+        # A rank's own report, where one sent it, came first and says why, unless a rank was killed by
+        # a signal: its peers then report only that they lost it, and this word replaces theirs.
+        event = {"event": "failed", "status": "oom" if killed else "error", "reason": reason}
+        with open(events_path, "w") as channel:
+            channel.write(json.dumps({**event, "replaces": killed_by_signal(how)}) + "\n")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1 if failures else 0)

@@ -19,7 +19,7 @@ def main() -> None:
     """Run this rank: dies with the launcher, measures the job, exits (non-zero after a failure, so the
     launcher stops the other ranks too)."""
     from autotune.runner._child import _die_with_parent, measure_job
-    from autotune.training._distributed import LAUNCHER_PID_ENV
+    from autotune.training._distributed import LAUNCHER_PID_ENV, exit_rank
 
     events_path, job_path = sys.argv[1], sys.argv[2]
     launcher = os.environ.get(LAUNCHER_PID_ENV)
@@ -28,7 +28,7 @@ def main() -> None:
     _die_with_parent(None, parent=int(launcher) if launcher else None)
     rank = int(os.environ.get("RANK", "0"))
     # Opening a named pipe for writing does not block: the parent holds it open for reading.
-    channel = open(events_path, "w", buffering=1)  # noqa: SIM115 - open until os._exit below
+    channel = open(events_path, "w", buffering=1)  # noqa: SIM115 - open until exit_rank below
 
     def emit(event: dict[str, Any]) -> None:
         # One line per write, below the pipe's atomic size (PIPE_BUF): ranks' lines never interleave.
@@ -40,9 +40,7 @@ def main() -> None:
         job_text = job_file.read()
     ok = measure_job(job_text, emit, where=f"rank {rank}: ")
     channel.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0 if ok else 1)  # no interpreter teardown; a failure stops the launcher's other ranks
+    exit_rank(0 if ok else 1)  # a failure stops the launcher's other ranks
 
 
 if __name__ == "__main__":

@@ -219,6 +219,9 @@ def _follow(
     while follower.stop is None:
         pending = reader.read(_POLL_SECONDS)
         follower.check_memory(tree.sample())
+        if follower.finished and follower.failure is not None and follower.job.world_size > 1:
+            _await_launcher(process, reader, min(stop_at, time.monotonic() + _LAUNCHER_WORD_SECONDS))
+            return
         if follower.finished or follower.stop is not None:
             return
         if process.poll() is not None and not pending:
@@ -229,6 +232,18 @@ def _follow(
             return
         if time.monotonic() > stop_at:
             follower.stop = (Status.TIMEOUT, timeout_reason)
+
+
+_LAUNCHER_WORD_SECONDS = 5.0  # how long a failed group's launcher is given to name the rank that ended it
+
+
+def _await_launcher(process: Any, reader: _EventReader, until: float) -> None:
+    """A rank of a group reported a failure: the launcher ends the others within its monitor interval
+    and then says which rank failed first, which may replace the report (a peer killed by a signal)."""
+    while process.poll() is None and time.monotonic() < until:
+        reader.read(_POLL_SECONDS)
+    while reader.read(0):
+        pass
 
 
 class _EventReader:
@@ -305,7 +320,9 @@ class _Follower:
         elif kind == "lr_curve":
             self.lr_curve = event
         elif kind == "failed":
-            if self.failure is None:  # a group's first failing rank says why; the launcher's word comes later
+            # A group's first failing rank says why; the launcher's word comes later, and replaces it
+            # where a rank was killed by a signal (the others then failed only for want of it).
+            if self.failure is None or event.get("replaces"):
                 self.failure = (Status(event["status"]), event["reason"])
                 self.in_optimizer_step = bool(event.get("in_optimizer_step"))
             self.finished = True

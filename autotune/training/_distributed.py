@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import sys
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NoReturn
 
 import torch
 
@@ -119,6 +120,19 @@ def start_group(requested_device: str, timeout_seconds: float) -> Group:
     return Group.current()
 
 
+def exit_rank(code: int) -> NoReturn:
+    """End this rank's process with ``code``, its output flushed, without the interpreter's teardown.
+
+    A gloo group's worker thread drops each finished collective's work on its own, and dropping it takes
+    the GIL (the work holds Python objects); while the interpreter finalises, taking the GIL ends the
+    thread, which std::terminate turns into SIGABRT ("terminate called without an active exception"):
+    a rank that finished would be reported as killed. Leaving at once gives the launcher the rank's true
+    exit (a process group's files and sockets are the kernel's to close)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 LAUNCHER_PID_ENV = "AUTOTUNE_LAUNCHER_PID"  # read by each rank: the process it must die with
 _MONITOR_INTERVAL_SECONDS = 0.1  # how often the launcher checks its ranks (a dead one ends the group)
 
@@ -155,6 +169,24 @@ def launch(world_size: int, command: Sequence[str]) -> dict[int, str]:
     except ChildFailedError as exc:
         return {rank: _how(failure.exitcode, failure.signal_name()) for rank, failure in exc.failures.items()}
     return {}
+
+
+def first_cause(failures: dict[int, str]) -> tuple[int, str]:
+    """The failed rank that ended the group, and how: a rank killed by a signal (SIGKILL, SIGSEGV,
+    SIGABRT) first, for no peer's failure makes a rank die that way; then a rank that exited with an
+    error (a peer that lost its group exits so too, which is why a signal comes first); the ranks the
+    launcher itself ended with SIGTERM last. The lowest rank among equals."""
+
+    def order(item: tuple[int, str]) -> tuple[int, int]:
+        rank, how = item
+        return (2 if how == "signal SIGTERM" else 0 if how.startswith("signal") else 1), rank
+
+    return min(failures.items(), key=order)
+
+
+def killed_by_signal(how: str) -> bool:
+    """Whether a rank's end (as ``launch`` words it) is a signal the launcher did not send."""
+    return how.startswith("signal") and how != "signal SIGTERM"
 
 
 def _how(exitcode: int, signal_name: str) -> str:

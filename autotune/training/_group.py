@@ -33,7 +33,7 @@ def leads() -> bool:
 
 def run_group(options: TrainOptions, ranks: int, listener: TrainListener) -> RunRecord:
     """The full run as ``ranks`` processes (rank 0 shows its progress); the run record rank 0 wrote."""
-    from autotune.training._distributed import launch
+    from autotune.training._distributed import first_cause, launch
     from autotune.training._run_record import RunRecord
 
     for note in (f"{ranks} data-parallel ranks (torchrun --standalone, DistributedDataParallel)",):
@@ -44,8 +44,7 @@ def run_group(options: TrainOptions, ranks: int, listener: TrainListener) -> Run
         path.write_text(json.dumps({**values, "nproc_per_trial": ranks}))
         failures = launch(ranks, ["-m", "autotune.report._train_rank", str(path)])  # each rank: its main()
     if failures:
-        # The launcher ends the other ranks with SIGTERM once one fails: the cause is the one it did not end.
-        rank, how = min(failures.items(), key=lambda item: (item[1] == "signal SIGTERM", item[0]))
+        rank, how = first_cause(failures)
         raise TrainingError(f"rank {rank} of the {ranks}-rank run ended with {how} (its log is above)")
     return RunRecord(**json.loads(Path(options.record_path).read_text()))
 
