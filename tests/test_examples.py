@@ -1,5 +1,6 @@
-"""The workloads in examples/: each one's search runs to the end with no trial in error, and its
-export measures the example's unit. Real trial processes, kept short (three trials, short windows).
+"""The workloads in examples/: each one's baseline trains in a trial process and is measured in the
+example's unit; in the slow run (``-m slow``), each one's search runs to the end with no trial in error,
+and its export measures the example's unit. Real trial processes, kept short (short windows).
 
 The Hugging Face examples need the ``examples`` extra (``pip install -e ".[examples]"``) and skip,
 saying so, without it. Models are built from small configs: nothing is downloaded.
@@ -15,7 +16,8 @@ import torch
 import yaml
 
 from autotune import SearchOptions, export_best, search
-from autotune.runner import MeasureSettings
+from autotune.runner import MeasureSettings, Status, TrialJob, run_trial
+from autotune.study._plan import plan_search
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FAST = MeasureSettings(warmup_steps=1, windows=2, window_seconds=0.2, max_window_steps=20)
@@ -46,6 +48,19 @@ def _example(name: str):
     return module
 
 
+@pytest.mark.parametrize("name", list(NEEDS))
+def test_example_baseline_trains_in_a_trial_process_and_is_measured_in_its_unit(name, tmp_path):
+    packages, unit = NEEDS[name]
+    _require(packages)
+    options = SearchOptions(workload=f"{EXAMPLES / name}.py:workload", space=_without_compile(name, tmp_path))
+    plan = plan_search(options)
+    outcome = run_trial(TrialJob(workload=options.workload, config=plan.baseline.to_dict(), measure=FAST))
+    assert outcome.status is Status.OK, outcome.reason + outcome.log_tail
+    assert outcome.unit == unit
+    assert outcome.unit_per_second is not None and outcome.unit_per_second > 0
+
+
+@pytest.mark.slow  # three trials, the side-by-side re-measurement and the export: about 10 to 45 s each
 @pytest.mark.parametrize("name", list(NEEDS))
 def test_example_search_and_export_run_without_trial_errors(name, tmp_path):
     packages, unit = NEEDS[name]

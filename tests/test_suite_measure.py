@@ -47,6 +47,7 @@ def _suite_module():
     return module
 
 
+@pytest.mark.slow  # a search, its export, and two rounds of short trials and long runs: about 25 s
 def test_fidelity_interleaves_short_trials_and_long_runs_of_the_exported_pick(tmp_path):
     run = _suite_module()
     log = run.Log(tmp_path / "log.txt")
