@@ -1,16 +1,17 @@
 """Trials per hour for 1, 2, 4 and 8 workers on one study: straight to PostgreSQL, and through
 Optuna's gRPC storage proxy (``autotune proxy``).
 
-For each way and each count, a fresh study of ``workloads/sleepy.py`` (a step that sleeps 50 ms) is
+For each way and each count, a fresh study of ``workloads/sleepy.py`` (a step that sleeps 100 ms) is
 started with ``autotune search --trials 1`` (its baseline), then that many ``autotune worker``
 processes join it for ``--seconds``. Each worker has a device-lock folder of its own, as if on a
 machine of its own (on one machine, trials of one device take turns). Trials sleep rather than
 compute, so a 2-core machine shows the storage's own scaling. Counted: the trials that ended inside
-the steady window (from the moment every worker runs its first trial to the last trial the first worker
-to stop finished, within ``--margin`` seconds of either end), per hour, and their median wall time; the workers' exit
-codes; and every storage error in their output.
+the steady window (from the moment every worker finished its first trial to the last trial the first
+worker to stop finished, within ``--margin`` seconds of either end): each worker's trials from its
+first to its last completion there, over that time, summed over the workers as trials per hour; their
+median wall time; the workers' exit codes; and every storage error in their output.
 
-Run: ``python benchmarks/workers.py`` (about 20 minutes on 2 CPU cores; needs the PostgreSQL of
+Run: ``python benchmarks/workers.py`` (about 35 minutes on 2 CPU cores; needs the PostgreSQL of
 ``--storage`` and, for the proxy, ``pip install -e ".[grpc]"``); writes
 ``benchmarks/results/workers-<date>.md`` and ``.json``.
 """
@@ -33,7 +34,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD = f"{HERE / 'workloads' / 'sleepy.py'}:workload"
-SPACE = "effective_batch: free\nknobs:\n  batch_size: {low: 1, high: 100000}\n"  # no config drawn twice
+# Small batches keep each step a sleep: batches of thousands of samples would make the DataLoader's
+# collation the trial's work (CPU-bound on 2 cores), not the storage. A continuous max_lr draws no config twice.
+SPACE = (
+    "effective_batch: free\nknobs:\n  batch_size: {low: 1, high: 64}\n  max_lr: {low: 0.0001, high: 0.1, log: true}\n"
+)
 MEASURE = ["--window-seconds", "3", "--windows", "3", "--max-windows", "3", "--warmup-steps", "1"]
 # What a storage failure prints: a database or gRPC error, a traceback.
 STORAGE_ERROR = re.compile(
@@ -115,17 +120,17 @@ def run_one(storage: str, via: str, workers: int, seconds: float, margin: float,
             proxy.terminate()
             proxy.communicate(timeout=30)
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-    # Steady state: from the moment every worker runs its first trial (workers starting together on 2
-    # cores take their time to import torch) to ``margin`` before the end, or earlier:
+    # Steady state: from the moment every worker finished its first trial (workers starting together on 2
+    # cores take their time to import torch, and their first trials start their trial servers at once) to
+    # ``margin`` before the end, or earlier:
     # to the moment the first worker stopped finishing trials (as its time ran out: a worker that does
     # not close the study leaves as soon as its trials are done).
     firsts: dict[int, float] = {}
     lasts: dict[int, float] = {}
     for t in trials:
         pid = t.user_attrs.get("pid")
-        if pid is not None and t.datetime_start is not None and not t.user_attrs.get("baseline"):
-            firsts[pid] = min(firsts.get(pid, float("inf")), t.datetime_start.timestamp())
         if pid is not None and t.datetime_complete is not None and not t.user_attrs.get("baseline"):
+            firsts[pid] = min(firsts.get(pid, float("inf")), t.datetime_complete.timestamp())
             lasts[pid] = max(lasts.get(pid, 0.0), t.datetime_complete.timestamp())
     low = max([started + margin, *firsts.values()])
     high = min([started + seconds - margin, *lasts.values()])
@@ -137,6 +142,13 @@ def run_one(storage: str, via: str, workers: int, seconds: float, margin: float,
         and t.user_attrs.get("status") == "ok"
     ]
     durations = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in inside if t.datetime_start)
+    # Each worker's rate is its trials between its first and its last completion inside the window, over
+    # that time: a count of completions over the window's length reads high or low by up to a trial a
+    # worker (a window of a few trials starts and ends anywhere in a trial).
+    ends: dict[int, list[float]] = {}
+    for t in inside:
+        ends.setdefault(t.user_attrs["pid"], []).append(t.datetime_complete.timestamp())
+    rates = [(len(e) - 1) / (max(e) - min(e)) for e in ends.values() if len(e) >= 2 and max(e) > min(e)]
     errors = [line for output in outputs for line in output.splitlines() if STORAGE_ERROR.search(line)]
     optuna.delete_study(study_name=study, storage=storage)
     return {
@@ -145,7 +157,9 @@ def run_one(storage: str, via: str, workers: int, seconds: float, margin: float,
         "seconds": seconds,
         "window_seconds": high - low,
         "trials_in_window": len(inside),
-        "trials_per_hour": len(inside) / (high - low) * 3600,
+        "trials_per_hour": sum(rates) * 3600,
+        "workers_with_a_rate": len(rates),
+        "completions_per_hour": len(inside) / (high - low) * 3600,
         "trials_total": len(trials),
         "steady_from_seconds": low - started,
         "median_trial_seconds": durations[len(durations) // 2] if durations else None,
@@ -160,7 +174,7 @@ def main() -> None:
     parser.add_argument("--storage", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--via", nargs="+", choices=["direct", "proxy"], default=["direct", "proxy"])
-    parser.add_argument("--seconds", type=float, default=130.0)
+    parser.add_argument("--seconds", type=float, default=200.0)
     parser.add_argument("--margin", type=float, default=15.0, help="Seconds left out at each end of a run.")
     parser.add_argument("--out", default=None, help="Results stem. Default: results/workers-<date>.")
     args = parser.parse_args()
@@ -178,16 +192,26 @@ def main() -> None:
     print(report(rows, machine, args))
 
 
+def _step_seconds() -> float:
+    """workloads/sleepy.py's STEP_SECONDS, read from the file the workers run."""
+    match = re.search(r"^STEP_SECONDS = ([\d.]+)", (HERE / "workloads" / "sleepy.py").read_text(), re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
 def report(rows: list[dict], machine: str, args: argparse.Namespace) -> str:
     lines = [
         "# Trials per hour against the number of workers on one study",
         "",
         f"`python benchmarks/workers.py` on {machine}; storage PostgreSQL at {args.storage.split('@')[-1]}; "
         f"each run {args.seconds:.0f} s, counted over the middle {args.seconds - 2 * args.margin:.0f} s; "
-        "the workload's step sleeps 50 ms (3 windows of 3 s a trial, random sampling, no pruning).",
+        f"the workload's step sleeps {_step_seconds() * 1000:.0f} ms (3 windows of 3 s a trial, random sampling, "
+        "no pruning; batches of 1 to 64 and a continuous max_lr, so no config is drawn twice).",
         "",
-        "Counted from the moment every worker ran its first trial (8 workers starting together on 2 cores "
-        "take a while to import torch) to the last trial the first worker to stop finished, within the margins.",
+        "Each worker's rate is its trials from its first to its last completion in the steady window, over that "
+        "time; the trials per hour are the workers' rates summed. "
+        "The window runs from the moment every worker finished its first trial (8 workers starting together on 2 cores "
+        "take a while to import torch and start their trial servers) to the last trial the first worker to stop "
+        "finished, within the margins.",
         "",
         "| way | workers | trials per hour | per worker | scaling over 1 worker | median trial (s) | counted over (s) "
         "| exit codes | storage errors |",

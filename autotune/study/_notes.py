@@ -15,13 +15,14 @@ from autotune.study._selection import Candidate, select
 from autotune.training import _noise_scale as noise_scale
 
 
-def explain_study(study: Any, *, figures: bool = True) -> str:
-    """Write the study note (and, with ``figures``, the plotly figures) the dashboard shows; returns the note."""
+def explain_study(study: Any, *, figures: bool = True, trials: Sequence[Any] | None = None) -> str:
+    """Write the study note (and, with ``figures``, the plotly figures) the dashboard shows; returns the note.
+    ``trials``: the study's trials where the caller has just read them."""
     import optuna_dashboard
 
-    trials = study.get_trials(deepcopy=False)
-    budgets = Budgets.from_json(_records.read_setup(study).budgets)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     setup = _records.read_setup(study)
+    budgets = Budgets.from_json(setup.budgets)
     note = study_note(
         study.study_name,
         trials,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from autotune.study._loop import SearchListener, SearchOptions, SearchPlan
 
 FIGURE_EVERY = 5  # trials between refreshes of the figures stored for optuna-dashboard
+# Seconds between two refreshes of the study's note by one process: each refresh reads every trial and
+# rewrites the note, which many workers doing after every trial would make the storage's main load.
+# The search's end writes the final one.
+NOTE_EVERY_SECONDS = 30.0
 BASELINE_NOISE_WINDOWS = 3  # the baseline's noise-scale measurement, in windows' time
 
 
@@ -74,6 +79,8 @@ class Objective:
         self.process = process or SearchProcess.current()
         self.trials_run = 0
         self.repeated_errors = RepeatedErrors()
+        self._noted_at: float | None = None  # when this process last wrote the study's note (time.monotonic)
+        self._figures_at = 0  # this process's trials run when it last stored the figures
 
     def __call__(self, trial: optuna.Trial) -> float:
         claim_trial(trial, self.process)  # first: a search that dies from here on leaves a trial others can end
@@ -312,8 +319,21 @@ class Objective:
         if self.repeated_errors.add(trial.number, _records.status(trial), TrialRecord.of(trial).reason):
             study.stop()  # the workload fails the same way whatever the config
         self.recover(study)  # before the next trial: a search beside this one may have died
-        explain_study(study, figures=self.trials_run % FIGURE_EVERY == 0)
-        self.listener.on_trial_end(trial, _records.best_trial(study.get_trials(deepcopy=False), self.plan.objective))
+        trials = study.get_trials(deepcopy=False)
+        self._explain(study, trials)
+        self.listener.on_trial_end(trial, _records.best_trial(trials, self.plan.objective))
+
+    def _explain(self, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """The study's note refreshed after this process's first trial and then at most every
+        NOTE_EVERY_SECONDS; its figures with it, once FIGURE_EVERY more trials have run."""
+        now = time.monotonic()
+        if self._noted_at is not None and now - self._noted_at < NOTE_EVERY_SECONDS:
+            return
+        figures = self.trials_run - self._figures_at >= FIGURE_EVERY
+        explain_study(study, figures=figures, trials=trials)
+        self._noted_at = now
+        if figures:
+            self._figures_at = self.trials_run
 
 
 def _answered_from(trial: optuna.Trial, measured: optuna.trial.FrozenTrial, unit: str) -> float:

@@ -15,7 +15,11 @@ from torch import nn
 
 from autotune import Workload
 
-STEP_SECONDS = 0.05
+STEP_SECONDS = 0.1
+
+# One intra-op thread for a model of ten weights: a pool of two threads, woken after each sleep, spends
+# about 9 ms of CPU a step spinning (measured on 2 cores), which would make the trials compute after all.
+torch.set_num_threads(1)
 
 
 class Points(torch.utils.data.Dataset):
