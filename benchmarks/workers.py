@@ -11,7 +11,7 @@ worker to stop finished, within ``--margin`` seconds of either end): each worker
 first to its last completion there, over that time, summed over the workers as trials per hour; their
 median wall time; the workers' exit codes; and every storage error in their output.
 
-Run: ``python benchmarks/workers.py`` (about 35 minutes on 2 CPU cores; needs the PostgreSQL of
+Run: ``python benchmarks/workers.py`` (about 25 minutes on 2 CPU cores; needs the PostgreSQL of
 ``--storage`` and, for the proxy, ``pip install -e ".[grpc]"``); writes
 ``benchmarks/results/workers-<date>.md`` and ``.json``.
 """
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--storage", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--via", nargs="+", choices=["direct", "proxy"], default=["direct", "proxy"])
-    parser.add_argument("--seconds", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=150.0)
     parser.add_argument("--margin", type=float, default=15.0, help="Seconds left out at each end of a run.")
     parser.add_argument("--out", default=None, help="Results stem. Default: results/workers-<date>.")
     args = parser.parse_args()

@@ -510,3 +510,26 @@ def test_a_trial_running_when_the_search_is_stopped_is_marked_interrupted(
     )
     again = [t for t in trials if t.state == TrialState.WAITING and t.user_attrs.get("retry_of") == stopped.number]
     assert len(again) == 1  # its config, queued to run again
+
+
+def test_a_search_process_rewrites_the_study_note_after_its_first_trial_then_at_most_every_30_s(monkeypatch):
+    from autotune.study import _objective
+
+    written = []
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(_objective, "explain_study", lambda study, figures, trials: written.append(figures))
+    monkeypatch.setattr(_objective.time, "monotonic", lambda: clock["now"])
+    objective = _objective.Objective(SearchOptions(), None, None, None)  # type: ignore[arg-type]
+
+    def trial_ends(after_seconds: float) -> None:
+        clock["now"] += after_seconds
+        objective.trials_run += 1
+        objective._explain(None, [])
+
+    trial_ends(0.0)  # the first trial: the note is written, without figures (fewer than FIGURE_EVERY trials)
+    for _ in range(4):
+        trial_ends(5.0)  # many workers' trials end every few seconds: no rewrite within NOTE_EVERY_SECONDS
+    assert written == [False]
+    trial_ends(_objective.NOTE_EVERY_SECONDS)  # trial 6: the note again, and the figures (5 trials since)
+    trial_ends(_objective.NOTE_EVERY_SECONDS)
+    assert written == [False, True, False]

@@ -176,6 +176,7 @@ def test_search_killed_mid_trial_kills_the_trial_and_a_resume_runs_its_config_ag
     assert _marked(killable["mark"]) == []
 
 
+@pytest.mark.slow  # a search, a SIGTERM and a resume: about 19 s beside its SIGKILL twin in the default run
 def test_search_sigterm_ends_the_trial_exits_143_and_a_resume_goes_on(killable):
     search = killable["start"](3)
     stopped = _wait_for_a_running_trial(killable, search)

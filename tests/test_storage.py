@@ -86,6 +86,7 @@ def test_search_on_postgresql_then_load_study(postgres, pg_study, space_file, fa
     assert study.metric_names == [TIME_METRIC_NAME]  # tiny has epochs: the search ranks by the full run's time
 
 
+@pytest.mark.slow  # two searches at once; the default run has three workers on one PostgreSQL study (test_worker)
 def test_search_two_concurrent_processes_share_one_postgresql_study(postgres, pg_study, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("effective_batch: free\nknobs: {batch_size: [8, 16, 32, 64]}\n")

@@ -19,6 +19,7 @@ def _measure_module():
     return module
 
 
+@pytest.mark.slow  # two rounds of three picks in trial processes: about 17 s
 def test_every_pick_is_measured_each_round_in_a_rotated_order_and_a_failure_is_one_line():
     measure = _measure_module()
     picks = [
