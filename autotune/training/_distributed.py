@@ -179,7 +179,7 @@ def first_cause(failures: dict[int, str]) -> tuple[int, str]:
 
     def order(item: tuple[int, str]) -> tuple[int, int]:
         rank, how = item
-        return (2 if how == "signal SIGTERM" else 0 if how.startswith("signal") else 1), rank
+        return (0 if killed_by_signal(how) else 2 if how == "signal SIGTERM" else 1), rank
 
     return min(failures.items(), key=order)
 
